@@ -1,0 +1,52 @@
+"""The `genomeconv` command line: one thin function per command, each calling a pipeline.
+
+Each command parses its options and hands them to the module that does the work; no logic lives
+here beyond option parsing. Imports of heavy modules (torch, ray) happen inside the commands so that
+`genomeconv --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Long-convolution DNA language models over whole genes and genomes.",
+)
+
+
+@app.callback()
+def main() -> None:
+    """Long-convolution DNA language models over whole genes and genomes."""
+
+
+def command_line() -> str:
+    """The command as typed, recorded in every output file's metadata."""
+    return " ".join(["genomeconv", *sys.argv[1:]])
+
+
+@app.command()
+def info() -> None:
+    """Print versions, devices and the Ray status."""
+    from genomeconv.pipelines.runtime import describe_environment
+
+    for key, value in describe_environment().items():
+        typer.echo(f"{key:>14}: {value}")
+
+
+# --- embed (genomeconv.pipelines.embed) ---------------------------------------------------------
+
+# --- score-variants (genomeconv.pipelines.variants) ---------------------------------------------
+
+# --- finetune / pretrain (genomeconv.pipelines.train) -------------------------------------------
+
+# --- query / neighbors (genomeconv.pipelines.query) ---------------------------------------------
+
+# --- submit / jobs (genomeconv.pipelines.submit) ------------------------------------------------
+
+
+if __name__ == "__main__":
+    app()

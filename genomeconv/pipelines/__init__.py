@@ -1,0 +1,1 @@
+"""genomeconv.pipelines."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: one real local Ray instance for the whole test run, and seeded RNGs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """A real local Ray instance (2 CPUs, servers on 127.0.0.1), started once per test run."""
+    import ray
+
+    from genomeconv.pipelines.runtime import connect
+
+    short = "/tmp/gc_ray_" + str(os.getpid())  # Ray's socket paths must stay short
+    connect(num_cpus=2, temp_dir=short)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def rng():
+    """A fresh numpy Generator seeded per test (reproducible, never zeros)."""
+    import numpy as np
+
+    return np.random.default_rng(12345)
