@@ -37,15 +37,18 @@ def info() -> None:
         typer.echo(f"{key:>14}: {value}")
 
 
-# --- embed (genomeconv.pipelines.embed) ---------------------------------------------------------
+COMMAND_MODULES: tuple[str, ...] = ("embed", "variants", "train", "query", "submit")
 
-# --- score-variants (genomeconv.pipelines.variants) ---------------------------------------------
 
-# --- finetune / pretrain (genomeconv.pipelines.train) -------------------------------------------
+def _register_commands() -> None:
+    """Add each command group from genomeconv.commands (kept light: heavy imports are lazy)."""
+    import importlib
 
-# --- query / neighbors (genomeconv.pipelines.query) ---------------------------------------------
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"genomeconv.commands.{name}").register(app)
 
-# --- submit / jobs (genomeconv.pipelines.submit) ------------------------------------------------
+
+_register_commands()
 
 
 if __name__ == "__main__":

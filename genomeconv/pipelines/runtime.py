@@ -2,13 +2,22 @@
 
 `connect()` is the only place genomeconv calls `ray.init`. Without an address (and without
 RAY_ADDRESS) it starts a private local instance bound to 127.0.0.1; with one, it joins that cluster.
+It also keeps the resume bookkeeping every job shares: deterministic work units and atomic part files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
-from typing import Any
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -85,3 +94,60 @@ def describe_environment() -> dict[str, str]:
     except ImportError:
         pass
     return info
+
+
+# --- resume bookkeeping ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A batch of items written together as one Parquet part; its id is stable across reruns."""
+
+    unit_id: str
+    item_ids: tuple[str, ...]
+
+
+def plan_units(item_ids: Sequence[str], unit_size: int) -> list[WorkUnit]:
+    """Group items into units of at most `unit_size`, deterministically.
+
+    Items are sorted so that the same inputs always give the same units; a unit's id hashes its
+    item ids, so a rerun recognises every unit that was already written.
+    """
+    if unit_size < 1:
+        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
+    ordered = sorted(set(item_ids))
+    if len(ordered) != len(item_ids):
+        raise ValueError("item ids must be unique; duplicates would be written twice")
+    units = []
+    for i in range(0, len(ordered), unit_size):
+        chunk = tuple(ordered[i:i + unit_size])
+        digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:16]
+        units.append(WorkUnit(f"{i // unit_size:06d}-{digest}", chunk))
+    return units
+
+
+def finished_units(out_dir: str | Path) -> set[str]:
+    """Unit ids whose part file is complete in `out_dir` (temporary files are ignored)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return set()
+    return {p.name[len("part-"):-len(".parquet")] for p in out.glob("part-*.parquet")}
+
+
+def write_part(table: "pa.Table", out_dir: str | Path, unit_id: str,
+               metadata: dict[bytes, bytes]) -> Path:
+    """Write one unit's rows atomically as `part-<unit_id>.parquet` (temp file, then rename).
+
+    A run killed mid-write leaves only a `.tmp-*` file, which is never read and is replaced on
+    the rerun; a finished part is therefore either absent or complete.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"part-{unit_id}.parquet"
+    tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    pq.write_table(table, tmp, row_group_size=max(1, min(len(table), 65536)))
+    os.replace(tmp, final)
+    return final

@@ -1,0 +1,97 @@
+"""Parquet schemas and file metadata shared by every genomeconv output.
+
+Every output is keyed, never row-aligned to an input:
+- embeddings: one row per item (region, gene, BED interval or read), keyed by `item_id` and its
+  coordinates (chrom, start, end, strand; 0-based half-open on the reference).
+- per-base embeddings: one row per (item_id, position); position is 0-based on the reference, so a
+  minus-strand item's first row is its highest reference position.
+- variants: one row per ALT allele, keyed by (chrom, pos, ref, alt) with VCF's 1-based pos.
+Every file carries metadata: genomeconv version, model id and config hash, the command, the
+schema version and the output kind (which `genomeconv query` uses to name its views).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+KEY_VERSION = b"genomeconv.version"
+KEY_MODEL = b"genomeconv.model"
+KEY_MODEL_SHA = b"genomeconv.model_config_sha256"
+KEY_COMMAND = b"genomeconv.command"
+KEY_SCHEMA = b"genomeconv.schema_version"
+KEY_KIND = b"genomeconv.kind"
+
+ITEM_KEYS = pa.schema([
+    ("item_id", pa.string()),
+    ("seq_name", pa.string()),
+    ("chrom", pa.string()),
+    ("start", pa.int64()),
+    ("end", pa.int64()),
+    ("strand", pa.string()),
+    ("gene_id", pa.string()),
+    ("gene_name", pa.string()),
+    ("read_name", pa.string()),
+])
+
+
+def embeddings_schema(d_model: int) -> pa.Schema:
+    """One pooled embedding per item: keys, length, fraction of N, pooling, embedding."""
+    return pa.schema([
+        *ITEM_KEYS,
+        ("length", pa.int64()),
+        ("n_fraction", pa.float32()),
+        ("pooling", pa.string()),
+        ("embedding", pa.list_(pa.float32(), d_model)),
+    ])
+
+
+def per_base_schema(d_model: int, dtype: str = "float32") -> pa.Schema:
+    """One row per nucleotide: item_id, reference position (0-based), embedding."""
+    value = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    return pa.schema([
+        ("item_id", pa.string()),
+        ("position", pa.int64()),
+        ("embedding", pa.list_(value, d_model)),
+    ])
+
+
+VARIANTS = pa.schema([
+    ("chrom", pa.string()),
+    ("pos", pa.int64()),
+    ("ref", pa.string()),
+    ("alt", pa.string()),
+    ("id", pa.string()),
+    ("status", pa.string()),
+    ("ref_match", pa.bool_()),
+    ("window_start", pa.int64()),
+    ("window_end", pa.int64()),
+    ("llr_fwd", pa.float64()),
+    ("llr_rev", pa.float64()),
+    ("llr", pa.float64()),
+    ("emb_cosine", pa.float64()),
+    ("emb_l2", pa.float64()),
+    ("p_ref", pa.float64()),
+    ("p_alt", pa.float64()),
+    ("model", pa.string()),
+])
+
+
+def file_metadata(model: Any, command: str, kind: str) -> dict[bytes, bytes]:
+    """Metadata for one output file: version, model id and config hash, command, schema, kind.
+
+    `model` is a genomeconv HyenaDNA (anything with `model_id` and `config_sha256`).
+    """
+    import genomeconv
+
+    return {
+        KEY_VERSION: genomeconv.__version__.encode(),
+        KEY_MODEL: str(model.model_id).encode(),
+        KEY_MODEL_SHA: str(model.config_sha256).encode(),
+        KEY_COMMAND: command.encode(),
+        KEY_SCHEMA: SCHEMA_VERSION.encode(),
+        KEY_KIND: kind.encode(),
+    }

@@ -1,0 +1,64 @@
+"""Resume bookkeeping (work units, atomic parts) and output metadata shared by every job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import genomeconv
+from genomeconv.pipelines import runtime, schema
+
+
+@dataclass
+class _Model:
+    model_id: str = "tests/random-model"
+    config_sha256: str = "ab" * 32
+
+
+def test_plan_units_is_deterministic_and_covers_every_item_once():
+    items = [f"item{i:03d}" for i in range(23)]
+    shuffled = items[7:] + items[:7]
+    a = runtime.plan_units(items, 5)
+    b = runtime.plan_units(shuffled, 5)
+    assert [u.unit_id for u in a] == [u.unit_id for u in b]
+    flat = [i for u in a for i in u.item_ids]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))
+    assert [len(u.item_ids) for u in a] == [5, 5, 5, 5, 3]
+
+
+def test_plan_units_rejects_duplicates_and_bad_size():
+    with pytest.raises(ValueError, match="unique"):
+        runtime.plan_units(["a", "a"], 2)
+    with pytest.raises(ValueError, match="unit_size"):
+        runtime.plan_units(["a"], 0)
+
+
+def test_write_part_is_atomic_and_carries_metadata(tmp_path):
+    meta = schema.file_metadata(_Model(), "genomeconv embed x.fa", "embeddings")
+    table = pa.table({"item_id": ["a", "b"], "value": [1.0, 2.0]})
+    units = runtime.plan_units(["a", "b"], 2)
+    assert runtime.finished_units(tmp_path / "missing") == set()
+    (tmp_path / f".tmp-{units[0].unit_id}-1-deadbeef").write_bytes(b"partial")  # a killed write
+    path = runtime.write_part(table, tmp_path, units[0].unit_id, meta)
+    assert runtime.finished_units(tmp_path) == {units[0].unit_id}
+    read = pq.read_table(path)
+    assert read.column("item_id").to_pylist() == ["a", "b"]
+    md = pq.read_schema(path).metadata
+    assert md[schema.KEY_VERSION] == genomeconv.__version__.encode()
+    assert md[schema.KEY_MODEL] == b"tests/random-model"
+    assert md[schema.KEY_MODEL_SHA] == b"ab" * 32
+    assert md[schema.KEY_COMMAND] == b"genomeconv embed x.fa"
+    assert md[schema.KEY_SCHEMA] == schema.SCHEMA_VERSION.encode()
+    assert md[schema.KEY_KIND] == b"embeddings"
+
+
+def test_schemas_have_keys_and_fixed_size_embeddings():
+    emb = schema.embeddings_schema(16)
+    assert emb.field("embedding").type == pa.list_(pa.float32(), 16)
+    for key in ("item_id", "chrom", "start", "end", "strand", "gene_id", "gene_name", "read_name"):
+        assert key in emb.names
+    assert schema.per_base_schema(8, "float16").field("embedding").type == pa.list_(pa.float16(), 8)
+    assert schema.VARIANTS.names[:4] == ["chrom", "pos", "ref", "alt"]
