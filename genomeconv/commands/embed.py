@@ -1,5 +1,94 @@
-"""Placeholder until its helper lands it."""
+"""`genomeconv embed`: pooled and per-base embeddings (see genomeconv.pipelines.embed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def register(app) -> None:  # replaced by the owning helper
-    return None
+def embed(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain or bgzip), or a "
+                                      "BAM/CRAM/unaligned BAM to embed its reads."),
+    region: Optional[list[str]] = typer.Option(None, "--region", help="Region to embed, "
+                                               "samtools style (chr1:1,000-2,000); repeatable."),
+    gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3: embed its genes (whole "
+                                       "span; minus-strand genes reverse-complemented)."),
+    genes: Optional[str] = typer.Option(None, "--genes", help="Only these genes of --gtf "
+                                        "(comma-separated gene_name or gene_id)."),
+    bed: Optional[Path] = typer.Option(None, "--bed", help="BED intervals (0-based, strand "
+                                       "column honoured)."),
+    bam: Optional[Path] = typer.Option(None, "--bam", help="Reads to embed, one item per read "
+                                       "(INPUT is then the reference, needed for CRAM)."),
+    min_mapq: int = typer.Option(0, "--min-mapq", min=0, help="Reads: minimum MAPQ of aligned "
+                                 "records."),
+    min_length: int = typer.Option(0, "--min-length", min=0, help="Reads: minimum length."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
+                                        "(default: the bundled model)."),
+    out: Path = typer.Option(Path("embeddings_out"), "--out", help="Output folder: "
+                             "embeddings/ (and per_base/) Parquet parts; rerun to resume."),
+    pooling: str = typer.Option("mean", "--pooling", help="mean, max or last."),
+    per_base: bool = typer.Option(False, "--per-base", help="Also write one row per nucleotide."),
+    per_base_dtype: str = typer.Option("float32", "--per-base-dtype", help="float32 or float16."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per work unit and "
+                                   "per model call (items over 64 kbp run alone)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Positions per "
+                                             "chunk in the bounded-memory path."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
+                                          "(default: RAY_ADDRESS, else a local instance)."),
+    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Model actors."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per "
+                                          "actor (> 0 places actors on GPUs)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
+) -> None:
+    """Embed regions, genes, BED intervals, whole records or reads of INPUT; write Parquet."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from genomeconv.cli import command_line
+    from genomeconv.pipelines.embed import embed as run
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,.0f}"
+                        "/{task.total:,.0f} bp"), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    task = progress.add_task("embed", total=None, rate="")
+
+    def on_plan(bp: int, units: int) -> None:
+        progress.update(task, total=bp)
+        if units:
+            progress.start()
+
+    def on_unit(items: int, bp: int) -> None:
+        progress.advance(task, bp)
+        elapsed = progress.tasks[0].elapsed or 0.0
+        done = progress.tasks[0].completed
+        progress.update(task, rate=f"{done / elapsed:,.0f} bp/s" if elapsed > 0 else "")
+
+    try:
+        summary = run(input_path, out, regions=region or (), gtf=gtf,
+                      genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
+                      bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length, model=model,
+                      pooling=pooling, per_base=per_base, per_base_dtype=per_base_dtype,
+                      batch_size=batch_size, chunk_size=chunk_size, address=address,
+                      num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
+                      dtype=dtype, command=command_line(), on_plan=on_plan, on_unit=on_unit)
+    except (ValueError, KeyError, OSError) as exc:
+        progress.stop()
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    progress.stop()
+    rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
+    typer.echo(f"{summary.items} items, {summary.bp:,} bp in {summary.units} units "
+               f"({summary.units_skipped} already done); embedded {summary.items_done} items, "
+               f"{summary.bp_done:,} bp in {summary.seconds:.1f} s ({rate:,.0f} bp/s; "
+               f"peak worker memory {summary.worker_peak_rss / 2**30:.2f} GiB)")
+    typer.echo("output: " + ", ".join(summary.outputs))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `embed` to the genomeconv app."""
+    app.command("embed")(embed)

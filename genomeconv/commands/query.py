@@ -1,5 +1,144 @@
-"""Placeholder until its helper lands it."""
+"""`genomeconv query` and `genomeconv neighbors`: questions about outputs without a notebook."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+TERMINAL_ROWS = 100  # rows shown on the terminal when no --limit is given
 
 
-def register(app) -> None:  # replaced by the owning helper
-    return None
+def register(app: typer.Typer) -> None:
+    """Add `query` and `neighbors`."""
+    app.command("query")(query)
+    app.command("neighbors")(neighbors)
+
+
+def query(
+    args: list[str] = typer.Argument(..., metavar="PATH... [SQL]",
+                                     help="Output files or directories, then optionally SQL over "
+                                          "the views embeddings, per_base, variants, ..."),
+    gene: Optional[str] = typer.Option(None, help="Rows of this gene_name or gene_id."),
+    region: Optional[str] = typer.Option(None, help="Rows overlapping a samtools-style region, "
+                                                    "e.g. chr17:43,044,295-43,125,483."),
+    top: Optional[int] = typer.Option(None, help="The N first rows by --by."),
+    by: Optional[str] = typer.Option(None, help="Ranking column (default llr: most negative "
+                                                "first; other columns largest first)."),
+    ascending: Optional[bool] = typer.Option(None, "--ascending/--descending",
+                                             help="Override the ranking direction."),
+    view: Optional[str] = typer.Option(None, help="View the shortcuts apply to (default: "
+                                                  "variants, else embeddings, else per_base)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many rows."),
+    fmt: str = typer.Option("table", "--format", help="table, csv, json (one object per line) "
+                                                      "or parquet."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet)."),
+) -> None:
+    """Query genomeconv outputs with DuckDB: one view per output kind.
+
+    Without SQL or shortcuts, lists the views with their row counts and columns.
+    """
+    from genomeconv.pipelines import query as pipeline
+
+    paths, sql = _split_sql(args)
+    shortcuts = pipeline.Shortcuts(view=view, gene=gene, region=region, top=top, by=by,
+                                   ascending=ascending)
+    if sql is not None and shortcuts.any():
+        raise typer.BadParameter("give either SQL or the --gene/--region/--top/--by shortcuts")
+    try:
+        con, views = pipeline.open_views(paths)
+        params: list[object] = []
+        if sql is None and not shortcuts.any():
+            con.register("views", pipeline.describe_views(con, views))
+            sql = "SELECT * FROM views"
+        elif sql is None:
+            sql, params = pipeline.shortcut_query(con, views, shortcuts)
+        _emit(con, pipeline.limited(sql, limit), params, fmt, out, limit)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def neighbors(
+    embeddings: Path = typer.Argument(..., help="Embeddings output: a file or a directory."),
+    item: str = typer.Argument(..., help="item_id, or a gene_name/gene_id/seq_name naming one "
+                                         "item."),
+    k: int = typer.Option(10, "-k", help="Number of neighbours."),
+    pooling: Optional[str] = typer.Option(None, help="Compare only embeddings with this pooling."),
+    fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet)."),
+) -> None:
+    """Cosine nearest neighbours of one item among pooled embeddings."""
+    import duckdb
+
+    from genomeconv.pipelines import query as pipeline
+
+    try:
+        result = pipeline.nearest_neighbors([embeddings], item, k, pooling=pooling)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    con = duckdb.connect()
+    con.register("neighbors", result)
+    _emit(con, "SELECT * FROM neighbors", [], fmt, out, None)
+
+
+def _split_sql(args: list[str]) -> tuple[list[str], Optional[str]]:
+    """The last argument is SQL when it is not an existing path and contains whitespace."""
+    if len(args) > 1 and not Path(args[-1]).exists() and any(c.isspace() for c in args[-1]):
+        return args[:-1], args[-1]
+    return args, None
+
+
+def _emit(con, sql: str, params: list[object], fmt: str, out: Optional[Path],
+          limit: Optional[int]) -> None:
+    """Print the rows as a table, or write/print them as CSV, JSON or Parquet."""
+    from genomeconv.pipelines import query as pipeline
+
+    if fmt == "table":
+        if out is not None:
+            raise typer.BadParameter("--out needs --format csv, json or parquet")
+        shown = limit if limit is not None else TERMINAL_ROWS
+        table = pipeline.fetch(con, pipeline.limited(sql, shown + 1), params)
+        _print_table(table.slice(0, shown), more=table.num_rows > shown)
+        return
+    if fmt not in pipeline.FORMATS:
+        raise typer.BadParameter(f"--format must be table, {', '.join(pipeline.FORMATS)}")
+    if out is not None:
+        path = pipeline.write(con, sql, params, out, fmt)
+        typer.echo(f"wrote {path}", err=True)
+        return
+    if fmt == "parquet":
+        raise typer.BadParameter("--format parquet needs --out FILE")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pipeline.write(con, sql, params, Path(tmp) / f"rows.{fmt}", fmt)
+        typer.echo(path.read_text(), nl=False)
+
+
+def _print_table(table: "pa.Table", *, more: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_lines=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.to_pylist():
+        view.add_row(*(_cell(v) for v in row.values()))
+    console = Console()
+    console.print(view)
+    note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (" shown; more with --limit N or --out FILE" if more else "")
+    console.print(note, style="dim")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(_cell(v) for v in value[:3])
+        return f"[{head}{', ...' if len(value) > 3 else ''}] ({len(value)})"
+    return str(value)

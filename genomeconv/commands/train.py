@@ -1,5 +1,148 @@
-"""Placeholder until its helper lands it."""
+"""`genomeconv pretrain` and `genomeconv finetune`: DeepSpeed training (genomeconv.pipelines.train).
+
+Run as one process (CPU: gloo), under `torchrun --nproc-per-node N -m genomeconv.cli pretrain ...`
+or the `deepspeed` launcher, or on a Ray cluster with `--address` (Ray Train workers).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+_DS_HELP = ("DeepSpeed config: a name in workflows/deepspeed/ (zero0_fp32, zero1_fp32, "
+            "zero2_bf16, zero3_fp32, zero3_offload, long_seq_bf16_ckpt) or a JSON path.")
 
 
-def register(app) -> None:  # replaced by the owning helper
-    return None
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: Optional[str]) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _run(fn, args: tuple, address: Optional[str], num_workers: int, out: Path) -> dict:
+    """Run in this process (or under a launcher), or as Ray Train workers when --address."""
+    if address is None:
+        return fn(*args, log=lambda line: typer.echo(line, err=True))
+    from genomeconv.pipelines.train import run_on_ray
+
+    return run_on_ray(fn, args, out=out, address=address, num_workers=num_workers)
+
+
+def pretrain(
+    genome: Path = typer.Argument(..., metavar="GENOME.fa", help="FASTA (plain or bgzip)."),
+    out: Path = typer.Option(Path("pretrain_out"), "--out", help="Output folder: model/, "
+                             "checkpoints/, summary.json."),
+    d_model: int = typer.Option(128, "--d-model", min=1),
+    n_layer: int = typer.Option(2, "--n-layer", min=1),
+    seq_len: int = typer.Option(1024, "--seq-len", min=8, help="Final training length (= the "
+                                "model's max_seq_len)."),
+    warmup_lengths: str = typer.Option("", "--warmup-lengths", help="Comma-separated shorter "
+                                       "lengths trained first (e.g. 256,512)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", min=1, help="Steps per "
+                                               "warm-up length (default steps / (2 (n + 1)))."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Global batch (windows per "
+                                   "optimizer step, over all processes)."),
+    lr: float = typer.Option(2e-3, "--lr"),
+    val_records: Optional[str] = typer.Option(None, "--val-records", help="Comma-separated "
+                                              "records held out for validation (default: the "
+                                              "last --val-fraction of every record)."),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", min=0.0, max=0.9),
+    val_windows: int = typer.Option(64, "--val-windows", min=2, help="Validation windows "
+                                    "(half forward, half reverse complement)."),
+    eval_every: int = typer.Option(100, "--eval-every", min=1),
+    save_every: int = typer.Option(100, "--save-every", min=1),
+    kmer_baseline: int = typer.Option(0, "--kmer-baseline", min=0, help="Compare with Markov "
+                                      "models of order up to K (0: off)."),
+    deepspeed_config: str = typer.Option("zero0_fp32", "--deepspeed-config", help=_DS_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: train with Ray "
+                                          "Train workers."),
+    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Ray Train workers."),
+) -> None:
+    """Next-token pretraining of a new HyenaDNA on random windows of GENOME (both strands)."""
+    from genomeconv.cli import command_line
+    from genomeconv.pipelines.train import PretrainOptions
+    from genomeconv.pipelines.train import pretrain as run
+
+    opts = PretrainOptions(
+        d_model=d_model, n_layer=n_layer, seq_len=seq_len, warmup_lengths=_ints(warmup_lengths),
+        warmup_steps=warmup_steps, steps=steps, batch_size=batch_size, lr=lr,
+        val_records=_names(val_records), val_fraction=val_fraction, val_windows=val_windows,
+        eval_every=eval_every, save_every=save_every, kmer_baseline=kmer_baseline,
+        deepspeed_config=deepspeed_config, resume=resume, seed=seed, command=command_line())
+    summary = _run(run, (str(genome), str(out), opts), address, num_workers, out)
+    if not _is_rank0():
+        return
+    line = f"validation perplexity {summary['val_ppl']:.4f}"
+    if "kmer_baseline" in summary:
+        b = summary["kmer_baseline"]
+        line += f" (order-{b['order']} Markov baseline {b['val_ppl']:.4f})"
+    typer.echo(f"{line}; {summary['tokens_per_s']:.0f} tokens/s; model in {out / 'model'}")
+
+
+def finetune(
+    variants: Path = typer.Argument(..., metavar="VARIANTS", help="VCF/BCF with a label INFO "
+                                    "field, or a table (chrom, pos, ref, alt, label)."),
+    fasta: Path = typer.Option(..., "--fasta", help="Reference FASTA."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Checkpoint path or "
+                                             "hub id (default: the bundled model)."),
+    label: str = typer.Option("label", "--label-field", "--label-column", help="INFO field or "
+                              "column holding the label (2 values: binary; more: multi-class)."),
+    freeze: str = typer.Option("none", "--freeze", help="all (head only), none, or N (freeze "
+                               "the embedding and the first N blocks)."),
+    window: int = typer.Option(1024, "--window", min=2, help="Window around each variant."),
+    head_hidden: int = typer.Option(64, "--head-hidden", min=0, help="Head hidden units "
+                                    "(0: linear head)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Global batch."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    patience: int = typer.Option(3, "--patience", min=1, help="Stop after this many epochs "
+                                 "without a better validation AUROC."),
+    val_chroms: Optional[str] = typer.Option(None, "--val-chroms", help="Comma-separated "
+                                             "validation chromosomes (default: chosen to hold "
+                                             "--val-fraction of the variants)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
+    out: Path = typer.Option(Path("finetune_out"), "--out", help="Output folder: model/ "
+                             "(backbone + head), checkpoints/, summary.json."),
+    deepspeed_config: str = typer.Option("zero0_fp32", "--deepspeed-config", help=_DS_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: train with Ray "
+                                          "Train workers."),
+    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Ray Train workers."),
+) -> None:
+    """Fine-tune a variant classifier (head on pooled ref, alt, alt - ref windows)."""
+    from genomeconv.cli import command_line
+    from genomeconv.pipelines.train import FinetuneOptions
+    from genomeconv.pipelines.train import finetune as run
+
+    if freeze not in ("all", "none") and not freeze.isdigit():
+        raise typer.BadParameter("--freeze takes all, none or a number of layers")
+    opts = FinetuneOptions(
+        label=label, base_model=base_model, freeze=freeze, window=window, head_hidden=head_hidden,
+        epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+        val_chroms=_names(val_chroms), val_fraction=val_fraction,
+        deepspeed_config=deepspeed_config, resume=resume, seed=seed, command=command_line())
+    summary = _run(run, (str(variants), str(fasta), str(out), opts), address, num_workers, out)
+    best = max(summary["history"], key=lambda r: r["auroc"], default=None)
+    if best and _is_rank0():
+        typer.echo(f"best epoch {best['epoch']}: AUROC {best['auroc']:.4f}, AUPRC "
+                   f"{best['auprc']:.4f}, accuracy {best['accuracy']:.4f}; model in "
+                   f"{out / 'model'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `pretrain` and `finetune`."""
+    app.command("pretrain")(pretrain)
+    app.command("finetune")(finetune)

@@ -1,5 +1,64 @@
-"""Placeholder until its helper lands it."""
+"""`genomeconv score-variants`: zero-shot variant-effect scores (genomeconv.pipelines.variants)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def register(app) -> None:  # replaced by the owning helper
-    return None
+def score_variants(
+    variants: Path = typer.Argument(..., help="VCF/BCF (plain, bgzip, BCF) or a Parquet/TSV/CSV "
+                                    "table with chrom, pos, ref, alt[, id]."),
+    fasta: Path = typer.Option(..., "--fasta", help="Reference FASTA (plain or bgzip)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
+                                        "(default: the bundled model)."),
+    out: Path = typer.Option(Path("variant_scores"), "--out", help="Output Parquet directory "
+                             "(one part per work unit; rerun to resume)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Window in bp (default: the "
+                                         "model's maximum length, capped at 32,768 on CPU); the "
+                                         "variant's first REF base sits at index window//2."),
+    region: Optional[str] = typer.Option(None, "--region", help="Only variants in this region "
+                                         "(samtools style, e.g. chr1:1,000-2,000)."),
+    genes: Optional[str] = typer.Option(None, "--genes", help="Only variants inside these genes "
+                                        "(comma-separated names or ids; needs --gtf)."),
+    gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3 annotation for --genes."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
+                                          "(default: RAY_ADDRESS, else a local instance)."),
+    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Model actors."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
+    site_probs: bool = typer.Option(False, "--site-probs", help="Also write p_ref and p_alt, the "
+                                    "model's probabilities of REF and ALT at an SNV."),
+    no_rc: bool = typer.Option(False, "--no-rc", help="Skip the reverse-complement strand "
+                               "(llr = llr_fwd, llr_rev empty)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Windows per "
+                                             "forward pass (default: ~131k tokens' worth)."),
+    unit_size: int = typer.Option(256, "--unit-size", min=1, help="ALT alleles per work unit "
+                                  "(one Parquet part each; the resume granularity)."),
+) -> None:
+    """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
+    from genomeconv.cli import command_line
+    from genomeconv.pipelines.variants import score_variants as run
+
+    try:
+        summary = run(variants, fasta, out, model=model, window=window, region=region,
+                      genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
+                      gtf=gtf, address=address, num_workers=num_workers, device=device,
+                      dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
+                      unit_size=unit_size, command=command_line())
+    except (ValueError, KeyError, OSError) as exc:  # bad inputs or options: a message, no trace
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for name, fasta_name in sorted(summary.renamed_contigs.items()):
+        typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "none"
+    typer.echo(f"{summary.variants} ALT alleles in {summary.units} units "
+               f"({summary.units_skipped} already done): wrote {summary.rows_written} rows "
+               f"[{statuses}] to {summary.out} in {summary.seconds:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `score-variants` to the genomeconv app."""
+    app.command("score-variants")(score_variants)

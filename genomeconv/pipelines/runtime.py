@@ -46,6 +46,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     return ray.cluster_resources()
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(name: str | None) -> Any:
+    """The torch dtype for a job's --dtype option (None: the model's own).
+
+    Weights stay float32; LayerNorms and residuals run in float32 (genomeconv.models.inference).
+    """
+    if name is None:
+        return None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)} (got {name!r})")
+    import torch
+
+    return getattr(torch, name)
+
+
 def _quiet_progress() -> None:
     """Ray Data's own progress bars would fight ours; genomeconv reports progress itself."""
     import ray.data
@@ -134,20 +151,53 @@ def finished_units(out_dir: str | Path) -> set[str]:
     return {p.name[len("part-"):-len(".parquet")] for p in out.glob("part-*.parquet")}
 
 
+class PartWriter:
+    """Streams one unit's rows into `part-<unit_id>.parquet` atomically, in bounded row groups.
+
+    Rows go to a `.tmp-*` file that `commit` renames into place; a run killed before that leaves
+    only the temporary file, which is never read and is replaced on the rerun. A finished part is
+    therefore either absent or complete.
+    """
+
+    def __init__(self, out_dir: str | Path, unit_id: str, schema: "pa.Schema",
+                 metadata: dict[bytes, bytes]) -> None:
+        import pyarrow.parquet as pq
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.final = out / f"part-{unit_id}.parquet"
+        self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema)
+
+    def write(self, table: "pa.Table") -> None:
+        """Append rows (one or more row groups of at most 65,536 rows)."""
+        assert self._writer is not None, "write after commit/discard"
+        self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
+                                 row_group_size=65536)
+
+    def commit(self) -> Path:
+        """Close the file and move it into place."""
+        assert self._writer is not None, "commit twice"
+        self._writer.close()
+        self._writer = None
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        """Remove the temporary file of a failed unit (no-op after commit)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.tmp.unlink(missing_ok=True)
+
+
 def write_part(table: "pa.Table", out_dir: str | Path, unit_id: str,
                metadata: dict[bytes, bytes]) -> Path:
-    """Write one unit's rows atomically as `part-<unit_id>.parquet` (temp file, then rename).
-
-    A run killed mid-write leaves only a `.tmp-*` file, which is never read and is replaced on
-    the rerun; a finished part is therefore either absent or complete.
-    """
-    import pyarrow.parquet as pq
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / f"part-{unit_id}.parquet"
-    tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    pq.write_table(table, tmp, row_group_size=max(1, min(len(table), 65536)))
-    os.replace(tmp, final)
-    return final
+    """Write one unit's rows atomically as `part-<unit_id>.parquet` (see PartWriter)."""
+    writer = PartWriter(out_dir, unit_id, table.schema, metadata)
+    try:
+        writer.write(table)
+        return writer.commit()
+    finally:
+        writer.discard()

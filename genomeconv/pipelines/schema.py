@@ -77,6 +77,8 @@ VARIANTS = pa.schema([
     ("p_ref", pa.float64()),
     ("p_alt", pa.float64()),
     ("model", pa.string()),
+    ("contig", pa.string()),     # the FASTA contig the variant was matched to (chr1 <-> 1)
+    ("n_padded", pa.int64()),    # N bases added past a contig end inside the reference window
 ])
 
 

@@ -1,0 +1,168 @@
+"""`genomeconv embed` end to end vs the model's own forward on the same sequences.
+
+Items: `--items` regions of ITEM_BP (>= 100 kbp) from the Klebsiella pneumoniae MGH 78578 chromosome
+(../shared/data, recompressed to bgzip in a temporary folder). Contenders, alternated repeat by
+repeat (harness.interleaved) so background load hits all alike:
+- model: the same sequences (fetched beforehand) through `inference.hidden_states` + mean pooling
+  in this process (torch threads = all cores): the model-only time;
+- embed_1w / embed_2w: `pipelines.embed.embed` with 1 and 2 Ray workers (cores split between
+  them), into a fresh output folder each repeat, Ray already started: planning, the actor start
+  and model load, fetching, the model, pooling and the Parquet write.
+Pipeline overhead = embed / model - 1; also each embed run against its own model time, measured
+inside the workers (`workers_model_s`, per worker; median over repeats of the per-run ratio),
+which cancels load differences between repeats and between the driver process and the actors. The fixed per-run cost (actor start, model load) is also
+measured alone on one 1 kbp item (`embed_1w_startup`) and reported subtracted, since it does
+not grow with the input. `--big` runs one 2.3 Mbp item instead (time and the worker's peak RSS;
+results/embed_big.json).
+
+Model: a random HyenaDNA of the HyenaDNA tiny shape (d_model 128, 2 layers) with filters as long
+as the items (max_seq_len ITEM_BP + 2; 2.3 Mbp + 2 for --big): the pipeline code path does not
+depend on the weights.
+
+Warm-up: one 1 kbp call of each kind (not the full items, to keep the run short).
+
+Usage: python benchmarks/bench_embed.py [--repeats 3] [--items 4] [--big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import pysam
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
+from genomeconv.io.fasta import FastaFile  # noqa: E402
+from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize  # noqa: E402
+from genomeconv.models.inference import hidden_states, pool  # noqa: E402
+from genomeconv.pipelines import runtime  # noqa: E402
+from genomeconv.pipelines.embed import embed  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCE = DATA / "klebsiella_pneumoniae_MGH78578.fna.gz"
+CHROM = "CP000647.1"
+ITEM_BP = 131_072
+BIG_BP = 2_300_000
+SHAPE = dict(d_model=128, n_layer=2, d_inner=512)
+
+
+def bgzip_copy(src: Path, dst: Path) -> str:
+    """Plain gzip -> bgzip (what the FastaFile error message asks users to do)."""
+    plain = dst.with_suffix("")
+    with gzip.open(src, "rb") as fin, open(plain, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    pysam.tabix_compress(str(plain), str(dst), force=True)
+    plain.unlink()
+    return str(dst)
+
+
+def make_model(tmp: Path, max_len: int) -> str:
+    torch.manual_seed(0)
+    path = tmp / f"model_{max_len}"
+    HyenaDNA(HyenaConfig(**SHAPE, max_seq_len=max_len + 2)).save(path)
+    return str(path)
+
+
+def regions(n: int, length: int) -> list[str]:
+    return [f"{CHROM}:{1 + i * length:,}-{(i + 1) * length:,}" for i in range(n)]
+
+
+def run_items(fasta: str, model_path: str, tmp: Path, args) -> list[dict]:
+    """The interleaved comparison on `args.items` x ITEM_BP."""
+    counter = itertools.count()
+    model = load(model_path)
+    items = regions(args.items, ITEM_BP)
+    with FastaFile(fasta) as fa:
+        seqs = [fa.fetch(CHROM, i * ITEM_BP, (i + 1) * ITEM_BP) for i in range(args.items)]
+    total_bp = sum(map(len, seqs))
+
+    def model_only() -> None:
+        for s in seqs:
+            pool(hidden_states(model, tokenize(s)[None]), "mean")
+
+    own: dict[str, list[tuple[float, float]]] = {}  # per run: (wall s, model s per worker)
+
+    def run_embed(workers: int, regs: list[str], name: str):
+        def go() -> None:
+            s = embed(fasta, tmp / f"out{next(counter)}", regions=regs, model=model_path,
+                      num_workers=workers, batch_size=1)
+            own.setdefault(name, []).append((s.seconds, s.model_seconds / workers))
+        return go
+
+    startup_run = run_embed(1, [f"{CHROM}:1-1,000"], "embed_1w_startup")
+    pool(hidden_states(model, tokenize(seqs[0][:1000])[None]), "mean")  # cheap warm-ups
+    startup_run()
+    stats = interleaved({"model": model_only, "embed_1w": run_embed(1, items, "embed_1w"),
+                         "embed_2w": run_embed(2, items, "embed_2w"),
+                         "embed_1w_startup": startup_run},
+                        repeats=args.repeats, warmup=0)
+    base = stats["model"]["median_s"]
+    startup = stats["embed_1w_startup"]["median_s"]
+    rows = []
+    for name, st in stats.items():
+        bp = 1000 if name == "embed_1w_startup" else total_bp
+        row = {"contender": name, "items": 1 if bp == 1000 else args.items, "bp": bp,
+               "median_s": st["median_s"], "min_s": st["min_s"],
+               "bp_per_s": bp / st["median_s"]}
+        if name.startswith("embed_") and bp != 1000:
+            row["overhead_pct"] = 100 * (st["median_s"] / base - 1)
+            row["overhead_pct_excl_startup"] = 100 * ((st["median_s"] - startup) / base - 1)
+            # each run against its own model time (measured in the workers, per worker)
+            runs = own[name][-args.repeats:]
+            row["workers_model_s"] = statistics.median(m for _, m in runs)
+            row["overhead_pct_vs_own_model"] = statistics.median(100 * (w / m - 1)
+                                                                 for w, m in runs)
+        rows.append(row)
+    return rows
+
+
+def run_big(fasta: str, tmp: Path) -> dict:
+    """One 2.3 Mbp item through `embed` (1 worker): time and the worker's peak RSS."""
+    s = embed(fasta, tmp / "big", regions=[f"{CHROM}:1-{BIG_BP:,}"],
+              model=make_model(tmp, BIG_BP))
+    return {"contender": "embed_1w_2.3Mbp", "items": 1, "bp": s.bp, "median_s": s.seconds,
+            "min_s": s.seconds, "bp_per_s": s.bp / s.seconds, "workers_model_s": s.model_seconds,
+            "worker_peak_rss_gib": s.worker_peak_rss / 2**30}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--items", type=int, default=4)
+    parser.add_argument("--big", action="store_true", help="instead, one 2.3 Mbp item")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
+    try:
+        fasta = bgzip_copy(SOURCE, tmp / "kp.fa.gz")
+        runtime.connect(num_cpus=cores, temp_dir=str(tmp / "ray"))
+        if args.big:
+            rows = [run_big(fasta, tmp)]
+        else:
+            rows = run_items(fasta, make_model(tmp, ITEM_BP), tmp, args)
+        print_table(rows, ["contender", "items", "bp", "median_s", "min_s", "bp_per_s",
+                           "overhead_pct", "overhead_pct_excl_startup", "workers_model_s",
+                           "overhead_pct_vs_own_model", "worker_peak_rss_gib"])
+        write_result("embed_big" if args.big else "embed", rows, model_shape=SHAPE,
+                     item_bp=BIG_BP if args.big else ITEM_BP, repeats=args.repeats,
+                     source=str(SOURCE.name), chrom=CHROM)
+    finally:
+        import ray
+
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

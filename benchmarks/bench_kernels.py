@@ -1,0 +1,141 @@
+"""Long-convolution kernels on CPU against the HyenaDNA reference formula, in the same run.
+
+Sweeps L = 2^lo .. 2^hi for (H=256, B=1) and (H=768, B=8), each path and dtype, interleaving
+repeats with the reference `irfft(rfft(u, n=2L) * rfft(k, n=2L) / 2L, n=2L, norm="forward")
+[..., :L] + u * D` (float32). Reports median seconds, GB/s over the bytes of u read and y
+written, peak extra RSS (harness.PeakRSS) and ratios against the reference; then the partial
+convolution (Lk = 2^14 at L = 2^22 by default) against the full-length FFT path. Contenders whose
+estimated peak memory exceeds --mem-gib are left out of that row (and say so).
+
+    python benchmarks/bench_kernels.py --quick                  # a short run
+    python benchmarks/bench_kernels.py --configs 256x1 --hi 20  # the float32 H=256 sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
+from genomeconv.kernels import fftconv  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REF_BYTES_PER_ELEM = 24     # measured peak extra of the reference per element of u (float32)
+PATH_BYTES_PER_ELEM = 5     # ours: the output (4 per element at float32) plus channel blocks
+
+
+def reference(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """HyenaDNA's fftconv formula (standalone/-hf code), float32."""
+    L = u.shape[-1]
+    n = 2 * L
+    u_f = torch.fft.rfft(u, n=n)
+    k_f = torch.fft.rfft(k, n=n) / n
+    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
+    return y + u * D[:, None]
+
+
+def sweep_row(B: int, H: int, L: int, dtype: str, paths: list[str], repeats: int,
+              mem_bytes: float) -> list[dict]:
+    g = torch.Generator().manual_seed(L)
+    u32 = torch.randn(B, H, L, generator=g)
+    k = torch.randn(H, L, generator=g) / L**0.5
+    D = torch.randn(H, generator=g)
+    u = u32.to(DTYPES[dtype])
+    elems = B * H * L
+    contenders = {}
+    if elems * REF_BYTES_PER_ELEM <= mem_bytes:
+        contenders["reference"] = lambda: reference(u32, k, D)
+    if elems * PATH_BYTES_PER_ELEM <= mem_bytes:
+        for p in paths:
+            contenders[p] = (lambda p=p: fftconv(u, k, D, method=p))
+    if not contenders:
+        return []
+    with torch.no_grad():
+        res = interleaved(contenders, repeats=repeats, warmup=1)
+    io_bytes = elems * (u.element_size() + u.element_size())
+    ref = res.get("reference")
+    rows = []
+    for name, r in res.items():
+        row = {"B": B, "H": H, "L": L, "log2L": L.bit_length() - 1, "dtype": dtype,
+               "path": name, "median_s": r["median_s"], "min_s": r["min_s"],
+               "GB/s": io_bytes / r["median_s"] / 1e9,
+               "peak_extra_MiB": r["peak_extra_bytes"] / 2**20}
+        if ref is not None and name != "reference":
+            row["ratio_vs_ref"] = ref["median_s"] / r["median_s"]
+            row["mem_vs_ref"] = r["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1)
+        elif ref is None:
+            row["note"] = "reference over --mem-gib"
+        rows.append(row)
+    return rows
+
+
+def partial_rows(H: int, L: int, Lk: int, repeats: int) -> list[dict]:
+    g = torch.Generator().manual_seed(Lk)
+    u = torch.randn(1, H, L, generator=g)
+    k = torch.randn(H, Lk, generator=g) / Lk**0.5
+    D = torch.randn(H, generator=g)
+    with torch.no_grad():
+        res = interleaved({"fft": lambda: fftconv(u, k, D, method="fft"),
+                           "partial": lambda: fftconv(u, k, D, method="partial")},
+                          repeats=repeats, warmup=1)
+    rows = []
+    for name, r in res.items():
+        rows.append({"H": H, "L": L, "Lk": Lk, "path": name, "median_s": r["median_s"],
+                     "GB/s": 8 * H * L / r["median_s"] / 1e9,
+                     "peak_extra_MiB": r["peak_extra_bytes"] / 2**20,
+                     "speedup_vs_fft": res["fft"]["median_s"] / r["median_s"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="short run: H=256 B=1 float32, L=2^10..2^16, 2 repeats, small partial")
+    ap.add_argument("--lo", type=int, default=10, help="smallest log2 L")
+    ap.add_argument("--hi", type=int, default=22, help="largest log2 L")
+    ap.add_argument("--configs", default="256x1,768x8", help="HxB list")
+    ap.add_argument("--dtypes", default="float32,bfloat16,float16")
+    ap.add_argument("--paths", default="auto,fft", help="fftconv methods to time")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mem-gib", type=float, default=8.0,
+                    help="skip contenders whose estimated peak extra memory exceeds this")
+    ap.add_argument("--partial", default="16:22:14",
+                    help="H:log2L:log2Lk of the partial-vs-full comparison ('' to skip)")
+    ap.add_argument("--name", default="bench_kernels")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.hi, args.configs, args.dtypes, args.repeats = 16, "256x1", "float32", 2
+        args.partial = args.partial if args.partial != "16:22:14" else "16:19:12"
+    mem = args.mem_gib * 2**30
+    rows: list[dict] = []
+    cols = ["H", "B", "log2L", "dtype", "path", "median_s", "ratio_vs_ref", "GB/s",
+            "peak_extra_MiB", "mem_vs_ref", "note"]
+    for cfg in args.configs.split(","):
+        H, B = (int(v) for v in cfg.split("x"))
+        for dtype in args.dtypes.split(","):
+            for lg in range(args.lo, args.hi + 1):
+                new = sweep_row(B, H, 1 << lg, dtype, args.paths.split(","), args.repeats, mem)
+                print_table(new, cols)
+                sys.stdout.flush()
+                rows += new
+    prow: list[dict] = []
+    if args.partial:
+        H, lg, lgk = (int(v) for v in args.partial.split(":"))
+        prow = partial_rows(H, 1 << lg, 1 << lgk, args.repeats)
+    print("\n== sweep ==")
+    print_table(rows, cols)
+    if prow:
+        print("\n== partial vs full FFT ==")
+        print_table(prow, ["H", "L", "Lk", "path", "median_s", "speedup_vs_fft", "GB/s",
+                           "peak_extra_MiB"])
+    write_result(args.name, rows, partial=prow, threads=torch.get_num_threads(),
+                 args=vars(args))
+
+
+if __name__ == "__main__":
+    main()

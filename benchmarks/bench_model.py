@@ -1,0 +1,131 @@
+"""HyenaDNA forward pass, large-1m shape (d_model 256, 8 layers, d_inner 1024, l_max 1,000,002,
+random weights): genomeconv's bounded-memory path in float32 and bfloat16 against a plain
+re-implementation of the public forward pass (torch.fft with 2L padding over full-length
+tensors), in the same run, alternating repeats. Reports bp/s, peak RSS and errors vs float32.
+
+    python benchmarks/bench_model.py                   # L = 131,072 (public too) and 1,000,000
+    python benchmarks/bench_model.py --lengths 131072 4000000 --public-max 131072
+    python benchmarks/bench_model.py --quick           # L = 16,384, a small smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import PeakRSS, interleaved, print_table, write_result  # noqa: E402
+from genomeconv.models import HyenaConfig, HyenaDNA, inference  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LARGE_1M = HyenaConfig(d_model=256, n_layer=8, d_inner=1024, max_seq_len=1_000_002)
+
+
+def public_fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """The public formula: rfft of input and filter at 2L, product, irfft, + D u."""
+    L = u.shape[-1]
+    n = 2 * L
+    k_f = torch.fft.rfft(k, n=n) / n
+    u_f = torch.fft.rfft(u.to(k.dtype), n=n)
+    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
+    return (y + u * D.unsqueeze(-1)).to(u.dtype)
+
+
+@torch.no_grad()
+def public_forward(model: HyenaDNA, ids: torch.Tensor) -> torch.Tensor:
+    """The public forward pass over full-length tensors (L <= max_seq_len)."""
+    bb = model.backbone
+    L = ids.shape[1]
+    residual = bb.embeddings.word_embeddings(ids)
+    for block in bb.layers:
+        mixer, filt = block.mixer, block.mixer.filter_fn
+        u = mixer.in_proj(block.norm1(residual)).transpose(1, 2)
+        x0, x1, v = mixer.short_filter(u)[..., :L].split(mixer.d_model, dim=1)
+        z, t = filt.pos_emb.z[:, :L], filt.pos_emb.t[:, :L]
+        h = filt.implicit_filter(z)
+        h = h * (torch.exp(-t * filt.modulation.deltas.abs()) + filt.modulation.shift)
+        k = h[0].transpose(0, 1)
+        v = public_fftconv(v * x1, k, filt.bias)
+        residual = mixer.out_proj((v * x0).transpose(1, 2)) + residual
+        residual = block.mlp(block.norm2(residual)) + residual
+    return bb.ln_f(residual)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def bench_length(model: HyenaDNA, L: int, public_max: int, repeats: int, warmup: int,
+                 chunk: int | None, dtypes: list[str]) -> list[dict]:
+    gen = torch.Generator().manual_seed(L)
+    ids = torch.randint(7, 12, (1, L), generator=gen)
+    outs: dict[str, torch.Tensor] = {}
+
+    def run(name, fn):
+        def call():
+            outs[name] = fn()
+        return call
+
+    contenders = {f"genomeconv {name}": run(name, lambda dt=DTYPES[name]: inference.hidden_states(
+        model, ids, chunk_size=chunk, dtype=dt)) for name in dtypes}
+    if L <= min(public_max, model.max_seq_len):
+        public = run("public", lambda: public_forward(model, ids))
+        contenders = {"public fp32 (torch.fft 2L)": public, **contenders}
+    base = PeakRSS.current()
+    stats = interleaved(contenders, repeats=repeats, warmup=warmup)
+    public = stats.get("public fp32 (torch.fft 2L)")
+    rows = []
+    for name, st in stats.items():
+        row = {"L": L, "contender": name, "seconds": st["median_s"],
+               "kbp_per_s": L / st["median_s"] / 1e3,
+               "peak_rss_gb": (base + st["peak_extra_bytes"]) / 2**30,
+               "speedup_vs_public": public["median_s"] / st["median_s"] if public else ""}
+        key = "public" if name.startswith("public") else name.split()[-1]
+        if key != "fp32" and "fp32" in outs:
+            row["rel_err_vs_genomeconv_fp32"] = rel_err(outs[key], outs["fp32"])
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[131_072, 1_000_000])
+    ap.add_argument("--public-max", type=int, default=131_072,
+                    help="run the public re-implementation only up to this length "
+                         "(measured here: 660 s and 20.5 GB at 1 Mbp)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
+                    help="genomeconv compute dtypes (bf16 is only fast on CPUs with native "
+                         "bf16 matmuls: AVX512-BF16 or AMX)")
+    ap.add_argument("--n-layer", type=int, default=LARGE_1M.n_layer,
+                    help="fewer layers for a quick memory probe (buffers are per layer)")
+    ap.add_argument("--name", default="bench_model", help="results/<name>.json")
+    ap.add_argument("--quick", action="store_true", help="L = 16,384 only, 2 repeats")
+    args = ap.parse_args()
+    if args.quick:
+        args.lengths, args.repeats, args.warmup = [16_384], 2, 1
+    torch.manual_seed(0)
+    config = HyenaConfig(**{**LARGE_1M.to_dict(), "n_layer": args.n_layer})
+    model = HyenaDNA(config).eval()
+    rows = []
+    for L in args.lengths:
+        rows += bench_length(model, L, args.public_max, args.repeats, args.warmup,
+                             args.chunk_size, args.dtypes)
+        print_table(rows, ["L", "contender", "seconds", "kbp_per_s", "peak_rss_gb",
+                           "speedup_vs_public", "rel_err_vs_genomeconv_fp32"])
+    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    write_result(args.name, rows, config=config.to_dict(), threads=torch.get_num_threads(),
+                 native_bf16=any(f in cpu_flags for f in ("avx512_bf16", "amx_bf16")),
+                 flop_per_bp_matmul=2 * config.n_layer * config.d_model * (
+                     3 * config.d_model + config.d_model + 2 * config.d_inner),
+                 note="public fp32 = the public formula re-implemented here")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Coordinates and strands: the one place genomeconv converts between conventions.
+
+Internally an `Interval` is 0-based half-open (like BED); region strings are samtools style
+(1-based, closed, commas allowed: ``chr1:1,000-2,000`` is ``Interval("chr1", 999, 2000)``).
+Contig names are matched across conventions (``chr1`` <-> ``1``, ``chrM`` <-> ``MT`` <-> ``M``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+STRANDS = ("+", "-")
+
+_COMPLEMENT = str.maketrans(
+    "ACGTUNRYSWKMBDHVacgtunryswkmbdhv",
+    "TGCAANYRSWMKVHDBtgcaanyrswmkvhdb",
+)
+_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,]+)(?:-(?P<end>[\d,]*))?)?$")
+_MITO = {"M", "MT"}
+
+
+class UnknownContigError(KeyError):
+    """A contig name that matches none of the available ones (names the contig and the file)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A 0-based half-open interval on one strand; `end=None` means "to the end of the contig"."""
+
+    chrom: str
+    start: int
+    end: int | None
+    strand: str = "+"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strand not in STRANDS:
+            raise ValueError(f"strand must be '+' or '-', got {self.strand!r}")
+        if self.start < 0 or (self.end is not None and self.end < self.start):
+            raise ValueError(f"invalid interval {self.chrom}:[{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        """Number of bases (the interval must be bounded)."""
+        if self.end is None:
+            raise ValueError(f"interval on {self.chrom} has no end")
+        return self.end - self.start
+
+
+def parse_region(region: str) -> Interval:
+    """Parse a samtools-style region (``chr1``, ``chr1:1000``, ``chr1:1,000-2,000``).
+
+    Positions are 1-based and closed; the result is 0-based half-open (`end=None` when open).
+    """
+    text = region.strip()
+    match = _REGION.match(text)
+    if match is None or match["chrom"].startswith(":") or match["chrom"].endswith(":"):
+        raise ValueError(f"invalid region {region!r} (expected e.g. chr1:1,000-2,000)")
+    chrom, start_s, end_s = match["chrom"], match["start"], match["end"]
+    if start_s is None:
+        return Interval(chrom, 0, None)
+    start = int(start_s.replace(",", ""))
+    if start < 1:
+        raise ValueError(f"invalid region {region!r}: positions are 1-based")
+    end = int(end_s.replace(",", "")) if end_s else None
+    if end is not None and end < start:
+        raise ValueError(f"invalid region {region!r}: end {end} < start {start}")
+    return Interval(chrom, start - 1, end)
+
+
+def format_region(interval: Interval) -> str:
+    """Samtools-style string for an interval (1-based closed), e.g. ``chr1:1000-2000``."""
+    if interval.end is None:
+        return interval.chrom if interval.start == 0 else f"{interval.chrom}:{interval.start + 1}"
+    return f"{interval.chrom}:{interval.start + 1}-{interval.end}"
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement, keeping case; IUPAC codes map to their complements, N to N."""
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def _core(name: str) -> str:
+    core = name[3:] if name[:3].lower() == "chr" else name
+    return "MT" if core.upper() in _MITO else core
+
+
+def resolve_contig(name: str, available: Collection[str], *, source: str | None = None) -> str:
+    """The name in `available` that `name` refers to (exact, else chr1<->1, chrM<->MT<->M).
+
+    Raises UnknownContigError naming the contig and `source` (the file the names came from).
+    """
+    if name in available:
+        return name
+    matches = [a for a in available if _core(a) == _core(name)]
+    if len(matches) == 1:
+        return matches[0]
+    where = f" in {source}" if source else ""
+    if matches:
+        raise UnknownContigError(f"contig {name!r} is ambiguous{where}: matches {sorted(matches)}")
+    shown = ", ".join(sorted(available)[:10]) + (", ..." if len(available) > 10 else "")
+    raise UnknownContigError(f"unknown contig {name!r}{where} (available: {shown})")

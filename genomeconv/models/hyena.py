@@ -1,0 +1,292 @@
+"""HyenaDNA (Nguyen et al., 2023): config and modules, matching the public architecture exactly.
+
+Module names follow the public checkpoints (`backbone.embeddings.word_embeddings`,
+`backbone.layers.{i}.mixer.{in_proj,short_filter,filter_fn,out_proj}`, `norm1`, `norm2`,
+`mlp.fc1/fc2`, `backbone.ln_f`, `lm_head`), so loading is a key rename (see checkpoints.py).
+
+Inputs longer than `max_seq_len`: the implicit filter is only defined on `max_seq_len` positions,
+so the long convolution becomes a *partial* convolution with `max_seq_len` taps (as FlashFFTConv
+ran HyenaDNA at 4M). The official code cannot take such inputs at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genomeconv.kernels import fftconv
+from genomeconv.models import inference
+from genomeconv.models.tokenizer import tokenize
+
+
+@dataclass(frozen=True)
+class HyenaConfig:
+    """Shape of a HyenaDNA model (defaults: the public tiny-1k shape)."""
+
+    d_model: int = 128
+    n_layer: int = 2
+    d_inner: int = 512
+    max_seq_len: int = 1026
+    vocab_size: int = 12
+    pad_vocab_size_multiple: int = 8
+    emb_dim: int = 5
+    filter_order: int = 64
+    short_filter_order: int = 3
+    num_inner_mlps: int = 2
+    hyena_order: int = 2
+    activation_freq: float = 10.0
+    layer_norm_epsilon: float = 1e-5
+    modulate: bool = True
+    modulation_shift: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.hyena_order != 2:
+            raise ValueError(f"only hyena_order 2 is supported (got {self.hyena_order})")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ValueError(f"emb_dim must be odd and >= 3 (got {self.emb_dim})")
+        if self.short_filter_order < 1 or min(self.d_model, self.n_layer, self.d_inner,
+                                               self.max_seq_len) < 1:
+            raise ValueError("sizes must be positive")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: vocab_size rounded up to pad_vocab_size_multiple (12 -> 16)."""
+        m = self.pad_vocab_size_multiple
+        return -(-self.vocab_size // m) * m
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HyenaConfig":
+        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown HyenaConfig keys: {unknown}")
+        return cls(**data)
+
+    @property
+    def sha256(self) -> str:
+        """Stable hash of the config (sorted-key JSON)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Sin(nn.Module):
+    """sin(freq * x), one frequency per filter channel (shared by the filter MLP's layers)."""
+
+    def __init__(self, dim: int, w: float):
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class PositionalEmbedding(nn.Module):
+    """z = [t, cos(f w), -sin(f w)] over max_seq_len positions (computed, not stored)."""
+
+    def __init__(self, emb_dim: int, seq_len: int):
+        super().__init__()
+        t = torch.linspace(0, 1, seq_len)[None, :, None]
+        bands = (emb_dim - 1) // 2
+        w = 2 * math.pi * torch.linspace(0, seq_len - 1, seq_len)[None, :, None] / seq_len
+        f = torch.linspace(1e-4, bands - 1, bands)[None, None]
+        z = torch.cat([t, torch.cos(f * w), -torch.sin(f * w)], dim=-1)
+        self.register_buffer("z", z, persistent=False)
+        self.register_buffer("t", t, persistent=False)
+
+
+class ExponentialModulation(nn.Module):
+    """Window exp(-t |delta_c|) + shift applied to each filter channel c."""
+
+    def __init__(self, d_model: int, shift: float, modulate: bool = True,
+                 fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5, target: float = 1e-2):
+        super().__init__()
+        self.modulate = modulate
+        self.shift = shift
+        deltas = torch.linspace(math.log(target) / slow_decay_pct,
+                                math.log(target) / fast_decay_pct, d_model)[None, None]
+        self.register_buffer("deltas", deltas)
+
+
+class HyenaFilter(nn.Module):
+    """Implicit long filter: Linear-Sin MLP over positional features, times a decay window."""
+
+    def __init__(self, cfg: HyenaConfig):
+        super().__init__()
+        d, order = cfg.d_model, cfg.filter_order
+        self.bias = nn.Parameter(torch.randn(d))
+        self.pos_emb = PositionalEmbedding(cfg.emb_dim, cfg.max_seq_len)
+        act = Sin(order, cfg.activation_freq)
+        layers: list[nn.Module] = [nn.Linear(cfg.emb_dim, order), act]
+        for _ in range(cfg.num_inner_mlps):
+            layers += [nn.Linear(order, order), act]
+        layers.append(nn.Linear(order, d, bias=False))
+        self.implicit_filter = nn.Sequential(*layers)
+        self.modulation = ExponentialModulation(d, cfg.modulation_shift, cfg.modulate)
+
+    def features(self, length: int) -> torch.Tensor:
+        """Features (length, filter_order) before the last Linear, shared by all channels."""
+        z = self.pos_emb.z[0, :length]
+        return self.implicit_filter[:-1](z.to(self.implicit_filter[0].weight.dtype))
+
+    def filter(self, length: int, channels: slice = slice(None),
+               features: torch.Tensor | None = None) -> torch.Tensor:
+        """Filter taps k (channels, length); pass `features` to reuse them across channel groups."""
+        h = self.features(length) if features is None else features
+        k = self.implicit_filter[-1].weight[channels] @ h.T
+        if self.modulation.modulate:
+            t = self.pos_emb.t[0, :length, 0]
+            decay = torch.exp(-t[None, :] * self.modulation.deltas[0, 0, channels, None].abs())
+            k = k * (decay + self.modulation.shift)
+        return k
+
+
+class HyenaOperator(nn.Module):
+    """Order-2 Hyena: in_proj, short causal conv, x0 * (k * (x1 * v) + D * x1 * v), out_proj."""
+
+    def __init__(self, cfg: HyenaConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.d_model = d
+        self.l_max = cfg.max_seq_len
+        self.in_proj = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(d, d)
+        w = cfg.short_filter_order
+        self.short_filter = nn.Conv1d(3 * d, 3 * d, w, padding=w - 1, groups=3 * d)
+        self.filter_fn = HyenaFilter(cfg)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        L = u.shape[1]
+        z = self.short_filter(self.in_proj(u).transpose(1, 2))[..., :L]
+        x0, x1, v = z.split(self.d_model, dim=1)
+        k = self.filter_fn.filter(min(L, self.l_max))
+        y = fftconv(v, k, self.filter_fn.bias, pregate=x1, postgate=x0,
+                    cache=inference.NO_CACHE)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (tanh approximation) -> fc2."""
+
+    def __init__(self, d_model: int, d_inner: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_inner)
+        self.fc2 = nn.Linear(d_inner, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm block on a float32 residual: x += Hyena(LN1(x)); x += MLP(LN2(x))."""
+
+    def __init__(self, cfg: HyenaConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+        self.mixer = HyenaOperator(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+        self.mlp = Mlp(cfg.d_model, cfg.d_inner)
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        dtype = self.norm1.weight.dtype
+        residual = residual + self.mixer(self.norm1(residual.to(dtype))).float()
+        return residual + self.mlp(self.norm2(residual.to(dtype))).float()
+
+
+class Embeddings(nn.Module):
+    """Token embedding only (HyenaDNA has no positional embedding)."""
+
+    def __init__(self, cfg: HyenaConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+
+
+class Backbone(nn.Module):
+    """Embeddings, n_layer blocks, final LayerNorm."""
+
+    def __init__(self, cfg: HyenaConfig):
+        super().__init__()
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+
+
+class HyenaDNA(nn.Module):
+    """HyenaDNA language model; `model(ids)` returns the hidden states after ln_f."""
+
+    def __init__(self, config: HyenaConfig):
+        super().__init__()
+        self.config = config
+        self.model_id = "untrained"
+        self.backbone = Backbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self, std: float = 0.02) -> None:
+        """The public initialisation: N(0, 0.02) Linear/Embedding weights, zero biases,
+        out_proj/fc2 scaled by 1/sqrt(2 n_layer)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.backbone.layers:
+            for w in (block.mixer.out_proj.weight, block.mlp.fc2.weight):
+                nn.init.normal_(w, std=std / math.sqrt(2 * self.config.n_layer))
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    @property
+    def config_sha256(self) -> str:
+        return self.config.sha256
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) -> hidden states (B, L, d_model) after ln_f (float32 residual stream)."""
+        bb = self.backbone
+        residual = bb.embeddings.word_embeddings(input_ids).float()
+        for block in bb.layers:
+            residual = block(residual)
+        return bb.ln_f(residual.to(bb.ln_f.weight.dtype))
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) -> next-token logits (B, L, padded_vocab_size)."""
+        return self.lm_head(self(input_ids))
+
+    def log_likelihood(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32."""
+        return inference.next_token_loglik(self.logits(input_ids), input_ids)
+
+    @torch.no_grad()
+    def embed(self, seq_or_ids: str | bytes | torch.Tensor, pooling: str = "mean",
+              **inference_options) -> torch.Tensor:
+        """Pooled embedding: (d_model,) for a string or 1-D ids, (B, d_model) for (B, L) ids.
+
+        Runs the bounded-memory path (`inference.hidden_states`, options passed through).
+        """
+        ids = tokenize(seq_or_ids) if isinstance(seq_or_ids, (str, bytes)) else seq_or_ids
+        single = ids.dim() == 1
+        ids = ids[None] if single else ids
+        pooled = inference.pool(inference.hidden_states(self, ids, **inference_options), pooling)
+        return pooled[0] if single else pooled
+
+    def save(self, directory, *, card: str | None = None) -> None:
+        """Write config.json + model.safetensors (+ MODEL_CARD.md when `card` is given)."""
+        from genomeconv.models.checkpoints import save
+
+        save(self, directory, card=card)

@@ -1,0 +1,450 @@
+"""`genomeconv embed`: pooled (and optionally per-base) embeddings of regions, genes, BED
+intervals, whole records or reads, on Ray, written as keyed, resumable Parquet parts.
+
+The driver plans work items that carry coordinates only (never sequences), groups them into
+deterministic work units (`runtime.plan_units`; items longer than LONG_ITEM_BP alone), skips units
+already written, and streams the rest through a Ray Data actor pool. Each `EmbedActor` opens the
+FASTA or read file and loads the model once, fetches each item's bases, reverse-complements
+minus-strand items, runs the model's bounded-memory path (`inference.hidden_states`), pools, and
+writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit whose embeddings
+part exists is complete.
+
+Per-base rows: `position` is 0-based on the reference (a minus-strand item's first base is its
+highest position); for reads it is the offset in the read as sequenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genomeconv.io.regions import Interval, format_region, parse_region
+from genomeconv.pipelines import runtime, schema
+
+LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
+FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
+PER_BASE_ROWS = 16_384  # rows per per-base row group (bounds the writer's memory)
+POOLINGS = ("mean", "max", "last")
+PER_BASE_DTYPES = ("float32", "float16")
+EMBEDDINGS_DIR, PER_BASE_DIR = "embeddings", "per_base"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to embed, by coordinates: a FASTA interval or a read (offset/flag locate it)."""
+
+    item_id: str
+    seq_name: str
+    chrom: str | None
+    start: int
+    end: int
+    strand: str
+    length: int
+    gene_id: str | None = None
+    gene_name: str | None = None
+    read_name: str | None = None
+    read_flag: int | None = None
+    read_offset: int | None = None
+
+
+def item_id(source: str | Path, *parts: object) -> str:
+    """Stable id: hash of the input's file name and the item's coordinates, strand and name."""
+    key = "\t".join([Path(source).name, *("" if p is None else str(p) for p in parts)])
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def is_read_file(path: str | Path) -> bool:
+    """True for BAM/uBAM (BGZF holding 'BAM\\1') and CRAM inputs, from the content."""
+    import gzip
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"CRAM":
+        return True
+    if head[:2] != b"\x1f\x8b":
+        return False
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read(4) == b"BAM\x01"
+    except OSError:
+        return False
+
+
+# --- planning (driver side) ---------------------------------------------------------------
+
+
+def _interval_item(source: str, iv: Interval, seq_name: str, gene_id: str | None = None,
+                   gene_name: str | None = None) -> Item:
+    return Item(item_id(source, iv.chrom, iv.start, iv.end, iv.strand, gene_id or iv.name),
+                seq_name, iv.chrom, iv.start, iv.end, iv.strand, iv.end - iv.start,
+                gene_id=gene_id, gene_name=gene_name)
+
+
+def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
+                     gtf: str | Path | None = None, genes: Sequence[str] | None = None,
+                     bed: str | Path | None = None) -> list[Item]:
+    """Items on a FASTA: the regions, the (selected) GTF/GFF3 genes and the BED intervals
+    asked for, or every record when none is given. Contig names are resolved against the FASTA
+    (chr1 <-> 1); unknown contigs and genes raise errors naming them."""
+    from genomeconv.io.annotations import read_bed, read_genes, select_genes
+    from genomeconv.io.fasta import FastaFile
+
+    src = str(fasta_path)
+    items: list[Item] = []
+    with FastaFile(src) as fa:
+        def clip(iv: Interval) -> Interval:
+            chrom = fa.resolve(iv.chrom)
+            size = fa.length(chrom)
+            end = size if iv.end is None else iv.end
+            if iv.start >= size or end > size:
+                raise ValueError(f"{format_region(iv)} runs past the end of {chrom} "
+                                 f"(length {size}) in {src}")
+            return Interval(chrom, iv.start, end, iv.strand, iv.name)
+
+        for text in regions:
+            iv = clip(parse_region(text))
+            items.append(_interval_item(src, iv, text))
+        if gtf is not None:
+            found = read_genes(gtf)
+            if genes:
+                found = select_genes(found, genes, source=str(gtf))
+            for g in found:
+                iv = clip(g.interval)
+                items.append(_interval_item(src, iv, g.gene_name or g.gene_id, g.gene_id,
+                                            g.gene_name))
+        if bed is not None:
+            for iv in read_bed(bed):
+                iv = clip(iv)
+                items.append(_interval_item(src, iv, iv.name or format_region(iv)))
+        if not (regions or gtf or bed):
+            for name, size in zip(fa.references, fa.lengths):
+                items.append(_interval_item(src, Interval(name, 0, size), name))
+    return _unique(items)
+
+
+def plan_read_items(reads_path: str | Path, *, regions: Sequence[str] = (), min_mapq: int = 0,
+                    min_length: int = 0, reference: str | Path | None = None) -> list[Item]:
+    """One item per selected read (primary alignments, MAPQ/length filters, optional regions)."""
+    from genomeconv.io.reads import scan_reads
+
+    items = []
+    for region in regions or [None]:
+        for r in scan_reads(reads_path, region=region, min_mapq=min_mapq, min_length=min_length,
+                            reference=reference):
+            items.append(Item(
+                item_id(reads_path, r.chrom, r.start, r.end, r.strand, r.name, r.flag, r.offset),
+                r.name, r.chrom, r.start, r.end, r.strand, r.length, read_name=r.name,
+                read_flag=r.flag, read_offset=r.offset))
+    return _unique(items)
+
+
+def _unique(items: list[Item]) -> list[Item]:
+    """Drop repeats of the same item (e.g. a region given twice), keeping the first."""
+    seen: dict[str, Item] = {}
+    for it in items:
+        seen.setdefault(it.item_id, it)
+    return list(seen.values())
+
+
+def plan_units(items: Sequence[Item], batch_size: int) -> list[runtime.WorkUnit]:
+    """Work units: items longer than LONG_ITEM_BP alone, the others `batch_size` at a time."""
+    long_ids = [it.item_id for it in items if it.length > LONG_ITEM_BP]
+    short_ids = [it.item_id for it in items if it.length <= LONG_ITEM_BP]
+    return runtime.plan_units(long_ids, 1) + runtime.plan_units(short_ids, batch_size)
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything an EmbedActor needs (small and picklable)."""
+
+    model: str | None
+    fasta: str | None
+    reads: str | None
+    out: str
+    pooling: str = "mean"
+    per_base: bool = False
+    per_base_dtype: str = "float32"
+    batch_size: int = 16
+    chunk_size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    command: str = "genomeconv embed"
+
+
+class EmbedActor:
+    """Ray Data actor: opens the inputs and loads the model once, then embeds whole units."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import torch
+
+        from genomeconv.models import load
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.cfg = config
+        self.model = load(config.model, device=config.device)
+        self.dtype = runtime.compute_dtype(config.dtype)
+        if config.reads:
+            from genomeconv.io.reads import ReadFile
+
+            self.source = ReadFile(config.reads, reference=config.fasta)
+        else:
+            from genomeconv.io.fasta import FastaFile
+
+            self.source = FastaFile(config.fasta)
+        self.meta = schema.file_metadata(self.model, config.command, "embeddings")
+        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        """Embed every unit in the batch; one summary row per unit: unit_id, items, bp,
+        model_s (seconds in the model) and peak_rss (this worker's peak resident bytes so far)."""
+        import resource
+
+        out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
+                                "peak_rss": []}
+        for unit_id, payload in zip(batch["unit_id"], batch["items"]):
+            items = [Item(**d) for d in json.loads(payload)]
+            out["model_s"].append(self.run_unit(str(unit_id), items))
+            out["unit_id"].append(str(unit_id))
+            out["items"].append(len(items))
+            out["bp"].append(sum(it.length for it in items))
+            out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return out
+
+    def sequence(self, item: Item) -> str:
+        """The item's bases in its own orientation (minus strand: reverse complement)."""
+        from genomeconv.io.reads import ReadRef
+        from genomeconv.io.regions import reverse_complement
+
+        if item.read_name is not None:
+            return self.source.sequence(ReadRef(item.read_name, item.read_flag, item.chrom,
+                                                item.start, item.end, item.strand, item.length,
+                                                item.read_offset))
+        seq = self.source.fetch(item.chrom, item.start, item.end)
+        return reverse_complement(seq) if item.strand == "-" else seq
+
+    def run_unit(self, unit_id: str, items: list[Item]) -> float:
+        """Embed one unit's items and write its part(s); return the seconds spent in the model."""
+        import pyarrow as pa
+
+        rows: dict[str, dict] = {}
+        model_s = 0.0
+        writer = _PerBaseWriter(self.cfg, unit_id, self.model.d_model, self.meta_pb) \
+            if self.cfg.per_base else None
+        try:
+            for group in _forward_groups(items, self.cfg.batch_size):
+                seqs = [self.sequence(it) for it in group]
+                t0 = time.perf_counter()
+                hiddens = self.hidden(seqs)
+                model_s += time.perf_counter() - t0
+                for it, seq, hidden in zip(group, seqs, hiddens):
+                    rows[it.item_id] = self.row(it, seq, hidden)
+                    if writer is not None:
+                        writer.write(it, hidden)
+            if writer is not None:
+                writer.commit()
+        finally:
+            if writer is not None:
+                writer.discard()
+        ordered = [rows[it.item_id] for it in items]
+        table = pa.Table.from_pylist(ordered, schema=schema.embeddings_schema(self.model.d_model))
+        runtime.write_part(table, Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta)
+        return model_s
+
+    def hidden(self, seqs: list[str]):
+        """Hidden states of each sequence ((L_i, d) float32 tensors); short ones batched with
+        right padding, which a causal model never sees from earlier positions."""
+        import torch
+
+        from genomeconv.models import tokenize
+        from genomeconv.models.inference import hidden_states
+        from genomeconv.models.tokenizer import PAD_ID
+
+        lengths = [len(s) for s in seqs]
+        ids = torch.full((len(seqs), max(lengths)), PAD_ID, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = tokenize(s)
+        hidden = hidden_states(self.model, ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
+        return [hidden[i, :n].cpu() for i, n in enumerate(lengths)]
+
+    def row(self, item: Item, seq: str, hidden) -> dict[str, Any]:
+        """The embeddings row of one item."""
+        from genomeconv.models.inference import pool
+
+        vector = pool(hidden[None], self.cfg.pooling)[0]
+        return {"item_id": item.item_id, "seq_name": item.seq_name, "chrom": item.chrom,
+                "start": item.start, "end": item.end, "strand": item.strand,
+                "gene_id": item.gene_id, "gene_name": item.gene_name,
+                "read_name": item.read_name, "length": len(seq),
+                "n_fraction": seq.count("N") / max(1, len(seq)), "pooling": self.cfg.pooling,
+                "embedding": vector.float().numpy()}
+
+
+def _forward_groups(items: list[Item], batch_size: int) -> list[list[Item]]:
+    """Items grouped for one model call: by length, at most `batch_size` and FORWARD_TOKENS
+    padded tokens per call (a long item is a call of its own)."""
+    groups: list[list[Item]] = []
+    for it in sorted(items, key=lambda i: i.length):
+        g = groups[-1] if groups else None
+        if g and len(g) < batch_size and (len(g) + 1) * it.length <= FORWARD_TOKENS:
+            g.append(it)
+        else:
+            groups.append([it])
+    return groups
+
+
+class _PerBaseWriter:
+    """Streams one unit's per-base rows through runtime.PartWriter, PER_BASE_ROWS at a time."""
+
+    def __init__(self, cfg: WorkerConfig, unit_id: str, d_model: int,
+                 metadata: dict[bytes, bytes]) -> None:
+        self.np_dtype = cfg.per_base_dtype
+        self.d = d_model
+        self.part = runtime.PartWriter(Path(cfg.out) / PER_BASE_DIR, unit_id,
+                                       schema.per_base_schema(d_model, cfg.per_base_dtype),
+                                       metadata)
+        self.commit, self.discard = self.part.commit, self.part.discard
+
+    def write(self, item: Item, hidden) -> None:
+        """Append the item's rows, PER_BASE_ROWS at a time."""
+        import numpy as np
+        import pyarrow as pa
+
+        n = hidden.shape[0]
+        for lo in range(0, n, PER_BASE_ROWS):
+            hi = min(n, lo + PER_BASE_ROWS)
+            offsets = np.arange(lo, hi, dtype=np.int64)
+            if item.read_name is not None:
+                positions = offsets
+            elif item.strand == "-":
+                positions = item.end - 1 - offsets
+            else:
+                positions = item.start + offsets
+            values = pa.array(hidden[lo:hi].numpy().astype(self.np_dtype).reshape(-1))
+            self.part.write(pa.table({
+                "item_id": pa.array([item.item_id] * (hi - lo), pa.string()),
+                "position": pa.array(positions),
+                "embedding": pa.FixedSizeListArray.from_arrays(values, self.d),
+            }, schema=self.part.schema))
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+@dataclass
+class EmbedSummary:
+    """What an `embed` run did."""
+
+    items: int
+    bp: int
+    units: int
+    units_skipped: int  # already written by an earlier run
+    items_done: int  # embedded by this run
+    bp_done: int
+    seconds: float
+    model_seconds: float  # spent in the model's forward by the workers (summed over workers)
+    worker_peak_rss: int  # the largest peak resident memory of any worker (bytes)
+    out: str
+    outputs: list[str] = field(default_factory=list)
+
+
+def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
+          gtf: str | Path | None = None, genes: Sequence[str] | None = None,
+          bed: str | Path | None = None, bam: str | Path | None = None, min_mapq: int = 0,
+          min_length: int = 0, model: str | None = None, pooling: str = "mean",
+          per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
+          chunk_size: int | None = None, address: str | None = None, num_workers: int = 1,
+          gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
+          command: str = "genomeconv embed",
+          on_plan: Callable[[int, int], None] | None = None,
+          on_unit: Callable[[int, int], None] | None = None) -> EmbedSummary:
+    """Embed the items selected on `input_path` (a FASTA, or a BAM/CRAM/uBAM of reads; `bam`
+    gives reads with `input_path` as their reference) into Parquet parts under `out`.
+
+    Resumes: units already written under `out` are skipped. `on_plan(items_bp_to_do, units)` is
+    called once planned, `on_unit(items, bp)` after each unit (for progress bars).
+    """
+    import ray
+    import ray.data
+
+    from genomeconv.models import load
+
+    t0 = time.perf_counter()
+    if pooling not in POOLINGS:
+        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+    if per_base_dtype not in PER_BASE_DTYPES:
+        raise ValueError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
+    if batch_size < 1 or num_workers < 1:
+        raise ValueError("--batch-size and --num-workers must be >= 1")
+    runtime.compute_dtype(dtype)
+    load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
+    # Workers may run in another directory (or on another node): hand them absolute paths.
+    input_path, out = Path(input_path).resolve(), Path(out).resolve()
+    bam = Path(bam).resolve() if bam is not None else None
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+
+    reads = str(bam) if bam is not None else (str(input_path) if is_read_file(input_path)
+                                              else None)
+    fasta = None if reads == str(input_path) else str(input_path)
+    if reads is not None:
+        if gtf is not None or bed is not None:
+            raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
+        items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
+                                min_length=min_length, reference=fasta)
+    else:
+        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed)
+    by_id = {it.item_id: it for it in items}
+    units = plan_units(items, batch_size)
+    done = runtime.finished_units(Path(out) / EMBEDDINGS_DIR)
+    if per_base:
+        done &= runtime.finished_units(Path(out) / PER_BASE_DIR)
+    todo = [u for u in units if u.unit_id not in done]
+    todo_bp = sum(by_id[i].length for u in todo for i in u.item_ids)
+    if on_plan is not None:
+        on_plan(todo_bp, len(todo))
+
+    items_done = bp_done = peak_rss = 0
+    model_s = 0.0
+    if todo:
+        resources = runtime.connect(address)
+        gpus = gpus_per_worker if gpus_per_worker > 0 else 0
+        workers = max(1, min(num_workers, len(todo)))
+        node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
+                        default=1)
+        cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+        config = WorkerConfig(
+            model=model, fasta=fasta, reads=reads, out=str(out), pooling=pooling,
+            per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
+            chunk_size=chunk_size, device=device or ("cuda" if gpus else None), dtype=dtype,
+            threads=None if gpus else cpus, command=command)
+        rows = [{"unit_id": u.unit_id,
+                 "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
+                for u in sorted(todo, key=lambda u: -sum(by_id[i].length for i in u.item_ids))]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0 if gpus else cpus, num_gpus=gpus)
+        for row in ds.iter_rows():
+            items_done += int(row["items"])
+            bp_done += int(row["bp"])
+            peak_rss = max(peak_rss, int(row["peak_rss"]))
+            model_s += float(row["model_s"])
+            if on_unit is not None:
+                on_unit(int(row["items"]), int(row["bp"]))
+    outputs = [str(Path(out) / EMBEDDINGS_DIR)] + ([str(Path(out) / PER_BASE_DIR)]
+                                                   if per_base else [])
+    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(units),
+                        units_skipped=len(units) - len(todo), items_done=items_done,
+                        bp_done=bp_done, seconds=time.perf_counter() - t0,
+                        model_seconds=model_s, worker_peak_rss=peak_rss, out=str(out),
+                        outputs=outputs)

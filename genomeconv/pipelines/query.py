@@ -1,0 +1,310 @@
+"""DuckDB over genomeconv outputs (`genomeconv query`); cosine neighbours (`genomeconv neighbors`).
+
+Views. Every Parquet file under the given paths that carries the metadata key `genomeconv.kind`
+joins the view named by that kind (`embeddings`, `per_base`, `variants`, ...); the directory
+layout does not matter. Parquet files without the key are ignored inside directories and refused
+when named directly.
+
+Shortcuts (no SQL needed) filter one target view: `--view`, else the first present of
+variants, embeddings, per_base (then any other kind, alphabetically).
+- `--region chr17:43,044,295-43,125,483` (samtools style, 1-based closed) becomes the 0-based
+  half-open [start, end) and keeps rows that OVERLAP it by at least one base: an embedding item
+  [start, end) overlaps when start < q_end and end > q_start; a variant occupies
+  [pos - 1, pos - 1 + len(ref)). The contig is matched across conventions (chr17 <-> 17).
+- `--gene NAME` keeps rows whose gene_name or gene_id equals NAME (exact, case-sensitive); a view
+  without gene columns (variants) keeps rows overlapping any embeddings item of that gene, so it
+  needs an embeddings output among the paths (variants match on their `contig` column, the FASTA
+  name, when present, else on chrom).
+- `--top N --by COLUMN` orders by the raw column value, no absolute value: descending, except
+  log-likelihood-ratio columns (llr, llr_fwd, llr_rev) ascending, so the most damaging variants
+  (alt least likely) come first; `ascending` overrides; NULLs (unscored rows) last. Without
+  `--by`, a view with an `llr` column ranks by llr.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genomeconv.io.regions import UnknownContigError, parse_region, resolve_contig
+from genomeconv.pipelines import schema
+
+if TYPE_CHECKING:
+    import duckdb
+
+VIEW_PRIORITY = ("variants", "embeddings", "per_base")
+FORMATS = ("csv", "json", "parquet")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NEIGHBOR_COLUMNS = ("item_id", "gene_name", "gene_id", "seq_name", "chrom", "start", "end",
+                    "strand", "pooling")
+
+
+@dataclass(frozen=True)
+class Shortcuts:
+    """Query shortcuts that need no SQL (see the module docstring for their semantics)."""
+
+    view: str | None = None
+    gene: str | None = None
+    region: str | None = None
+    top: int | None = None
+    by: str | None = None
+    ascending: bool | None = None
+
+    def any(self) -> bool:
+        """Whether any filter or ranking was asked for."""
+        return any(v is not None for v in (self.gene, self.region, self.top, self.by))
+
+
+def discover(paths: Sequence[str | Path]) -> dict[str, list[Path]]:
+    """Group the genomeconv Parquet files under `paths` (files or directories) by output kind."""
+    kinds: dict[str, list[Path]] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            candidates = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        elif path.is_file():
+            candidates = [path]
+        else:
+            raise FileNotFoundError(f"no such output: {path}")
+        for file in candidates:
+            kind = (pq.read_schema(file).metadata or {}).get(schema.KEY_KIND)
+            if kind is None:
+                if file == path:
+                    raise ValueError(f"{file} is not a genomeconv output (no genomeconv.kind)")
+                continue
+            kinds.setdefault(kind.decode(), []).append(file.resolve())
+    if not kinds:
+        raise ValueError(f"no genomeconv outputs under {', '.join(map(str, paths))}")
+    return {kind: sorted(set(files)) for kind, files in sorted(kinds.items())}
+
+
+def open_views(paths: Sequence[str | Path]
+               ) -> tuple[duckdb.DuckDBPyConnection, dict[str, list[Path]]]:
+    """An in-memory DuckDB connection with one view per output kind found under `paths`."""
+    import duckdb
+
+    views = discover(paths)
+    con = duckdb.connect()
+    for kind, files in views.items():
+        if not _IDENTIFIER.match(kind):
+            raise ValueError(f"output kind {kind!r} cannot name a view")
+        listed = ", ".join(_literal(str(f)) for f in files)
+        con.execute(f"CREATE VIEW {kind} AS SELECT * FROM read_parquet([{listed}], "
+                    "union_by_name = true)")
+    return con, views
+
+
+def describe_views(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]]) -> pa.Table:
+    """One row per view: name, number of files, rows and columns."""
+    rows = []
+    for kind, files in views.items():
+        n = con.execute(f"SELECT count(*) FROM {kind}").fetchone()[0]
+        rows.append({"view": kind, "files": len(files), "rows": n,
+                     "columns": ", ".join(_columns(con, kind))})
+    return pa.Table.from_pylist(rows)
+
+
+def shortcut_query(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]],
+                   shortcuts: Shortcuts) -> tuple[str, list[object]]:
+    """SQL text and parameters for the shortcuts, over the target view."""
+    target = shortcuts.view or _default_view(views)
+    if target not in views:
+        raise ValueError(f"no {target!r} view (views: {', '.join(views)})")
+    columns = _columns(con, target)
+    where: list[str] = []
+    params: list[object] = []
+    if shortcuts.region is not None:
+        clause, values = _region_clause(con, target, columns, shortcuts.region)
+        where.append(clause)
+        params += values
+    if shortcuts.gene is not None:
+        clause, values = _gene_clause(target, columns, views, shortcuts.gene)
+        where.append(clause)
+        params += values
+    sql = f"SELECT * FROM {target} AS t"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    by = shortcuts.by or ("llr" if shortcuts.top is not None and "llr" in columns else None)
+    if shortcuts.top is not None and by is None:
+        raise ValueError(f"--top needs --by COLUMN for the {target} view")
+    if by is not None:
+        if by not in columns:
+            raise ValueError(f"no column {by!r} in {target} (columns: {', '.join(columns)})")
+        ascending = shortcuts.ascending
+        if ascending is None:
+            ascending = by.startswith("llr")
+        sql += f' ORDER BY t."{by}" {"ASC" if ascending else "DESC"} NULLS LAST'
+    if shortcuts.top is not None:
+        sql += f" LIMIT {int(shortcuts.top)}"
+    return sql, params
+
+
+def limited(sql: str, limit: int | None) -> str:
+    """Wrap a query so that it returns at most `limit` rows (unchanged when limit is None)."""
+    if limit is None:
+        return sql
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return f"SELECT * FROM ({sql.strip().rstrip(';')}) AS q LIMIT {int(limit)}"
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> pa.Table:
+    """Run a query and return its rows as an Arrow table."""
+    return con.sql(sql, params=list(params)).to_arrow_table()
+
+
+def write(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object], out: str | Path,
+          fmt: str) -> Path:
+    """Write a query's rows to `out` as CSV (header), JSON (one object per line) or Parquet."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    options = {"csv": "FORMAT csv, HEADER true", "json": "FORMAT json",
+               "parquet": "FORMAT parquet"}[fmt]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = sql.strip().rstrip(";")
+    con.execute(f"COPY ({body}) TO {_literal(str(path))} ({options})", list(params))
+    return path
+
+
+def nearest_neighbors(paths: Sequence[str | Path], item: str, k: int = 10, *,
+                      pooling: str | None = None) -> pa.Table:
+    """The k items whose embeddings are closest to `item`'s by cosine similarity.
+
+    `item` is an item_id, else a gene_name, gene_id or seq_name naming exactly one item (among
+    rows with `pooling`, when given). Only items with the query's pooling are compared, and all
+    files must come from one model. Returns rank, cosine and the item keys, most similar first;
+    the query item itself is left out.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    files = discover(paths).get("embeddings")
+    if not files:
+        raise ValueError("no embeddings output among the given paths")
+    models = {(pq.read_schema(f).metadata or {}).get(schema.KEY_MODEL_SHA) for f in files}
+    if len(models) > 1:
+        raise ValueError("embeddings from different models cannot be compared; pass one model's "
+                         "output")
+    import pyarrow.dataset as ds
+
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=[*NEIGHBOR_COLUMNS, "embedding"])
+    usable = pc.is_valid(table["embedding"]).to_numpy(zero_copy_only=False)
+    if pooling is not None:
+        usable &= _equals(table["pooling"], pooling)
+    row = _find_item(table, item, usable)
+    usable &= _equals(table["pooling"], table["pooling"][row].as_py())
+    usable[row] = False
+    matrix = _matrix(table["embedding"])
+    similarity = cosine_similarity(matrix, matrix[row])
+    similarity[~usable | np.isnan(similarity)] = -np.inf
+    k = min(k, int(np.isfinite(similarity).sum()))
+    best = np.argpartition(-similarity, k - 1)[:k] if k else np.array([], dtype=np.int64)
+    best = best[np.argsort(-similarity[best], kind="stable")]
+    result = table.select(list(NEIGHBOR_COLUMNS)).take(pa.array(best, type=pa.int64()))
+    result = result.add_column(0, "cosine", pa.array(similarity[best], type=pa.float64()))
+    return result.add_column(0, "rank", pa.array(np.arange(1, len(best) + 1), type=pa.int64()))
+
+
+def cosine_similarity(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `matrix` (n, d) with `vector` (d,); NaN for zero norms."""
+    dots = matrix @ vector
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix)) * np.linalg.norm(vector)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norms > 0, dots / norms, np.nan).astype(np.float64)
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """(n, d) float32 matrix of a fixed-size-list column (null slots keep their backing values)."""
+    d = column.type.list_size
+    flat = [chunk.values.slice(chunk.offset * d, len(chunk) * d).to_numpy(zero_copy_only=False)
+            for chunk in column.chunks]
+    values = np.concatenate(flat) if flat else np.empty(0, dtype=np.float32)
+    return values.astype(np.float32, copy=False).reshape(-1, d)
+
+
+def _equals(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    """Boolean mask of rows equal to `value` (nulls are False)."""
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
+
+
+def _find_item(table: pa.Table, item: str, usable: np.ndarray) -> int:
+    """Row index of the one usable item named by item_id, else gene_name, gene_id or seq_name."""
+    for column in ("item_id", "gene_name", "gene_id", "seq_name"):
+        rows = np.flatnonzero(_equals(table[column], item) & usable)
+        if len(rows) == 1:
+            return int(rows[0])
+        if len(rows) > 1:
+            ids = [table["item_id"][int(r)].as_py() for r in rows[:5]]
+            raise ValueError(f"{item!r} matches {len(rows)} items by {column} "
+                             f"(e.g. {', '.join(ids)}); pass an item_id or --pooling")
+    raise KeyError(f"no embedding for {item!r} (searched item_id, gene_name, gene_id, seq_name)")
+
+
+def _default_view(views: dict[str, list[Path]]) -> str:
+    for kind in (*VIEW_PRIORITY, *sorted(views)):
+        if kind in views:
+            return kind
+    raise ValueError("no views")
+
+
+def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()]
+
+
+def _span(columns: Sequence[str]) -> tuple[str, str] | None:
+    """SQL for a row's 0-based half-open [start, end), or None when the view has no coordinates."""
+    if {"chrom", "start", "end"} <= set(columns):
+        return 't."start"', 't."end"'
+    if {"chrom", "pos", "ref"} <= set(columns):
+        return "t.pos - 1", "t.pos - 1 + length(t.ref)"
+    return None
+
+
+def _region_clause(con: duckdb.DuckDBPyConnection, view: str, columns: Sequence[str],
+                   region: str) -> tuple[str, list[object]]:
+    span = _span(columns)
+    if span is None:
+        raise ValueError(f"the {view} view has no coordinates for --region; join it with "
+                         "embeddings on item_id in SQL")
+    interval = parse_region(region)
+    available = [r[0] for r in con.execute(f"SELECT DISTINCT chrom FROM {view}").fetchall()
+                 if r[0] is not None]
+    try:
+        chrom = resolve_contig(interval.chrom, available, source=f"the {view} view")
+    except UnknownContigError as exc:
+        raise ValueError(str(exc)) from None
+    start, end = span
+    clause = f"t.chrom = ? AND {end} > ?"
+    params: list[object] = [chrom, interval.start]
+    if interval.end is not None:
+        clause += f" AND {start} < ?"
+        params.append(interval.end)
+    return clause, params
+
+
+def _gene_clause(view: str, columns: Sequence[str], views: dict[str, list[Path]],
+                 gene: str) -> tuple[str, list[object]]:
+    if {"gene_name", "gene_id"} <= set(columns):
+        return "(t.gene_name = ? OR t.gene_id = ?)", [gene, gene]
+    span = _span(columns)
+    if span is None or "embeddings" not in views:
+        raise ValueError(f"--gene on the {view} view needs coordinates and an embeddings output "
+                         "(gene coordinates come from its items)")
+    start, end = span
+    chrom = ("coalesce(t.contig, t.chrom)" if "contig" in columns  # variants: the FASTA name
+             else "t.chrom")
+    return ("EXISTS (SELECT 1 FROM embeddings AS g WHERE (g.gene_name = ? OR g.gene_id = ?) "
+            f'AND g.chrom = {chrom} AND {start} < g."end" AND {end} > g.start)'), [gene, gene]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

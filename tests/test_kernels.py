@@ -1,0 +1,287 @@
+"""genomeconv.kernels.fftconv (FFT and direct paths, dispatch), the spectrum cache, LongConv and
+argument checks, against float64 numpy/scipy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from torch.autograd import gradcheck
+
+from genomeconv.kernels import LongConv, SpectrumCache, choose_method, fft, fftconv
+
+
+def reference(u, k, D=None, pregate=None, postgate=None) -> np.ndarray:
+    """Float64 causal conv by the issue's formula (scipy.signal.fftconvolve, float64)."""
+    f = lambda t: None if t is None else t.detach().to(torch.float64).numpy()  # noqa: E731
+    u64, k64, D64, pre, post = map(f, (u, k, D, pregate, postgate))
+    x = u64 if pre is None else u64 * pre
+    L = x.shape[-1]
+    k64 = k64[:, :L]
+    y = scipy.signal.fftconvolve(x, k64[None], axes=-1)[..., :L]
+    if D64 is not None:
+        y = y + D64[:, None] * x
+    return y if post is None else y * post
+
+
+def direct_reference(u, k) -> np.ndarray:
+    """Float64 np.convolve per channel (independent of FFTs), for small sizes."""
+    u64, k64 = u.double().numpy(), k.double().numpy()
+    B, H, L = u64.shape
+    out = np.empty_like(u64)
+    for b in range(B):
+        for h in range(H):
+            out[b, h] = np.convolve(u64[b, h], k64[h])[:L]
+    return out
+
+
+def rel_err(y: torch.Tensor, ref: np.ndarray) -> float:
+    return float(np.abs(y.detach().double().numpy() - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def make(B, H, L, Lk, dtype=torch.float32, gates=True, D=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(u=r(B, H, L).to(dtype), k=r(H, Lk), D=r(H) if D else None,
+                pregate=r(B, H, L).to(dtype) if gates else None,
+                postgate=r(B, H, L).to(dtype) if gates else None)
+
+
+LENGTHS = [1, 2, 3, 5, 17, 31, 100, 127, 257, 1000, 4099, 6000]
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("ratio", ["one", "third", "full"])
+@pytest.mark.parametrize("method", ["auto", "fft"])
+def test_fp32_matches_float64_reference(L, ratio, method):
+    Lk = {"one": 1, "third": max(1, L // 3), "full": L}[ratio]
+    a = make(2, 3, L, Lk, seed=L + Lk)
+    y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
+                method=method)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, L)
+    assert rel_err(y, reference(**a)) < 1e-4
+
+
+@pytest.mark.parametrize("B,H", [(1, 1), (1, 4), (3, 1), (2, 5)])
+@pytest.mark.parametrize("method", ["fft", "direct", "auto"])
+def test_batch_channels_no_gates_vs_np_convolve(B, H, method):
+    a = make(B, H, 211, 50, gates=False, D=False, seed=B * 10 + H)
+    y = fftconv(a["u"], a["k"], method=method)
+    assert rel_err(y, direct_reference(a["u"], a["k"])) < 1e-4
+
+
+def test_large_non_pow2_and_pow2_lengths():
+    for L, Lk in [(2**17, 2**17), (3 * 5**6, 3 * 5**6)]:  # 131072 and 46875 = 3 * 5^6
+        a = make(1, 2, L, Lk, seed=L)
+        y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"])
+        assert rel_err(y, reference(**a)) < 1e-4
+
+
+def test_non_contiguous_inputs_and_broadcast_gates():
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 333, 4, generator=g).transpose(1, 2)  # (2, 4, 333), strided
+    k = torch.randn(333, 4, generator=g).t()[:, ::2]  # (4, 167), strided
+    D = torch.randn(8, generator=g)[::2]
+    pre = torch.randn(1, 4, 333, generator=g)
+    post = torch.randn(2, 1, 1, generator=g)
+    for method in ("fft", "partial", "direct"):
+        y = fftconv(u, k, D, pregate=pre, postgate=post, method=method)
+        assert rel_err(y, reference(u, k, D, pre, post)) < 1e-4
+
+
+def test_filter_longer_than_input_is_truncated():
+    a = make(1, 2, 40, 90, seed=9)
+    y = fftconv(a["u"], a["k"], a["D"])
+    assert rel_err(y, reference(a["u"], a["k"], a["D"])) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("L", [3, 100, 1000, 4099])
+def test_low_precision_within_twice_plain_torch_error(dtype, L):
+    a = make(2, 3, L, L, dtype=dtype, seed=L)
+    y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"])
+    assert y.dtype == dtype
+    ref = reference(**a)
+    # The same formula in plain torch: float32 FFTs of the rounded inputs, output in dtype.
+    x = a["u"].float() * a["pregate"].float()
+    n = 2 * L
+    z = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(a["k"], n=n), n=n)[..., :L]
+    plain = ((z + a["D"][:, None] * x) * a["postgate"].float()).to(dtype)
+    assert rel_err(y, ref) <= 2 * rel_err(plain, ref) + 1e-6
+
+
+def test_float64_inputs_accumulate_in_float64():
+    a = make(1, 2, 500, 500, dtype=torch.float64, seed=5)
+    a["k"] = a["k"].double()
+    y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"])
+    assert y.dtype == torch.float64 and rel_err(y, reference(**a)) < 1e-12
+
+
+@pytest.mark.parametrize("method,L,Lk", [("fft", 13, 7), ("fft", 8, 8), ("direct", 9, 4),
+                                         ("partial", 40, 5), ("auto", 11, 11)])
+def test_gradcheck_float64(method, L, Lk):
+    g = torch.Generator().manual_seed(L)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64,  # noqa: E731
+                               requires_grad=True)
+    u, k, D, pre, post = r(2, 3, L), r(3, Lk), r(3), r(2, 3, L), r(1, 3, L)
+    kw = {"block": 16} if method == "partial" else {}
+    assert gradcheck(lambda u, k, D, pre, post: fftconv(
+        u, k, D, pregate=pre, postgate=post, method=method, **kw), (u, k, D, pre, post),
+        fast_mode=method == "partial")
+
+
+def test_fp32_gradients_match_float64_autograd_reference():
+    a = make(2, 3, 300, 300, seed=2)
+    leaves = {n: t.clone().requires_grad_() for n, t in a.items()}
+    y = fftconv(leaves["u"], leaves["k"], leaves["D"], pregate=leaves["pregate"],
+                postgate=leaves["postgate"])
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (y * w).sum().backward()
+    ref_leaves = {n: t.double().requires_grad_() for n, t in a.items()}
+    ru, rk, rD, rpre, rpost = (ref_leaves[n] for n in ("u", "k", "D", "pregate", "postgate"))
+    x = ru * rpre
+    idx = torch.arange(300)
+    lag = idx[:, None] - idx[None, :]  # Toeplitz matrix T[t, s] = k[t - s]
+    T = torch.where(lag >= 0, rk[:, lag.clamp(min=0)], torch.zeros((), dtype=torch.float64))
+    yr = (torch.einsum("hts,bhs->bht", T, x) + rD[:, None] * x) * rpost
+    (yr * w.double()).sum().backward()
+    for name in leaves:
+        assert rel_err(leaves[name].grad, ref_leaves[name].grad.numpy()) < 1e-4, name
+
+
+def test_spectrum_cache_reuses_and_notices_in_place_change():
+    cache = SpectrumCache()
+    a = make(1, 3, 700, 700, gates=False, seed=4)
+    u, k, D = a["u"], a["k"], a["D"]
+    y1 = fftconv(u, k, D, method="fft", cache=cache)
+    y2 = fftconv(u, k, D, method="fft", cache=cache)
+    assert cache.computed == 1 and torch.equal(y1, y2)
+    k.mul_(-0.5)  # in place: the version counter moves
+    y3 = fftconv(u, k, D, method="fft", cache=cache)
+    assert cache.computed == 2 and rel_err(y3, reference(u, k, D)) < 1e-4
+    D.add_(1.0)
+    y4 = fftconv(u, k, D, method="fft", cache=cache)
+    assert cache.computed == 3 and rel_err(y4, reference(u, k, D)) < 1e-4
+    fresh = k.clone()  # a different tensor with the same values: its own entry
+    fftconv(u, fresh, D, method="fft", cache=cache)
+    assert cache.computed == 4 and len(cache._entries) == 2
+    del fresh  # a collected filter's entry goes with it
+    fftconv(u, k, D, method="fft", cache=cache)
+    assert cache.computed == 4 and len(cache._entries) == 1
+
+
+def test_default_cache_reused_across_calls_and_bypassed_when_training():
+    a = make(1, 2, 513, 513, gates=False, seed=6)
+    before = fft.SPECTRA.computed
+    for _ in range(3):
+        fftconv(a["u"], a["k"], a["D"], method="fft")
+    assert fft.SPECTRA.computed == before + 1
+    k = a["k"].clone().requires_grad_()
+    fftconv(a["u"], k, method="fft")
+    with torch.no_grad():
+        k.add_(1.0)
+    y = fftconv(a["u"], k, method="fft")
+    assert rel_err(y, reference(a["u"], k)) < 1e-4
+
+
+def test_spectrum_cache_budget_evicts_and_blocks_oversized():
+    tiny = SpectrumCache(max_bytes=3 * 8 * 1001)
+    a = make(1, 3, 1000, 1000, gates=False, seed=8)
+    y = fftconv(a["u"], a["k"], method="fft", cache=tiny)  # n = 2000: spectrum fits exactly
+    assert rel_err(y, reference(a["u"], a["k"])) < 1e-4
+    big = make(1, 3, 4000, 4000, gates=False, seed=8)
+    y = fftconv(big["u"], big["k"], method="fft", cache=tiny)  # too big: computed per block
+    assert rel_err(y, reference(big["u"], big["k"])) < 1e-4
+    assert tiny._bytes <= tiny.max_bytes
+
+
+def test_choose_method_rules():
+    u = torch.zeros(1, 1, 2**14)
+    assert choose_method(u[..., :8], 8) == "direct"
+    assert choose_method(u, 2**14) == "fft"
+    assert choose_method(torch.zeros(1, 1, 2**20), 256) == "partial"
+    assert choose_method(torch.zeros(1, 1, 2**22), 2**14) == "partial"
+
+
+def test_monarch_method_dispatch_with_gates():
+    a = make(2, 3, 300, 120, seed=12)
+    y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
+                method="monarch")
+    assert rel_err(y, reference(**a)) < 1e-4
+
+
+def test_long_conv_module_caches_and_invalidates():
+    torch.manual_seed(0)
+    m = LongConv(4, 256)
+    u = torch.randn(2, 4, 256)
+    with torch.no_grad():
+        y1 = m(u)
+        y2 = m(u)
+    assert m.cache.computed == 1 and torch.equal(y1, y2)
+    assert rel_err(y1, reference(u, m.k, m.D)) < 1e-4
+    loss = m(u).square().mean()
+    loss.backward()
+    assert m.k.grad is not None and m.D.grad is not None
+    with torch.no_grad():  # an SGD step, in place like torch.optim's
+        for p in m.parameters():
+            p.sub_(0.1 * p.grad)
+    with torch.no_grad():
+        y3 = m(u)
+    assert rel_err(y3, reference(u, m.k, m.D)) < 1e-4
+    m.invalidate()
+    with torch.no_grad():
+        m(u)
+    assert m.cache.computed == 3
+    post = torch.randn(2, 4, 256)
+    with torch.no_grad():
+        yg = m(u, postgate=post)
+    assert rel_err(yg, reference(u, m.k, m.D, postgate=post)) < 1e-4
+
+
+def _bad_cases():
+    u, k, D = torch.randn(2, 3, 10), torch.randn(3, 5), torch.randn(3)
+    nan_k = k.clone()
+    nan_k[1, 2] = float("nan")
+    inf_D = D.clone()
+    inf_D[0] = float("inf")
+    return [
+        (dict(u=u[0], k=k), ValueError, "u"),
+        (dict(u=u.long(), k=k), TypeError, "u"),
+        (dict(u=u.to(torch.complex64), k=k), TypeError, "u"),
+        (dict(u=u[..., :0], k=k), ValueError, "u"),
+        (dict(u=u, k=k[:2]), ValueError, "k"),
+        (dict(u=u, k=k[:, :0]), ValueError, "k"),
+        (dict(u=u, k=k.int()), TypeError, "k"),
+        (dict(u=u, k=k.to(torch.complex64)), TypeError, "k"),
+        (dict(u=u, k=[1.0, 2.0]), TypeError, "k"),
+        (dict(u=u, k=nan_k), ValueError, "k"),
+        (dict(u=u, k=k, D=inf_D), ValueError, "D"),
+        (dict(u=u, k=k, D=D[:2]), ValueError, "D"),
+        (dict(u=u, k=k, D=D.long()), TypeError, "D"),
+        (dict(u=u, k=k.to("meta")), ValueError, "k"),
+        (dict(u=u, k=k, pregate=torch.randn(2, 3, 11)), ValueError, "pregate"),
+        (dict(u=u, k=k, postgate=torch.randn(3, 3, 10)), ValueError, "postgate"),
+        (dict(u=u, k=k, postgate=torch.ones(2, 3, 10, dtype=torch.int32)), TypeError,
+         "postgate"),
+        (dict(u=u, k=k, method="winograd"), ValueError, "method"),
+        (dict(u=u, k=k, method="cuda"), ValueError, "cuda"),
+        (dict(u=u, k=k, method="fft", keep_fraction=0.5), ValueError, "keep"),
+    ]
+
+
+def _bad_cases_all_paths():
+    for case, exc, name in _bad_cases():
+        yield case, exc, name
+        if "method" not in case:
+            for method in ("fft", "partial", "direct", "sparse"):
+                extra = {"keep_fraction": 0.5} if method == "sparse" else {}
+                yield {**case, "method": method, **extra}, exc, name
+
+
+@pytest.mark.parametrize("case,exc,name", list(_bad_cases_all_paths()))
+def test_bad_inputs_raise_naming_the_argument(case, exc, name):
+    case = dict(case)
+    u, k = case.pop("u"), case.pop("k")
+    with pytest.raises(exc, match=name):
+        fftconv(u, k, **case)

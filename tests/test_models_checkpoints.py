@@ -1,0 +1,189 @@
+"""Loading the three checkpoint layouts, written here with the public key names, and saving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from genomeconv.models import HyenaConfig, checkpoints, load
+from test_models import TINY, random_ids, random_model
+
+
+def public_state(model) -> dict[str, torch.Tensor]:
+    """State dict as the public code holds it: z/t buffers included, freq under 1, 3 and 5."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, buf in model.named_buffers():
+        state[name] = buf.clone()
+    return state
+
+
+def write_hf(model, directory, *, freq_once: bool) -> None:
+    cfg = model.config
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "hyenadna", "d_model": cfg.d_model, "n_layer": cfg.n_layer,
+        "d_inner": cfg.d_inner, "vocab_size": 12, "max_seq_len": cfg.max_seq_len,
+        "emb_dim": cfg.emb_dim, "filter_order": cfg.filter_order, "num_inner_mlps": 2,
+        "hyena_order": 2, "short_filter_order": 3, "activation_freq": 10,
+        "layer_norm_epsilon": 1e-5, "pad_vocab_size_multiple": 8, "train_freq": True,
+        "use_bias": True, "embed_dropout": 0.1, "hyena_dropout": 0.0}))
+    state = {}
+    for key, value in public_state(model).items():
+        if freq_once and key.endswith((".3.freq", ".5.freq")):
+            continue
+        state[("" if key.startswith("lm_head") else "hyena.") + key] = value.contiguous()
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def write_original(model, directory, *, checkpointed: bool, extra=None) -> None:
+    cfg = model.config
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "_name_": "lm", "d_model": cfg.d_model, "n_layer": cfg.n_layer, "d_inner": cfg.d_inner,
+        "vocab_size": 12, "resid_dropout": 0.0, "embed_dropout": 0.1, "fused_mlp": False,
+        "residual_in_fp32": True, "pad_vocab_size_multiple": 8,
+        "layer": {"_name_": "hyena", "emb_dim": cfg.emb_dim, "filter_order": cfg.filter_order,
+                  "local_order": 3, "l_max": cfg.max_seq_len, "modulate": True, "w": 10,
+                  "lr": 6e-4, "wd": 0.0, "lr_pos_emb": 0.0}}))
+    state = {}
+    for key, value in public_state(model).items():
+        if checkpointed:
+            key = key.replace(".mixer.", ".mixer.layer.").replace(".mlp.", ".mlp.layer.")
+        state["model." + key] = value
+    state["model.decoder.output_transform.weight"] = torch.randn(2, cfg.d_model)  # a task head
+    ckpt = {"state_dict": state, "epoch": 3, "global_step": 1000,
+            "hyper_parameters": extra if extra is not None else {"lr": 6e-4}}
+    torch.save(ckpt, directory / "weights.ckpt")
+
+
+def outputs(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+@pytest.mark.parametrize("freq_once", [True, False])
+def test_hf_layout(tmp_path, rng, freq_once):
+    model = random_model()
+    write_hf(model, tmp_path / "hf", freq_once=freq_once)
+    loaded = load(tmp_path / "hf")
+    ids = random_ids(rng, 2, 30)
+    assert torch.equal(outputs(loaded, ids), outputs(model, ids))
+    assert loaded.config == model.config and not loaded.training
+    assert loaded.model_id == str(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_original_layout_with_foreign_pickled_objects(tmp_path, rng, checkpointed):
+    model = random_model()
+    # Lightning stores hyper-parameters as arbitrary objects; weights_only=True refuses them
+    write_original(model, tmp_path / "orig", checkpointed=checkpointed,
+                   extra=argparse.Namespace(lr=6e-4, layer={"l_max": 40}))
+    loaded = load(str(tmp_path / "orig"))
+    ids = random_ids(rng, 1, 45)
+    assert torch.equal(outputs(loaded, ids), outputs(model, ids))
+    assert loaded.config == model.config
+
+
+class _Exploit:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return (self.func, (self.arg,))
+
+
+def test_original_layout_never_runs_pickled_code(tmp_path, rng):
+    model = random_model()
+    marker = tmp_path / "pwned"
+    payload = _Exploit(exec, f"open({str(marker)!r}, 'w').close()")
+    write_original(model, tmp_path / "a", checkpointed=False, extra={"payload": payload})
+    loaded = load(tmp_path / "a")  # exec is replaced by an inert placeholder
+    assert not marker.exists()
+    ids = random_ids(rng, 1, 20)
+    assert torch.equal(outputs(loaded, ids), outputs(model, ids))
+    payload = _Exploit(os.system, f"touch {marker}")
+    write_original(model, tmp_path / "b", checkpointed=False, extra={"payload": payload})
+    with pytest.raises(ValueError, match="refusing"):  # torch blocks os/sys outright
+        load(tmp_path / "b")
+    assert not marker.exists()
+
+
+def test_own_format_roundtrip_with_card_and_dtype(tmp_path, rng):
+    model = random_model(seed=7)
+    model.save(tmp_path / "ours", card="# tiny random model\n")
+    meta = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert meta["format"] == "genomeconv-hyena" and meta["config_sha256"] == model.config_sha256
+    assert meta["tokenizer"]["vocab"]["A"] == 7
+    assert (tmp_path / "ours" / "MODEL_CARD.md").read_text() == "# tiny random model\n"
+    loaded = load(tmp_path / "ours")
+    ids = random_ids(rng, 2, 50)
+    assert torch.equal(outputs(loaded, ids), outputs(model, ids))
+    assert loaded.config_sha256 == model.config_sha256
+    half = load(tmp_path / "ours", dtype=torch.bfloat16)
+    assert half.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_bundled_model_and_missing_bundle(tmp_path, monkeypatch, rng):
+    monkeypatch.setattr(checkpoints, "BUNDLED_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="bundled"):
+        load()
+    model = random_model(seed=2)
+    model.save(tmp_path / "bundle")
+    monkeypatch.setattr(checkpoints, "BUNDLED_DIR", tmp_path / "bundle")
+    for arg in (None, "bundled"):
+        loaded = load(arg)
+        assert loaded.model_id == "genomeconv/bundled"
+        ids = random_ids(rng, 1, 12)
+        assert torch.equal(outputs(loaded, ids), outputs(model, ids))
+
+
+def test_inconsistent_checkpoints_are_rejected(tmp_path):
+    model = random_model()
+    write_hf(model, tmp_path / "hf", freq_once=False)
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    key = "hyena.backbone.layers.0.mixer.filter_fn.implicit_filter.3.freq"
+    original = state[key].clone()
+    state[key] = original + 1.0
+    save_file(state, str(tmp_path / "hf" / "model.safetensors"))
+    with pytest.raises(ValueError, match="freq"):
+        load(tmp_path / "hf")
+    state[key] = original
+    zkey = "hyena.backbone.layers.1.mixer.filter_fn.pos_emb.z"
+    state[zkey] = torch.from_numpy(np.random.default_rng(1).normal(size=state[zkey].shape)).float()
+    save_file(state, str(tmp_path / "hf" / "model.safetensors"))
+    with pytest.raises(ValueError, match="positional"):
+        load(tmp_path / "hf")
+
+
+def test_missing_paths_and_offline_hub(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load(tmp_path / "empty")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(checkpoints.CheckpointDownloadError) as info:
+        load("LongSafari/hyenadna-tiny-1k-seqlen-hf")
+    assert "load('./hyenadna-tiny-1k-seqlen-hf')" in str(info.value)
+
+
+def test_config_parsing_of_public_layouts(tmp_path):
+    cfg = HyenaConfig(d_model=24, n_layer=1, d_inner=96, max_seq_len=70, filter_order=16)
+    model = random_model(cfg)
+    write_hf(model, tmp_path / "hf", freq_once=True)
+    write_original(model, tmp_path / "orig", checkpointed=True)
+    assert load(tmp_path / "hf").config == cfg
+    assert load(tmp_path / "orig").config == cfg
+    assert TINY != cfg

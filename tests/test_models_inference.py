@@ -1,0 +1,84 @@
+"""Bounded-memory inference: chunked == one-shot, long inputs == partial convolution, bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genomeconv.models import HyenaConfig, inference
+from test_models import TINY, assert_close_ref, random_ids, random_model, reference_hidden
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64, None])
+def test_chunked_equals_one_shot(rng, chunk):
+    model = random_model()
+    ids = random_ids(rng, 2, 37)
+    with torch.no_grad():
+        one_shot = model(ids)
+    chunked = inference.hidden_states(model, ids, chunk_size=chunk)
+    torch.testing.assert_close(chunked, one_shot, atol=2e-5, rtol=1e-5)
+
+
+def test_channel_groups_equal_one_shot(rng, monkeypatch):
+    monkeypatch.setattr(inference, "GROUP_BYTES", 1)  # one channel per long-conv group
+    model = random_model(seed=5)
+    ids = random_ids(rng, 1, 30)
+    with torch.no_grad():
+        one_shot = model(ids)
+    torch.testing.assert_close(inference.hidden_states(model, ids, chunk_size=8), one_shot,
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_long_input_is_partial_convolution_of_length_max_seq_len(rng):
+    """Past max_seq_len (40) the filter has 40 taps; the float64 reference convolves directly."""
+    model = random_model(seed=1)
+    ids = random_ids(rng, 1, 130)
+    hidden = inference.hidden_states(model, ids, chunk_size=25)
+    assert_close_ref(hidden, reference_hidden(model, ids))
+
+
+def test_partial_convolution_differs_from_full_length_filter(rng):
+    """The same weights with a longer trained length give different outputs past position 40,
+    identical ones before: the taps beyond max_seq_len are really dropped."""
+    model = random_model(seed=1)
+    longer = random_model(HyenaConfig(**{**TINY.to_dict(), "max_seq_len": 200}), seed=1)
+    longer.load_state_dict(model.state_dict())
+    ids = random_ids(rng, 1, 90)
+    a = inference.hidden_states(model, ids)
+    b = inference.hidden_states(longer, ids)
+    assert not torch.allclose(a[:, 45:], b[:, 45:], atol=1e-3)
+
+
+def test_loglik_matches_model(rng):
+    model = random_model()
+    ids = random_ids(rng, 2, 41)
+    hidden, loglik = inference.hidden_and_loglik(model, ids, chunk_size=9)
+    with torch.no_grad():
+        expect = model.log_likelihood(ids)
+    assert loglik.shape == (2, 40) and hidden.shape == (2, 41, TINY.d_model)
+    torch.testing.assert_close(loglik, expect, atol=1e-5, rtol=1e-5)
+    assert bool((loglik < 0).all())
+
+
+def test_bfloat16_close_to_float32(rng):
+    model = random_model(seed=4)
+    ids = random_ids(rng, 1, 200)
+    fp32 = inference.hidden_states(model, ids, chunk_size=64)
+    bf16 = inference.hidden_states(model, ids, chunk_size=64, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32
+    rel = ((bf16 - fp32).norm() / fp32.norm()).item()
+    assert 0 < rel < 2e-2
+    _, ll32 = inference.hidden_and_loglik(model, ids)
+    _, ll16 = inference.hidden_and_loglik(model, ids, dtype=torch.bfloat16)
+    assert (ll16 - ll32).abs().max().item() < 5e-2
+
+
+def test_single_position_and_pool_names(rng):
+    model = random_model()
+    ids = random_ids(rng, 1, 1)
+    hidden, loglik = inference.hidden_and_loglik(model, ids)
+    assert hidden.shape == (1, 1, TINY.d_model) and loglik.shape == (1, 0)
+    x = torch.from_numpy(rng.normal(size=(2, 5, 3)))
+    assert torch.equal(inference.pool(x, "max"), x.amax(1))
+    np.testing.assert_allclose(inference.pool(x, "mean").numpy(), x.numpy().mean(1))

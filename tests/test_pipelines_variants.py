@@ -1,0 +1,291 @@
+"""Variant-effect scoring: window arithmetic, score identities, statuses, the Ray pipeline, resume.
+
+Fixtures are generated per test: a random reference written as text and indexed with pysam
+(faidx), VCFs written as text (bgzipped and tabix-indexed with pysam), and a tiny random HyenaDNA
+(d_model 16, 2 layers) saved to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pysam
+import pytest
+import torch
+from test_io_variants import bgzip_and_index, write_vcf
+from typer.testing import CliRunner
+
+from genomeconv.cli import app
+from genomeconv.io.fasta import FastaFile
+from genomeconv.io.regions import reverse_complement
+from genomeconv.io.variants import Variant
+from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
+from genomeconv.pipelines import schema
+from genomeconv.pipelines.variants import (alt_window, embedding_distances,
+                                           plan_variant, score_planned, window_start)
+
+W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
+MAX_LEN = 66
+
+
+def write_fasta(path: Path, contigs: dict[str, str]) -> Path:
+    """A FASTA (60 bases a line) indexed with pysam.faidx."""
+    with open(path, "w") as f:
+        for name, seq in contigs.items():
+            f.write(f">{name}\n")
+            f.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+    pysam.faidx(str(path))
+    return path
+
+
+def random_seq(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(list("ACGT"), size=n))
+
+
+def other_base(base: str, k: int = 0) -> str:
+    return "ACGT".replace(base, "")[k % 3]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random HyenaDNA saved in genomeconv's layout (config.json + model.safetensors)."""
+    torch.manual_seed(7)
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=64, max_seq_len=MAX_LEN))
+    path = tmp_path_factory.mktemp("tiny_model")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load(str(tiny_model)).eval()
+
+
+def score(model, contigs: dict[str, str], variants: list[Variant], tmp_path: Path,
+          name: str = "ref.fa", window: int = W, rc: bool = True) -> list[dict]:
+    """Plan and score variants against a genome (no Ray)."""
+    fasta = FastaFile(str(write_fasta(tmp_path / name, contigs)))
+    cache: dict = {}
+    planned = [plan_variant(v, fasta, window, cache) for v in variants]
+    return score_planned(model, planned, window=window, rc=rc, site_probs=True, batch_size=4)
+
+
+def var(chrom: str, pos: int, ref: str, alt: str, vid: str | None = None) -> Variant:
+    return Variant(chrom, pos, ref, alt, vid, "test", 0)
+
+
+def total_loglik(model, seq: str) -> float:
+    """Independent reference: the model's own log_likelihood of one sequence, summed in float64."""
+    with torch.inference_mode():
+        return float(model.log_likelihood(tokenize(seq)[None]).double().sum())
+
+
+def test_window_arithmetic():
+    assert window_start(pos=101, window=W) == 100 - W // 2
+    assert window_start(pos=101, window=32) == 100 - 16
+    padded = "AAAACGTTTT" + "GGCC"
+    assert alt_window(padded, 4, "C", "T", 10) == "AAAATGTTTT"  # SNV
+    assert alt_window(padded, 4, "CGT", "C", 10) == "AAAACTTTGG"  # deletion: extended right
+    assert alt_window(padded, 4, "C", "CAA", 10) == "AAAACAAGTT"  # insertion: cut right
+    cos, l2 = embedding_distances(np.array([[1.0, 0.0], [1.0, 1.0]]),
+                                  np.array([[0.0, 2.0], [2.0, 2.0]]))
+    np.testing.assert_allclose(cos, [1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(l2, [np.sqrt(5.0), np.sqrt(2.0)])
+
+
+def test_llr_matches_direct_model_loglik(model, rng, tmp_path):
+    genome = random_seq(rng, 200)
+    snv = var("chr1", 90, genome[89], other_base(genome[89]))
+    deletion = var("chr1", 120, genome[119:123], genome[119])
+    rows = score(model, {"chr1": genome}, [snv, deletion], tmp_path)
+    s = 89 - W // 2
+    ref_win = genome[s:s + W]
+    alt_win = genome[s:89] + snv.alt + genome[90:s + W]
+    assert rows[0]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt_win) - total_loglik(model, ref_win), rel=1e-5, abs=1e-6)
+    assert rows[0]["llr_rev"] == pytest.approx(
+        total_loglik(model, reverse_complement(alt_win))
+        - total_loglik(model, reverse_complement(ref_win)), rel=1e-5, abs=1e-6)
+    s = 119 - W // 2
+    alt_win = (genome[s:120] + genome[123:])[:W]  # deletion: the window is refilled on the right
+    assert rows[1]["window_start"] == s and rows[1]["window_end"] == s + W
+    assert rows[1]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt_win) - total_loglik(model, genome[s:s + W]), rel=1e-5, abs=1e-6)
+    with torch.inference_mode():
+        logp = torch.log_softmax(model.logits(tokenize(ref_win)[None]).double(), -1)[0, W // 2 - 1]
+    assert rows[0]["p_ref"] == pytest.approx(float(logp[tokenize(snv.ref)[0]].exp()), rel=1e-5)
+    assert rows[0]["p_alt"] == pytest.approx(float(logp[tokenize(snv.alt)[0]].exp()), rel=1e-5)
+    assert rows[1]["p_ref"] is None  # site probabilities are for SNVs only
+
+
+def test_ref_equal_alt_scores_zero(model, rng, tmp_path):
+    genome = random_seq(rng, 200)
+    rows = score(model, {"chr1": genome}, [var("chr1", 90, genome[89], genome[89]),
+                                           var("chr1", 120, genome[119:122], genome[119:122])],
+                 tmp_path)
+    for row in rows:
+        assert row["status"] == "ok"
+        assert row["llr_fwd"] == 0.0 and row["llr_rev"] == 0.0 and row["llr"] == 0.0
+        assert row["emb_cosine"] == pytest.approx(0.0, abs=1e-12) and row["emb_l2"] == 0.0
+    assert rows[0]["p_ref"] == rows[0]["p_alt"] and 0 < rows[0]["p_ref"] < 1
+
+
+def apply(genome: str, pos: int, ref: str, alt: str) -> str:
+    assert genome[pos - 1:pos - 1 + len(ref)] == ref
+    return genome[:pos - 1] + alt + genome[pos - 1 + len(ref):]
+
+
+@pytest.mark.parametrize("kind", ["SNV", "DEL", "INS"])
+def test_alt_genome_gives_opposite_llr(model, rng, tmp_path, kind):
+    genome = random_seq(rng, 240)
+    pos = 101
+    ref = genome[pos - 1:pos + 2] if kind == "DEL" else genome[pos - 1]
+    alt = {"SNV": other_base(ref), "DEL": ref[0], "INS": ref + "GT"}[kind]
+    forward = score(model, {"chr1": genome}, [var("chr1", pos, ref, alt)], tmp_path, "a.fa")[0]
+    back = score(model, {"chr1": apply(genome, pos, ref, alt)}, [var("chr1", pos, alt, ref)],
+                 tmp_path, "b.fa")[0]
+    assert forward["status"] == back["status"] == "ok"
+    assert abs(forward["llr_fwd"]) > 1e-6
+    for key in ("llr_fwd", "llr_rev", "llr"):
+        assert back[key] == pytest.approx(-forward[key], rel=1e-6, abs=1e-9)
+    assert back["emb_l2"] == pytest.approx(forward["emb_l2"], rel=1e-6)
+    if kind == "SNV":
+        assert back["p_ref"] == pytest.approx(forward["p_alt"], rel=1e-6)
+
+
+def test_reverse_strand_equals_forward_of_reverse_complemented_inputs(model, rng, tmp_path):
+    genome = random_seq(rng, 200)
+    n = len(genome)
+    snvs = [var("chr1", p, genome[p - 1], other_base(genome[p - 1], k))
+            for k, p in enumerate((40, 100, 101, 170))]
+    fwd = score(model, {"chr1": genome}, snvs, tmp_path, "a.fa")
+    rc_snvs = [var("chr1", n - v.pos + 1, reverse_complement(v.ref), reverse_complement(v.alt))
+               for v in snvs]
+    rev = score(model, {"chr1": reverse_complement(genome)}, rc_snvs, tmp_path, "b.fa")
+    for a, b in zip(fwd, rev):
+        assert a["llr_rev"] == pytest.approx(b["llr_fwd"], rel=1e-6, abs=1e-9)
+        assert a["llr_fwd"] == pytest.approx(b["llr_rev"], rel=1e-6, abs=1e-9)
+        assert a["llr"] == pytest.approx(b["llr"], rel=1e-6, abs=1e-9)
+    no_rc = score(model, {"chr1": genome}, snvs, tmp_path, "c.fa", rc=False)
+    assert [r["llr_rev"] for r in no_rc] == [None] * 4
+    assert [r["llr"] for r in no_rc] == pytest.approx([r["llr_fwd"] for r in fwd], rel=1e-6)
+
+
+def test_statuses_edges_and_contig_naming(model, rng, tmp_path):
+    genome = random_seq(rng, 120)
+    wrong = other_base(genome[59])
+    cases = {
+        "ok": var("1", 60, genome[59], wrong),  # FASTA says chr1
+        "ref_mismatch": var("chr1", 60, wrong, genome[59]),
+        "symbolic_alt": var("chr1", 61, genome[60], "<DEL>"),
+        "spanning_deletion": var("chr1", 62, genome[61], "*"),
+        "missing_alt": var("chr1", 63, genome[62], "."),
+        "unknown_contig": var("chrX", 10, "A", "C"),
+        "out_of_contig": var("chr1", 120, genome[119] + "A", "A"),
+        "left_edge": var("chr1", 3, genome[2], wrong),
+        "right_edge": var("chr1", 118, genome[117:120], genome[117]),
+    }
+    rows = dict(zip(cases, score(model, {"chr1": genome}, list(cases.values()), tmp_path)))
+    assert len(rows) == len(cases)
+    assert rows["ok"]["contig"] == "chr1" and rows["ok"]["chrom"] == "1"
+    for name, row in rows.items():
+        expected = "ok" if name in ("ok", "left_edge", "right_edge") else name
+        assert row["status"] == expected, name
+        assert (row["llr"] is not None) == (expected == "ok"), name
+    assert rows["ref_mismatch"]["ref_match"] is False
+    assert rows["symbolic_alt"]["ref_match"] is True
+    assert rows["unknown_contig"]["ref_match"] is None
+    assert rows["unknown_contig"]["contig"] is None
+    assert rows["ok"]["n_padded"] == 0
+    assert rows["left_edge"]["window_start"] == 2 - W // 2
+    assert rows["left_edge"]["n_padded"] == W // 2 - 2
+    assert rows["right_edge"]["n_padded"] == (117 - W // 2 + W) - 120
+    assert np.isfinite(rows["right_edge"]["llr"]) and np.isfinite(rows["left_edge"]["emb_l2"])
+
+
+def run_cli(args: list[str]) -> str:
+    result = CliRunner().invoke(app, ["score-variants", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng, tmp_path):
+    genome = {"chr1": random_seq(rng, 300), "chr2": random_seq(rng, 150)}
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    g1, g2 = genome["chr1"], genome["chr2"]
+    records = [  # the VCF uses Ensembl names (1, 2); the FASTA says chr1, chr2
+        ("1", 5, "rs1", g1[4], other_base(g1[4])),  # left edge: padded
+        ("1", 50, ".", g1[49:52], f"{g1[49]},{g1[49]}GA,<DEL>"),  # multi-allelic
+        ("1", 50, "rs2b", g1[49], other_base(g1[49], 1)),  # same position: shares a window
+        ("1", 120, "bad", other_base(g1[119]), g1[119]),  # REF mismatch
+        ("1", 200, ".", g1[199], f"{other_base(g1[199])},*"),
+        ("2", 30, ".", g2[29], "."),
+        ("2", 149, "rs9", g2[148], other_base(g2[148], 2)),  # right edge: padded
+        ("3", 10, ".", "A", "C"),  # contig absent from the FASTA
+    ]
+    vcf = bgzip_and_index(write_vcf(tmp_path / "calls.vcf", {"1": 300, "2": 150, "3": 50},
+                                    records))
+    n_alts = sum(len(r[4].split(",")) for r in records)
+    out = tmp_path / "scores"
+    args = [str(vcf), "--fasta", str(fasta), "--model", str(tiny_model), "--out", str(out),
+            "--window", str(W), "--site-probs", "--unit-size", "3", "--num-workers", "2"]
+    first = run_cli(args)
+    assert "contig '1' matched to 'chr1'" in first and "(0 already done)" in first
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 4 and f"wrote {n_alts} rows" in first
+
+    meta = pq.read_schema(parts[0]).metadata
+    assert meta[b"genomeconv.kind"] == b"variants"
+    assert meta[b"genomeconv.model"] == str(tiny_model).encode()
+    assert pq.read_schema(parts[0]).remove_metadata() == schema.VARIANTS
+
+    db = duckdb.connect()
+    db.execute(f"CREATE VIEW T AS SELECT * FROM read_parquet('{out}/*.parquet')")
+
+    def table(sql: str) -> list[tuple]:
+        return db.execute(sql).fetchall()
+
+    assert table("SELECT count(*) FROM T") == [(n_alts,)]
+    statuses = dict(table("SELECT status, count(*) FROM T GROUP BY status"))
+    assert statuses == {"ok": 6, "symbolic_alt": 1, "ref_mismatch": 1, "spanning_deletion": 1,
+                        "missing_alt": 1, "unknown_contig": 1}
+    assert table("SELECT count(*) FROM T WHERE status = 'ok' AND llr IS NULL") == [(0,)]
+    assert table("SELECT id, ref_match FROM T WHERE status = 'ref_mismatch'") == [("bad", False)]
+    padded = table("SELECT pos, n_padded FROM T WHERE n_padded > 0 ORDER BY pos")
+    assert padded == [(5, W // 2 - 4), (149, 148 - W // 2 + W - 150)]
+    assert table("SELECT DISTINCT contig FROM T WHERE chrom = '1'") == [("chr1",)]
+    # the scores equal those computed without Ray on the same windows
+    got = table("SELECT pos, ref, alt, llr_fwd, llr_rev, p_alt FROM T WHERE status = 'ok' "
+                "ORDER BY chrom, pos, alt")
+    ok_variants = [var(f"chr{c}", p, ref, alt) for c, p, ref, alt in
+                   table("SELECT chrom, pos, ref, alt FROM T WHERE status = 'ok' "
+                         "ORDER BY chrom, pos, alt")]
+    direct = score(model, genome, ok_variants, tmp_path, "direct.fa")
+    for g, d in zip(got, direct):
+        assert g[3] == pytest.approx(d["llr_fwd"], rel=1e-5, abs=1e-6)
+        assert g[4] == pytest.approx(d["llr_rev"], rel=1e-5, abs=1e-6)
+        assert (g[5] is None) == (d["p_alt"] is None)
+
+    # resume: one part lost and a half-written temp file left by a killed run
+    mtimes = {p.name: p.stat().st_mtime_ns for p in parts}
+    parts[1].unlink()
+    (out / ".tmp-crashed").write_bytes(b"partial")
+    second = run_cli(args)
+    assert "(3 already done)" in second and re.search(r"wrote \d+ rows", second)
+    assert {p.name for p in out.glob("part-*.parquet")} == set(mtimes)
+    for p in out.glob("part-*.parquet"):
+        if p.name != parts[1].name:
+            assert p.stat().st_mtime_ns == mtimes[p.name]
+    assert table("SELECT count(*), count(DISTINCT (chrom, pos, ref, alt)) FROM T") == [
+        (n_alts, n_alts)]
+    third = run_cli(args)
+    assert "(4 already done): wrote 0 rows" in third
+    assert os.path.exists(out / ".tmp-crashed")  # never read; a part name is never .tmp-*
+    other = CliRunner().invoke(app, ["score-variants", *args[:8], str(W - 2), *args[9:]])
+    assert other.exit_code == 2 and "pass a new --out" in other.output
+    assert len(list(out.glob("part-*.parquet"))) == 4

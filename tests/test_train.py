@@ -1,0 +1,272 @@
+"""DeepSpeed training: metrics against brute force, pretraining (loss falls, resume continues the
+same curve, 2 torchrun processes match 1 process), fine-tuning round trips (binary and
+multi-class, early stopping, the saved head reproduces the validation predictions).
+
+Fixtures are generated per test: genomes from a peaked order-2 Markov chain (so a tiny model can
+learn something in a few steps), written as FASTA and indexed with pysam; tiny HyenaDNA models.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pysam
+import pytest
+import torch
+
+from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.pipelines import metrics
+from genomeconv.pipelines import train as tr
+from genomeconv.pipelines import training_data as td
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3, val_windows=4,
+            val_fraction=0.1)
+
+
+def markov_genome(rng: np.random.Generator, n: int) -> str:
+    """A sequence from an order-2 Markov chain with peaked transitions."""
+    probs = rng.dirichlet(np.full(4, 0.3), size=16)
+    out = list(rng.choice(4, size=2))
+    for _ in range(n - 2):
+        out.append(rng.choice(4, p=probs[out[-2] * 4 + out[-1]]))
+    return "".join("ACGT"[i] for i in out)
+
+
+def write_fasta(path: Path, contigs: dict[str, str]) -> Path:
+    with open(path, "w") as f:
+        for name, seq in contigs.items():
+            f.write(f">{name}\n")
+            f.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+    pysam.faidx(str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(2024)
+    path = tmp_path_factory.mktemp("genome") / "g.fa"
+    return write_fasta(path, {"r1": markov_genome(rng, 6000), "r2": markov_genome(rng, 3000)})
+
+
+# ------------------------------------------------------------------------------- metrics
+def brute_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    wins = [(p > q) + 0.5 * (p == q) for p, q in itertools.product(pos, neg)]
+    return float(np.mean(wins))
+
+
+def brute_ap(y: np.ndarray, s: np.ndarray) -> float:
+    total, prev_recall = 0.0, 0.0
+    for thr in sorted(set(s), reverse=True):
+        pred = s >= thr
+        recall = (pred & (y == 1)).sum() / (y == 1).sum()
+        total += (recall - prev_recall) * (pred & (y == 1)).sum() / pred.sum()
+        prev_recall = recall
+    return float(total)
+
+
+def test_classification_metrics_match_brute_force(rng):
+    y = rng.integers(0, 2, size=60)
+    s = np.round(rng.normal(size=60) + y, 1)  # rounding makes ties
+    assert metrics.auroc(y, s) == pytest.approx(brute_auroc(y, s), abs=1e-12)
+    assert metrics.average_precision(y, s) == pytest.approx(brute_ap(y, s), abs=1e-12)
+    probs = rng.dirichlet(np.ones(3), size=60)
+    labels = rng.integers(0, 3, size=60)
+    m = metrics.classification_metrics(labels, probs)
+    assert m["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert m["auroc"] == pytest.approx(np.mean([brute_auroc((labels == c).astype(int), probs[:, c])
+                                                for c in range(3)]))
+
+
+def test_markov_baseline_matches_counting(rng):
+    seq = rng.integers(7, 11, size=400)
+    seq[::37] = 11  # some N
+    k = 3
+    model = metrics.MarkovBaseline([seq], max_order=k)
+    window = rng.integers(7, 12, size=20)
+    got = model.window_logprob(window, k)
+    s = "".join(chr(65 + int(x)) for x in seq)
+    for t in range(1, len(window)):
+        c = min(k, t)
+        ctx = "".join(chr(65 + int(x)) for x in window[t - c:t])
+        nxt = chr(65 + int(window[t]))
+        n_ctx = sum(s[i:i + c] == ctx for i in range(len(s) - c))
+        n_full = sum(s[i:i + c + 1] == ctx + nxt for i in range(len(s) - c))
+        assert got[t - 1] == pytest.approx(math.log((n_full + 1) / (n_ctx + 5)), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ pretrain
+def run_pretrain(genome: Path, out: Path, **overrides) -> dict:
+    opts = tr.PretrainOptions(**{**TINY, "steps": 8, "eval_every": 4, "save_every": 4,
+                                 **overrides})
+    return tr.pretrain(genome, out, opts, log=lambda line: None)
+
+
+def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
+    full = run_pretrain(genome, tmp_path / "full", kmer_baseline=3,
+                        warmup_lengths=(16, 32), warmup_steps=2)
+    written = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert written["steps"] == 8 and written["config"]["max_seq_len"] == 64
+    assert [r["length"] for r in full["history"]] == [16, 16, 32, 32, 64, 64, 64, 64]
+    model = load(tmp_path / "full" / "model")
+    assert model.config.d_model == 16 and (tmp_path / "full" / "model" / "MODEL_CARD.md").is_file()
+    assert "Markov" in (tmp_path / "full" / "model" / "MODEL_CARD.md").read_text()
+    assert full["kmer_baseline"]["order"] in range(4)
+    # the model's validation NLL equals its own log-likelihood on the same windows
+    split = td.load_genome(genome, val_fraction=0.1)
+    windows = td.tile_windows(split.val, 64, 4)
+    with torch.no_grad():
+        nll = -np.mean([model.log_likelihood(torch.from_numpy(w)[None]).numpy() for w in windows])
+    assert full["val_nll"] == pytest.approx(nll, rel=1e-4)
+    # resume: drop the last checkpoint and continue from step 4
+    ckpt = tmp_path / "resumed" / "checkpoints"
+    shutil.copytree(tmp_path / "full" / "checkpoints", ckpt)
+    shutil.rmtree(ckpt / "step8")
+    (ckpt / "latest").write_text("step4")
+    resumed = run_pretrain(genome, tmp_path / "resumed", resume=True,
+                           warmup_lengths=(16, 32), warmup_steps=2)
+    assert resumed["steps"] == 8
+    assert resumed["history"][:4] == full["history"][:4]  # restored from the checkpoint
+    for a, b in zip(resumed["history"][4:], full["history"][4:]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+    assert resumed["val_nll"] == pytest.approx(full["val_nll"], rel=1e-5)
+
+
+def test_deepspeed_steps_reduce_the_loss(genome, tmp_path):
+    summary = run_pretrain(genome, tmp_path, steps=20, eval_every=20, save_every=20, lr=1e-2)
+    losses = [r["train_loss"] for r in summary["history"]]
+    assert losses[0] > math.log(15)  # untrained: about log(16) over the padded vocabulary
+    assert np.mean(losses[-3:]) < losses[0] - 0.8
+    assert summary["val_nll"] < losses[0] - 0.8
+
+
+def test_two_torchrun_processes_match_one(genome, tmp_path):
+    args = ["pretrain", str(genome), "--d-model", "16", "--n-layer", "2", "--seq-len", "64",
+            "--batch-size", "4", "--lr", "5e-3", "--steps", "4", "--eval-every", "4",
+            "--save-every", "4", "--val-windows", "4", "--val-fraction", "0.1"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", port, "-m", "genomeconv.cli"]
+    subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, check=True,
+                   capture_output=True, timeout=300)
+    one = run_pretrain(genome, tmp_path / "one", steps=4)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["processes"] == 2
+    for a, b in zip(two["history"], one["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert two["val_nll"] == pytest.approx(one["val_nll"], rel=1e-4)
+    a, b = load(tmp_path / "one" / "model"), load(tmp_path / "two" / "model")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ------------------------------------------------------------------------------ finetune
+@pytest.fixture(scope="module")
+def variant_task(tmp_path_factory):
+    """A genome of 3 chromosomes, a tiny base model, and labelled SNVs: label 1 when the ALT is
+    A or T (learnable from the alt - ref embedding), plus a 3-class label (the ALT base's rank
+    among the other bases)."""
+    rng = np.random.default_rng(99)
+    root = tmp_path_factory.mktemp("variant_task")
+    contigs = {f"chr{i}": markov_genome(rng, 1500) for i in (1, 2, 3)}
+    fasta = write_fasta(root / "ref.fa", contigs)
+    rows = []
+    for chrom, seq in contigs.items():
+        for pos in rng.choice(np.arange(40, 1460), size=40, replace=False):
+            ref = seq[pos - 1]
+            alt = rng.choice([b for b in "ACGT" if b != ref])
+            rows.append((chrom, int(pos), ref, alt, int(alt in "AT"),
+                         "ACGT".replace(ref, "").index(alt)))
+    table = root / "variants.tsv"
+    table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
+                     "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    torch.manual_seed(3)
+    base = root / "base"
+    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
+    return fasta, table, base, rows
+
+
+def run_finetune(task, out: Path, **overrides) -> dict:
+    fasta, table, base, _ = task
+    opts = tr.FinetuneOptions(**{"base_model": str(base), "window": 32, "head_hidden": 16,
+                                 "epochs": 3, "batch_size": 8, "lr": 1e-2, "val_chroms": ("chr3",),
+                                 **overrides})
+    return tr.finetune(table, fasta, out, opts, log=lambda line: None)
+
+
+def test_finetune_binary_round_trip(variant_task, tmp_path):
+    summary = run_finetune(variant_task, tmp_path, freeze="1")
+    assert summary["classes"] == ["0", "1"] and summary["val_chroms"] == ["chr3"]
+    assert summary["train_variants"] == 80 and summary["val_variants"] == 40
+    best = max(summary["history"], key=lambda r: r["auroc"])
+    assert best["auroc"] > 0.8
+    # the saved model (backbone + head) reproduces the best epoch's validation metrics
+    model_dir = tmp_path / "model"
+    model, head = load(model_dir), tr.load_head(model_dir)
+    assert head.classes == ["0", "1"] and head.window == 32
+    data = td.read_labelled_variants(variant_task[1], "label")
+    windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes)
+    val = tr._subset(windows, np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
+        alt = model(torch.from_numpy(val.alt)).mean(dim=1).numpy()
+    probs = head.predict(ref, alt)
+    np.testing.assert_allclose(head.score(ref, alt), probs[:, 1])
+    got = metrics.classification_metrics(val.labels, probs)
+    assert got["auroc"] == pytest.approx(best["auroc"], abs=1e-6)
+    assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
+
+
+def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
+    first = run_finetune(variant_task, tmp_path, label="three", freeze="all", epochs=2, lr=0.0,
+                         patience=1)
+    assert first["classes"] == ["0", "1", "2"]
+    assert len(first["history"]) == 2  # lr 0: epoch 2 cannot improve
+    head = tr.load_head(tmp_path / "model")
+    assert head.meta["n_out"] == 3
+    again = run_finetune(variant_task, tmp_path, label="three", freeze="all", epochs=5, lr=0.0,
+                         patience=1, resume=True)
+    assert again["history"] == first["history"]  # already stopped early: nothing more to run
+
+
+def test_vcf_labels_align_with_alt_alleles(tmp_path):
+    vcf = tmp_path / "labels.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n##contig=<ID=chr1,length=1000>\n"
+        '##INFO=<ID=CLS,Number=A,Type=String,Description="per ALT">\n'
+        '##INFO=<ID=Y,Number=1,Type=Integer,Description="per record">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        "chr1\t10\t.\tA\tC,G\t.\t.\tCLS=benign,pathogenic;Y=1\n"
+        "chr1\t20\trs2\tT\tA\t.\t.\tCLS=benign;Y=0\n")
+    per_alt = td.read_labelled_variants(vcf, "CLS")
+    assert [(v.pos, v.alt) for v in per_alt.variants] == [(10, "C"), (10, "G"), (20, "A")]
+    assert per_alt.labels == ["benign", "pathogenic", "benign"]
+    assert per_alt.classes == ["benign", "pathogenic"]
+    assert td.read_labelled_variants(vcf, "Y").labels == ["1", "1", "0"]
+    with pytest.raises(ValueError, match="no INFO field"):
+        td.read_labelled_variants(vcf, "MISSING")
