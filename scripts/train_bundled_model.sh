@@ -3,7 +3,7 @@
 # public genomes in ../shared/data: phage lambda (NC_001416.1) + Klebsiella pneumoniae MGH 78578
 # (CP000647.1-CP000652.1). The last 2% of every record is held out for validation perplexity and
 # compared with order-0..10 Markov baselines fitted on the same training bases.
-# Usage: scripts/train_bundled_model.sh [DATA_DIR] [WORK_DIR]   (about 25 min on a shared 2-core CPU)
+# Usage: scripts/train_bundled_model.sh [DATA_DIR] [WORK_DIR]   (about 45 min on 2 CPU cores)
 set -euo pipefail
 DATA=${1:-/work/shared/data}
 WORK=${2:-/tmp/gc_bundled}
@@ -15,11 +15,17 @@ rm -f "$WORK/genome.fa.fai"
 export DS_ACCELERATOR=cpu
 # One thread per process: on a shared 2-core machine, 2 OpenMP threads ran 5x slower (spin waits).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-genomeconv pretrain "$WORK/genome.fa" --out "$WORK/run" \
-    --d-model 64 --n-layer 2 --seq-len 1024 --warmup-lengths 256,512 --warmup-steps 25 \
-    --steps 720 --batch-size 4 --lr 4e-3 --val-fraction 0.02 --val-windows 32 \
-    --eval-every 120 --save-every 120 --kmer-baseline 10 --seed 0 --deepspeed-config zero0_fp32 \
-    --resume
+# The shipped weights came from three resumed stages (720, 2,900, then 6,500 steps): each stage
+# extends the cosine learning-rate schedule to its new end, so one 6,500-step run would follow a
+# slightly different curve. Stage i: STEPS:EVAL_EVERY:SAVE_EVERY.
+for stage in 720:120:120 2900:725:145 6500:1625:325; do
+  IFS=: read -r steps eval_every save_every <<<"$stage"
+  genomeconv pretrain "$WORK/genome.fa" --out "$WORK/run" \
+      --d-model 64 --n-layer 2 --seq-len 1024 --warmup-lengths 256,512 --warmup-steps 25 \
+      --steps "$steps" --batch-size 4 --lr 4e-3 --val-fraction 0.02 --val-windows 32 \
+      --eval-every "$eval_every" --save-every "$save_every" --kmer-baseline 10 --seed 0 \
+      --deepspeed-config zero0_fp32 --resume
+done
 DEST="$REPO/genomeconv/models/bundled"
 mkdir -p "$DEST"
 cp "$WORK/run/model/config.json" "$WORK/run/model/model.safetensors" "$DEST/"

@@ -10,29 +10,17 @@ import pytest
 
 from genomeconv.io.fasta import FastaFile, FastaFormatError, compression
 from genomeconv.io.regions import UnknownContigError
-
-
-def random_seq(rng, n: int, alphabet: str = "ACGTacgtN") -> str:
-    return "".join(rng.choice(list(alphabet), size=n))
-
-
-def write_fasta(path, records: dict[str, str], width: int = 60) -> str:
-    with open(path, "w") as fh:
-        for name, seq in records.items():
-            fh.write(f">{name} generated\n")
-            for i in range(0, len(seq), width):
-                fh.write(seq[i:i + width] + "\n")
-    return str(path)
+from fixtures import random_seq, write_fasta
 
 
 @pytest.fixture
 def records(rng):
-    return {"chr1": random_seq(rng, 1234), "chrM": random_seq(rng, 321)}
+    return {"chr1": random_seq(rng, 1234, "ACGTacgtN"), "chrM": random_seq(rng, 321, "ACGTacgtN")}
 
 
 @pytest.mark.parametrize("packed", ["plain", "bgzip"])
 def test_fetch_matches_source_and_builds_index(tmp_path, rng, records, packed):
-    path = write_fasta(tmp_path / "g.fa", records)
+    path = write_fasta(tmp_path / "g.fa", records, index=False)
     if packed == "bgzip":
         path = pysam.tabix_compress(path, path + ".gz") or path + ".gz"
     assert compression(path) == ("bgzf" if packed == "bgzip" else "none")
@@ -51,7 +39,7 @@ def test_fetch_matches_source_and_builds_index(tmp_path, rng, records, packed):
 
 
 def test_fetch_padded_past_both_ends(tmp_path, records):
-    with FastaFile(write_fasta(tmp_path / "g.fa", records)) as fa:
+    with FastaFile(write_fasta(tmp_path / "g.fa", records, index=False)) as fa:
         seq, left, right = fa.fetch_padded("chrM", -5, 326)
         assert (left, right) == (5, 5)
         assert seq == "N" * 5 + records["chrM"].upper() + "N" * 5
@@ -63,7 +51,7 @@ def test_fetch_padded_past_both_ends(tmp_path, records):
 
 
 def test_unknown_contig_names_file(tmp_path, records):
-    path = write_fasta(tmp_path / "g.fa", records)
+    path = write_fasta(tmp_path / "g.fa", records, index=False)
     with FastaFile(path) as fa, pytest.raises(UnknownContigError, match="chr7.*g.fa"):
         fa.fetch("chr7", 0, 10)
 
@@ -99,7 +87,7 @@ def test_malformed_line_named_with_file_and_line(tmp_path, body, line, what):
 def test_index_dir_keeps_source_untouched(tmp_path, records, packed):
     src = tmp_path / "src"
     src.mkdir()
-    path = write_fasta(src / "g.fa", records)
+    path = write_fasta(src / "g.fa", records, index=False)
     if packed == "bgzip":
         path = pysam.tabix_compress(path, path + ".gz") or path + ".gz"
     before = sorted(os.listdir(src))

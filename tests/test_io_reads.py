@@ -7,10 +7,7 @@ import pytest
 
 from genomeconv.io.reads import ReadFile, scan_reads
 from genomeconv.io.regions import reverse_complement
-
-
-def random_seq(rng, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), size=n))
+from fixtures import random_seq
 
 
 @pytest.fixture

@@ -24,16 +24,13 @@ from genomeconv.cli import app
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
+from fixtures import random_seq
 
 IUPAC_RC = dict(zip("ACGTN", "TGCAN"))
 
 
 def rc(seq: str) -> str:
     return "".join(IUPAC_RC[c] for c in reversed(seq.upper()))
-
-
-def random_seq(rng, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), size=n))
 
 
 def write_bgzip_fasta(path: Path, records: dict[str, str], width: int = 60) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
-import pysam
 import pytest
 import torch
 from test_io_variants import bgzip_and_index, write_vcf
@@ -28,23 +27,10 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_start)
+from fixtures import random_seq, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
 MAX_LEN = 66
-
-
-def write_fasta(path: Path, contigs: dict[str, str]) -> Path:
-    """A FASTA (60 bases a line) indexed with pysam.faidx."""
-    with open(path, "w") as f:
-        for name, seq in contigs.items():
-            f.write(f">{name}\n")
-            f.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
-    pysam.faidx(str(path))
-    return path
-
-
-def random_seq(rng: np.random.Generator, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), size=n))
 
 
 def other_base(base: str, k: int = 0) -> str:

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pysam
 import pytest
 import torch
 
@@ -27,6 +26,9 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
+from fixtures import write_fasta
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3, val_windows=4,
@@ -40,24 +42,6 @@ def markov_genome(rng: np.random.Generator, n: int) -> str:
     for _ in range(n - 2):
         out.append(rng.choice(4, p=probs[out[-2] * 4 + out[-1]]))
     return "".join("ACGT"[i] for i in out)
-
-
-def write_fasta(path: Path, contigs: dict[str, str]) -> Path:
-    with open(path, "w") as f:
-        for name, seq in contigs.items():
-            f.write(f">{name}\n")
-            f.writelines(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
-    pysam.faidx(str(path))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,8 @@ import torch
 from genomeconv.models import load
 from genomeconv.pipelines import train as tr
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = sorted(p.stem for p in tr.CONFIG_DIR.glob("*.json"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_expected_configs_exist():
