@@ -226,6 +226,31 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
     assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
 
 
+def test_score_variants_adds_the_finetuned_score(variant_task, tmp_path, ray_local):
+    import duckdb
+
+    from genomeconv.pipelines.variants import score_variants
+
+    run_finetune(variant_task, tmp_path, freeze="1")
+    model_dir = tmp_path / "model"
+    model, head = load(model_dir), tr.load_head(model_dir)
+    score_variants(variant_task[1], variant_task[0], tmp_path / "scores", model=str(model_dir))
+    got = duckdb.sql(f"SELECT chrom, pos, ref, alt, finetuned_score, status FROM "
+                     f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
+    assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
+    # independent: the head on mean-pooled hidden states of the training windows (window 32)
+    data = td.read_labelled_variants(variant_task[1], "label")
+    windows, _ = tr.build_windows(data, variant_task[0], head.window, head.classes)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
+        alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()
+    want = {(v.chrom, v.pos, v.ref, v.alt): s for v, s in
+            zip((data.variants[r] for r in windows.rows), head.score(ref, alt))}
+    scores = {r[:4]: r[4] for r in got}
+    assert set(scores) == set(want)
+    np.testing.assert_allclose([scores[k] for k in want], list(want.values()), atol=1e-5)
+
+
 def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
     first = run_finetune(variant_task, tmp_path, label="three", freeze="all", epochs=2, lr=0.0,
                          patience=1)

@@ -79,6 +79,7 @@ VARIANTS = pa.schema([
     ("model", pa.string()),
     ("contig", pa.string()),     # the FASTA contig the variant was matched to (chr1 <-> 1)
     ("n_padded", pa.int64()),    # N bases added past a contig end inside the reference window
+    ("finetuned_score", pa.float64()),  # a fine-tuned model's head: P(positive / last class)
 ])
 
 

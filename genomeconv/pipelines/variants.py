@@ -192,11 +192,13 @@ def run_windows(model: Any, seqs: Sequence[str], *, site: int | None, pooled: bo
 
 
 def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int, rc: bool = True,
-                  site_probs: bool = True, batch_size: int | None = None, dtype: Any = None
-                  ) -> list[dict[str, Any]]:
+                  site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
+                  head: Any = None) -> list[dict[str, Any]]:
     """Score planned variants (those with status "ok"); one output row per planned variant.
 
-    Identical sequences among all ref and alt windows run through the model once.
+    Identical sequences among all ref and alt windows run through the model once. `head` (a
+    fine-tuned genomeconv.pipelines.train.VariantHead) adds `finetuned_score` from the same
+    mean-pooled forward ref and alt hidden states.
     """
     batch_size = batch_size or default_batch_size(window)
     run = functools.partial(run_windows, model, batch_size=batch_size, dtype=dtype)
@@ -208,8 +210,10 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int,
         rev = [reverse_complement(s) for s in fwd]
         rev_out = dict(zip(fwd, run(rev, site=None, pooled=False)))
     if scored:
-        cosine, l2 = embedding_distances(np.stack([fwd_out[pv.ref_seq].pooled for pv in scored]),
-                                         np.stack([fwd_out[pv.alt_seq].pooled for pv in scored]))
+        ref_pooled = np.stack([fwd_out[pv.ref_seq].pooled for pv in scored])
+        alt_pooled = np.stack([fwd_out[pv.alt_seq].pooled for pv in scored])
+        cosine, l2 = embedding_distances(ref_pooled, alt_pooled)
+        finetuned = head.score(ref_pooled, alt_pooled) if head is not None else None
     rows, k = [], 0
     for pv in planned:
         row = _base_row(pv, model.model_id)
@@ -222,6 +226,8 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int,
             else:
                 row["llr"] = row["llr_fwd"]
             row["emb_cosine"], row["emb_l2"] = float(cosine[k]), float(l2[k])
+            if finetuned is not None:
+                row["finetuned_score"] = float(finetuned[k])
             if site_probs and pv.variant.kind == "snv":
                 row["p_ref"], row["p_alt"] = math.exp(r.site_logp), math.exp(a.site_logp)
             k += 1
@@ -239,7 +245,8 @@ def _base_row(pv: PlannedVariant, model_id: str) -> dict[str, Any]:
             "status": pv.status, "ref_match": pv.ref_match, "window_start": pv.window_start,
             "window_end": pv.window_end, "llr_fwd": None, "llr_rev": None, "llr": None,
             "emb_cosine": None, "emb_l2": None, "p_ref": None, "p_alt": None,
-            "model": model_id, "contig": pv.contig, "n_padded": pv.n_padded}
+            "model": model_id, "contig": pv.contig, "n_padded": pv.n_padded,
+            "finetuned_score": None}
 
 
 def item_ids(variants: Sequence[Variant]) -> list[str]:
@@ -268,6 +275,7 @@ class UnitScorer:
         from genomeconv.models import load
 
         self.model = load(model, device=device)
+        self.head = fine_tuned_head(model)
         self.dtype = runtime.compute_dtype(dtype)
         self.fasta = FastaFile(fasta)
         self.window, self.rc, self.site_probs = window, rc, site_probs
@@ -288,13 +296,22 @@ class UnitScorer:
         planned = [plan_variant(v, self.fasta, self.window, contigs) for v in variants]
         rows = score_planned(self.model, planned, window=self.window, rc=self.rc,
                              site_probs=self.site_probs, batch_size=self.batch_size,
-                             dtype=self.dtype)
+                             dtype=self.dtype, head=self.head)
         runtime.write_part(pa.Table.from_pylist(rows, schema=schema.VARIANTS), self.out, unit_id,
                            self.metadata)
         renamed = {c: r for c, r in contigs.items() if r is not None and r != c}
         return {"unit_id": unit_id, "rows": len(rows),
                 "statuses": json.dumps(Counter(r["status"] for r in rows)),
                 "renamed": json.dumps(renamed)}
+
+
+def fine_tuned_head(model: str | None) -> Any:
+    """The head saved by `genomeconv finetune` in a model directory, or None."""
+    if model is None or not Path(model).is_dir():
+        return None
+    from genomeconv.pipelines.train import load_head
+
+    return load_head(model)
 
 
 def check_resumable(out: str | Path, done: set[str], metadata: dict[bytes, bytes]) -> None:
@@ -349,7 +366,9 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
     probe = load(model, device="cpu")
-    window = window or default_window(probe.max_seq_len, device)
+    head = fine_tuned_head(model)
+    window = window or (head.window if head is not None
+                        else default_window(probe.max_seq_len, device))
     if window < 2:
         raise ValueError(f"--window must be at least 2 (got {window})")
     metadata = schema.file_metadata(probe, command, kind="variants")
