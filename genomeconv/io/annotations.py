@@ -14,18 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from genomeconv.io.regions import Interval
+from genomeconv.io.regions import Interval, NotFoundError
 
 
 class AnnotationError(ValueError):
     """A malformed annotation line (the message names the file and the line)."""
 
 
-class UnknownGeneError(KeyError):
+class UnknownGeneError(NotFoundError):
     """Requested genes absent from an annotation file (names them, the file and close matches)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)

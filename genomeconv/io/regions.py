@@ -21,11 +21,15 @@ _REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,]+)(?:-(?P<end>[\d,]*))?
 _MITO = {"M", "MT"}
 
 
-class UnknownContigError(KeyError):
-    """A contig name that matches none of the available ones (names the contig and the file)."""
+class NotFoundError(KeyError):
+    """A name looked up in an input file and not found; the message names both."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownContigError(NotFoundError):
+    """A contig name that matches none of the available ones (names the contig and the file)."""
 
 
 @dataclass(frozen=True)
