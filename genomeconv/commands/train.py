@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 _DS_HELP = ("DeepSpeed config: a name in workflows/deepspeed/ (zero0_fp32, zero1_fp32, "
             "zero2_bf16, zero3_fp32, zero3_offload, long_seq_bf16_ckpt) or a JSON path.")
+
+
+# Options shared by `pretrain` and `finetune`.
+DeepSpeedConfig = Annotated[str, typer.Option("--deepspeed-config", help=_DS_HELP)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")]
+Seed = Annotated[int, typer.Option("--seed")]
+Address = Annotated[Optional[str], typer.Option("--address", help="Ray cluster: train with Ray "
+                                                "Train workers.")]
+NumWorkers = Annotated[int, typer.Option("--num-workers", min=1, help="Ray Train workers.")]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -63,12 +72,11 @@ def pretrain(
     save_every: int = typer.Option(100, "--save-every", min=1),
     kmer_baseline: int = typer.Option(0, "--kmer-baseline", min=0, help="Compare with Markov "
                                       "models of order up to K (0: off)."),
-    deepspeed_config: str = typer.Option("zero0_fp32", "--deepspeed-config", help=_DS_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
-    seed: int = typer.Option(0, "--seed"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: train with Ray "
-                                          "Train workers."),
-    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Ray Train workers."),
+    deepspeed_config: DeepSpeedConfig = "zero0_fp32",
+    resume: Resume = False,
+    seed: Seed = 0,
+    address: Address = None,
+    num_workers: NumWorkers = 1,
 ) -> None:
     """Next-token pretraining of a new HyenaDNA on random windows of GENOME (both strands)."""
     from genomeconv.cli import command_line
@@ -115,12 +123,11 @@ def finetune(
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
     out: Path = typer.Option(Path("finetune_out"), "--out", help="Output folder: model/ "
                              "(backbone + head), checkpoints/, summary.json."),
-    deepspeed_config: str = typer.Option("zero0_fp32", "--deepspeed-config", help=_DS_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
-    seed: int = typer.Option(0, "--seed"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: train with Ray "
-                                          "Train workers."),
-    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Ray Train workers."),
+    deepspeed_config: DeepSpeedConfig = "zero0_fp32",
+    resume: Resume = False,
+    seed: Seed = 0,
+    address: Address = None,
+    num_workers: NumWorkers = 1,
 ) -> None:
     """Fine-tune a variant classifier (head on pooled ref, alt, alt - ref windows)."""
     from genomeconv.cli import command_line
