@@ -150,24 +150,29 @@ def test_fp32_gradients_match_float64_autograd_reference():
         assert rel_err(leaves[name].grad, ref_leaves[name].grad.numpy()) < 1e-4, name
 
 
-def test_spectrum_cache_reuses_and_notices_in_place_change():
+@pytest.mark.parametrize("path", ["paired", "blockwise"])
+def test_spectrum_cache_reuses_and_notices_in_place_change(path):
+    """Both the inference path (paired.py) and the blockwise autograd path (fft.py) fold D
+    into the cached filter side, so a change to either k or D is noticed."""
     cache = SpectrumCache()
     a = make(1, 3, 700, 700, gates=False, seed=4)
     u, k, D = a["u"], a["k"], a["D"]
-    y1 = fftconv(u, k, D, method="fft", cache=cache)
-    y2 = fftconv(u, k, D, method="fft", cache=cache)
+    conv = (lambda: fftconv(u, k, D, method="fft", cache=cache)) if path == "paired" else (
+        lambda: fft.conv(u, k, D, cache=cache))
+    y1, y2 = conv(), conv()
     assert cache.computed == 1 and torch.equal(y1, y2)
     k.mul_(-0.5)  # in place: the version counter moves
-    y3 = fftconv(u, k, D, method="fft", cache=cache)
+    y3 = conv()
     assert cache.computed == 2 and rel_err(y3, reference(u, k, D)) < 1e-4
     D.add_(1.0)
-    y4 = fftconv(u, k, D, method="fft", cache=cache)
+    y4 = conv()
     assert cache.computed == 3 and rel_err(y4, reference(u, k, D)) < 1e-4
     fresh = k.clone()  # a different tensor with the same values: its own entry
-    fftconv(u, fresh, D, method="fft", cache=cache)
+    fftconv(u, fresh, D, method="fft", cache=cache) if path == "paired" else fft.conv(
+        u, fresh, D, cache=cache)
     assert cache.computed == 4 and len(cache._entries) == 2
     del fresh  # a collected filter's entry goes with it
-    fftconv(u, k, D, method="fft", cache=cache)
+    conv()
     assert cache.computed == 4 and len(cache._entries) == 1
 
 
@@ -285,3 +290,28 @@ def test_bad_inputs_raise_naming_the_argument(case, exc, name):
     u, k = case.pop("u"), case.pop("k")
     with pytest.raises(exc, match=name):
         fftconv(u, k, **case)
+
+
+@pytest.mark.parametrize("L", [300, 40_000])  # several rows per block; one row, 1-D transforms
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_paired_path_uncached_single_thread_and_blockwise_agree(L, dtype):
+    """The inference path (paired.py) with cached coefficients, with coefficients computed per
+    chunk (cache too small), on one thread, and the blockwise autograd path give one result."""
+    a = make(2, 5, L, L, dtype=dtype, seed=L)
+    args = (a["u"], a["k"].to(dtype), a["D"].to(dtype))
+    gates = dict(pregate=a["pregate"], postgate=a["postgate"])
+    cached = fftconv(*args, **gates, method="fft", cache=SpectrumCache())
+    uncached = fftconv(*args, **gates, method="fft", cache=SpectrumCache(max_bytes=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = fftconv(*args, **gates, method="fft", cache=SpectrumCache())
+    finally:
+        torch.set_num_threads(threads)
+    blockwise = fft.conv(*args, **gates)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    ref = reference(*args, **gates)
+    for y in (cached, uncached, one, blockwise):
+        assert y.dtype == dtype and rel_err(y, ref) < 10 * tol
+    assert torch.equal(cached, one)
+    assert rel_err(uncached, cached.double().numpy()) < tol

@@ -1,6 +1,8 @@
 """Long causal convolutions (HyenaDNA's operator): `fftconv`, `LongConv`, `StreamingConv`.
 
-Paths: fft.py (one zero-padded real FFT, cached filter spectra, scipy/pocketfft on CPU),
+Paths: fft.py (one zero-padded real FFT, cached filter spectra, scipy/pocketfft on CPU, and
+autograd for every FFT path), paired.py (the "fft" method's CPU inference form: half-length
+complex FFTs through ducc0 with a paired pointwise step),
 partial.py (overlap-save and streaming for short filters), sparse.py (frequency-block masks),
 monarch.py (the Monarch decomposition the CUDA kernels follow), cuda.py (the fused kernels).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import fft, partial, sparse
+from . import fft, paired, partial, sparse
 from .fft import SPECTRA, SpectrumCache
 from .modules import LongConv
 from .partial import StreamingConv
@@ -72,6 +74,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         raise ValueError(f"keep/keep_fraction need method='sparse', got method={method!r}")
     gates = {"pregate": pregate, "postgate": postgate}
     if method == "fft":
+        if paired.available(u) and not _needs_grad(u, k, D, pregate, postgate):
+            return paired.conv(u, k, D, **gates, cache=SPECTRA if cache is None else cache)
         return fft.conv(u, k, D, **gates, cache=cache)
     if method == "partial":
         return partial.conv(u, k, D, **gates, block=block, cache=cache)
@@ -88,6 +92,10 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         check_finite(k, D)
         return cuda.fftconv(u, k, D, **gates)
     return _monarch(u, k, D, **gates)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _monarch(u, k, D, *, pregate, postgate):

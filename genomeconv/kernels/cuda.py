@@ -128,7 +128,7 @@ def _spectrum(k: torch.Tensor, D: torch.Tensor | None, M: int,
     the mask); D is added per call, so a changed D needs no new transform."""
     keep_key = None if keep is None else tuple(keep.tolist())
     Kk = SPECTRA.get(k, None, 2 * M, torch.float64,
-                     transform=lambda kd, n: tiles.filter_spectrum(kd, None, M, keep),
+                     transform=lambda kd, _, n: tiles.filter_spectrum(kd, None, M, keep),
                      tag=("cuda", keep_key))
     if D is not None:
         Dk = D.detach().to(Kk.dtype)[:, None]

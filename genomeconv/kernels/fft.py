@@ -91,6 +91,9 @@ def _older(old: tuple | None, new: tuple | None) -> bool:
     return old[0] == new[0] and old[2:] == new[2:] and old[1] <= new[1]
 
 
+Transform = Callable[[torch.Tensor, "torch.Tensor | None", int], torch.Tensor]  # (k, D, n)
+
+
 class SpectrumCache:
     """LRU cache of filter spectra rfft(k, n) + D, bounded by `max_bytes` (None: unbounded)
     and `max_entries`.
@@ -128,14 +131,15 @@ class SpectrumCache:
         return self.max_bytes is None or size <= self.max_bytes
 
     def compute(self, k: torch.Tensor, D: torch.Tensor | None, n: int, dtype: torch.dtype,
-                transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        """transform(k, n) + D (default transform: rfft) in `dtype`, without caching."""
+                transform: Transform | None = None) -> torch.Tensor:
+        """transform(k, D, n) (default: rfft(k, n) + D) in `dtype`, without caching."""
         check_finite(k, D)
         self.computed += 1
-        K = (transform or rfft)(k.detach().to(dtype), n)
+        if transform is not None:
+            return transform(k.detach().to(dtype), D, n)
+        K = rfft(k.detach().to(dtype), n)
         if D is not None:
-            K += D.detach().to(dtype).reshape(-1, *([1] * (K.dim() - 1)))
+            K += D.detach().to(dtype)[:, None]
         return K
 
     def _drop(self, key: tuple) -> None:
@@ -152,8 +156,7 @@ class SpectrumCache:
                 self._drop(key)
 
     def get(self, k: torch.Tensor, D: torch.Tensor | None, n: int, dtype: torch.dtype,
-            transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-            tag: object = None) -> torch.Tensor:
+            transform: Transform | None = None, tag: object = None) -> torch.Tensor:
         """The cached spectrum of (k, D) at size n (transform and its `tag` identifying it),
         computed on a miss; entries for older versions of the same filter are dropped."""
         self._purge()

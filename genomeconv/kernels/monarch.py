@@ -53,6 +53,7 @@ from itertools import combinations_with_replacement
 
 import torch
 
+from . import paired
 from .fft import SPECTRA, SpectrumCache
 
 TILE = 16                      # factors are multiples of the 16x16 tensor-core tile
@@ -223,28 +224,16 @@ def _negated_positions(radices: tuple[int, ...], device: torch.device) -> torch.
 
 
 def filter_coefficients(k: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """(2, H, M) complex64: alpha and beta of the pointwise step for filter k (H, Lk),
-    digit-reversed order. Computed in float64 over chunks of channels; differentiable in k."""
+    """(2, H, M) complex64: alpha and beta of the pointwise step for filter k (H, Lk)
+    (paired.coefficients), digit-reversed order. Computed in float64 over chunks of channels;
+    differentiable in k."""
     M = plan.points
-    N = 2 * M
-    j = torch.arange(M, dtype=torch.float64, device=k.device)
-    w = torch.polar(torch.ones_like(j), -2 * math.pi * j / N)
-    a, b = (1 - 1j * w) / 2, (1 + 1j * w) / 2
-    ca = (a.abs() ** 2 / M, b.abs() ** 2 / M, a.conj() * b / M, a * b.conj() / M)
     freq = torch.empty(M, dtype=torch.long)
     freq[digit_reversed_positions(plan.radices, torch.arange(M))] = torch.arange(M)
     freq = freq.to(k.device)
-    mirror = M - torch.arange(M, device=k.device)
     step = max(1, CHUNK_POINTS // M)
-    parts = []
-    for h0 in range(0, k.shape[0], step):
-        K = torch.fft.rfft(k[h0:h0 + step].to(torch.float64), n=N)
-        Kc = K[:, mirror].conj()
-        K = K[:, :M]
-        alpha = ca[0] * K + ca[1] * Kc
-        beta = ca[2] * K + ca[3] * Kc
-        parts.append(torch.stack([alpha[:, freq], beta[:, freq]]).to(torch.complex64))
-    return torch.cat(parts, dim=1)
+    return torch.cat([paired.coefficients(k[h0:h0 + step], None, M, torch.float64)[:, :, freq]
+                      .to(torch.complex64) for h0 in range(0, k.shape[0], step)], dim=1)
 
 
 def _check(x: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> None:
@@ -276,7 +265,7 @@ def _coefficient_blocks(k: torch.Tensor, plan: Plan, hs: int, cache: SpectrumCac
     whole = None
     if not grad and cache.fits(k, 2 * plan.points, torch.float64):
         whole = cache.get(k, None, 2 * plan.points, torch.float64,
-                          transform=lambda kd, n: filter_coefficients(kd, plan),
+                          transform=lambda kd, _, n: filter_coefficients(kd, plan),
                           tag=("monarch", plan.radices))
     for h0 in range(0, H, hs):
         sl = slice(h0, min(H, h0 + hs))

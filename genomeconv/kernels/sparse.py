@@ -126,14 +126,16 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     def transform(rows: torch.Tensor, size: int) -> torch.Tensor:
         return tr.forward(torch.nn.functional.pad(rows, (0, size - rows.shape[-1])))
 
+    def spectrum(kc: torch.Tensor, Dc: torch.Tensor | None, size: int) -> torch.Tensor:
+        K = transform(kc, size)
+        return K if Dc is None else K + Dc.to(cdt)[:, None, None]
+
     if torch.is_grad_enabled() and (k.requires_grad or (D is not None and D.requires_grad)):
         check_finite(k, D)
-        K = transform(k.to(cdt), n)
-        if D is not None:
-            K = K + D.to(cdt)[:, None, None]
+        K = spectrum(k.to(cdt), D, n)
     else:
         c = fft.SPECTRA if cache is None else cache
-        K = c.get(k, D, n, cdt, transform, tag=("sparse", P, tuple(bs)))
+        K = c.get(k, D, n, cdt, spectrum, tag=("sparse", P, tuple(bs)))
     x = u.to(cdt) if pregate is None else u.to(cdt) * pregate.to(cdt)
     X = transform(x.reshape(B * H, L), n).reshape(B, H, len(bs), m)
     y = tr.inverse((X * K).reshape(B * H, len(bs), m))[:, :L].reshape(B, H, L)

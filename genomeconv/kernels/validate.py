@@ -61,7 +61,7 @@ def check_conv_args(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None,
             raise ValueError(f"{name} is on {t.device} but u is on {u.device}")
 
 
-def check_finite(k: torch.Tensor, D: torch.Tensor | None) -> None:
+def check_finite(k: torch.Tensor | None, D: torch.Tensor | None) -> None:
     """ValueError naming k or D when it holds NaN or Inf (the FFT paths call this only when
     they compute a filter spectrum, so cached filters are not rescanned on every call)."""
     for name, t in (("k", k), ("D", D)):
