@@ -35,7 +35,21 @@ except ImportError:  # torch.fft fallback
     _sfft = None
 
 BLOCK_BYTES = 8 << 20  # spectrum bytes per channel block (few calls, cache-sized rows)
-DEFAULT_CACHE_BYTES = int(os.environ.get("GENOMECONV_SPECTRUM_CACHE_BYTES", str(4 << 30)))
+
+
+def _default_cache_bytes() -> int:
+    """GENOMECONV_SPECTRUM_CACHE_BYTES, else a quarter of physical memory, at most 8 GiB (the
+    paired path's coefficients for H = 256 at L = 2^20 take 4 GiB)."""
+    if "GENOMECONV_SPECTRUM_CACHE_BYTES" in os.environ:
+        return int(os.environ["GENOMECONV_SPECTRUM_CACHE_BYTES"])
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = 16 << 30
+    return min(8 << 30, ram // 4)
+
+
+DEFAULT_CACHE_BYTES = _default_cache_bytes()
 # Above this size scipy's pocketfft is memory-bound and slower than torch.fft (measured here,
 # H = 256: 2x slower at n = 2^21); below it scipy is faster.
 SCIPY_MAX_N = 1 << 20

@@ -38,7 +38,6 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
     ducc0 = None
 
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
-COEFF_BYTES = 64 << 20  # uncached filter coefficients are computed in chunks of this size
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
@@ -53,15 +52,32 @@ def half_size(n: int) -> int:
     return int(ducc0.fft.good_size(max(1, -(-n // 2)))) if ducc0 is not None else -(-n // 2)
 
 
-@lru_cache(maxsize=16)
-def _pair_weights(M: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """|a|^2/M, |b|^2/M, conj(a) b/M, a conj(b)/M for bins j < M, computed in float64."""
+def _ab(M: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M), j < M, in float64."""
     j = torch.arange(M, dtype=torch.float64)
     w = torch.polar(torch.ones_like(j), -2 * math.pi * j / (2 * M))
-    a, b = (1 - 1j * w) / 2, (1 + 1j * w) / 2
+    return (1 - 1j * w) / 2, (1 + 1j * w) / 2
+
+
+@lru_cache(maxsize=16)
+def _pair_weights(M: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """|a|^2/M, |b|^2/M, conj(a) b/M, a conj(b)/M: alpha and beta from K and Kc."""
+    a, b = _ab(M)
     cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
     return tuple(c.to(cdt) for c in (a.abs() ** 2 / M, b.abs() ** 2 / M,
                                       a.conj() * b / M, a * b.conj() / M))
+
+
+@lru_cache(maxsize=16)
+def _z_weights(M: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """p, q, r with alpha = p Zk + q Zkc and beta = q Zk + r Zkc, where Zk is the M-point FFT
+    of the filter read as complex pairs and Zkc[j] = conj Zk[(M - j) mod M] (K = a Zk + b Zkc
+    and Kc = b Zk + a Zkc substituted into `_pair_weights`)."""
+    a, b = _ab(M)
+    A, B = a.abs() ** 2, b.abs() ** 2
+    out = ((A * a + B * b) / M, (A * b + B * a) / M, (a.conj() * b * b + a * a * b.conj()) / M)
+    cdt = np.complex128 if dtype == np.float64 else np.complex64
+    return tuple(c.numpy().astype(cdt) for c in out)
 
 
 def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
@@ -81,60 +97,63 @@ def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
     return torch.stack([alpha, ca[2] * K + ca[3] * Kc])
 
 
-def _buffers(R: int, M: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """This thread's padded-row buffer (R, 2M) real and pairing buffer (R, M) complex."""
-    key = (R, M, dtype)
+def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
+    """This thread's n buffers of (R, M) complex (each also read as (R, 2M) real)."""
+    key = (R, M, dtype, n)
     if getattr(_local, "key", None) != key:
+        _local.key = None
+        _local.bufs = [np.empty((R, M), np.complex128 if dtype == np.float64 else np.complex64)
+                       for _ in range(n)]
         _local.key = key
-        _local.bufs = (np.empty((R, 2 * M), dtype),
-                       np.empty((R, M), np.complex128 if dtype == np.float64 else np.complex64))
     return _local.bufs
 
 
+def _fft_pairs(rows: np.ndarray, z: np.ndarray, zc: np.ndarray) -> None:
+    """z = M-point FFT of the rows (R, <= 2M) zero-padded and read as complex pairs;
+    zc[j] = conj z[(M - j) mod M]."""
+    real = z.view(rows.dtype)
+    real[:, :rows.shape[1]] = rows
+    real[:, rows.shape[1]:] = 0
+    ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), out=z[0] if len(z) == 1 else z)
+    np.conjugate(z[:, :1], out=zc[:, :1])
+    np.conjugate(z[:, :0:-1], out=zc[:, 1:])
+
+
+def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """alpha and beta for the filter rows k (R, Lk) and D (R,) in bufs[2], bufs[3] (uses
+    bufs[0], bufs[1] as scratch): the uncached path, one pass set per row block."""
+    Zk, Zkc, alpha, beta = bufs[:4]
+    p, q, r = _z_weights(M, k.dtype)
+    _fft_pairs(k, Zk, Zkc)
+    np.multiply(Zk, p, out=alpha)
+    np.multiply(Zkc, q, out=beta)
+    alpha += beta
+    if D is not None:
+        alpha += D[:, None] / M
+    np.multiply(Zk, q, out=beta)
+    Zkc *= r
+    beta += Zkc
+    return alpha, beta
+
+
 def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha: np.ndarray,
-          beta: np.ndarray, M: int, out: np.ndarray) -> None:
+          beta: np.ndarray, M: int, bufs: list[np.ndarray], out: np.ndarray) -> None:
     """out = post * (conv(pre * x) + D * pre * x) for the rows x (R, L), D folded into alpha,
-    through the paired step in this thread's buffers (numpy and ducc0 only: no torch intra-op
+    through the paired step in bufs[0], bufs[1] (numpy and ducc0 only: no torch intra-op
     threads here). A single row runs as 1-D transforms (ducc0's faster path)."""
-    R, L = x.shape
-    buf, T = _buffers(R, M, x.dtype)
-    if pre is None:
-        buf[:, :L] = x
-    else:
-        np.multiply(x, pre, out=buf[:, :L])
-    buf[:, L:] = 0
-    z = buf.view(T.dtype)
-    if R == 1:
-        z, T, alpha, beta = z[0], T[0], alpha[0], beta[0]
-    ducc0.fft.c2c(z, axes=(-1,), out=z)
-    np.conjugate(z[..., :1], out=T[..., :1])
-    np.conjugate(z[..., :0:-1], out=T[..., 1:])
-    T *= beta
+    z, zc = bufs[:2]
+    _fft_pairs(x if pre is None else x * pre, z, zc)
+    zc *= beta
     z *= alpha
-    z += T
-    ducc0.fft.c2c(z, axes=(-1,), forward=False, out=z)
-    y = buf[:, :L]
+    z += zc
+    ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), forward=False,
+                  out=z[0] if len(z) == 1 else z)
+    y = z.view(x.dtype)[:, :x.shape[1]]
     if post is None:
         out[...] = y
     else:
         np.multiply(y, post, out=out)
-
-
-def _coefficient_chunks(k: torch.Tensor, D: torch.Tensor | None, M: int, cdt: torch.dtype,
-                        cache: SpectrumCache):
-    """Yields (first channel, (2, h, M) coefficients) over channel chunks: from the cache when
-    they fit its budget (computed once per filter, in float64), else computed per chunk of
-    about COEFF_BYTES in the compute dtype."""
-    H = k.shape[0]
-    if cache.fits(k, 4 * M, cdt):
-        ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
-        yield 0, cache.get(k, D, 2 * M, cdt, tag="paired", transform=lambda kd, Dd, n: (
-            coefficients(kd, Dd, M, torch.float64).to(ctype)))
-        return
-    check_finite(k, D)
-    step = max(1, COEFF_BYTES // (4 * M * torch.finfo(cdt).bits // 8))
-    for h0 in range(0, H, step):
-        yield h0, coefficients(k[h0:h0 + step], None if D is None else D[h0:h0 + step], M, cdt)
 
 
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
@@ -155,24 +174,35 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     x, pre, post = host(u), host(pregate), host(postgate)
     y = torch.empty(u.shape, dtype=cdt)
     yn = y.numpy()
+    cached = None
+    if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
+        ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
+        cached = cache.get(k, D, 2 * M, cdt, tag="paired", transform=lambda kd, Dd, n: (
+            coefficients(kd, Dd, M, torch.float64).to(ctype))).numpy()
+    else:
+        check_finite(k, D)
+        kn = k.detach().to(cdt).numpy()
+        Dn = None if D is None else D.detach().to(cdt).numpy()
 
-    def block(coeffs: torch.Tensor, c0: int, h0: int) -> None:
+    def block(h0: int) -> None:
         hs = slice(h0, min(H, h0 + R))
-        alpha = coeffs[0, h0 - c0:hs.stop - c0].numpy()
-        beta = coeffs[1, h0 - c0:hs.stop - c0].numpy()
+        bufs = _buffers(hs.stop - h0, M, x.dtype, 2 if cached is not None else 4)
+        if cached is not None:
+            alpha, beta = cached[0, hs], cached[1, hs]
+        else:
+            alpha, beta = _filter_rows(kn[hs], None if Dn is None else Dn[hs], M, bufs)
         for b in range(B):
             _rows(x[b, hs], None if pre is None else pre[b, hs],
-                  None if post is None else post[b, hs], alpha, beta, M, yn[b, hs])
+                  None if post is None else post[b, hs], alpha, beta, M, bufs, yn[b, hs])
 
+    starts = range(0, H, R)
     threads = max(1, torch.get_num_threads())
-    if threads > 1 and (_pool is None or _pool._max_workers != threads):
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
-    for c0, coeffs in _coefficient_chunks(k, D, M, cdt, cache):
-        starts = range(c0, c0 + coeffs.shape[1], R)
-        if threads == 1 or len(starts) == 1:
-            for h0 in starts:
-                block(coeffs, c0, h0)
-        else:
-            for f in [_pool.submit(block, coeffs, c0, h0) for h0 in starts]:
-                f.result()
+    if threads == 1 or len(starts) == 1:
+        for h0 in starts:
+            block(h0)
+    else:
+        if _pool is None or _pool._max_workers != threads:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
+        for f in [_pool.submit(block, h0) for h0 in starts]:
+            f.result()
     return y if u.dtype == cdt else y.to(u.dtype)
