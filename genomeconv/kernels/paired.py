@@ -38,6 +38,7 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
     ducc0 = None
 
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
+CHUNK_POINTS = 1 << 21  # complex points per chunk when cached coefficients are computed
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
@@ -95,6 +96,18 @@ def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
     if D is not None:
         alpha += D.detach().to(dtype)[:, None] / M
     return torch.stack([alpha, ca[2] * K + ca[3] * Kc])
+
+
+def _chunked_coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
+                          ctype: torch.dtype) -> torch.Tensor:
+    """`coefficients` computed in float64 over chunks of CHUNK_POINTS, stored as `ctype` (the
+    float64 temporaries of all channels at once would take ten times the result)."""
+    out = torch.empty(2, k.shape[0], M, dtype=ctype)
+    step = max(1, CHUNK_POINTS // M)
+    for h0 in range(0, k.shape[0], step):
+        hs = slice(h0, h0 + step)
+        out[:, hs] = coefficients(k[hs], None if D is None else D[hs], M, torch.float64)
+    return out
 
 
 def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
@@ -178,7 +191,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
         ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
         cached = cache.get(k, D, 2 * M, cdt, tag="paired", transform=lambda kd, Dd, n: (
-            coefficients(kd, Dd, M, torch.float64).to(ctype))).numpy()
+            _chunked_coefficients(kd, Dd, M, ctype))).numpy()
     else:
         check_finite(k, D)
         kn = k.detach().to(cdt).numpy()
