@@ -126,11 +126,10 @@ def run_items(fasta: str, model_path: str, tmp: Path, args) -> list[dict]:
     return rows
 
 
-def run_big(fasta: str, tmp: Path) -> dict:
-    """One 2.3 Mbp item through `embed` (1 worker): time and the worker's peak RSS."""
-    s = embed(fasta, tmp / "big", regions=[f"{CHROM}:1-{BIG_BP:,}"],
-              model=make_model(tmp, BIG_BP))
-    return {"contender": "embed_1w_2.3Mbp", "items": 1, "bp": s.bp, "median_s": s.seconds,
+def run_big(fasta: str, tmp: Path, bp: int) -> dict:
+    """One item of `bp` bases through `embed` (1 worker): time and the worker's peak RSS."""
+    s = embed(fasta, tmp / "big", regions=[f"{CHROM}:1-{bp:,}"], model=make_model(tmp, bp))
+    return {"contender": f"embed_1w_{bp / 1e6:g}Mbp", "items": 1, "bp": s.bp, "median_s": s.seconds,
             "min_s": s.seconds, "bp_per_s": s.bp / s.seconds, "workers_model_s": s.model_seconds,
             "worker_peak_rss_gib": s.worker_peak_rss / 2**30}
 
@@ -139,7 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--items", type=int, default=4)
-    parser.add_argument("--big", action="store_true", help="instead, one 2.3 Mbp item")
+    parser.add_argument("--big", action="store_true", help="instead, one long item")
+    parser.add_argument("--big-bp", type=int, default=BIG_BP, help="its length (default 2.3 Mbp)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
@@ -148,14 +148,15 @@ def main() -> None:
         fasta = bgzip_copy(SOURCE, tmp / "kp.fa.gz")
         runtime.connect(num_cpus=cores, temp_dir=str(tmp / "ray"))
         if args.big:
-            rows = [run_big(fasta, tmp)]
+            rows = [run_big(fasta, tmp, args.big_bp)]
         else:
             rows = run_items(fasta, make_model(tmp, ITEM_BP), tmp, args)
         print_table(rows, ["contender", "items", "bp", "median_s", "min_s", "bp_per_s",
                            "overhead_pct", "overhead_pct_excl_startup", "workers_model_s",
                            "overhead_pct_vs_own_model", "worker_peak_rss_gib"])
-        write_result("embed_big" if args.big else "embed", rows, model_shape=SHAPE,
-                     item_bp=BIG_BP if args.big else ITEM_BP, repeats=args.repeats,
+        name = "embed" if not args.big else (
+            "embed_big" if args.big_bp == BIG_BP else f"embed_big_{args.big_bp}")
+        write_result(name, rows, model_shape=SHAPE, item_bp=args.big_bp if args.big else ITEM_BP, repeats=args.repeats,
                      source=str(SOURCE.name), chrom=CHROM)
     finally:
         import ray
