@@ -78,6 +78,9 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             return paired.conv(u, k, D, **gates, cache=SPECTRA if cache is None else cache)
         return fft.conv(u, k, D, **gates, cache=cache)
     if method == "partial":
+        if paired.available(u) and not _needs_grad(u, k, D, pregate, postgate):
+            return paired.conv(u, k, D, **gates, block=partial.resolve_block(L, k.shape[-1], block),
+                               cache=SPECTRA if cache is None else cache)
         return partial.conv(u, k, D, **gates, block=block, cache=cache)
     if method == "sparse":
         return sparse.conv(u, k, D, **gates, keep=keep, keep_fraction=keep_fraction,

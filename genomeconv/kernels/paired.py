@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -38,6 +39,7 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
     ducc0 = None
 
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
+GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 MiB)
 CHUNK_POINTS = 1 << 21  # complex points per chunk when cached coefficients are computed
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
@@ -121,12 +123,35 @@ def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
     return _local.bufs
 
 
-def _fft_pairs(rows: np.ndarray, z: np.ndarray, zc: np.ndarray) -> None:
-    """z = M-point FFT of the rows (R, <= 2M) zero-padded and read as complex pairs;
-    zc[j] = conj z[(M - j) mod M]."""
-    real = z.view(rows.dtype)
-    real[:, :rows.shape[1]] = rows
-    real[:, rows.shape[1]:] = 0
+@dataclass(frozen=True)
+class Segments:
+    """Overlap-save layout of a causal conv of length L with Lk taps on transforms of 2M real
+    points: segments of S = 2M - (Lk - 1) outputs, each reading its S inputs and the Lk - 1
+    before them. One segment (S >= L) is the plain zero-padded full transform. Transforms run
+    G segments (or R rows of one segment each) at a time."""
+
+    L: int
+    Lk: int
+    M: int
+
+    @property
+    def S(self) -> int:
+        return 2 * self.M - (self.Lk - 1)
+
+    @property
+    def nseg(self) -> int:
+        return -(-self.L // self.S)
+
+    @property
+    def G(self) -> int:
+        return 1 if self.nseg == 1 else max(1, min(self.nseg, GROUP_POINTS // self.M))
+
+    def rows_per_block(self, H: int) -> int:
+        return max(1, min(H, BLOCK_POINTS // self.M)) if self.nseg == 1 else 1
+
+
+def _pairs_fft(z: np.ndarray, zc: np.ndarray) -> None:
+    """In place, z (rows, M) = its M-point FFT; zc[j] = conj z[(M - j) mod M]."""
     ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), out=z[0] if len(z) == 1 else z)
     np.conjugate(z[:, :1], out=zc[:, :1])
     np.conjugate(z[:, :0:-1], out=zc[:, 1:])
@@ -136,9 +161,13 @@ def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndar
                  ) -> tuple[np.ndarray, np.ndarray]:
     """alpha and beta for the filter rows k (R, Lk) and D (R,) in bufs[2], bufs[3] (uses
     bufs[0], bufs[1] as scratch): the uncached path, one pass set per row block."""
-    Zk, Zkc, alpha, beta = bufs[:4]
+    R = k.shape[0]
+    Zk, Zkc, alpha, beta = (b[:R] for b in bufs[:4])
+    real = Zk.view(k.dtype)
+    real[:, :k.shape[1]] = k
+    real[:, k.shape[1]:] = 0
     p, q, r = _z_weights(M, k.dtype)
-    _fft_pairs(k, Zk, Zkc)
+    _pairs_fft(Zk, Zkc)
     np.multiply(Zk, p, out=alpha)
     np.multiply(Zkc, q, out=beta)
     alpha += beta
@@ -151,35 +180,59 @@ def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndar
 
 
 def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha: np.ndarray,
-          beta: np.ndarray, M: int, bufs: list[np.ndarray], out: np.ndarray) -> None:
+          beta: np.ndarray, plan: Segments, bufs: list[np.ndarray], out: np.ndarray) -> None:
     """out = post * (conv(pre * x) + D * pre * x) for the rows x (R, L), D folded into alpha,
-    through the paired step in bufs[0], bufs[1] (numpy and ducc0 only: no torch intra-op
-    threads here). A single row runs as 1-D transforms (ducc0's faster path)."""
-    z, zc = bufs[:2]
-    _fft_pairs(x if pre is None else x * pre, z, zc)
-    zc *= beta
-    z *= alpha
-    z += zc
-    ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), forward=False,
-                  out=z[0] if len(z) == 1 else z)
-    y = z.view(x.dtype)[:, :x.shape[1]]
-    if post is None:
-        out[...] = y
-    else:
-        np.multiply(y, post, out=out)
+    segment group by segment group through the paired step in bufs[0], bufs[1] (numpy and
+    ducc0 only: no torch intra-op threads here). A single transform runs 1-D (ducc0's faster
+    path)."""
+    R, L = x.shape
+    M, S, G, off = plan.M, plan.S, plan.G, plan.Lk - 1
+    z3, zc3 = bufs[0][:R * G].reshape(R, G, M), bufs[1][:R * G].reshape(R, G, M)
+    for g0 in range(0, plan.nseg, G):
+        ng = min(G, plan.nseg - g0)
+        z, zc = z3[:, :ng], zc3[:, :ng]
+        real = z.view(x.dtype)
+        for j in range(ng):  # frame j reads inputs s .. s + 2M (zeros outside 0 .. L)
+            s = (g0 + j) * S - off
+            lo, hi = max(s, 0), min(s + 2 * M, L)
+            frame = real[:, j]
+            frame[:, :lo - s] = 0
+            if pre is None:
+                frame[:, lo - s:hi - s] = x[:, lo:hi]
+            else:
+                np.multiply(x[:, lo:hi], pre[:, lo:hi], out=frame[:, lo - s:hi - s])
+            frame[:, hi - s:] = 0
+        _pairs_fft(z.reshape(R * ng, M), zc.reshape(R * ng, M))
+        zc *= beta[:, None]
+        z *= alpha[:, None]
+        z += zc
+        flat = z.reshape(R * ng, M)
+        ducc0.fft.c2c(flat[0] if len(flat) == 1 else flat, axes=(-1,), forward=False,
+                      out=flat[0] if len(flat) == 1 else flat)
+        for j in range(ng):  # segment j's outputs: the S that did not wrap
+            t0 = (g0 + j) * S
+            t1 = min(t0 + S, L)
+            seg = real[:, j, off:off + t1 - t0]
+            if post is None:
+                out[:, t0:t1] = seg
+            else:
+                np.multiply(seg, post[:, t0:t1], out=out[:, t0:t1])
 
 
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
          pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
-         cache: SpectrumCache) -> torch.Tensor:
+         block: int | None = None, cache: SpectrumCache) -> torch.Tensor:
     """Gated causal conv of CPU tensors u (B, H, L), k (H, Lk <= L) without autograd (the
-    caller routes anything needing gradients to fft.BlockConv). Accumulates in float32
-    (float64 for float64 inputs) and returns u's dtype."""
+    caller routes anything needing gradients to fft.BlockConv): one zero-padded transform
+    (block None) or overlap-save segments on transforms of at least `block` points (a partial
+    convolution). Accumulates in float32 (float64 for float64 inputs), returns u's dtype."""
     global _pool
     B, H, L = u.shape
-    M = half_size(L + k.shape[-1] - 1)
+    Lk = k.shape[-1]
+    M = half_size(L + Lk - 1 if block is None else max(block, Lk + 1))
+    plan = Segments(L, Lk, M)
     cdt = compute_dtype(u.dtype)
-    R = max(1, min(H, BLOCK_POINTS // M))
+    R = plan.rows_per_block(H)
 
     def host(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().to(cdt).expand(u.shape).numpy()
@@ -199,14 +252,14 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
 
     def block(h0: int) -> None:
         hs = slice(h0, min(H, h0 + R))
-        bufs = _buffers(hs.stop - h0, M, x.dtype, 2 if cached is not None else 4)
+        bufs = _buffers((hs.stop - h0) * plan.G, M, x.dtype, 2 if cached is not None else 4)
         if cached is not None:
             alpha, beta = cached[0, hs], cached[1, hs]
         else:
             alpha, beta = _filter_rows(kn[hs], None if Dn is None else Dn[hs], M, bufs)
         for b in range(B):
             _rows(x[b, hs], None if pre is None else pre[b, hs],
-                  None if post is None else post[b, hs], alpha, beta, M, bufs, yn[b, hs])
+                  None if post is None else post[b, hs], alpha, beta, plan, bufs, yn[b, hs])
 
     starts = range(0, H, R)
     threads = max(1, torch.get_num_threads())

@@ -46,6 +46,16 @@ def choose_block(L: int, Lk: int) -> int | None:
     return best
 
 
+def resolve_block(L: int, Lk: int, block: int | None) -> int:
+    """The overlap-save transform size: `block` if given (at least Lk), else `choose_block`,
+    or the smallest fast size >= 4 Lk when a full transform would be cheaper."""
+    if block is None:
+        block = choose_block(L, Lk) or fft.fast_len(max(4 * Lk, 64))
+    if block < Lk:
+        raise ValueError(f"block must be >= the filter length {Lk}, got {block}")
+    return block
+
+
 @dataclass(frozen=True)
 class OverlapSavePlan:
     """Segments of S = n - (Lk - 1) outputs, transform size n (same interface as FullPlan)."""
@@ -131,11 +141,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     """Overlap-save causal conv (arguments validated, Lk <= L). block: transform size (default
     `choose_block`, or the smallest fast size >= 4 Lk when a full transform would be cheaper)."""
     L, Lk = u.shape[-1], k.shape[-1]
-    if block is None:
-        block = choose_block(L, Lk) or fft.fast_len(max(4 * Lk, 64))
-    if block < Lk:
-        raise ValueError(f"block must be >= the filter length {Lk}, got {block}")
-    plan = OverlapSavePlan(L, Lk, block)
+    plan = OverlapSavePlan(L, Lk, resolve_block(L, Lk, block))
     return fft.BlockConv.apply(u, k, D, pregate, postgate, plan, fft.select_cache(k, D, cache))
 
 

@@ -65,5 +65,8 @@ def check_finite(k: torch.Tensor | None, D: torch.Tensor | None) -> None:
     """ValueError naming k or D when it holds NaN or Inf (the FFT paths call this only when
     they compute a filter spectrum, so cached filters are not rescanned on every call)."""
     for name, t in (("k", k), ("D", D)):
-        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+        if t is None or not t.numel():
+            continue
+        lo, hi = torch.aminmax(t.detach())  # one read-only pass; NaN propagates to both
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
