@@ -11,6 +11,10 @@ The inverse M-point FFT of Z' is y[2n] + i y[2n+1]. The D tap adds D / M to alph
 identity on z). alpha and beta (twice a spectrum's bytes) are cached per (k, D) in a
 `SpectrumCache`.
 
+Partial convolutions (filter much shorter than the input) run the same step on overlap-save
+segments of transforms of 2M >= `block` points (`Segments`), a few segments per transform call
+so memory beyond input and output does not grow with L; the dense case is one segment.
+
 Why: an M-point complex FFT costs about half an N-point real one in ducc0 at the sizes HyenaDNA
 uses (measured here: 0.49 vs 1.06 ms at N = 2^17), ducc0 is about 2x scipy's pocketfft at
 N >= 2^18, and a row block stays in cache through transform, pairing and inverse.

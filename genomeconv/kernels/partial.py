@@ -7,6 +7,9 @@ O(L/S * nb log nb) = O(L log Lk) for nb a small multiple of Lk, and the transfor
 enough for the CPU caches. Segments are processed a few at a time, so the extra memory is
 bounded by fft.BLOCK_BYTES, not by L.
 
+This module's OverlapSavePlan serves autograd (fft.BlockConv); CPU inference with ducc0
+installed runs the same segments through paired.py (`paired.Segments`).
+
 `StreamingConv` feeds chunks in order and carries the last Lk - 1 (gated) inputs, so inputs of
 any length run in memory bounded by the chunk; its output equals the one-shot output.
 """
