@@ -146,8 +146,11 @@ class HyenaFilter(nn.Module):
         k = self.implicit_filter[-1].weight[channels] @ h.T
         if self.modulation.modulate:
             t = self.pos_emb.t[0, :length, 0]
-            decay = torch.exp(-t[None, :] * self.modulation.deltas[0, 0, channels, None].abs())
-            k = k * (decay + self.modulation.shift)
+            rate = self.modulation.deltas[0, 0, channels, None].abs()
+            if torch.is_grad_enabled() and k.requires_grad:
+                return k * (torch.exp(-t[None, :] * rate) + self.modulation.shift)
+            window = torch.mul(t[None, :], -rate)  # inference: one (channels, length) temporary
+            k.mul_(window.exp_().add_(self.modulation.shift))
         return k
 
 

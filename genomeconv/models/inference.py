@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from genomeconv.models.hyena import Block, HyenaDNA
 
 DEFAULT_CHUNK = 16384
-GROUP_BYTES = 512 * 2**20  # working-set target for one channel group's long convolution
+GROUP_BYTES = 256 * 2**20  # working-set target for one channel group's long convolution
 POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
 
