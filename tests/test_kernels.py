@@ -272,6 +272,12 @@ def _bad_cases():
         (dict(u=u, k=k, method="winograd"), ValueError, "method"),
         (dict(u=u, k=k, method="cuda"), ValueError, "cuda"),
         (dict(u=u, k=k, method="fft", keep_fraction=0.5), ValueError, "keep"),
+        (dict(u=u, k=k, out=u[..., :9]), ValueError, "out"),
+        (dict(u=u, k=k, out=u.double()), ValueError, "out"),
+        (dict(u=u, k=k, out=u.numpy()), TypeError, "out"),
+        (dict(u=u[..., :9], k=k, out=u[..., 1:]), ValueError, "out"),
+        (dict(u=u.requires_grad_(False), k=k.clone().requires_grad_(), out=torch.empty_like(u)),
+         ValueError, "out"),
     ]
 
 
@@ -290,6 +296,31 @@ def test_bad_inputs_raise_naming_the_argument(case, exc, name):
     u, k = case.pop("u"), case.pop("k")
     with pytest.raises(exc, match=name):
         fftconv(u, k, **case)
+
+
+@pytest.mark.parametrize("method,L,Lk", [("fft", 300, 300), ("fft", 5000, 1200),
+                                          ("partial", 5003, 40), ("direct", 50, 5),
+                                          ("sparse", 300, 300), ("monarch", 300, 300)])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_out_fresh_and_in_place_equal_the_returned_result(monkeypatch, method, L, Lk, groups):
+    """out= (a fresh tensor, or u itself: in place) gives the returned result, with gates,
+    for every path; groups=3 makes the paired overlap-save run several segment groups, whose
+    inputs overlap the previous group's outputs."""
+    from genomeconv.kernels import paired
+
+    if groups > 1:
+        monkeypatch.setattr(paired, "GROUP_POINTS", 2 * 128)
+    a = make(2, 3, L, Lk, seed=L + groups)
+    kw = dict(D=a["D"], pregate=a["pregate"], postgate=a["postgate"], method=method,
+              **({"block": 256} if method == "partial" else {}),
+              **({"keep_fraction": 0.5} if method == "sparse" else {}))
+    expected = fftconv(a["u"], a["k"], **kw)
+    fresh = torch.full_like(a["u"], float("nan"))
+    assert fftconv(a["u"], a["k"], **kw, out=fresh) is fresh
+    u = a["u"].clone()
+    assert fftconv(u, a["k"], **kw, out=u) is u
+    torch.testing.assert_close(fresh, expected, rtol=0, atol=0)
+    torch.testing.assert_close(u, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("L", [300, 40_000])  # several rows per block; one row, 1-D transforms

@@ -15,7 +15,7 @@ from . import fft, paired, partial, sparse
 from .fft import SPECTRA, SpectrumCache
 from .modules import LongConv
 from .partial import StreamingConv
-from .validate import check_conv_args, check_finite
+from .validate import check_conv_args, check_finite, check_out
 
 __all__ = ["fftconv", "LongConv", "StreamingConv", "SpectrumCache", "SPECTRA", "METHODS",
            "choose_method"]
@@ -46,7 +46,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
             method: str = "auto", keep: torch.Tensor | None = None,
             keep_fraction: float | None = None, blocks: int = 16, block: int | None = None,
-            cache: SpectrumCache | None = None) -> torch.Tensor:
+            cache: SpectrumCache | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Causal long convolution y = postgate * (conv(x, k) + D * x), x = pregate * u.
 
     y[b,h,t] = sum_{s <= min(t, Lk-1)} k[h,s] x[b,h,t-s] + D[h] x[b,h,t]. u (B, H, L), L >= 1;
@@ -59,11 +59,15 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     (frequency blocks: `keep` bool (blocks,) symmetric mask or `keep_fraction`, sparse.py),
     "direct" (time domain, O(L Lk)), "monarch" (monarch.monarch_conv, float32 Monarch FFT),
     "cuda" (the fused kernels; CUDA tensors only). cache: SpectrumCache for filter spectra
-    (default: the module-wide SPECTRA). Bad arguments raise TypeError/ValueError naming them.
+    (default: the module-wide SPECTRA). out: write y there (u's shape, dtype and device; u
+    itself convolves in place; no autograd), sparing a fresh output per call in inference loops.
+    Bad arguments raise TypeError/ValueError naming them.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_conv_args(u, k, D, pregate, postgate)
+    if out is not None:
+        check_out(out, u, _needs_grad(u, k, D, pregate, postgate))
     L = u.shape[-1]
     if k.shape[-1] > L:
         k = k[:, :L]
@@ -73,14 +77,20 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     if method != "sparse" and (keep is not None or keep_fraction is not None):
         raise ValueError(f"keep/keep_fraction need method='sparse', got method={method!r}")
     gates = {"pregate": pregate, "postgate": postgate}
+    if method in ("fft", "partial") and paired.available(u) and not _needs_grad(
+            u, k, D, pregate, postgate):
+        block = None if method == "fft" else partial.resolve_block(L, k.shape[-1], block)
+        return paired.conv(u, k, D, **gates, block=block, out=out,
+                           cache=SPECTRA if cache is None else cache)
+    y = _dispatch(u, k, D, gates, method, keep, keep_fraction, blocks, block, cache)
+    return y if out is None else out.copy_(y)
+
+
+def _dispatch(u, k, D, gates, method, keep, keep_fraction, blocks, block, cache):
+    """The non-paired paths of `fftconv`, arguments already checked."""
     if method == "fft":
-        if paired.available(u) and not _needs_grad(u, k, D, pregate, postgate):
-            return paired.conv(u, k, D, **gates, cache=SPECTRA if cache is None else cache)
         return fft.conv(u, k, D, **gates, cache=cache)
     if method == "partial":
-        if paired.available(u) and not _needs_grad(u, k, D, pregate, postgate):
-            return paired.conv(u, k, D, **gates, block=partial.resolve_block(L, k.shape[-1], block),
-                               cache=SPECTRA if cache is None else cache)
         return partial.conv(u, k, D, **gates, block=block, cache=cache)
     if method == "sparse":
         return sparse.conv(u, k, D, **gates, keep=keep, keep_fraction=keep_fraction,

@@ -225,11 +225,13 @@ def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha:
 
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
          pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
-         block: int | None = None, cache: SpectrumCache) -> torch.Tensor:
+         block: int | None = None, cache: SpectrumCache,
+         out: torch.Tensor | None = None) -> torch.Tensor:
     """Gated causal conv of CPU tensors u (B, H, L), k (H, Lk <= L) without autograd (the
     caller routes anything needing gradients to fft.BlockConv): one zero-padded transform
     (block None) or overlap-save segments on transforms of at least `block` points (a partial
-    convolution). Accumulates in float32 (float64 for float64 inputs), returns u's dtype."""
+    convolution). Accumulates in float32 (float64 for float64 inputs), returns u's dtype, in
+    `out` when given (u's shape and dtype; u itself for an in-place convolution)."""
     global _pool
     B, H, L = u.shape
     Lk = k.shape[-1]
@@ -242,8 +244,12 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         return None if t is None else t.detach().to(cdt).expand(u.shape).numpy()
 
     x, pre, post = host(u), host(pregate), host(postgate)
-    y = torch.empty(u.shape, dtype=cdt)
+    direct = out is not None and out.dtype == cdt
+    y = out if direct else torch.empty(u.shape, dtype=cdt)
     yn = y.numpy()
+    # in place: a row block reads all its inputs before writing, except across overlap-save
+    # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
+    copy_rows = direct and plan.nseg > plan.G and np.may_share_memory(x, yn)
     cached = None
     if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
         ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
@@ -262,7 +268,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         else:
             alpha, beta = _filter_rows(kn[hs], None if Dn is None else Dn[hs], M, bufs)
         for b in range(B):
-            _rows(x[b, hs], None if pre is None else pre[b, hs],
+            _rows(x[b, hs].copy() if copy_rows else x[b, hs], None if pre is None else pre[b, hs],
                   None if post is None else post[b, hs], alpha, beta, plan, bufs, yn[b, hs])
 
     starts = range(0, H, R)
@@ -275,4 +281,6 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
         for f in [_pool.submit(block, h0) for h0 in starts]:
             f.result()
+    if out is not None:
+        return out if direct else out.copy_(y)
     return y if u.dtype == cdt else y.to(u.dtype)

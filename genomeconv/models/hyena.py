@@ -134,22 +134,41 @@ class HyenaFilter(nn.Module):
         self.implicit_filter = nn.Sequential(*layers)
         self.modulation = ExponentialModulation(d, cfg.modulation_shift, cfg.modulate)
 
-    def features(self, length: int) -> torch.Tensor:
-        """Features (length, filter_order) before the last Linear, shared by all channels."""
-        z = self.pos_emb.z[0, :length]
-        return self.implicit_filter[:-1](z.to(self.implicit_filter[0].weight.dtype))
+    def features(self, length: int,
+                 buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Features (length, filter_order) before the last Linear, shared by all channels.
+        Without autograd, `buffers` (two (>= length, filter_order) tensors) take the layers'
+        outputs in turn and Sin runs in place."""
+        z = self.pos_emb.z[0, :length].to(self.implicit_filter[0].weight.dtype)
+        if buffers is None or torch.is_grad_enabled():
+            return self.implicit_filter[:-1](z)
+        h, n = z, 0
+        for layer in self.implicit_filter[:-1]:
+            if isinstance(layer, nn.Linear):
+                h = torch.addmm(layer.bias, h, layer.weight.T, out=buffers[n % 2][:length])
+                n += 1
+            else:
+                h.mul_(layer.freq).sin_()
+        return h
 
     def filter(self, length: int, channels: slice = slice(None),
-               features: torch.Tensor | None = None) -> torch.Tensor:
-        """Filter taps k (channels, length); pass `features` to reuse them across channel groups."""
+               features: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Filter taps k (channels, length); pass `features` to reuse them across channel groups.
+        Without autograd, `out` and `scratch` ((channels, length) each) hold the taps and the
+        decay window instead of fresh tensors."""
         h = self.features(length) if features is None else features
-        k = self.implicit_filter[-1].weight[channels] @ h.T
+        weight = self.implicit_filter[-1].weight[channels]
+        t = self.pos_emb.t[0, :length, 0]
+        rate = self.modulation.deltas[0, 0, channels, None].abs()
+        if torch.is_grad_enabled() and (weight.requires_grad or h.requires_grad):
+            k = weight @ h.T
+            if self.modulation.modulate:
+                k = k * (torch.exp(-t[None, :] * rate) + self.modulation.shift)
+            return k
+        k = torch.mm(weight, h.T, out=out)
         if self.modulation.modulate:
-            t = self.pos_emb.t[0, :length, 0]
-            rate = self.modulation.deltas[0, 0, channels, None].abs()
-            if torch.is_grad_enabled() and k.requires_grad:
-                return k * (torch.exp(-t[None, :] * rate) + self.modulation.shift)
-            window = torch.mul(t[None, :], -rate)  # inference: one (channels, length) temporary
+            window = torch.mul(t[None, :], -rate, out=scratch)
             k.mul_(window.exp_().add_(self.modulation.shift))
         return k
 

@@ -3,19 +3,25 @@
 `hidden_states` gives the same numbers as `model(ids)` (within float32 rounding) without ever
 holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer it makes three passes:
 
-1. along the sequence in chunks: LN1, the x1/v rows of in_proj, the causal short conv (shifted
-   multiply-adds carrying the last `short_filter_order - 1` inputs across chunks), v' = x1 * v
-   into one (B, d, L) buffer;
+1. along the sequence in chunks: LN1, the x1/v rows of in_proj computed channel-major
+   (d, chunk) so no transposition is ever copied, the causal short conv along those rows
+   (carrying the last `short_filter_order - 1` inputs across chunks), v' = x1 * v written
+   straight into one (B, d, L) buffer;
 2. the long convolution, channel group by channel group, in place in that buffer (filter taps for
    `min(L, max_seq_len)` positions: a partial convolution past the trained length);
 3. along the sequence in chunks again: the x0 rows of in_proj and their short conv (recomputed
-   rather than stored), out_proj(x0 * y) and the MLP added to the float32 residual in place.
+   rather than stored), out_proj(x0 * y) and the MLP accumulated into the float32 residual in
+   place (addmm into the residual, GELU in place).
 
+Every buffer is allocated once per call (`_Workspace`) and written with out=: a fresh tensor
+above glibc's mmap threshold costs a page fault per 4 KiB each time, which measured here made
+an elementwise pass several times slower than the pass itself.
 Memory is the float32 residual (B L d 4 bytes), the v' buffer (B L d bytes per element of the
-compute dtype) and chunk-sized temporaries. `dtype=torch.bfloat16` runs the matmuls, the short
-conv and the v' buffer in bfloat16 (LayerNorms, the residual stream and the filter stay float32);
-it pays off only where bf16 matmuls are native (GPUs, CPUs with AVX512-BF16 or AMX): on an
-AVX2-only CPU torch emulates them and they run several times slower than float32.
+compute dtype), one channel group's filter (~GROUP_BYTES) and chunk-sized buffers.
+`dtype=torch.bfloat16` runs the matmuls, the short conv and the v' buffer in bfloat16
+(LayerNorms, the residual stream and the filter stay float32); it pays off only where bf16
+matmuls are native (GPUs, CPUs with AVX512-BF16 or AMX): on an AVX2-only CPU torch emulates
+them and they run several times slower than float32.
 At L = 1 Mbp, d 256: ~2 GB of buffers; at 4 Mbp ~8 GB in float32, ~6 GB with bfloat16.
 """
 
@@ -31,7 +37,7 @@ from genomeconv.kernels import SpectrumCache, fftconv
 if TYPE_CHECKING:
     from genomeconv.models.hyena import Block, HyenaDNA
 
-DEFAULT_CHUNK = 16384
+DEFAULT_CHUNK = 4096
 GROUP_BYTES = 256 * 2**20  # working-set target for one channel group's long convolution
 POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
@@ -70,66 +76,117 @@ def _norm(ln: torch.nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.
 
 
 def _short_conv(x: torch.Tensor, carry: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise conv of one chunk x (B, l, C) given the previous K-1 inputs `carry`
-    (B, K-1, C); weight (K, C) with weight[K-1] on the current position. Returns (y, carry)."""
-    K, l = weight.shape[0], x.shape[1]
-    full = torch.cat([carry, x], dim=1)
-    y = torch.addcmul(bias, full[:, K - 1:], weight[K - 1])
+                bias: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise conv along rows of one chunk x (C, l), given the previous K-1 inputs
+    `carry` (C, K-1), which it then advances to the chunk's last K-1 inputs; weight (C, K) with
+    weight[:, K-1] on the current position; writes out (C, l)."""
+    K, l = weight.shape[1], x.shape[1]
+    torch.addcmul(bias[:, None], x, weight[:, K - 1:], out=out)
     for j in range(K - 1):
-        y.addcmul_(full[:, j:j + l], weight[j])
-    return y, full[:, l:]
+        shift = K - 1 - j  # tap j reads the input `shift` positions back
+        n = min(shift, l)
+        if l > shift:
+            out[:, shift:].addcmul_(x[:, :l - shift], weight[:, j:j + 1])
+        out[:, :n].addcmul_(carry[:, j:j + n], weight[:, j:j + 1])
+    if K > 1:
+        carry.copy_(torch.cat([carry, x[:, -(K - 1):]], dim=1)[:, -(K - 1):])
+    return out
+
+
+def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor) -> None:
+    """r += x @ weight.T + bias in place (r float32; x in the compute dtype)."""
+    if x.dtype == r.dtype:
+        torch.addmm(r, x, weight.T, out=r)
+        r += bias
+    else:
+        r += F.linear(x, weight, bias).float()
 
 
 class _LayerWeights:
-    """One block's weights in the compute dtype, split into the x0 and (x1, v) parts."""
+    """One block's weights in the compute dtype, split into the x0 and (x1, v) parts; short
+    conv weights as (channels, K)."""
 
     def __init__(self, block: "Block", dtype: torch.dtype):
         mixer, d = block.mixer, block.mixer.d_model
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         w_in, b_in = cast(mixer.in_proj.weight), cast(mixer.in_proj.bias)
-        w_sf = cast(mixer.short_filter.weight)[:, 0].T.contiguous()  # (K, 3d)
-        b_sf = cast(mixer.short_filter.bias)
+        w_sf, b_sf = cast(mixer.short_filter.weight)[:, 0], cast(mixer.short_filter.bias)
         self.in0, self.in12 = (w_in[:d], b_in[:d]), (w_in[d:], b_in[d:])
-        self.sf0, self.sf12 = (w_sf[:, :d], b_sf[:d]), (w_sf[:, d:], b_sf[d:])
+        self.sf0, self.sf12 = (w_sf[:d], b_sf[:d]), (w_sf[d:], b_sf[d:])
         self.out = (cast(mixer.out_proj.weight), cast(mixer.out_proj.bias))
         self.fc1 = (cast(block.mlp.fc1.weight), cast(block.mlp.fc1.bias))
         self.fc2 = (cast(block.mlp.fc2.weight), cast(block.mlp.fc2.bias))
 
 
-def _layer(block: "Block", residual: torch.Tensor, chunk: int, dtype: torch.dtype) -> None:
-    """Apply one block to the float32 residual (B, L, d) in place, in bounded memory."""
+class _Workspace:
+    """Buffers reused by every layer of one `hidden_states` call: fresh tensors above glibc's
+    mmap threshold (32 MiB) cost a page fault per 4 KiB on every allocation, several times the
+    work done in them. v' (B, d, L) (convolved in place), chunk buffers, and the filter
+    features, taps and decay window of one channel group."""
+
+    def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, dtype: torch.dtype):
+        cfg, device = model.config, model.backbone.ln_f.weight.device
+        d, K = cfg.d_model, cfg.short_filter_order
+        self.chunk = min(chunk, L)
+        self.length = min(L, cfg.max_seq_len)
+        self.group = max(1, min(d, GROUP_BYTES // ((B * 2 * L + self.length) * 4)))
+
+        def empty(*shape, dtype=dtype):
+            return torch.empty(*shape, dtype=dtype, device=device)
+
+        fdtype = model.backbone.layers[0].mixer.filter_fn.bias.dtype
+        self.v = empty(B, d, L)
+        self.proj, self.conv = empty(2 * d, self.chunk), empty(2 * d, self.chunk)
+        self.carry = empty(2 * d, K - 1)
+        self.hidden = empty(self.chunk, cfg.d_inner)
+        self.features = (empty(self.length, cfg.filter_order, dtype=fdtype),
+                         empty(self.length, cfg.filter_order, dtype=fdtype))
+        self.taps = empty(self.group, self.length, dtype=fdtype)
+        self.window = empty(self.group, self.length, dtype=fdtype)
+
+
+def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.dtype) -> None:
+    """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
+
+    Chunk results are written with out= into the workspace; the x0/x1/v projections are
+    computed channel-major (channels, positions), so the short conv and the gates run along
+    contiguous rows and v' lands in the (B, d, L) convolution buffer without a transposition."""
     mixer, d = block.mixer, block.mixer.d_model
     B, L, _ = residual.shape
     w = _LayerWeights(block, dtype)
-    K = mixer.short_filter.kernel_size[0]
-
-    vbuf = torch.empty(B, d, L, dtype=dtype, device=residual.device)
-    carry = torch.zeros(B, K - 1, 2 * d, dtype=dtype, device=residual.device)
-    for s in _chunks(L, chunk):
-        x12 = F.linear(_norm(block.norm1, residual[:, s], dtype), *w.in12)
-        z, carry = _short_conv(x12, carry, *w.sf12)
-        torch.mul(z[..., :d], z[..., d:], out=vbuf[:, :, s].transpose(1, 2))
+    vbuf = ws.v
+    for b in range(B):
+        ws.carry.zero_()
+        for s in _chunks(L, ws.chunk):
+            l = s.stop - s.start
+            x = torch.addmm(w.in12[1][:, None], w.in12[0],
+                            _norm(block.norm1, residual[b, s], dtype).T, out=ws.proj[:, :l])
+            z = _short_conv(x, ws.carry, *w.sf12, out=ws.conv[:, :l])
+            torch.mul(z[:d], z[d:], out=vbuf[b, :, s])
 
     filt = mixer.filter_fn
-    length = min(L, mixer.l_max)
-    feats = filt.features(length)
-    group = max(1, min(d, GROUP_BYTES // ((B * 2 * L + length) * 4)))
-    for c in range(0, d, group):
-        ch = slice(c, min(c + group, d))
-        k = filt.filter(length, ch, feats)
-        vbuf[:, ch] = fftconv(vbuf[:, ch].contiguous(), k, filt.bias[ch], cache=NO_CACHE)
-    del feats
+    feats = filt.features(ws.length, ws.features)
+    for c in range(0, d, ws.group):
+        ch = slice(c, min(c + ws.group, d))
+        n = ch.stop - c
+        k = filt.filter(ws.length, ch, feats, out=ws.taps[:n], scratch=ws.window[:n])
+        fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=vbuf[:, ch])  # in place
 
-    carry = torch.zeros(B, K - 1, d, dtype=dtype, device=residual.device)
-    for s in _chunks(L, chunk):
-        r = residual[:, s]
-        x0 = F.linear(_norm(block.norm1, r, dtype), *w.in0)
-        x0, carry = _short_conv(x0, carry, *w.sf0)
-        x0 *= vbuf[:, :, s].transpose(1, 2)
-        r += F.linear(x0, *w.out).float()
-        h = F.gelu(F.linear(_norm(block.norm2, r, dtype), *w.fc1), approximate="tanh")
-        r += F.linear(h, *w.fc2).float()
+    x0buf, g, carry = ws.proj[:d], ws.conv[:d], ws.carry[:d]
+    for b in range(B):
+        carry.zero_()
+        for s in _chunks(L, ws.chunk):
+            l = s.stop - s.start
+            r = residual[b, s]
+            x0 = torch.addmm(w.in0[1][:, None], w.in0[0], _norm(block.norm1, r, dtype).T,
+                             out=x0buf[:, :l])
+            x0 = _short_conv(x0, carry, *w.sf0, out=g[:, :l])
+            x0 *= vbuf[b, :, s]
+            _add_linear(r, x0.T, *w.out)
+            h = torch.addmm(w.fc1[1], _norm(block.norm2, r, dtype), w.fc1[0].T,
+                            out=ws.hidden[:l])
+            _add_linear(r, torch.ops.aten.gelu_(h, approximate="tanh"), *w.fc2)
 
 
 @torch.no_grad()
@@ -138,7 +195,7 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
     rounding, in memory ~ B L d (4 + itemsize(dtype)) bytes plus chunk-sized temporaries.
 
-    chunk_size: positions per pointwise chunk (default 16384); dtype: compute dtype of matmuls
+    chunk_size: positions per pointwise chunk (default 4096); dtype: compute dtype of matmuls
     and the convolution input (default: the model's parameter dtype).
     """
     bb = model.backbone
@@ -150,8 +207,10 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
     residual = torch.empty(B, L, model.d_model, dtype=torch.float32, device=device)
     for s in _chunks(L, chunk):
         residual[:, s] = bb.embeddings.word_embeddings(ids[:, s]).float()
+    ws = _Workspace(model, B, L, chunk, dtype)
     for block in bb.layers:
-        _layer(block, residual, chunk, dtype)
+        _layer(block, residual, ws, dtype)
+    del ws
     for s in _chunks(L, chunk):
         residual[:, s] = _norm(bb.ln_f, residual[:, s], torch.float32)
     return residual
