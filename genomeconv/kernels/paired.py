@@ -164,19 +164,20 @@ def _pairs_fft(z: np.ndarray, zc: np.ndarray) -> None:
 def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """alpha and beta for the filter rows k (R, Lk) and D (R,) in bufs[2], bufs[3] (uses
-    bufs[0], bufs[1] as scratch): the uncached path, one pass set per row block."""
+    bufs[0], bufs[1] as scratch): the uncached path, one pass set per row block. D is added to
+    the first tap (the identity is a one-tap filter), which saves a pass over the spectrum."""
     R = k.shape[0]
     Zk, Zkc, alpha, beta = (b[:R] for b in bufs[:4])
     real = Zk.view(k.dtype)
     real[:, :k.shape[1]] = k
     real[:, k.shape[1]:] = 0
+    if D is not None:
+        real[:, 0] += D
     p, q, r = _z_weights(M, k.dtype)
     _pairs_fft(Zk, Zkc)
     np.multiply(Zk, p, out=alpha)
     np.multiply(Zkc, q, out=beta)
     alpha += beta
-    if D is not None:
-        alpha += D[:, None] / M
     np.multiply(Zk, q, out=beta)
     Zkc *= r
     beta += Zkc
