@@ -323,7 +323,43 @@ def test_out_fresh_and_in_place_equal_the_returned_result(monkeypatch, method, L
     torch.testing.assert_close(u, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("L", [300, 40_000])  # several rows per block; one row, 1-D transforms
+@pytest.mark.parametrize("L", [1, 2, 5, 31, 64, 97, 300, 1000, 3001])
+@pytest.mark.parametrize("cached", [True, False])
+def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cached):
+    """The four-step (Monarch p = 2) transforms, forced down to tiny sizes, including prime
+    and composite half-sizes, give the reference result cached and uncached, dense and with
+    overlap-save segments; float64 to 1e-12."""
+    from genomeconv.kernels import paired
+
+    monkeypatch.setattr(paired, "FOUR_STEP_POINTS", 4)
+    a = make(2, 3, L, L, dtype=torch.float64, seed=L)
+    args = (a["u"], a["k"].double(), a["D"].double())
+    gates = dict(pregate=a["pregate"], postgate=a["postgate"])
+    cache = SpectrumCache() if cached else SpectrumCache(max_bytes=0)
+    y = fftconv(*args, **gates, method="fft", cache=cache)
+    assert rel_err(y, reference(*args, **gates)) < 1e-12
+    Lk = max(1, L // 7)
+    short = (a["u"], a["k"][:, :Lk].double(), a["D"].double())
+    y = fftconv(*short, **gates, method="partial", block=max(64, 2 * Lk), cache=cache)
+    assert rel_err(y, reference(*short, **gates)) < 1e-12
+
+
+def test_paired_split_and_layout():
+    """split picks the divisors nearest sqrt(M) from FOUR_STEP_POINTS up; to_layout puts bin
+    k1 + M1 k2 at k1 M2 + k2."""
+    from genomeconv.kernels import paired
+
+    assert paired.split(paired.FOUR_STEP_POINTS // 2) is None
+    assert paired.split(1 << 17) == (256, 512)
+    assert paired.split(3 * 5 * (1 << 14)) == (480, 512)
+    assert paired.split(65537) is None  # prime: no split, plain 1-D transform
+    M1, M2 = paired.split(1 << 16)
+    v = np.arange(M1 * M2)
+    laid = paired.to_layout(v, M1 * M2).reshape(M1, M2)
+    assert laid[3, 5] == 3 + M1 * 5 and laid[M1 - 1, 0] == M1 - 1
+
+
+@pytest.mark.parametrize("L", [300, 40_000, 70_000])  # rows per block; one row; four-step
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_paired_path_uncached_single_thread_and_blockwise_agree(L, dtype):
     """The inference path (paired.py) with cached coefficients, with coefficients computed per
