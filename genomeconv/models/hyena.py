@@ -80,6 +80,9 @@ class HyenaConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+FEATURE_CHUNK = 1 << 15  # positions per chunk of the filter features in inference
+
+
 class Sin(nn.Module):
     """sin(freq * x), one frequency per filter channel (shared by the filter MLP's layers)."""
 
@@ -134,22 +137,19 @@ class HyenaFilter(nn.Module):
         self.implicit_filter = nn.Sequential(*layers)
         self.modulation = ExponentialModulation(d, cfg.modulation_shift, cfg.modulate)
 
-    def features(self, length: int,
-                 buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def features(self, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Features (length, filter_order) before the last Linear, shared by all channels.
-        Without autograd, `buffers` (two (>= length, filter_order) tensors) take the layers'
-        outputs in turn and Sin runs in place."""
+        Without autograd, `out` ((>= length, filter_order)) takes them, computed over position
+        chunks with Sin in place (no full-length temporaries)."""
         z = self.pos_emb.z[0, :length].to(self.implicit_filter[0].weight.dtype)
-        if buffers is None or torch.is_grad_enabled():
+        if out is None or torch.is_grad_enabled():
             return self.implicit_filter[:-1](z)
-        h, n = z, 0
-        for layer in self.implicit_filter[:-1]:
-            if isinstance(layer, nn.Linear):
-                h = torch.addmm(layer.bias, h, layer.weight.T, out=buffers[n % 2][:length])
-                n += 1
-            else:
-                h.mul_(layer.freq).sin_()
-        return h
+        for start in range(0, length, FEATURE_CHUNK):
+            h = z[start:start + FEATURE_CHUNK]
+            for layer in self.implicit_filter[:-1]:
+                h = layer(h) if isinstance(layer, nn.Linear) else h.mul_(layer.freq).sin_()
+            out[start:start + len(h)] = h
+        return out[:length]
 
     def filter(self, length: int, channels: slice = slice(None),
                features: torch.Tensor | None = None, *, out: torch.Tensor | None = None,

@@ -140,8 +140,7 @@ class _Workspace:
         self.proj, self.conv = empty(2 * d, self.chunk), empty(2 * d, self.chunk)
         self.carry = empty(2 * d, K - 1)
         self.hidden = empty(self.chunk, cfg.d_inner)
-        self.features = (empty(self.length, cfg.filter_order, dtype=fdtype),
-                         empty(self.length, cfg.filter_order, dtype=fdtype))
+        self.features = empty(self.length, cfg.filter_order, dtype=fdtype)
         self.taps = empty(self.group, self.length, dtype=fdtype)
         self.window = empty(self.group, self.length, dtype=fdtype)
 
