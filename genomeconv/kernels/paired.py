@@ -72,8 +72,13 @@ def half_size(n: int) -> int:
 def split(M: int) -> tuple[int, int] | None:
     """(M1, M2), M1 <= M2 the divisors of M closest to sqrt(M), when the M-point transform
     runs four-step; None for the plain 1-D transform (M < FOUR_STEP_POINTS)."""
-    if M < FOUR_STEP_POINTS:
-        return None
+    return None if M < FOUR_STEP_POINTS else _factor(M)
+
+
+@lru_cache(maxsize=64)
+def _factor(M: int) -> tuple[int, int] | None:
+    """The divisors (M1, M2) of M closest to sqrt(M), None for a prime M (cached: called per
+    row block)."""
     M1 = max(d for d in range(1, math.isqrt(M) + 1) if M % d == 0)
     return (M1, M // M1) if M1 > 1 else None
 
@@ -98,14 +103,19 @@ def to_layout(v: np.ndarray, M: int) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(v.reshape(*lead, M2, M1), -1, -2)).reshape(*lead, M)
 
 
+def _c2c_1d(z: np.ndarray, forward: bool) -> None:
+    """In place over rows z (rows, M): unnormalised 1-D c2c (one row: ducc0's 1-D fast path)."""
+    a = z[0] if len(z) == 1 else z
+    ducc0.fft.c2c(a, axes=(-1,), forward=forward, out=a)
+
+
 def _forward(z: np.ndarray) -> None:
     """In place over rows z (rows, M): the M-point FFT, four-step above FOUR_STEP_POINTS
     (columns, twiddles, rows: the Monarch decomposition with p = 2, output in `to_layout`
     order), else 1-D in natural order."""
     sp = split(z.shape[-1])
     if sp is None:
-        ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), out=z[0] if len(z) == 1 else z)
-        return
+        return _c2c_1d(z, True)
     z3 = z.reshape(len(z), *sp)
     ducc0.fft.c2c(z3, axes=(1,), out=z3)
     z3 *= _twiddles(*sp, z.real.dtype)[0]
@@ -116,9 +126,7 @@ def _inverse(z: np.ndarray) -> None:
     """In place, the unnormalised inverse of `_forward`: bins in its order, time in natural."""
     sp = split(z.shape[-1])
     if sp is None:
-        ducc0.fft.c2c(z[0] if len(z) == 1 else z, axes=(-1,), forward=False,
-                      out=z[0] if len(z) == 1 else z)
-        return
+        return _c2c_1d(z, False)
     z3 = z.reshape(len(z), *sp)
     ducc0.fft.c2c(z3, axes=(2,), forward=False, out=z3)
     z3 *= _twiddles(*sp, z.real.dtype)[1]

@@ -159,17 +159,14 @@ class HyenaFilter(nn.Module):
         decay window instead of fresh tensors."""
         h = self.features(length) if features is None else features
         weight = self.implicit_filter[-1].weight[channels]
-        t = self.pos_emb.t[0, :length, 0]
-        rate = self.modulation.deltas[0, 0, channels, None].abs()
-        if torch.is_grad_enabled() and (weight.requires_grad or h.requires_grad):
-            k = weight @ h.T
-            if self.modulation.modulate:
-                k = k * (torch.exp(-t[None, :] * rate) + self.modulation.shift)
-            return k
-        k = torch.mm(weight, h.T, out=out)
-        if self.modulation.modulate:
-            window = torch.mul(t[None, :], -rate, out=scratch)
-            k.mul_(window.exp_().add_(self.modulation.shift))
+        grad = torch.is_grad_enabled() and (weight.requires_grad or h.requires_grad)
+        k = weight @ h.T if grad else torch.mm(weight, h.T, out=out)
+        if self.modulation.modulate:  # the window holds no parameters: built in place
+            t = self.pos_emb.t[0, :length, 0]
+            rate = self.modulation.deltas[0, 0, channels, None].abs()
+            window = torch.mul(t[None, :], -rate, out=None if grad else scratch)
+            window.exp_().add_(self.modulation.shift)
+            k = k * window if grad else k.mul_(window)
         return k
 
 
