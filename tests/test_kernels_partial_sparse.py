@@ -95,6 +95,39 @@ def test_streaming_equals_one_shot(Lk, chunks):
     assert rel_err(again, one_shot.double().numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("method,block", [("fft", None), ("partial", 64), ("partial", 300),
+                                          ("direct", None), ("monarch", None)])
+@pytest.mark.parametrize("L,Lk,history", [(10, 3, 1), (200, 50, 49), (200, 50, 10),
+                                          (1000, 37, 700), (1000, 1000, 999), (513, 200, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_history_gives_the_later_outputs(method, block, L, Lk, history, dtype):
+    """history=h returns exactly the outputs at positions h.. of the whole convolution, on the
+    paired path (float32/64 without gradients) and the others, gates aligned with u."""
+    if block is not None and block < Lk:
+        block = None
+    a = make(2, 3, L, Lk, dtype=dtype, seed=L + Lk + history)
+    want = reference(**a)[..., history:]
+    y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
+                method=method, block=block, history=history)
+    assert y.shape == (2, 3, L - history) and y.dtype == dtype
+    assert rel_err(y, want) < (1e-10 if dtype == torch.float64 and method != "monarch" else 1e-4)
+    out = torch.full_like(y, float("nan"))
+    fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
+            method=method, block=block, history=history, out=out)
+    assert torch.equal(out, y)
+
+
+def test_history_with_gradients_and_bad_values():
+    a = make(1, 2, 40, 6, dtype=torch.float64, gates=False, seed=2)
+    u, k = a["u"].clone().requires_grad_(), a["k"].double().requires_grad_()
+    assert gradcheck(lambda u, k: fftconv(u, k, history=15), (u, k))
+    for bad in (-1, 40, 2.0):
+        with pytest.raises(ValueError, match="history"):
+            fftconv(a["u"], a["k"], history=bad)
+    with pytest.raises(ValueError, match="shape"):
+        fftconv(a["u"], a["k"], history=15, out=torch.empty_like(a["u"]))
+
+
 def test_streaming_long_filter_keeps_bounded_state_and_dtype():
     a = make(1, 2, 3000, 700, dtype=torch.bfloat16, gates=False, seed=3)
     stream = StreamingConv(a["k"])

@@ -24,11 +24,12 @@ METHODS = ("auto", "fft", "partial", "sparse", "direct", "monarch", "cuda")
 DIRECT_MAX_TAPS = 8  # time domain (one pass per tap) below this many taps or outputs
 
 
-def choose_method(u: torch.Tensor, Lk: int) -> str:
-    """The automatic path for u (B, H, L) and a filter of Lk <= L taps: "cuda" for CUDA
-    tensors when the fused kernels are available (float32/16/bf16), "direct" when
-    min(L, Lk) <= DIRECT_MAX_TAPS, "partial" when overlap-save blocks cost less than one full
-    transform by partial.choose_block's measured cost model (Lk well below L), else "fft"."""
+def choose_method(u: torch.Tensor, Lk: int, history: int = 0) -> str:
+    """The automatic path for u (B, H, L) and a filter of Lk <= L taps, for the outputs past
+    the first `history` positions: "cuda" for CUDA tensors when the fused kernels are
+    available (float32/16/bf16), "direct" when min(L, Lk) <= DIRECT_MAX_TAPS, "partial" when
+    overlap-save blocks cost less than one full transform by partial.choose_block's measured
+    cost model (Lk well below L - history), else "fft"."""
     L = u.shape[-1]
     if u.is_cuda and u.dtype != torch.float64:
         from . import cuda
@@ -37,7 +38,7 @@ def choose_method(u: torch.Tensor, Lk: int) -> str:
             return "cuda"
     if min(L, Lk) <= DIRECT_MAX_TAPS:
         return "direct"
-    if partial.choose_block(L, Lk) is not None:
+    if partial.choose_block(L - history, Lk) is not None:
         return "partial"
     return "fft"
 
@@ -46,7 +47,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
             method: str = "auto", keep: torch.Tensor | None = None,
             keep_fraction: float | None = None, blocks: int = 16, block: int | None = None,
-            cache: SpectrumCache | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+            cache: SpectrumCache | None = None, history: int = 0,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """Causal long convolution y = postgate * (conv(x, k) + D * x), x = pregate * u.
 
     y[b,h,t] = sum_{s <= min(t, Lk-1)} k[h,s] x[b,h,t-s] + D[h] x[b,h,t]. u (B, H, L), L >= 1;
@@ -59,30 +61,36 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     (frequency blocks: `keep` bool (blocks,) symmetric mask or `keep_fraction`, sparse.py),
     "direct" (time domain, O(L Lk)), "monarch" (monarch.monarch_conv, float32 Monarch FFT),
     "cuda" (the fused kernels; CUDA tensors only). cache: SpectrumCache for filter spectra
-    (default: the module-wide SPECTRA). out: write y there (u's shape, dtype and device; u
-    itself convolves in place; no autograd), sparing a fresh output per call in inference loops.
+    (default: the module-wide SPECTRA). history: the first `history` positions of u only feed
+    the later outputs (a stream's carried inputs): y is (B, H, L - history), the outputs at
+    positions history .. L - 1, and the CPU paths compute no others; gates stay aligned with u.
+    out: write y there (y's shape, u's dtype and device; u itself convolves in place; no
+    autograd), sparing a fresh output per call in inference loops.
     Bad arguments raise TypeError/ValueError naming them.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_conv_args(u, k, D, pregate, postgate)
-    if out is not None:
-        check_out(out, u, _needs_grad(u, k, D, pregate, postgate))
     L = u.shape[-1]
+    if not isinstance(history, int) or not 0 <= history < L:
+        raise ValueError(f"history must be an int in [0, L={L}), got {history!r}")
+    if out is not None:
+        check_out(out, u, (*u.shape[:2], L - history), _needs_grad(u, k, D, pregate, postgate))
     if k.shape[-1] > L:
         k = k[:, :L]
     if method == "auto":
         sparse_given = keep is not None or keep_fraction is not None
-        method = "sparse" if sparse_given else choose_method(u, k.shape[-1])
+        method = "sparse" if sparse_given else choose_method(u, k.shape[-1], history)
     if method != "sparse" and (keep is not None or keep_fraction is not None):
         raise ValueError(f"keep/keep_fraction need method='sparse', got method={method!r}")
     gates = {"pregate": pregate, "postgate": postgate}
     if method in ("fft", "partial") and paired.available(u) and not _needs_grad(
             u, k, D, pregate, postgate):
-        block = None if method == "fft" else partial.resolve_block(L, k.shape[-1], block)
-        return paired.conv(u, k, D, **gates, block=block, out=out,
+        block = None if method == "fft" else partial.resolve_block(L - history, k.shape[-1],
+                                                                   block)
+        return paired.conv(u, k, D, **gates, block=block, history=history, out=out,
                            cache=SPECTRA if cache is None else cache)
-    y = _dispatch(u, k, D, gates, method, keep, keep_fraction, blocks, block, cache)
+    y = _dispatch(u, k, D, gates, method, keep, keep_fraction, blocks, block, cache)[..., history:]
     return y if out is None else out.copy_(y)
 
 

@@ -53,6 +53,7 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
 GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 MiB)
 CHUNK_POINTS = 1 << 21  # complex points per chunk when cached coefficients are computed
+BIN_CHUNK = 1 << 16  # bins per chunk when per-bin weights are computed in float64
 FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size (measured: 1.3x at 2^16,
                             # 2x at 2^17..2^21 over ducc0's 1-D transform; slower below)
 _local = threading.local()
@@ -85,11 +86,15 @@ def _factor(M: int) -> tuple[int, int] | None:
 
 @lru_cache(maxsize=8)
 def _twiddles(M1: int, M2: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """exp(-2 pi i k1 n2 / M) for the (M1, M2) four-step layout, and its conjugate."""
-    k1, n2 = np.arange(M1)[:, None], np.arange(M2)[None, :]
-    w = np.exp(-2j * np.pi * ((k1 * n2) % (M1 * M2)) / (M1 * M2))
-    cdt = np.complex128 if dtype == np.float64 else np.complex64
-    return w.astype(cdt), w.conj().astype(cdt)
+    """exp(-2 pi i k1 n2 / M) for the (M1, M2) four-step layout, and its conjugate (computed
+    over row chunks: see `_bin_weights`)."""
+    M = M1 * M2
+    w = np.empty((M1, M2), np.complex128 if dtype == np.float64 else np.complex64)
+    n2, step = np.arange(M2), max(1, BIN_CHUNK // M2)
+    for k0 in range(0, M1, step):
+        k1 = np.arange(k0, min(k0 + step, M1))[:, None]
+        w[k0:k0 + step] = np.exp(-2j * np.pi * ((k1 * n2) % M) / M)
+    return w, w.conj()
 
 
 def to_layout(v: np.ndarray, M: int) -> np.ndarray:
@@ -133,20 +138,25 @@ def _inverse(z: np.ndarray) -> None:
     ducc0.fft.c2c(z3, axes=(1,), forward=False, out=z3)
 
 
-def _ab(M: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M), j < M, in float64."""
-    j = torch.arange(M, dtype=torch.float64)
-    w = torch.polar(torch.ones_like(j), -2 * math.pi * j / (2 * M))
-    return (1 - 1j * w) / 2, (1 + 1j * w) / 2
+def _bin_weights(M: int, n: int, cdt: type, fn) -> np.ndarray:
+    """(n, M) array of `cdt`: fn(a, b) gives the n weights of the bins j of one chunk (in
+    float64) from a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M). Chunks of
+    BIN_CHUNK bins keep the float64 temporaries small: whole-length ones stay behind as freed
+    heap (measured here: 0.2 GiB of resident memory after M = 10^6)."""
+    out = np.empty((n, M), cdt)
+    for j0 in range(0, M, BIN_CHUNK):
+        w = np.exp(-1j * np.pi * np.arange(j0, min(j0 + BIN_CHUNK, M)) / M)
+        out[:, j0:j0 + len(w)] = fn((1 - 1j * w) / 2, (1 + 1j * w) / 2)
+    return out
 
 
 @lru_cache(maxsize=16)
 def _pair_weights(M: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """|a|^2/M, |b|^2/M, conj(a) b/M, a conj(b)/M: alpha and beta from K and Kc."""
-    a, b = _ab(M)
-    cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
-    return tuple(c.to(cdt) for c in (a.abs() ** 2 / M, b.abs() ** 2 / M,
-                                      a.conj() * b / M, a * b.conj() / M))
+    cdt = np.complex128 if dtype == torch.float64 else np.complex64
+    w = _bin_weights(M, 4, cdt, lambda a, b: (
+        abs(a) ** 2 / M, abs(b) ** 2 / M, a.conj() * b / M, a * b.conj() / M))
+    return tuple(torch.from_numpy(c) for c in w)
 
 
 @lru_cache(maxsize=16)
@@ -155,11 +165,12 @@ def _z_weights(M: int, dtype: np.dtype, layout: tuple[int, int] | None) -> tuple
     of the filter read as complex pairs and Zkc[j] = conj Zk[(M - j) mod M] (K = a Zk + b Zkc
     and Kc = b Zk + a Zkc substituted into `_pair_weights`), in the order of `layout`
     (= split(M))."""
-    a, b = _ab(M)
-    A, B = a.abs() ** 2, b.abs() ** 2
-    out = ((A * a + B * b) / M, (A * b + B * a) / M, (a.conj() * b * b + a * a * b.conj()) / M)
+    def pqr(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+        A, B = abs(a) ** 2, abs(b) ** 2
+        return (A * a + B * b) / M, (A * b + B * a) / M, (a.conj() * b * b + a * a * b.conj()) / M
+
     cdt = np.complex128 if dtype == np.float64 else np.complex64
-    return tuple(to_layout(c.numpy(), M).astype(cdt) for c in out)
+    return tuple(to_layout(_bin_weights(M, 3, cdt, pqr), M))
 
 
 def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
@@ -207,13 +218,15 @@ def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
 @dataclass(frozen=True)
 class Segments:
     """Overlap-save layout of a causal conv of length L with Lk taps on transforms of 2M real
-    points: segments of S = 2M - (Lk - 1) outputs, each reading its S inputs and the Lk - 1
-    before them. One segment (S >= L) is the plain zero-padded full transform. Transforms run
-    G segments (or R rows of one segment each) at a time."""
+    points, for the outputs at positions start .. L - 1 (the inputs before `start` are history
+    that only feeds them): segments of S = 2M - (Lk - 1) outputs, each reading its S inputs
+    and the Lk - 1 before them. One segment (S >= L - start) is the plain zero-padded full
+    transform. Transforms run G segments (or R rows of one segment each) at a time."""
 
     L: int
     Lk: int
     M: int
+    start: int = 0
 
     @property
     def S(self) -> int:
@@ -221,7 +234,7 @@ class Segments:
 
     @property
     def nseg(self) -> int:
-        return -(-self.L // self.S)
+        return -(-(self.L - self.start) // self.S)
 
     @property
     def G(self) -> int:
@@ -272,18 +285,19 @@ def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndar
 
 def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha: np.ndarray,
           beta: np.ndarray, plan: Segments, bufs: list[np.ndarray], out: np.ndarray) -> None:
-    """out = post * (conv(pre * x) + D * pre * x) for the rows x (R, L), D folded into alpha,
-    segment group by segment group through the paired step in bufs[0], bufs[1] (numpy and
-    ducc0 only: no torch intra-op threads here)."""
+    """out = post * (conv(pre * x) + D * pre * x) at positions plan.start .. L - 1 for the rows
+    x (R, L) (out (R, L - plan.start); gates aligned with x), D folded into alpha, segment
+    group by segment group through the paired step in bufs[0], bufs[1] (numpy and ducc0 only:
+    no torch intra-op threads here)."""
     R, L = x.shape
-    M, S, G, off = plan.M, plan.S, plan.G, plan.Lk - 1
+    M, S, G, off, t_first = plan.M, plan.S, plan.G, plan.Lk - 1, plan.start
     z3, zc3 = bufs[0][:R * G].reshape(R, G, M), bufs[1][:R * G].reshape(R, G, M)
     for g0 in range(0, plan.nseg, G):
         ng = min(G, plan.nseg - g0)
         z, zc = z3[:, :ng], zc3[:, :ng]
         real = z.view(x.dtype)
         for j in range(ng):  # frame j reads inputs s .. s + 2M (zeros outside 0 .. L)
-            s = (g0 + j) * S - off
+            s = t_first + (g0 + j) * S - off
             lo, hi = max(s, 0), min(s + 2 * M, L)
             frame = real[:, j]
             frame[:, :lo - s] = 0
@@ -298,29 +312,30 @@ def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha:
         z += zc
         _inverse(z.reshape(R * ng, M))
         for j in range(ng):  # segment j's outputs: the S that did not wrap
-            t0 = (g0 + j) * S
+            t0 = t_first + (g0 + j) * S
             t1 = min(t0 + S, L)
-            seg = real[:, j, off:off + t1 - t0]
+            seg, dest = real[:, j, off:off + t1 - t0], out[:, t0 - t_first:t1 - t_first]
             if post is None:
-                out[:, t0:t1] = seg
+                dest[:] = seg
             else:
-                np.multiply(seg, post[:, t0:t1], out=out[:, t0:t1])
+                np.multiply(seg, post[:, t0:t1], out=dest)
 
 
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
          pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
-         block: int | None = None, cache: SpectrumCache,
+         block: int | None = None, cache: SpectrumCache, history: int = 0,
          out: torch.Tensor | None = None) -> torch.Tensor:
     """Gated causal conv of CPU tensors u (B, H, L), k (H, Lk <= L) without autograd (the
     caller routes anything needing gradients to fft.BlockConv): one zero-padded transform
     (block None) or overlap-save segments on transforms of at least `block` points (a partial
-    convolution). Accumulates in float32 (float64 for float64 inputs), returns u's dtype, in
-    `out` when given (u's shape and dtype; u itself for an in-place convolution)."""
+    convolution), for the outputs at positions history .. L - 1 (B, H, L - history).
+    Accumulates in float32 (float64 for float64 inputs), returns u's dtype, in `out` when
+    given (the output's shape, u's dtype; u itself for an in-place convolution)."""
     global _pool
     B, H, L = u.shape
     Lk = k.shape[-1]
-    M = half_size(L + Lk - 1 if block is None else max(block, Lk + 1))
-    plan = Segments(L, Lk, M)
+    M = half_size(L - history + Lk - 1 if block is None else max(block, Lk + 1))
+    plan = Segments(L, Lk, M, history)
     cdt = compute_dtype(u.dtype)
     R = plan.rows_per_block(H)
 
@@ -329,7 +344,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
 
     x, pre, post = host(u), host(pregate), host(postgate)
     direct = out is not None and out.dtype == cdt
-    y = out if direct else torch.empty(u.shape, dtype=cdt)
+    y = out if direct else torch.empty(B, H, L - history, dtype=cdt)
     yn = y.numpy()
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first

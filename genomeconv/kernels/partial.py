@@ -181,7 +181,7 @@ class StreamingConv:
             raise ValueError(f"u chunk has (B, H) = {tuple(x.shape[:2])}, the stream has "
                              f"{tuple(self.state.shape[:2])}; call reset() to start anew")
         xx = torch.cat([self.state, x], dim=-1)
-        y = fftconv(xx, self.k, self.D, method=self.method)[..., keep:]
+        y = fftconv(xx, self.k, self.D, method=self.method, history=keep)
         self.state = xx[..., xx.shape[-1] - keep:]
         if postgate is not None:
             y = y * postgate.to(cdt)

@@ -72,15 +72,16 @@ def check_finite(k: torch.Tensor | None, D: torch.Tensor | None) -> None:
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
 
 
-def check_out(out: object, u: torch.Tensor, needs_grad: bool) -> None:
-    """Validate fftconv's `out`: a tensor of u's shape, dtype and device, either u itself (an
-    in-place convolution) or not sharing memory with u, and no autograd (out= writes cannot be
-    differentiated)."""
+def check_out(out: object, u: torch.Tensor, shape: tuple[int, ...], needs_grad: bool) -> None:
+    """Validate fftconv's `out`: a tensor of the output's `shape` and u's dtype and device,
+    either u itself (an in-place convolution) or not sharing memory with u, and no autograd
+    (out= writes cannot be differentiated)."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
-    if out.shape != u.shape or out.dtype != u.dtype or out.device != u.device:
-        raise ValueError(f"out must match u's shape {tuple(u.shape)}, dtype {u.dtype} and "
-                         f"device {u.device}, got {tuple(out.shape)}, {out.dtype}, {out.device}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != u.dtype or out.device != u.device:
+        raise ValueError(f"out must have the output's shape {tuple(shape)} and u's dtype "
+                         f"{u.dtype} and device {u.device}, got {tuple(out.shape)}, {out.dtype}, "
+                         f"{out.device}")
     if needs_grad:
         raise ValueError("out= cannot be used when gradients are needed (use the return value)")
     same = out.data_ptr() == u.data_ptr() and out.stride() == u.stride()
