@@ -38,6 +38,25 @@ def test_long_input_is_partial_convolution_of_length_max_seq_len(rng):
     assert_close_ref(hidden, reference_hidden(model, ids))
 
 
+@pytest.mark.parametrize("piece,chunk", [(1, 25), (7, 3), (20, 25), (45, 8)])
+def test_streamed_pieces_equal_one_shot(rng, monkeypatch, piece, chunk):
+    """Past max_seq_len + 2 pieces, v' streams through a buffer of max_seq_len - 1 + piece
+    positions (outputs written over freed history, the kept history moved forward after each
+    piece): same numbers as one piece and as the float64 reference, over batches and channel
+    groups."""
+    monkeypatch.setattr(inference, "GROUP_BYTES", 3000)  # several channel groups
+    model = random_model(seed=2)
+    ids = random_ids(rng, 2, 130)
+    ws = inference._Workspace(model, 2, 130, chunk, piece, torch.float32)
+    assert ws.v.shape == (2, TINY.d_model, TINY.max_seq_len - 1 + piece) and ws.y is not None
+    cuts = [p.start for p in ws.pieces]
+    assert cuts[0] == 0 and TINY.max_seq_len - 1 in cuts and ws.pieces[-1].stop == 130
+    streamed = inference.hidden_states(model, ids, chunk_size=chunk, piece_size=piece)
+    whole = inference.hidden_states(model, ids, chunk_size=chunk, piece_size=10**6)
+    torch.testing.assert_close(streamed, whole, atol=2e-5, rtol=1e-5)
+    assert_close_ref(streamed, reference_hidden(model, ids))
+
+
 def test_partial_convolution_differs_from_full_length_filter(rng):
     """The same weights with a longer trained length give different outputs past position 40,
     identical ones before: the taps beyond max_seq_len are really dropped."""

@@ -1,30 +1,38 @@
 """Megabase HyenaDNA inference in bounded memory, pooling and per-base log-likelihoods.
 
 `hidden_states` gives the same numbers as `model(ids)` (within float32 rounding) without ever
-holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer it makes three passes:
+holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer, piece by piece along the sequence
+(one piece unless it is longer than max_seq_len + 2 pieces), it makes three passes:
 
-1. along the sequence in chunks: LN1, the x1/v rows of in_proj computed channel-major
+1. along the piece in chunks: LN1, the x1/v rows of in_proj computed channel-major
    (d, chunk) so no transposition is ever copied, the causal short conv along those rows
-   (carrying the last `short_filter_order - 1` inputs across chunks), v' = x1 * v written
-   straight into one (B, d, L) buffer;
-2. the long convolution, channel group by channel group, in place in that buffer (filter taps for
-   `min(L, max_seq_len)` positions: a partial convolution past the trained length);
-3. along the sequence in chunks again: the x0 rows of in_proj and their short conv (recomputed
+   (carrying the last `short_filter_order - 1` inputs across chunks and pieces), v' = x1 * v
+   written straight into the (B, d, positions) convolution buffer after the v' history of the
+   pieces before (the filter's length minus one);
+2. the long convolution of the piece's outputs (`fftconv(..., history=)`: only those outputs
+   are computed), channel group by channel group (filter taps for `min(L, max_seq_len)`
+   positions: a partial convolution past the trained length), in place for a single piece,
+   else into the buffer positions that no later piece reads;
+3. along the piece in chunks again: the x0 rows of in_proj and their short conv (recomputed
    rather than stored), out_proj(x0 * y) and the MLP accumulated into the float32 residual in
-   place (addmm into the residual, GELU in place).
+   place (addmm into the residual, GELU in place);
+
+then the last max_seq_len - 1 positions of v' move to the front of the buffer for the next
+piece. Streaming costs a recomputation of the filter taps per piece and one copy of the
+history, and bounds v' by max_seq_len + piece positions instead of L. Measured here with the
+large-1m shape at 4 Mbp (pieces of 2^20), it was also faster than one 4 Mbp transform per
+channel: 4 transforms of 2 M points cost less than one of 5 M.
 
 Every buffer is allocated once per call (`_Workspace`) and written with out=: a fresh tensor
 above glibc's mmap threshold costs a page fault per 4 KiB each time, which measured here made
 an elementwise pass several times slower than the pass itself.
-Memory is the float32 residual (B L d 4 bytes), the v' buffer (B L d bytes per element of the
-compute dtype), one channel group's filter (~GROUP_BYTES) and chunk-sized buffers.
+Memory is the float32 residual (B L d 4 bytes), the v' buffer (B d min(L, max_seq_len +
+piece) elements of the compute dtype), one channel group's filter and convolution output
+(~GROUP_BYTES) and chunk-sized buffers.
 `dtype=torch.bfloat16` runs the matmuls, the short conv and the v' buffer in bfloat16
 (LayerNorms, the residual stream and the filter stay float32); it pays off only where bf16
 matmuls are native (GPUs, CPUs with AVX512-BF16 or AMX): on an AVX2-only CPU torch emulates
 them and they run several times slower than float32.
-Measured peak RSS, large-1m shape (d 256), float32: 3.5 GiB at 1 Mbp, 9.3 GiB at 4 Mbp, where
-the residual and v' take 3.8 GiB each (bfloat16 halves v'); staying under 8 GiB at 4 Mbp in
-float32 needs v' streamed through a ring of max_seq_len + segment positions instead.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
     from genomeconv.models.hyena import Block, HyenaDNA
 
 DEFAULT_CHUNK = 4096
+DEFAULT_PIECE = 1 << 20  # positions per piece of the streamed long convolution
 GROUP_BYTES = 256 * 2**20  # working-set target for one channel group's long convolution
 POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
@@ -124,80 +133,134 @@ class _LayerWeights:
 class _Workspace:
     """Buffers reused by every layer of one `hidden_states` call: fresh tensors above glibc's
     mmap threshold (32 MiB) cost a page fault per 4 KiB on every allocation, several times the
-    work done in them. v' (B, d, L) (convolved in place), chunk buffers, and the filter
-    features, taps and decay window of one channel group."""
+    work done in them. v' of one piece and the history before it (B, d, history + piece; the
+    whole sequence when it is one piece), one channel group's convolution output when there
+    are several pieces (else v' is convolved in place), the short convs' carries, chunk
+    buffers, and the filter features, taps and decay window of one channel group."""
 
-    def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, dtype: torch.dtype):
+    def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, piece: int,
+                 dtype: torch.dtype):
         cfg, device = model.config, model.backbone.ln_f.weight.device
         d, K = cfg.d_model, cfg.short_filter_order
         self.chunk = min(chunk, L)
         self.length = min(L, cfg.max_seq_len)
-        self.group = max(1, min(d, GROUP_BYTES // ((B * 2 * L + self.length) * 4)))
+        history = self.length - 1
+        streamed = L > history + 2 * piece  # pieces where they save at least a piece of v'
+        width = history + piece if streamed else L
+        self.pieces = list(_pieces(L, history, piece)) if streamed else [slice(0, L)]
+        self.group = max(1, min(d, GROUP_BYTES // (
+            (B * (width + piece * streamed) + self.length) * 4)))
 
         def empty(*shape, dtype=dtype):
             return torch.empty(*shape, dtype=dtype, device=device)
 
         fdtype = model.backbone.layers[0].mixer.filter_fn.bias.dtype
-        self.v = empty(B, d, L)
+        self.v = empty(B, d, width)
+        self.y = empty(B, self.group, piece) if streamed else None
         self.proj, self.conv = empty(2 * d, self.chunk), empty(2 * d, self.chunk)
-        self.carry = empty(2 * d, K - 1)
+        self.carry12, self.carry0 = empty(B, 2 * d, K - 1), empty(B, d, K - 1)
         self.hidden = empty(self.chunk, cfg.d_inner)
         self.features = empty(self.length, cfg.filter_order, dtype=fdtype)
         self.taps = empty(self.group, self.length, dtype=fdtype)
         self.window = empty(self.group, self.length, dtype=fdtype)
 
 
+def _pieces(L: int, history: int, size: int) -> list[slice]:
+    """Pieces of at most `size` positions over 0 .. L, cut at `history` too: before it every
+    position stays history, after it each piece frees as many history positions as it adds
+    (see `_layer`)."""
+    return [slice(start, min(start + size, hi)) for lo, hi in ((0, min(history, L)), (history, L))
+            for start in range(lo, hi, size)]
+
+
+def _shift_left(buf: torch.Tensor, start: int, count: int) -> None:
+    """buf[..., :count] = buf[..., start:start + count] where the ranges may overlap: copies
+    of at most `start` positions, in increasing order, each reading positions not yet
+    overwritten."""
+    for i in range(0, count, start):
+        j = min(i + start, count)
+        buf[..., i:j].copy_(buf[..., start + i:start + j])
+
+
 def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.dtype) -> None:
     """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
 
-    Chunk results are written with out= into the workspace; the x0/x1/v projections are
-    computed channel-major (channels, positions), so the short conv and the gates run along
-    contiguous rows and v' lands in the (B, d, L) convolution buffer without a transposition."""
+    Piece by piece along the sequence (one piece unless the sequence is far longer than the
+    filter): v' for the piece, the long convolution of the piece's outputs from v' of the
+    piece and the filter-length history before it, then out_proj and the MLP into the residual
+    at the piece's positions. Chunk results are written with out= into the workspace; the
+    x0/x1/v projections are computed channel-major (channels, positions), so the short conv and
+    the gates run along contiguous rows and v' lands in the (B, d, positions) convolution
+    buffer without a transposition."""
     mixer, d = block.mixer, block.mixer.d_model
     B, L, _ = residual.shape
     w = _LayerWeights(block, dtype)
-    vbuf = ws.v
-    for b in range(B):
-        ws.carry.zero_()
-        for s in _chunks(L, ws.chunk):
-            l = s.stop - s.start
-            x = torch.addmm(w.in12[1][:, None], w.in12[0],
-                            _norm(block.norm1, residual[b, s], dtype).T, out=ws.proj[:, :l])
-            z = _short_conv(x, ws.carry, *w.sf12, out=ws.conv[:, :l])
-            torch.mul(z[:d], z[d:], out=vbuf[b, :, s])
-
     filt = mixer.filter_fn
     feats = filt.features(ws.length, ws.features)
-    for c in range(0, d, ws.group):
-        ch = slice(c, min(c + ws.group, d))
-        n = ch.stop - c
-        k = filt.filter(ws.length, ch, feats, out=ws.taps[:n], scratch=ws.window[:n])
-        fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=vbuf[:, ch])  # in place
+    ws.carry12.zero_()
+    ws.carry0.zero_()
+    x0buf, g = ws.proj[:d], ws.conv[:d]
+    held = 0  # positions of v' history before the piece in ws.v
+    for p in ws.pieces:
+        n = p.stop - p.start
+        vbuf = ws.v[..., :held + n]
+        for b in range(B):
+            for s in _chunks(n, ws.chunk):
+                l = s.stop - s.start
+                r = residual[b, p.start + s.start:p.start + s.stop]
+                x = torch.addmm(w.in12[1][:, None], w.in12[0], _norm(block.norm1, r, dtype).T,
+                                out=ws.proj[:, :l])
+                z = _short_conv(x, ws.carry12[b], *w.sf12, out=ws.conv[:, :l])
+                torch.mul(z[:d], z[d:], out=vbuf[b, :, held + s.start:held + s.stop])
 
-    x0buf, g, carry = ws.proj[:d], ws.conv[:d], ws.carry[:d]
-    for b in range(B):
-        carry.zero_()
-        for s in _chunks(L, ws.chunk):
-            l = s.stop - s.start
-            r = residual[b, s]
-            x0 = torch.addmm(w.in0[1][:, None], w.in0[0], _norm(block.norm1, r, dtype).T,
-                             out=x0buf[:, :l])
-            x0 = _short_conv(x0, carry, *w.sf0, out=g[:, :l])
-            x0 *= vbuf[b, :, s]
-            _add_linear(r, x0.T, *w.out)
-            h = torch.addmm(w.fc1[1], _norm(block.norm2, r, dtype), w.fc1[0].T,
-                            out=ws.hidden[:l])
-            _add_linear(r, torch.ops.aten.gelu_(h, approximate="tanh"), *w.fc2)
+        # the history kept for the next piece is the last `keep` positions of vbuf; the conv
+        # output goes where no kept position is: the freed front (a piece past the cut in
+        # `_pieces`) or just after vbuf (one before it); a single piece convolves in place
+        keep = min(p.stop, ws.length - 1)
+        free = held + n - keep
+        at = 0 if free >= n else held + n
+        for c in range(0, d, ws.group):
+            ch = slice(c, min(c + ws.group, d))
+            k = filt.filter(ws.length, ch, feats, out=ws.taps[:ch.stop - c],
+                            scratch=ws.window[:ch.stop - c])
+            if ws.y is None:
+                fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=vbuf[:, ch])
+            else:
+                yg = ws.y[:, :ch.stop - c, :n]
+                fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, history=held, out=yg)
+                ws.v[:, ch, at:at + n].copy_(yg)
+        y = vbuf if ws.y is None else ws.v[..., at:at + n]
+
+        for b in range(B):
+            for s in _chunks(n, ws.chunk):
+                l = s.stop - s.start
+                r = residual[b, p.start + s.start:p.start + s.stop]
+                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], _norm(block.norm1, r, dtype).T,
+                                 out=x0buf[:, :l])
+                x0 = _short_conv(x0, ws.carry0[b], *w.sf0, out=g[:, :l])
+                x0 *= y[b, :, s]
+                _add_linear(r, x0.T, *w.out)
+                h = torch.addmm(w.fc1[1], _norm(block.norm2, r, dtype), w.fc1[0].T,
+                                out=ws.hidden[:l])
+                _add_linear(r, torch.ops.aten.gelu_(h, approximate="tanh"), *w.fc2)
+
+        if free > 0 and p.stop < L:
+            _shift_left(ws.v, free, keep)
+        held = keep
 
 
 @torch.no_grad()
 def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | None = None,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+                  piece_size: int | None = None, dtype: torch.dtype | None = None
+                  ) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
-    rounding, in memory ~ B L d (4 + itemsize(dtype)) bytes plus chunk-sized temporaries.
+    rounding, in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
+    itemsize(dtype) bytes (v') plus channel-group and chunk-sized temporaries.
 
-    chunk_size: positions per pointwise chunk (default 4096); dtype: compute dtype of matmuls
-    and the convolution input (default: the model's parameter dtype).
+    chunk_size: positions per pointwise chunk (default 4096); piece_size: positions per piece
+    of the streamed long convolution for sequences longer than max_seq_len + 2 pieces
+    (default 2^20); dtype: compute dtype of matmuls and the convolution input (default: the
+    model's parameter dtype).
     """
     bb = model.backbone
     device = bb.ln_f.weight.device
@@ -208,7 +271,7 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
     residual = torch.empty(B, L, model.d_model, dtype=torch.float32, device=device)
     for s in _chunks(L, chunk):
         residual[:, s] = bb.embeddings.word_embeddings(ids[:, s]).float()
-    ws = _Workspace(model, B, L, chunk, dtype)
+    ws = _Workspace(model, B, L, chunk, max(1, piece_size or DEFAULT_PIECE), dtype)
     for block in bb.layers:
         _layer(block, residual, ws, dtype)
     del ws
