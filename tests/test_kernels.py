@@ -382,3 +382,27 @@ def test_paired_path_uncached_single_thread_and_blockwise_agree(L, dtype):
         assert y.dtype == dtype and rel_err(y, ref) < 10 * tol
     assert torch.equal(cached, one)
     assert rel_err(uncached, cached.double().numpy()) < tol
+
+
+@pytest.mark.parametrize("L,four_step", [(3001, False), (3001, True), (40_000, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_paired_cached_filter_transforms(monkeypatch, L, four_step, dtype):
+    """A cache too small for alpha and beta but large enough for the filter's transforms
+    keeps those (half the bytes), computes them once, and gives the uncached result."""
+    from genomeconv.kernels import paired
+
+    if four_step:
+        monkeypatch.setattr(paired, "FOUR_STEP_POINTS", 4)
+    a = make(1, 3, L, L, dtype=dtype, seed=L)
+    args = (a["u"], a["k"].to(dtype), a["D"].to(dtype))
+    M = paired.half_size(2 * L - 1)
+    itemsize = 16 if dtype == torch.float64 else 8
+    cache = SpectrumCache(max_bytes=3 * (M + 1) * itemsize)
+    assert not cache.fits(args[1], 4 * M, dtype) and cache.fits(args[1], 2 * M, dtype)
+    y = fftconv(*args, pregate=a["pregate"], method="fft", cache=cache)
+    again = fftconv(*args, pregate=a["pregate"], method="fft", cache=cache)
+    assert cache.computed == 1 and torch.equal(y, again)
+    uncached = fftconv(*args, pregate=a["pregate"], method="fft", cache=SpectrumCache(0))
+    assert torch.equal(y, uncached)
+    ref = reference(*args, pregate=a["pregate"])
+    assert rel_err(y, ref) < (1e-12 if dtype == torch.float64 else 1e-5)

@@ -9,7 +9,8 @@ w = exp(-2 pi i j / N), Kc[j] = conj K[M - j]:
 alpha = (|a|^2 K + |b|^2 Kc) / M, beta = (conj(a) b K + a conj(b) Kc) / M (1/M: inverse scale).
 The inverse M-point FFT of Z' is y[2n] + i y[2n+1]. The D tap adds D / M to alpha (it is the
 identity on z). alpha and beta (twice a spectrum's bytes) are cached per (k, D) in a
-`SpectrumCache`.
+`SpectrumCache`; where they do not fit but half of that does, the filter's transforms Zk are
+cached and alpha, beta computed from them per row block (a few passes, no transform).
 
 Partial convolutions (filter much shorter than the input) run the same step on overlap-save
 segments of transforms of 2M >= `block` points (`Segments`), a few segments per transform call
@@ -244,10 +245,9 @@ class Segments:
         return max(1, min(H, BLOCK_POINTS // self.M)) if self.nseg == 1 else 1
 
 
-def _pairs_fft(z: np.ndarray, zc: np.ndarray) -> None:
-    """In place, z (rows, M) = its M-point FFT (`_forward`); zc = conj z at the partner bin
-    (M - j) mod M of each bin j, in the same order."""
-    _forward(z)
+def _partners(z: np.ndarray, zc: np.ndarray) -> None:
+    """zc = conj z at the partner bin (M - j) mod M of each bin j of the transformed rows
+    z (rows, M), in the same order (`_forward`'s)."""
     sp = split(z.shape[-1])
     if sp is None:
         np.conjugate(z[:, :1], out=zc[:, :1])
@@ -260,20 +260,38 @@ def _pairs_fft(z: np.ndarray, zc: np.ndarray) -> None:
     np.conjugate(z3[:, :0:-1, ::-1], out=zc3[:, 1:])
 
 
-def _filter_rows(k: np.ndarray, D: np.ndarray | None, M: int, bufs: list[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """alpha and beta for the filter rows k (R, Lk) and D (R,) in bufs[2], bufs[3] (uses
-    bufs[0], bufs[1] as scratch): the uncached path, one pass set per row block. D is added to
-    the first tap (the identity is a one-tap filter), which saves a pass over the spectrum."""
-    R = k.shape[0]
-    Zk, Zkc, alpha, beta = (b[:R] for b in bufs[:4])
-    real = Zk.view(k.dtype)
+def _filter_transform(k: np.ndarray, D: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """out (R, M) = Zk, the M-point FFT (`_forward`) of the filter rows k (R, Lk) read as
+    complex pairs, D (R,) added to the first tap (the identity is a one-tap filter)."""
+    real = out.view(k.dtype)
     real[:, :k.shape[1]] = k
     real[:, k.shape[1]:] = 0
     if D is not None:
         real[:, 0] += D
-    p, q, r = _z_weights(M, k.dtype, split(M))
-    _pairs_fft(Zk, Zkc)
+    _forward(out)
+    return out
+
+
+def _filter_transforms(k: torch.Tensor, D: torch.Tensor | None, M: int) -> torch.Tensor:
+    """Zk (H, M) complex for the filter k (H, Lk) and D in k's dtype (the cached form when
+    alpha and beta would not fit the cache: half their bytes), computed per row block."""
+    ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
+    out = torch.empty(k.shape[0], M, dtype=ctype)
+    kn, Dn, zn = k.numpy(), None if D is None else D.detach().to(k.dtype).numpy(), out.numpy()
+    step = max(1, BLOCK_POINTS // M)
+    for h0 in range(0, k.shape[0], step):
+        hs = slice(h0, h0 + step)
+        _filter_transform(kn[hs], None if Dn is None else Dn[hs], zn[hs])
+    return out
+
+
+def _coefficients(Zk: np.ndarray, bufs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """alpha and beta (in bufs[2], bufs[3]) from the filter transforms Zk (R, M), left
+    unchanged (bufs[1] holds the partners)."""
+    R, M = Zk.shape
+    Zkc, alpha, beta = bufs[1][:R], bufs[2][:R], bufs[3][:R]
+    p, q, r = _z_weights(M, Zk.real.dtype, split(M))
+    _partners(Zk, Zkc)
     np.multiply(Zk, p, out=alpha)
     np.multiply(Zkc, q, out=beta)
     alpha += beta
@@ -306,7 +324,8 @@ def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None, alpha:
             else:
                 np.multiply(x[:, lo:hi], pre[:, lo:hi], out=frame[:, lo - s:hi - s])
             frame[:, hi - s:] = 0
-        _pairs_fft(z.reshape(R * ng, M), zc.reshape(R * ng, M))
+        _forward(z.reshape(R * ng, M))
+        _partners(z.reshape(R * ng, M), zc.reshape(R * ng, M))
         zc *= beta[:, None]
         z *= alpha[:, None]
         z += zc
@@ -349,11 +368,14 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
     copy_rows = direct and plan.nseg > plan.G and np.may_share_memory(x, yn)
-    cached = None
+    cached = transforms = None
     if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
         ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
         cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", transform=lambda kd, Dd, n: (
             _chunked_coefficients(kd, Dd, M, ctype))).numpy()
+    elif cache.fits(k, 2 * M, cdt):  # else the filter's transforms: half those bytes
+        transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}",
+                               transform=lambda kd, Dd, n: _filter_transforms(kd, Dd, M)).numpy()
     else:
         check_finite(k, D)
         kn = k.detach().to(cdt).numpy()
@@ -364,8 +386,12 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         bufs = _buffers((hs.stop - h0) * plan.G, M, x.dtype, 2 if cached is not None else 4)
         if cached is not None:
             alpha, beta = cached[0, hs], cached[1, hs]
+        elif transforms is not None:
+            alpha, beta = _coefficients(transforms[hs], bufs)
         else:
-            alpha, beta = _filter_rows(kn[hs], None if Dn is None else Dn[hs], M, bufs)
+            n = hs.stop - h0
+            Zk = _filter_transform(kn[hs], None if Dn is None else Dn[hs], bufs[0][:n])
+            alpha, beta = _coefficients(Zk, bufs)
         for b in range(B):
             _rows(x[b, hs].copy() if copy_rows else x[b, hs], None if pre is None else pre[b, hs],
                   None if post is None else post[b, hs], alpha, beta, plan, bufs, yn[b, hs])
