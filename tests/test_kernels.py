@@ -406,3 +406,36 @@ def test_paired_cached_filter_transforms(monkeypatch, L, four_step, dtype):
     assert torch.equal(y, uncached)
     ref = reference(*args, pregate=a["pregate"])
     assert rel_err(y, ref) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("M", [1, 2, 6, 7, 10, 12, 30, 64, 105])
+@pytest.mark.parametrize("four_step", [False, True])
+@pytest.mark.parametrize("points", [1, 8, 1 << 14])
+@pytest.mark.parametrize("zk_form", [False, True])
+def test_paired_step_chunks_pair_every_bin_with_its_partner(monkeypatch, M, four_step, points,
+                                                           zk_form):
+    """The chunked paired step (heads, middle bins, chunk/mirror pairs of any size) equals
+    Z' = alpha Z + beta conj Z[(M - j) mod M] computed with an explicit partner index, in the
+    1-D and four-step orders, from alpha/beta or from the filter's transforms."""
+    from genomeconv.kernels import paired
+
+    monkeypatch.setattr(paired, "FOUR_STEP_POINTS", 4 if four_step else 1 << 16)
+    monkeypatch.setattr(paired, "PAIR_POINTS", points)
+    rng = np.random.default_rng(M + points)
+    c = lambda *s: rng.standard_normal(s) + 1j * rng.standard_normal(s)  # noqa: E731
+    z, Zk = c(2, 3, M), c(2, 1, M)
+    bins = paired.to_layout(np.arange(M), M)  # the bin at each position
+    where = np.empty(M, int)
+    where[bins] = np.arange(M)
+    partner = where[(M - bins) % M]
+    if zk_form:
+        p, q, r = paired._z_weights(M, np.dtype(np.float64), paired.split(M))
+        coef = (Zk, p, q, r)
+        Zkc = Zk[..., partner].conj()
+        alpha, beta = p * Zk + q * Zkc, q * Zk + r * Zkc
+    else:
+        alpha, beta = c(2, 1, M), c(2, 1, M)
+        coef = (alpha, beta)
+    expected = alpha * z + beta * z[..., partner].conj()
+    paired._pair(z, coef)
+    np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
