@@ -248,14 +248,19 @@ class Segments:
         return max(1, min(H, BLOCK_POINTS // self.M)) if self.nseg == 1 else 1
 
 
+def _head(M: int) -> int:
+    """Bins at the start of `_forward`'s order that pair among themselves: M2 (four-step), 1."""
+    sp = split(M)
+    return 1 if sp is None else sp[1]
+
+
 def _spans(M: int, chunk: int) -> list[tuple[slice, slice | None]]:
     """The bins of an M-point transform in `_forward`'s order as spans closed under the partner
     map j -> (M - j) mod M: (c, None) for spans paired with themselves, (c, c2) for a chunk and
     its mirror. With head = M2 (four-step) or 1 (1-D): bin P < head pairs with (head - P) mod
     head, bin P >= head with M + head - 1 - P (a reversal), and a middle bin of the reversal,
     if any, with itself."""
-    sp = split(M)
-    head = 1 if sp is None else sp[1]
+    head = _head(M)
     mid = (M + head) // 2
     spans: list[tuple[slice, slice | None]] = [(slice(0, head), None)]
     if (M + head) % 2:
@@ -287,8 +292,7 @@ def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
     and `_z_weights`, with alpha = p Zk + q Zkc and beta = q Zk + r Zkc formed per chunk
     (Zkc = conj Zk at the partner bins)."""
     R, G, M = z.shape
-    sp = split(M)
-    head = 1 if sp is None else sp[1]
+    head = _head(M)
     chunk = max(head, PAIR_POINTS // (R * G))
     zc = np.empty((2, R, G, chunk), z.dtype)
     if len(coef) == 4:
