@@ -344,6 +344,22 @@ def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cac
     assert rel_err(y, reference(*short, **gates)) < 1e-12
 
 
+
+@pytest.mark.parametrize("L", [5, 97, 1000, 3001])
+@pytest.mark.parametrize("one_row", [4, 1 << 30])
+def test_paired_1d_transforms_row_by_row_or_batched_match_reference(monkeypatch, L, one_row):
+    """1-D transforms of several rows (channel blocks, overlap-save segment groups) run row by
+    row from ONE_ROW_POINTS up, batched below: both give the float64 reference to 1e-12."""
+    from genomeconv.kernels import paired
+
+    monkeypatch.setattr(paired, "ONE_ROW_POINTS", one_row)
+    a = make(2, 5, L, L, dtype=torch.float64, seed=L + one_row % 7)
+    gates = dict(pregate=a["pregate"], postgate=a["postgate"])
+    for Lk, kw in [(L, {"method": "fft"}), (max(1, L // 9), {"method": "partial", "block": max(64, L // 4)})]:
+        args = (a["u"], a["k"][:, :Lk].double(), a["D"].double())
+        y = fftconv(*args, **gates, **kw, cache=SpectrumCache(max_bytes=0))
+        assert rel_err(y, reference(*args, **gates)) < 1e-12
+
 def test_paired_split_and_layout():
     """split picks the divisors nearest sqrt(M) from FOUR_STEP_POINTS up; to_layout puts bin
     k1 + M1 k2 at k1 M2 + k2."""

@@ -25,20 +25,25 @@ from . import fft
 from .validate import compute_dtype
 
 
+SEGMENT_COST = 60_000  # fixed cost per transform pair (Python, copies): ~14 us here, in n log n units
+
+
 def transform_cost(n: int) -> float:
-    """Relative time of one real transform pair of n points (n log n, times a measured
-    slowdown once a row leaves the CPU's 1 MiB L2: 1.5x past 2^16 points, 2.4x past 2^17)."""
-    factor = 1.0 if n <= 1 << 16 else 1.5 if n <= 1 << 17 else 2.4
-    return n * math.log2(max(n, 2)) * factor
+    """Relative time of one transform pair of n real points in paired.py, measured here per
+    overlap-save segment (Lk = 33, L = 2^21): n log n, times 1.3 at 2^18 points and 1.5 past it
+    (rows outgrow the 1 MiB L2), plus SEGMENT_COST (which dominates below 2^12 points)."""
+    factor = 1.0 if n <= 1 << 17 else 1.3 if n <= 1 << 18 else 1.5
+    return n * math.log2(max(n, 2)) * factor + SEGMENT_COST
 
 
 def choose_block(L: int, Lk: int) -> int | None:
-    """Overlap-save transform size nb minimising cost per output, or None when one full
-    transform (size fast_len(L + Lk - 1)) is at least as cheap."""
+    """Overlap-save transform size nb minimising the total cost (fast_len(2 Lk) or a power of
+    two up to 2^21), or None when one full transform (size fast_len(L + Lk - 1)) is at least
+    as cheap."""
     full = transform_cost(fft.fast_len(L + Lk - 1))
     best, best_cost = None, full
-    for mult in (2, 4, 8, 16, 32):
-        nb = fft.fast_len(max(mult * Lk, 64))
+    sizes = {fft.fast_len(max(2 * Lk, 64))} | {1 << e for e in range(6, 22) if 1 << e > 2 * Lk}
+    for nb in sorted(sizes):
         S = nb - (Lk - 1)
         nseg = -(-L // S)
         if nseg < 2:
