@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
-from genomeconv.kernels import fftconv  # noqa: E402
+from genomeconv.kernels import SpectrumCache, fftconv  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REF_BYTES_PER_ELEM = 24     # measured peak extra of the reference per element of u (float32)
@@ -84,6 +84,7 @@ def partial_rows(H: int, L: int, Lk: int, repeats: int, mem_bytes: float) -> lis
     reference formula (n = 2L, where it fits in --mem-gib) and our fft path (one transform of
     L + Lk - 1 points) given the same short filter, and our fft path given the filter
     zero-padded to L taps (the dense computation of a model without partial convolutions).
+    Each path has its own filter cache (default budget), so none evicts another's entries.
     "partial, out=" writes into a preallocated output: its peak extra memory is what the
     partial convolution needs beyond input and output."""
     g = torch.Generator().manual_seed(Lk)
@@ -95,10 +96,14 @@ def partial_rows(H: int, L: int, Lk: int, repeats: int, mem_bytes: float) -> lis
     contenders = {}
     if H * L * REF_BYTES_PER_ELEM <= mem_bytes:
         contenders["reference (n = 2L)"] = lambda: reference(u, k, D)
-    contenders.update({"fft": lambda: fftconv(u, k, D, method="fft"),
-                       "fft, filter padded to L": lambda: fftconv(u, padded, D, method="fft"),
-                       "partial": lambda: fftconv(u, k, D, method="partial"),
-                       "partial, out=": lambda: fftconv(u, k, D, method="partial", out=y)})
+    caches = {name: SpectrumCache() for name in ("fft", "padded", "partial")}
+    contenders.update({
+        "fft": lambda: fftconv(u, k, D, method="fft", cache=caches["fft"]),
+        "fft, filter padded to L": lambda: fftconv(u, padded, D, method="fft",
+                                                   cache=caches["padded"]),
+        "partial": lambda: fftconv(u, k, D, method="partial", cache=caches["partial"]),
+        "partial, out=": lambda: fftconv(u, k, D, method="partial", out=y,
+                                         cache=caches["partial"])})
     with torch.no_grad():
         res = interleaved(contenders, repeats=repeats, warmup=1)
     bases = {"speedup_vs_ref": "reference (n = 2L)", "speedup_vs_fft": "fft",

@@ -55,7 +55,6 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
 
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
 GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 MiB)
-CHUNK_POINTS = 1 << 21  # complex points per chunk when cached coefficients are computed
 PAIR_POINTS = 1 << 16  # complex points per chunk of the paired step (and as many in its partner)
 BIN_CHUNK = 1 << 16  # bins per chunk when per-bin weights are computed in float64
 ONE_ROW_POINTS = 1 << 14  # 1-D transforms of rows this long run row by row (see `_c2c_1d`)
@@ -200,20 +199,6 @@ def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
     return torch.stack([alpha, ca[2] * K + ca[3] * Kc])
 
 
-def _chunked_coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
-                          ctype: torch.dtype) -> torch.Tensor:
-    """`coefficients` computed in float64 over chunks of CHUNK_POINTS, stored as `ctype` in
-    the transform's bin order (`to_layout`); the float64 temporaries of all channels at once
-    would take ten times the result."""
-    out = torch.empty(2, k.shape[0], M, dtype=ctype)
-    step = max(1, CHUNK_POINTS // M)
-    for h0 in range(0, k.shape[0], step):
-        hs = slice(h0, h0 + step)
-        c = coefficients(k[hs], None if D is None else D[hs], M, torch.float64).numpy()
-        out[:, hs] = torch.from_numpy(to_layout(c, M))
-    return out
-
-
 def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
     """This thread's n buffers of (R, M) complex (each also read as (R, 2M) real)."""
     key = (R, M, dtype, n)
@@ -289,6 +274,17 @@ def _conj_partner(src: np.ndarray, c: slice, mirror: slice | None, head: int,
         np.conjugate(src[..., c], out=out)
 
 
+def _form(zk: np.ndarray, zkc: np.ndarray, p: np.ndarray, q: np.ndarray, r: np.ndarray,
+          alpha: np.ndarray, beta: np.ndarray) -> None:
+    """alpha = p Zk + q Zkc and beta = q Zk + r Zkc over a span of bins (zkc is overwritten)."""
+    np.multiply(zk, p, out=alpha)
+    np.multiply(zkc, q, out=beta)
+    alpha += beta
+    np.multiply(zk, q, out=beta)
+    zkc *= r
+    beta += zkc
+
+
 def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
     """Z' = alpha Z + beta conj Z[(M - j) mod M] in place over the transformed rows z (R, G, M)
     (bins in `_forward`'s order), a chunk of bins and its partner chunk at a time, so that
@@ -316,13 +312,8 @@ def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
             if len(coef) == 2:
                 alpha, beta = coef[0][..., a], coef[1][..., a]
             else:
-                alpha, beta, zkc, zk = ab[0, ..., :n], ab[1, ..., :n], kc[i, ..., :n], Zk[..., a]
-                np.multiply(zk, p[a], out=alpha)
-                np.multiply(zkc, q[a], out=beta)
-                alpha += beta
-                np.multiply(zk, q[a], out=beta)
-                zkc *= r[a]
-                beta += zkc
+                alpha, beta = ab[0, ..., :n], ab[1, ..., :n]
+                _form(Zk[..., a], kc[i, ..., :n], p[a], q[a], r[a], alpha, beta)
             zci *= beta
             zr *= alpha
             zr += zci
@@ -340,16 +331,35 @@ def _filter_transform(k: np.ndarray, D: np.ndarray | None, out: np.ndarray) -> n
     return out
 
 
-def _filter_transforms(k: torch.Tensor, D: torch.Tensor | None, M: int) -> torch.Tensor:
-    """Zk (H, M) complex for the filter k (H, Lk) and D in k's dtype (the cached form when
-    alpha and beta would not fit the cache: half their bytes), computed per row block."""
+def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int,
+                 coefficients: bool) -> torch.Tensor:
+    """The filter side of the paired step for k (H, Lk) and D in k's dtype, computed per row
+    block from the filter's transforms Zk (`_filter_transform`): alpha and beta (2, H, M) with
+    `coefficients`, else Zk (H, M) itself (the cached form where alpha and beta would not fit:
+    half their bytes). Both cost about one transform per channel, so a cache miss costs what
+    the uncached path does (measured here at L = 2^20: the former float64 rfft per channel cost
+    nine times that)."""
     ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
-    out = torch.empty(k.shape[0], M, dtype=ctype)
-    kn, Dn, zn = k.numpy(), None if D is None else D.detach().to(k.dtype).numpy(), out.numpy()
-    step = max(1, BLOCK_POINTS // M)
-    for h0 in range(0, k.shape[0], step):
-        hs = slice(h0, h0 + step)
-        _filter_transform(kn[hs], None if Dn is None else Dn[hs], zn[hs])
+    H, step = k.shape[0], max(1, BLOCK_POINTS // M)
+    out = torch.empty(*((2,) if coefficients else ()), H, M, dtype=ctype)
+    kn, Dn, on = k.numpy(), None if D is None else D.detach().to(k.dtype).numpy(), out.numpy()
+    if coefficients:
+        p, q, r = _z_weights(M, kn.dtype, split(M))
+        Zk, head = np.empty((min(step, H), M), on.dtype), _head(M)
+        chunk = max(head, PAIR_POINTS // len(Zk))
+        kc = np.empty((len(Zk), chunk), on.dtype)
+    for h0 in range(0, H, step):
+        hs = slice(h0, min(H, h0 + step))
+        Dh = None if Dn is None else Dn[hs]
+        if not coefficients:
+            _filter_transform(kn[hs], Dh, on[hs])
+            continue
+        zk = _filter_transform(kn[hs], Dh, Zk[:hs.stop - h0])
+        for c, mirror in _spans(M, chunk):
+            for a, b in [(c, mirror)] if mirror is None else [(c, mirror), (mirror, c)]:
+                zkc = kc[:len(zk), :a.stop - a.start]
+                _conj_partner(zk, a, b, head, zkc)
+                _form(zk[:, a], zkc, p[a], q[a], r[a], on[0, hs, a], on[1, hs, a])
     return out
 
 
@@ -418,12 +428,11 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     copy_rows = direct and plan.nseg > plan.G and np.may_share_memory(x, yn)
     cached = transforms = None
     if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
-        ctype = torch.complex128 if cdt == torch.float64 else torch.complex64
-        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", transform=lambda kd, Dd, n: (
-            _chunked_coefficients(kd, Dd, M, ctype))).numpy()
+        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}",
+                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, True)).numpy()
     elif cache.fits(k, 2 * M, cdt):  # else the filter's transforms: half those bytes
         transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}",
-                               transform=lambda kd, Dd, n: _filter_transforms(kd, Dd, M)).numpy()
+                               transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, False)).numpy()
     else:
         check_finite(k, D)
         kn = k.detach().to(cdt).numpy()
