@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import PeakRSS, interleaved, print_table, write_result  # noqa: E402
 from genomeconv.models import HyenaConfig, HyenaDNA, inference  # noqa: E402
+from genomeconv.pipelines.runtime import native_half  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LARGE_1M = HyenaConfig(d_model=256, n_layer=8, d_inner=1024, max_seq_len=1_000_002)
@@ -119,9 +120,8 @@ def main() -> None:
                              args.chunk_size, args.dtypes)
         print_table(rows, ["L", "contender", "seconds", "kbp_per_s", "peak_rss_gb",
                            "speedup_vs_public", "rel_err_vs_genomeconv_fp32"])
-    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     write_result(args.name, rows, config=config.to_dict(), threads=torch.get_num_threads(),
-                 native_bf16=any(f in cpu_flags for f in ("avx512_bf16", "amx_bf16")),
+                 native_bf16=native_half("bfloat16"),
                  flop_per_bp_matmul=2 * config.n_layer * config.d_model * (
                      3 * config.d_model + config.d_model + 2 * config.d_inner),
                  note="public fp32 = the public formula re-implemented here")

@@ -28,6 +28,18 @@ def command_line() -> str:
     return " ".join(["genomeconv", *sys.argv[1:]])
 
 
+def warn_emulated_dtype(dtype: str | None, device: str | None, address: str | None) -> None:
+    """Warn on stderr when a local job's --dtype would run emulated on this CPU (see
+    runtime.emulated_dtype_warning; a cluster's workers may have other CPUs: no warning)."""
+    import os
+
+    from genomeconv.pipelines.runtime import emulated_dtype_warning
+
+    message = emulated_dtype_warning(dtype, device)
+    if message and address is None and not os.environ.get("RAY_ADDRESS"):
+        typer.secho(f"warning: {message}", err=True, fg="yellow")
+
+
 @app.command()
 def info() -> None:
     """Print versions, devices and the Ray status."""

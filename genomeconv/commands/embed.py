@@ -48,9 +48,10 @@ def embed(
     from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from genomeconv.cli import command_line
+    from genomeconv.cli import command_line, warn_emulated_dtype
     from genomeconv.pipelines.embed import embed as run
 
+    warn_emulated_dtype(dtype, device or ("cuda" if gpus_per_worker else None), address)
     console = Console(stderr=True)
     progress = Progress(TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,.0f}"
                         "/{task.total:,.0f} bp"), TextColumn("{task.fields[rate]}"),

@@ -39,9 +39,10 @@ def score_variants(
                                   "(one Parquet part each; the resume granularity)."),
 ) -> None:
     """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
-    from genomeconv.cli import command_line
+    from genomeconv.cli import command_line, warn_emulated_dtype
     from genomeconv.pipelines.variants import score_variants as run
 
+    warn_emulated_dtype(dtype, device, address)
     try:
         summary = run(variants, fasta, out, model=model, window=window, region=region,
                       genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,

@@ -63,6 +63,29 @@ def compute_dtype(name: str | None) -> Any:
     return getattr(torch, name)
 
 
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+def native_half(name: str) -> bool | None:
+    """Whether this machine's CPU computes the half type `name` natively (NATIVE_FLAGS in
+    /proc/cpuinfo); None where that cannot be read (not Linux)."""
+    if not CPUINFO.exists():
+        return None
+    return bool(set(CPUINFO.read_text().split()) & set(NATIVE_FLAGS[name]))
+
+
+def emulated_dtype_warning(name: str | None, device: str | None) -> str | None:
+    """A warning when a local job's --dtype `name` would run emulated on this CPU, else None
+    (float32, a CUDA device, native support, or an unknown CPU)."""
+    if name not in NATIVE_FLAGS or (device or "cpu").startswith("cuda") or native_half(name) in (
+            True, None):
+        return None
+    return (f"--dtype {name} is emulated on this CPU (no {' or '.join(NATIVE_FLAGS[name])}): "
+            "it runs slower than float32, not faster (bfloat16 measured 14x slower on an "
+            "AVX2-only CPU, benchmarks/bench_model.py); use float32 here")
+
+
 def _quiet_progress() -> None:
     """Ray Data's own progress bars would fight ours; genomeconv reports progress itself."""
     import ray.data
