@@ -3,6 +3,8 @@ argument checks, against float64 numpy/scipy references."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -348,16 +350,19 @@ def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cac
 @pytest.mark.parametrize("L", [5, 97, 1000, 3001])
 @pytest.mark.parametrize("one_row", [4, 1 << 30])
 def test_paired_1d_transforms_row_by_row_or_batched_match_reference(monkeypatch, L, one_row):
-    """1-D transforms of several rows (channel blocks, overlap-save segment groups) run row by
-    row from ONE_ROW_POINTS up, batched below: both give the float64 reference to 1e-12."""
+    """1-D transforms of several rows (channel blocks, overlap-save segment groups, the cached
+    coefficients' filter transforms) run row by row from ONE_ROW_POINTS up, batched below: both
+    give the float64 reference to 1e-12."""
     from genomeconv.kernels import paired
 
     monkeypatch.setattr(paired, "ONE_ROW_POINTS", one_row)
     a = make(2, 5, L, L, dtype=torch.float64, seed=L + one_row % 7)
     gates = dict(pregate=a["pregate"], postgate=a["postgate"])
-    for Lk, kw in [(L, {"method": "fft"}), (max(1, L // 9), {"method": "partial", "block": max(64, L // 4)})]:
+    partial = {"method": "partial", "block": max(64, L // 4)}
+    for (Lk, kw), budget in itertools.product([(L, {"method": "fft"}), (max(1, L // 9), partial)],
+                                              [None, 0]):  # cached coefficients, uncached
         args = (a["u"], a["k"][:, :Lk].double(), a["D"].double())
-        y = fftconv(*args, **gates, **kw, cache=SpectrumCache(max_bytes=0))
+        y = fftconv(*args, **gates, **kw, cache=SpectrumCache(max_bytes=budget))
         assert rel_err(y, reference(*args, **gates)) < 1e-12
 
 def test_paired_split_and_layout():
@@ -422,6 +427,38 @@ def test_paired_cached_filter_transforms(monkeypatch, L, four_step, dtype):
     assert torch.equal(y, uncached)
     ref = reference(*args, pregate=a["pregate"])
     assert rel_err(y, ref) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("zk_only", [False, True])
+def test_paired_filters_used_in_turn_do_not_evict_each_other(zk_only):
+    """Two filters whose cached forms do not fit together, used in turn (a model's layers):
+    the first keeps its entry, the second runs uncached, nothing is rebuilt; an in-place
+    change frees the stale entry, so the changed filter is cached again; the LRU spectra of
+    fft.py still evict."""
+    from genomeconv.kernels import paired
+
+    L, H = 300, 3
+    a, b = make(1, H, L, L, seed=1), make(1, H, L, L, seed=2)
+    M = paired.half_size(2 * L - 1)
+    cache = SpectrumCache(max_bytes=H * (M + 1) * 8 if zk_only else 3 * H * M * 8)
+    assert cache.fits(a["k"], 4 * M, torch.float32) != zk_only
+    for _ in range(3):
+        for f in (a, b):
+            y = fftconv(f["u"], f["k"], f["D"], method="fft", cache=cache)
+            assert rel_err(y, reference(f["u"], f["k"], f["D"])) < 1e-5
+    assert cache.computed == 1 and len(cache._entries) == 1
+    with torch.no_grad():
+        a["k"].mul_(0.5)
+    b_only = fftconv(b["u"], b["k"], b["D"], method="fft", cache=cache)  # a's entry is stale
+    assert cache.computed == 1 and torch.equal(b_only, y)
+    y = fftconv(a["u"], a["k"], a["D"], method="fft", cache=cache)
+    assert cache.computed == 2 and len(cache._entries) == 1
+    assert rel_err(y, reference(a["u"], a["k"], a["D"])) < 1e-5
+    n = fft.FullPlan.make(L, L).n
+    spectra = SpectrumCache(max_bytes=3 * H * (n // 2 + 1) * 4)  # fft.py: one spectrum, LRU
+    for f in (a, b, a):
+        fft.conv(f["u"], f["k"], f["D"], cache=spectra)
+    assert spectra.computed == 3 and len(spectra._entries) == 1
 
 
 @pytest.mark.parametrize("M", [1, 2, 6, 7, 10, 12, 30, 64, 105])

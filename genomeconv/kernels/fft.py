@@ -172,9 +172,14 @@ class SpectrumCache:
                 self._drop(key)
 
     def get(self, k: torch.Tensor, D: torch.Tensor | None, n: int, dtype: torch.dtype,
-            transform: Transform | None = None, tag: object = None) -> torch.Tensor:
+            transform: Transform | None = None, tag: object = None,
+            reserve: int | None = None) -> torch.Tensor | None:
         """The cached spectrum of (k, D) at size n (transform and its `tag` identifying it),
-        computed on a miss; entries for older versions of the same filter are dropped."""
+        computed on a miss; entries for older versions of the same filter are dropped.
+        reserve: the entry's bytes, for forms that cost more to build than to do without: on a
+        miss they must fit beside the live entries, else None is returned and nothing is
+        computed or evicted (filters used in turn that do not all fit would otherwise evict
+        each other on every call)."""
         self._purge()
         kkey = _tensor_key(k)
         key = (kkey, _tensor_key(D), n, dtype, tag)
@@ -182,10 +187,13 @@ class SpectrumCache:
         if hit is not None:
             self._entries.move_to_end(key)
             return hit[0]
-        K = self.compute(k, D, n, dtype, transform)
         for old in [e for e in self._entries if _older(e[0], kkey) and _older(e[1], key[1])
                     and (e[0], e[1]) != (kkey, key[1])]:
             self._drop(old)  # the same filter tensors at older versions: stale
+        if reserve is not None and (len(self._entries) >= self.max_entries or (
+                self.max_bytes is not None and self._bytes + reserve > self.max_bytes)):
+            return None
+        K = self.compute(k, D, n, dtype, transform)
         size = K.numel() * K.element_size()
         while self._entries and (len(self._entries) >= self.max_entries or (
                 self.max_bytes is not None and self._bytes + size > self.max_bytes)):

@@ -8,11 +8,11 @@ Z'[j] = alpha[j] Z[j] + beta[j] conj Z[(M - j) mod M], with a = (1 - i w)/2, b =
 w = exp(-2 pi i j / N), Kc[j] = conj K[M - j]:
 alpha = (|a|^2 K + |b|^2 Kc) / M, beta = (conj(a) b K + a conj(b) Kc) / M (1/M: inverse scale).
 The inverse M-point FFT of Z' is y[2n] + i y[2n+1]. The D tap adds D / M to alpha (it is the
-identity on z). alpha and beta (twice a spectrum's bytes) are cached per (k, D) in a
-`SpectrumCache`; where they do not fit but half of that does, the filter's transforms Zk are
-cached and alpha, beta formed from them chunk by chunk inside the paired step (no transform);
-uncached, Zk is computed per row block and used the same way. The paired step runs over a chunk of bins and its partner chunk at a time (`_pair`), so its
-temporaries stay in cache.
+identity on z). alpha and beta (twice a spectrum's bytes, formed from the filter's transforms
+Zk) are cached per (k, D) in a `SpectrumCache`; where they do not fit but half of that does, Zk
+is cached and alpha, beta formed from it chunk by chunk inside the paired step (no transform);
+uncached, Zk is computed per row block and used the same way. The paired step runs over a
+chunk of bins and its partner chunk at a time (`_pair`), so its temporaries stay in cache.
 
 Partial convolutions (filter much shorter than the input) run the same step on overlap-save
 segments of transforms of 2M >= `block` points (`Segments`), a few segments per transform call
@@ -336,9 +336,9 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int,
     """The filter side of the paired step for k (H, Lk) and D in k's dtype, computed per row
     block from the filter's transforms Zk (`_filter_transform`): alpha and beta (2, H, M) with
     `coefficients`, else Zk (H, M) itself (the cached form where alpha and beta would not fit:
-    half their bytes). Both cost about one transform per channel, so a cache miss costs what
-    the uncached path does (measured here at L = 2^20: the former float64 rfft per channel cost
-    nine times that)."""
+    half their bytes). Both cost about one transform per channel plus the new entry's page
+    faults: measured here at H 16, L = 2^20, a call that misses the cache took 0.8-1.0 s, an
+    uncached call 0.5 s, a hit 0.3 s (the former float64 rfft per channel: 3.5 s per miss)."""
     ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
     H, step = k.shape[0], max(1, BLOCK_POINTS // M)
     out = torch.empty(*((2,) if coefficients else ()), H, M, dtype=ctype)
@@ -426,14 +426,20 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
     copy_rows = direct and plan.nseg > plan.G and np.may_share_memory(x, yn)
+    # alpha and beta (twice a spectrum's bytes) where they fit the cache's budget, else Zk (half
+    # that), each cached only beside the live entries (building one costs more than the
+    # uncached path, so filters used in turn must not evict each other on every call)
     cached = transforms = None
-    if cache.fits(k, 4 * M, cdt):  # alpha and beta: twice a spectrum's bytes
-        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}",
-                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, True)).numpy()
-    elif cache.fits(k, 2 * M, cdt):  # else the filter's transforms: half those bytes
-        transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}",
-                               transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, False)).numpy()
-    else:
+    entry = H * M * (16 if cdt == torch.float64 else 8)
+    if cache.fits(k, 4 * M, cdt):
+        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", reserve=2 * entry,
+                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, True))
+    elif cache.fits(k, 2 * M, cdt):
+        transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}", reserve=entry,
+                               transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, False))
+    cached = None if cached is None else cached.numpy()
+    transforms = None if transforms is None else transforms.numpy()
+    if cached is None and transforms is None:
         check_finite(k, D)
         kn = k.detach().to(cdt).numpy()
         Dn = None if D is None else D.detach().to(cdt).numpy()

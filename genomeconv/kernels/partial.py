@@ -25,7 +25,7 @@ from . import fft
 from .validate import compute_dtype
 
 
-SEGMENT_COST = 60_000  # fixed cost per transform pair (Python, copies): ~14 us here, in n log n units
+SEGMENT_COST = 60_000  # per transform pair (Python, copies): ~14 us here, in n log n units
 
 
 def transform_cost(n: int) -> float:
