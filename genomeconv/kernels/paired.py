@@ -331,7 +331,7 @@ def _filter_transform(k: np.ndarray, D: np.ndarray | None, out: np.ndarray) -> n
     return out
 
 
-def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int,
+def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
                  coefficients: bool) -> torch.Tensor:
     """The filter side of the paired step for k (H, Lk) and D in k's dtype, computed per row
     block from the filter's transforms Zk (`_filter_transform`): alpha and beta (2, H, M) with
@@ -433,10 +433,11 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     entry = H * M * (16 if cdt == torch.float64 else 8)
     if cache.fits(k, 4 * M, cdt):
         cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", reserve=2 * entry,
-                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, True))
+                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True))
     elif cache.fits(k, 2 * M, cdt):
         transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}", reserve=entry,
-                               transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, False))
+                               transform=lambda kd, Dd, n: _filter_side(
+                                   kd, Dd, M, coefficients=False))
     cached = None if cached is None else cached.numpy()
     transforms = None if transforms is None else transforms.numpy()
     if cached is None and transforms is None:
