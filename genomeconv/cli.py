@@ -7,6 +7,7 @@ here beyond option parsing. Imports of heavy modules (torch, ray) happen inside 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -31,8 +32,6 @@ def command_line() -> str:
 def warn_emulated_dtype(dtype: str | None, device: str | None, address: str | None) -> None:
     """Warn on stderr when a local job's --dtype would run emulated on this CPU (see
     runtime.emulated_dtype_warning; a cluster's workers may have other CPUs: no warning)."""
-    import os
-
     from genomeconv.pipelines.runtime import emulated_dtype_warning
 
     message = emulated_dtype_warning(dtype, device)

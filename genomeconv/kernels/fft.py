@@ -164,6 +164,11 @@ class SpectrumCache:
             f.detach()
         self._bytes -= K.numel() * K.element_size()
 
+    def _full(self, size: int) -> bool:
+        """Whether an entry of `size` bytes needs room made (entry count or byte budget)."""
+        return len(self._entries) >= self.max_entries or (
+            self.max_bytes is not None and self._bytes + size > self.max_bytes)
+
     def _purge(self) -> None:
         """Drop entries whose filter tensors were garbage collected."""
         while self._dead:
@@ -190,13 +195,11 @@ class SpectrumCache:
         for old in [e for e in self._entries if _older(e[0], kkey) and _older(e[1], key[1])
                     and (e[0], e[1]) != (kkey, key[1])]:
             self._drop(old)  # the same filter tensors at older versions: stale
-        if reserve is not None and (len(self._entries) >= self.max_entries or (
-                self.max_bytes is not None and self._bytes + reserve > self.max_bytes)):
+        if reserve is not None and self._full(reserve):
             return None
         K = self.compute(k, D, n, dtype, transform)
         size = K.numel() * K.element_size()
-        while self._entries and (len(self._entries) >= self.max_entries or (
-                self.max_bytes is not None and self._bytes + size > self.max_bytes)):
+        while self._entries and self._full(size):
             self._drop(next(iter(self._entries)))
         # A view (e.g. k[:, :L] made per call) shares its base's storage and version counter:
         # the entry lives as long as the base tensor, not the short-lived view.

@@ -245,26 +245,27 @@ def _head(M: int) -> int:
     return 1 if sp is None else sp[1]
 
 
-def _spans(M: int, chunk: int) -> list[tuple[slice, slice | None]]:
+def _spans(M: int, chunk: int) -> list[list[tuple[slice, slice | None]]]:
     """The bins of an M-point transform in `_forward`'s order as spans closed under the partner
-    map j -> (M - j) mod M: (c, None) for spans paired with themselves, (c, c2) for a chunk and
-    its mirror. With head = M2 (four-step) or 1 (1-D): bin P < head pairs with (head - P) mod
-    head, bin P >= head with M + head - 1 - P (a reversal), and a middle bin of the reversal,
-    if any, with itself."""
+    map j -> (M - j) mod M, each given as its (bins, partner bins) parts: [(c, None)] for a span
+    paired with itself, [(c, c2), (c2, c)] for a chunk and its mirror. With head = M2
+    (four-step) or 1 (1-D): bin P < head pairs with (head - P) mod head, bin P >= head with
+    M + head - 1 - P (a reversal), and a middle bin of the reversal, if any, with itself."""
     head = _head(M)
     mid = (M + head) // 2
-    spans: list[tuple[slice, slice | None]] = [(slice(0, head), None)]
+    spans: list[list[tuple[slice, slice | None]]] = [[(slice(0, head), None)]]
     if (M + head) % 2:
-        spans.append((slice(mid, mid + 1), None))
+        spans.append([(slice(mid, mid + 1), None)])
     for s in range(head, mid, chunk):
         e = min(s + chunk, mid)
-        spans.append((slice(s, e), slice(M + head - e, M + head - s)))
+        c, mirror = slice(s, e), slice(M + head - e, M + head - s)
+        spans.append([(c, mirror), (mirror, c)])
     return spans
 
 
 def _conj_partner(src: np.ndarray, c: slice, mirror: slice | None, head: int,
                   out: np.ndarray) -> None:
-    """out = conj src at the partners of the bins c (a span of `_spans`)."""
+    """out = conj src at the partners of the bins c (a part of a `_spans` span)."""
     if mirror is not None:
         np.conjugate(src[..., mirror][..., ::-1], out=out)
     elif c.start == 0:  # the head: P <-> (head - P) mod head
@@ -300,9 +301,8 @@ def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
     if len(coef) == 4:
         Zk, p, q, r = coef
         kc, ab = np.empty((2, R, 1, chunk), z.dtype), np.empty((2, R, 1, chunk), z.dtype)
-    for c, mirror in _spans(M, chunk):
-        parts = [(c, mirror)] if mirror is None else [(c, mirror), (mirror, c)]
-        n = c.stop - c.start
+    for parts in _spans(M, chunk):
+        n = parts[0][0].stop - parts[0][0].start
         for i, (a, b) in enumerate(parts):  # every partner before any bin changes
             _conj_partner(z, a, b, head, zc[i, ..., :n])
             if len(coef) == 4:
@@ -355,8 +355,8 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
             _filter_transform(kn[hs], Dh, on[hs])
             continue
         zk = _filter_transform(kn[hs], Dh, Zk[:hs.stop - h0])
-        for c, mirror in _spans(M, chunk):
-            for a, b in [(c, mirror)] if mirror is None else [(c, mirror), (mirror, c)]:
+        for parts in _spans(M, chunk):
+            for a, b in parts:
                 zkc = kc[:len(zk), :a.stop - a.start]
                 _conj_partner(zk, a, b, head, zkc)
                 _form(zk[:, a], zkc, p[a], q[a], r[a], on[0, hs, a], on[1, hs, a])
