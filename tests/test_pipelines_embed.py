@@ -228,6 +228,8 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
               "progress after the worker was killed")
         driver.send_signal(signal.SIGKILL)  # then the driver dies
         driver.wait(30)
+        # Ray kills the dead driver's actors only once it notices: one may still finish a unit
+        _wait(lambda: not _worker_pids(), 60, "the killed job's workers to exit")
     finally:
         if driver.poll() is None:
             driver.kill()
