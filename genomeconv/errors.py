@@ -1,0 +1,37 @@
+"""genomeconv's error types: the one base class that the CLI's error boundary turns into a one-line
+message and exit code 2, and the switch that shows tracebacks and other libraries' logs.
+
+Raise `InputError` for anything the user can fix (a bad file, option or model folder), naming the
+file, record and line where there is one; anything else that escapes is a bug and keeps its
+traceback. `InputError` subclasses ValueError so that callers that caught ValueError still work.
+"""
+
+from __future__ import annotations
+
+import os
+
+VERBOSE_ENV = "GENOMECONV_VERBOSE"  # "1": tracebacks and other libraries' INFO/WARNING lines
+
+
+class GenomeconvError(Exception):
+    """Base class of every error genomeconv raises on purpose."""
+
+
+class InputError(GenomeconvError, ValueError):
+    """Bad input or options: reported as one line, exit code 2, before any expensive work."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None,
+                 record: str | None = None, line: int | None = None) -> None:
+        where = [str(p) for p in (path,) if p is not None]
+        if record is not None:
+            where.append(f"record {record}")
+        if line is not None:
+            where.append(f"line {line}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.path, self.record, self.line = path, record, line
+
+
+def verbose() -> bool:
+    """Whether the user asked for tracebacks and other libraries' logs (-v or GENOMECONV_VERBOSE);
+    an environment variable so that Ray workers started by this process see it too."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
