@@ -8,7 +8,6 @@ Fixtures are generated per test: a random reference written as text and indexed 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import duckdb
@@ -26,7 +25,7 @@ from genomeconv.io.variants import Variant
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
-                                           plan_variant, score_planned, window_start)
+                                           plan_variant, score_planned, window_bounds)
 from fixtures import random_seq, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
@@ -72,8 +71,13 @@ def total_loglik(model, seq: str) -> float:
 
 
 def test_window_arithmetic():
-    assert window_start(pos=101, window=W) == 100 - W // 2
-    assert window_start(pos=101, window=32) == 100 - 16
+    assert window_bounds(101, 1, 1, W, 1000) == (100 - W // 2, 100 - W // 2 + W)
+    assert window_bounds(101, 1, 1, 32, 1000) == (100 - 16, 100 - 16 + 32)
+    assert window_bounds(3, 1, 1, W, 1000) == (0, W)  # shifted inside at the left end
+    assert window_bounds(999, 1, 1, W, 1000) == (1000 - W, 1000)  # and at the right end
+    assert window_bounds(990, 4, 1, W, 1000) == (1000 - W - 3, 1000 - 3)  # room for the refill
+    assert window_bounds(998, 3, 1, W, 1000) == (1000 - W, 1000)  # ...but REF stays inside
+    assert window_bounds(40, 1, 1, 1000, 120) == (0, 120)  # a contig shorter than the window
     padded = "AAAACGTTTT" + "GGCC"
     assert alt_window(padded, 4, "C", "T", 10) == "AAAATGTTTT"  # SNV
     assert alt_window(padded, 4, "CGT", "C", 10) == "AAAACTTTGG"  # deletion: extended right
@@ -187,10 +191,11 @@ def test_statuses_edges_and_contig_naming(model, rng, tmp_path):
     assert rows["symbolic_alt"]["ref_match"] is True
     assert rows["unknown_contig"]["ref_match"] is None
     assert rows["unknown_contig"]["contig"] is None
-    assert rows["ok"]["n_padded"] == 0
-    assert rows["left_edge"]["window_start"] == 2 - W // 2
-    assert rows["left_edge"]["n_padded"] == W // 2 - 2
-    assert rows["right_edge"]["n_padded"] == (117 - W // 2 + W) - 120
+    assert (rows["ok"]["window_start"], rows["ok"]["window_end"]) == (59 - W // 2, 59 - W // 2 + W)
+    assert (rows["left_edge"]["window_start"], rows["left_edge"]["window_end"]) == (0, W)
+    # the deletion of the contig's last 2 bases: REF stays in the window, the ALT window is
+    # shorter (nothing to refill it with)
+    assert (rows["right_edge"]["window_start"], rows["right_edge"]["window_end"]) == (120 - W, 120)
     assert np.isfinite(rows["right_edge"]["llr"]) and np.isfinite(rows["left_edge"]["emb_l2"])
 
 
@@ -221,7 +226,8 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     args = [str(vcf), "--fasta", str(fasta), "--model", str(tiny_model), "--out", str(out),
             "--window", str(W), "--site-probs", "--unit-size", "3", "--num-workers", "2"]
     first = run_cli(args)
-    assert "contig '1' matched to 'chr1'" in first and "(0 already done)" in first
+    assert "contig '1' matched to 'chr1'" in first and f"{n_alts} ALT alleles (0 already done)" \
+        in first
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 4 and f"wrote {n_alts} rows" in first
 
@@ -242,8 +248,10 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
                         "missing_alt": 1, "unknown_contig": 1}
     assert table("SELECT count(*) FROM T WHERE status = 'ok' AND llr IS NULL") == [(0,)]
     assert table("SELECT id, ref_match FROM T WHERE status = 'ref_mismatch'") == [("bad", False)]
-    padded = table("SELECT pos, n_padded FROM T WHERE n_padded > 0 ORDER BY pos")
-    assert padded == [(5, W // 2 - 4), (149, 148 - W // 2 + W - 150)]
+    edges = table("SELECT pos, window_start, window_end FROM T WHERE pos IN (5, 149) "
+                  "AND status = 'ok' ORDER BY pos")
+    assert edges == [(5, 0, W), (149, 150 - W, 150)]  # shifted inside the contigs, no padding
+    assert table("SELECT count(*) FROM T WHERE nonfinite") == [(0,)]
     assert table("SELECT DISTINCT contig FROM T WHERE chrom = '1'") == [("chr1",)]
     # the scores equal those computed without Ray on the same windows
     got = table("SELECT pos, ref, alt, llr_fwd, llr_rev, p_alt FROM T WHERE status = 'ok' "
@@ -259,19 +267,19 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
 
     # resume: one part lost and a half-written temp file left by a killed run
     mtimes = {p.name: p.stat().st_mtime_ns for p in parts}
+    lost = pq.read_table(parts[1]).num_rows
     parts[1].unlink()
     (out / ".tmp-crashed").write_bytes(b"partial")
     second = run_cli(args)
-    assert "(3 already done)" in second and re.search(r"wrote \d+ rows", second)
-    assert {p.name for p in out.glob("part-*.parquet")} == set(mtimes)
-    for p in out.glob("part-*.parquet"):
-        if p.name != parts[1].name:
-            assert p.stat().st_mtime_ns == mtimes[p.name]
+    assert f"({n_alts - lost} already done): wrote {lost} rows" in second
+    for p in parts[:1] + parts[2:]:
+        assert p.stat().st_mtime_ns == mtimes[p.name]
     assert table("SELECT count(*), count(DISTINCT (chrom, pos, ref, alt)) FROM T") == [
         (n_alts, n_alts)]
     third = run_cli(args)
-    assert "(4 already done): wrote 0 rows" in third
-    assert os.path.exists(out / ".tmp-crashed")  # never read; a part name is never .tmp-*
+    assert f"({n_alts} already done): wrote 0 rows" in third
+    assert not os.path.exists(out / ".tmp-crashed")  # removed by the next run, never read
     other = CliRunner().invoke(app, ["score-variants", *args[:8], str(W - 2), *args[9:]])
-    assert other.exit_code == 2 and "pass a new --out" in other.output
+    assert other.exit_code == 2 and f"window: {W} (in the folder) vs {W - 2} (this run)" \
+        in other.output
     assert len(list(out.glob("part-*.parquet"))) == 4

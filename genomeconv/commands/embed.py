@@ -42,6 +42,10 @@ def embed(
                                           "actor (> 0 places actors on GPUs)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUT's earlier outputs "
+                                   "and start afresh (a rerun with other settings is refused)."),
+    keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf "
+                                        "embeddings (rows marked nonfinite) instead of stopping."),
 ) -> None:
     """Embed regions, genes, BED intervals, whole records or reads of INPUT; write Parquet."""
     from rich.console import Console
@@ -76,15 +80,16 @@ def embed(
                       pooling=pooling, per_base=per_base, per_base_dtype=per_base_dtype,
                       batch_size=batch_size, chunk_size=chunk_size, address=address,
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
-                      dtype=dtype, command=command_line(), on_plan=on_plan, on_unit=on_unit)
+                      dtype=dtype, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                      command=command_line(), on_plan=on_plan, on_unit=on_unit)
     except (ValueError, KeyError, OSError) as exc:
         progress.stop()
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from None
     progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
-    typer.echo(f"{summary.items} items, {summary.bp:,} bp in {summary.units} units "
-               f"({summary.units_skipped} already done); embedded {summary.items_done} items, "
+    typer.echo(f"{summary.items} items, {summary.bp:,} bp ({summary.items_skipped} already "
+               f"done); embedded {summary.items_done} items in {summary.units} units, "
                f"{summary.bp_done:,} bp in {summary.seconds:.1f} s ({rate:,.0f} bp/s; "
                f"peak worker memory {summary.worker_peak_rss / 2**30:.2f} GiB)")
     typer.echo("output: " + ", ".join(summary.outputs))

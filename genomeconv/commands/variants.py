@@ -36,7 +36,11 @@ def score_variants(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Windows per "
                                              "forward pass (default: ~131k tokens' worth)."),
     unit_size: int = typer.Option(256, "--unit-size", min=1, help="ALT alleles per work unit "
-                                  "(one Parquet part each; the resume granularity)."),
+                                  "(one Parquet part each)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUT's earlier outputs "
+                                   "and start afresh (a rerun with other settings is refused)."),
+    keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf scores "
+                                        "(rows marked nonfinite) instead of stopping."),
 ) -> None:
     """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
     from genomeconv.cli import command_line, warn_emulated_dtype
@@ -48,16 +52,17 @@ def score_variants(
                       genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
                       gtf=gtf, address=address, num_workers=num_workers, device=device,
                       dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
-                      unit_size=unit_size, command=command_line())
+                      unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                      command=command_line())
     except (ValueError, KeyError, OSError) as exc:  # bad inputs or options: a message, no trace
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "none"
-    typer.echo(f"{summary.variants} ALT alleles in {summary.units} units "
-               f"({summary.units_skipped} already done): wrote {summary.rows_written} rows "
-               f"[{statuses}] to {summary.out} in {summary.seconds:.1f} s")
+    typer.echo(f"{summary.variants} ALT alleles ({summary.variants_skipped} already done): "
+               f"wrote {summary.rows_written} rows in {summary.units} units [{statuses}] to "
+               f"{summary.out} in {summary.seconds:.1f} s")
 
 
 def register(app: typer.Typer) -> None:

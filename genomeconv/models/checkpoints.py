@@ -194,24 +194,32 @@ def _download(repo_id: str) -> Path:
             f"path: load('./{repo_id.split('/')[-1]}')") from exc
 
 
-def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> HyenaDNA:
-    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
-    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]:
+    """(the local folder `load` reads, the model id it reports) for the bundled model (None or
+    "bundled"), a local directory or a hub id ("owner/name", downloaded once); run manifests
+    hash the weight files of this folder."""
     if path_or_hub_id is None or path_or_hub_id == "bundled":
         if not (BUNDLED_DIR / "config.json").is_file():
             raise FileNotFoundError(f"the bundled model is missing: {BUNDLED_DIR} has no "
                                     "config.json (reinstall genomeconv or pass a checkpoint path)")
-        return _load_directory(BUNDLED_DIR, BUNDLED_ID, device, dtype)
+        return BUNDLED_DIR, BUNDLED_ID
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
             raise NotADirectoryError(f"{path}: pass the checkpoint directory, not a file")
-        return _load_directory(path, str(path_or_hub_id), device, dtype)
+        return path, str(path_or_hub_id)
     if isinstance(path_or_hub_id, str) and _HUB_ID.match(path_or_hub_id):
-        return _load_directory(_download(path_or_hub_id), path_or_hub_id, device, dtype)
+        return _download(path_or_hub_id), path_or_hub_id
     raise FileNotFoundError(f"{path_or_hub_id}: no such checkpoint directory (nor a hub id "
                             "of the form owner/name)")
+
+
+def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> HyenaDNA:
+    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
+    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+    directory, model_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id, device, dtype)
 
 
 def save(model: HyenaDNA, directory: str | Path, *, card: str | None = None) -> None:

@@ -1,13 +1,23 @@
 """`genomeconv embed`: pooled (and optionally per-base) embeddings of regions, genes, BED
 intervals, whole records or reads, on Ray, written as keyed, resumable Parquet parts.
 
-The driver plans work items that carry coordinates only (never sequences), groups them into
-deterministic work units (`runtime.plan_units`; items longer than LONG_ITEM_BP alone), skips units
-already written, and streams the rest through a Ray Data actor pool. Each `EmbedActor` opens the
+The driver plans work items that carry coordinates only (never sequences), locks OUT and checks its
+run manifest (pipelines/manifest.py: a rerun with other value-changing settings or inputs is
+refused, `overwrite` starts afresh), reads the item ids of the parts already committed, drops those
+items, and only then groups the rest into work units (`plan_units`; items longer than LONG_ITEM_BP
+alone), so another --batch-size, a subset or a superset of the items resumes with every item
+written exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the
 FASTA or read file and loads the model once, fetches each item's bases, reverse-complements
 minus-strand items, runs the model's bounded-memory path (`inference.hidden_states`), pools, and
 writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit whose embeddings
-part exists is complete.
+part exists is complete. A unit is done when its embeddings part counts (manifest.read_part_keys)
+and, with --per-base, its per-base part of the same name counts and holds one row per base of the
+unit's items; otherwise the unit's parts are moved aside (damaged) or removed (a per-base part
+whose embeddings part never came: its run was killed between the two commits).
+
+Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error
+naming it (a model that produces NaN is broken), unless --keep-nonfinite, which writes such rows
+with `nonfinite` = true (per-base rows join them on item_id).
 
 Per-base rows: `position` is 0-based on the reference (a minus-strand item's first base is its
 highest position); for reads it is the offset in the read as sequenced.
@@ -23,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genomeconv.errors import InputError
 from genomeconv.io.regions import Interval, format_region, parse_region
-from genomeconv.pipelines import runtime, schema
+from genomeconv.pipelines import manifest, runtime, schema
 
 LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
@@ -178,6 +189,9 @@ class WorkerConfig:
     dtype: str | None = None
     threads: int | None = None
     command: str = "genomeconv embed"
+    keep_nonfinite: bool = False
+    manifest_sha256: str | None = None
+    token: manifest.RunToken | None = None  # commits parts while this run holds OUT
 
 
 class EmbedActor:
@@ -201,8 +215,10 @@ class EmbedActor:
             from genomeconv.io.fasta import FastaFile
 
             self.source = FastaFile(config.fasta)
-        self.meta = schema.file_metadata(self.model, config.command, "embeddings")
-        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base")
+        self.meta = schema.file_metadata(self.model, config.command, "embeddings",
+                                         config.manifest_sha256)
+        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base",
+                                            config.manifest_sha256)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         """Embed every unit in the batch; one summary row per unit: unit_id, items, bp,
@@ -257,7 +273,8 @@ class EmbedActor:
                 writer.discard()
         ordered = [rows[it.item_id] for it in items]
         table = pa.Table.from_pylist(ordered, schema=schema.embeddings_schema(self.model.d_model))
-        runtime.write_part(table, Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta)
+        runtime.write_part(table, Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta,
+                           self.cfg.token)
         return model_s
 
     def hidden(self, seqs: list[str]):
@@ -277,16 +294,33 @@ class EmbedActor:
         return [hidden[i, :n].cpu() for i, n in enumerate(lengths)]
 
     def row(self, item: Item, seq: str, hidden) -> dict[str, Any]:
-        """The embeddings row of one item."""
+        """The embeddings row of one item (NaN/inf in its hidden states: an error naming the item,
+        or with keep_nonfinite a row marked nonfinite)."""
+        import torch
+
         from genomeconv.models.inference import pool
 
+        nonfinite = not bool(torch.isfinite(hidden).all())
+        if nonfinite and not self.cfg.keep_nonfinite:
+            raise InputError(f"the model gives non-finite (NaN or infinite) embeddings for item "
+                             f"{describe_item(item)}: a model that produces NaN is broken; pass "
+                             "--keep-nonfinite to write such rows marked nonfinite = true",
+                             path=self.model.model_id)
         vector = pool(hidden[None], self.cfg.pooling)[0]
         return {"item_id": item.item_id, "seq_name": item.seq_name, "chrom": item.chrom,
                 "start": item.start, "end": item.end, "strand": item.strand,
                 "gene_id": item.gene_id, "gene_name": item.gene_name,
                 "read_name": item.read_name, "length": len(seq),
                 "n_fraction": seq.count("N") / max(1, len(seq)), "pooling": self.cfg.pooling,
-                "embedding": vector.float().numpy()}
+                "embedding": vector.float().numpy(), "nonfinite": nonfinite}
+
+
+def describe_item(item: Item) -> str:
+    """An item as a person finds it again: its name and coordinates (1-based, inclusive)."""
+    if item.read_name is not None:
+        return f"read {item.read_name!r} (flag {item.read_flag})"
+    return (f"{item.seq_name!r} ({item.chrom}:{item.start + 1:,}-{item.end:,} {item.strand}, "
+            f"item_id {item.item_id})")
 
 
 def _forward_groups(items: list[Item], batch_size: int) -> list[list[Item]]:
@@ -311,7 +345,7 @@ class _PerBaseWriter:
         self.d = d_model
         self.part = runtime.PartWriter(Path(cfg.out) / PER_BASE_DIR, unit_id,
                                        schema.per_base_schema(d_model, cfg.per_base_dtype),
-                                       metadata)
+                                       metadata, cfg.token)
         self.commit, self.discard = self.part.commit, self.part.discard
 
     def write(self, item: Item, hidden) -> None:
@@ -340,14 +374,61 @@ class _PerBaseWriter:
 # --- the driver ----------------------------------------------------------------------------
 
 
+def completed_items(out: str | Path, per_base: bool, manifest_sha256: str) -> set[str]:
+    """Item ids already written under OUT by runs with this manifest (see the module docstring);
+    parts that do not count are moved aside or removed here, before any new part is planned."""
+    emb_dir, pb_dir = Path(out) / EMBEDDINGS_DIR, Path(out) / PER_BASE_DIR
+    done: dict[str, str] = {}  # item id -> the part holding it
+    for part in sorted(emb_dir.glob(manifest.PART_GLOB)) if emb_dir.is_dir() else ():
+        keys, why = manifest.read_part_keys(part, manifest_sha256, ("item_id", "length"))
+        ids = keys.column("item_id").to_pylist() if keys is not None else []
+        if why is None and len(set(ids)) != len(ids):
+            why = "it holds an item twice"
+        if why is None and (twice := next((i for i in ids if i in done), None)):
+            why = f"item {twice} is already in {done[twice]}"
+        pb = pb_dir / part.name
+        if why is None and per_base:
+            rows, why_pb = (manifest.read_part_keys(pb, manifest_sha256, ())
+                            if pb.exists() else (None, "missing"))
+            bases = sum(keys.column("length").to_pylist())
+            if why_pb is None and rows != bases:
+                why_pb = f"it has {rows} rows for {bases} bases"
+            if why_pb is not None:
+                why = f"its per-base part {pb.name} does not count ({why_pb})"
+        if why is not None:
+            manifest.move_aside(part, why)
+            if pb.exists():
+                manifest.move_aside(pb, f"its unit's embeddings part does not count ({why})")
+            continue
+        done.update(dict.fromkeys(ids, part.name))
+    for pb in sorted(pb_dir.glob(manifest.PART_GLOB)) if pb_dir.is_dir() else ():
+        if not (emb_dir / pb.name).exists():  # a unit killed between its two commits
+            pb.unlink()
+    return set(done)
+
+
+def embed_manifest(model: str | None, config_sha256: str, *, fasta: str | None,
+                   reads: str | None, pooling: str, per_base: bool, per_base_dtype: str,
+                   dtype: str | None, device_type: str, keep_nonfinite: bool
+                   ) -> manifest.Manifest:
+    """The settings and inputs an `embed` folder's values depend on (not which items)."""
+    settings = {**manifest.model_fingerprint(model, config_sha256), "pooling": pooling,
+                "per_base": per_base, "per_base_dtype": per_base_dtype if per_base else None,
+                "dtype": dtype or "float32", "device_type": device_type,
+                "keep_nonfinite": keep_nonfinite}
+    inputs = {role: manifest.file_fingerprint(path)
+              for role, path in (("fasta", fasta), ("reads", reads)) if path is not None}
+    return manifest.Manifest("embed", settings, inputs)
+
+
 @dataclass
 class EmbedSummary:
     """What an `embed` run did."""
 
     items: int
     bp: int
-    units: int
-    units_skipped: int  # already written by an earlier run
+    units: int  # units run by this run (the items not done yet, grouped)
+    items_skipped: int  # already written by an earlier run
     items_done: int  # embedded by this run
     bp_done: int
     seconds: float
@@ -364,13 +445,15 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
           per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
           chunk_size: int | None = None, address: str | None = None, num_workers: int = 1,
           gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
+          overwrite: bool = False, keep_nonfinite: bool = False,
           command: str = "genomeconv embed",
           on_plan: Callable[[int, int], None] | None = None,
           on_unit: Callable[[int, int], None] | None = None) -> EmbedSummary:
     """Embed the items selected on `input_path` (a FASTA, or a BAM/CRAM/uBAM of reads; `bam`
     gives reads with `input_path` as their reference) into Parquet parts under `out`.
 
-    Resumes: units already written under `out` are skipped. `on_plan(items_bp_to_do, units)` is
+    Resumes: items already written under `out` (by a run with the same manifest) are skipped;
+    `overwrite` removes the folder's earlier outputs first. `on_plan(items_bp_to_do, units)` is
     called once planned, `on_unit(items, bp)` after each unit (for progress bars).
     """
     import ray
@@ -386,7 +469,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     if batch_size < 1 or num_workers < 1:
         raise ValueError("--batch-size and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
-    load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
+    probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
     # Workers may run in another directory (or on another node): hand them absolute paths.
     input_path, out = Path(input_path).resolve(), Path(out).resolve()
     bam = Path(bam).resolve() if bam is not None else None
@@ -403,48 +486,58 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                                 min_length=min_length, reference=fasta)
     else:
         items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed)
-    by_id = {it.item_id: it for it in items}
-    units = plan_units(items, batch_size)
-    done = runtime.finished_units(Path(out) / EMBEDDINGS_DIR)
-    if per_base:
-        done &= runtime.finished_units(Path(out) / PER_BASE_DIR)
-    todo = [u for u in units if u.unit_id not in done]
-    todo_bp = sum(by_id[i].length for u in todo for i in u.item_ids)
-    if on_plan is not None:
-        on_plan(todo_bp, len(todo))
-
+    gpus = gpus_per_worker if gpus_per_worker > 0 else 0
+    device = device or ("cuda" if gpus else None)
+    run_manifest = embed_manifest(
+        model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
+        per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
+        device_type="cuda" if str(device or "cpu").startswith("cuda") else "cpu",
+        keep_nonfinite=keep_nonfinite)
+    del probe
     items_done = bp_done = peak_rss = 0
     model_s = 0.0
-    if todo:
-        resources = runtime.connect(address)
-        gpus = gpus_per_worker if gpus_per_worker > 0 else 0
-        workers = max(1, min(num_workers, len(todo)))
-        node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
-                        default=1)
-        cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
-        config = WorkerConfig(
-            model=model, fasta=fasta, reads=reads, out=str(out), pooling=pooling,
-            per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
-            chunk_size=chunk_size, device=device or ("cuda" if gpus else None), dtype=dtype,
-            threads=None if gpus else cpus, command=command)
-        rows = [{"unit_id": u.unit_id,
-                 "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
-                for u in sorted(todo, key=lambda u: -sum(by_id[i].length for i in u.item_ids))]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=0 if gpus else cpus, num_gpus=gpus)
-        for row in ds.iter_rows():
-            items_done += int(row["items"])
-            bp_done += int(row["bp"])
-            peak_rss = max(peak_rss, int(row["peak_rss"]))
-            model_s += float(row["model_s"])
-            if on_unit is not None:
-                on_unit(int(row["items"]), int(row["bp"]))
+    with manifest.open_run(out, run_manifest, part_dirs=[out / EMBEDDINGS_DIR, out / PER_BASE_DIR],
+                           command=command, overwrite=overwrite) as run:
+        done = completed_items(out, per_base, run_manifest.sha256)
+        todo_items = [it for it in items if it.item_id not in done]
+        by_id = {it.item_id: it for it in todo_items}
+        todo = plan_units(todo_items, batch_size)
+        if on_plan is not None:
+            on_plan(sum(it.length for it in todo_items), len(todo))
+        if todo:
+            resources = runtime.connect(address)
+            workers = max(1, min(num_workers, len(todo)))
+            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
+                            default=1)
+            cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+            config = WorkerConfig(
+                model=model, fasta=fasta, reads=reads, out=str(out), pooling=pooling,
+                per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
+                chunk_size=chunk_size, device=device, dtype=dtype,
+                threads=None if gpus else cpus, command=command, keep_nonfinite=keep_nonfinite,
+                manifest_sha256=run_manifest.sha256, token=run.token)
+            rows = [{"unit_id": u.unit_id,
+                     "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
+                    for u in sorted(todo, key=lambda u: -sum(by_id[i].length
+                                                             for i in u.item_ids))]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=0 if gpus else cpus, num_gpus=gpus)
+            try:
+                for row in ds.iter_rows():
+                    items_done += int(row["items"])
+                    bp_done += int(row["bp"])
+                    peak_rss = max(peak_rss, int(row["peak_rss"]))
+                    model_s += float(row["model_s"])
+                    if on_unit is not None:
+                        on_unit(int(row["items"]), int(row["bp"]))
+            except Exception as exc:
+                runtime.raise_worker_error(exc)
     outputs = [str(Path(out) / EMBEDDINGS_DIR)] + ([str(Path(out) / PER_BASE_DIR)]
                                                    if per_base else [])
-    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(units),
-                        units_skipped=len(units) - len(todo), items_done=items_done,
+    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(todo),
+                        items_skipped=len(items) - len(todo_items), items_done=items_done,
                         bp_done=bp_done, seconds=time.perf_counter() - t0,
                         model_seconds=model_s, worker_peak_rss=peak_rss, out=str(out),
                         outputs=outputs)

@@ -2,7 +2,9 @@
 
 `connect()` is the only place genomeconv calls `ray.init`. Without an address (and without
 RAY_ADDRESS) it starts a private local instance bound to 127.0.0.1; with one, it joins that cluster.
-It also keeps the resume bookkeeping every job shares: deterministic work units and atomic part files.
+It also keeps the part bookkeeping every job shares: deterministic work units, atomic part files
+committed under the folder's run token (pipelines/manifest.py decides which keys are done), and
+the way a worker's GenomeconvError reaches the driver unchanged.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genomeconv.errors import GenomeconvError
+
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from genomeconv.pipelines.manifest import RunToken
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -151,7 +157,8 @@ def plan_units(item_ids: Sequence[str], unit_size: int) -> list[WorkUnit]:
     """Group items into units of at most `unit_size`, deterministically.
 
     Items are sorted so that the same inputs always give the same units; a unit's id hashes its
-    item ids, so a rerun recognises every unit that was already written.
+    item ids, so two units (of any runs) share a part name only when they hold the same items.
+    Callers pass only the items not done yet: completion is per item, not per unit.
     """
     if unit_size < 1:
         raise ValueError(f"unit_size must be >= 1, got {unit_size}")
@@ -166,24 +173,16 @@ def plan_units(item_ids: Sequence[str], unit_size: int) -> list[WorkUnit]:
     return units
 
 
-def finished_units(out_dir: str | Path) -> set[str]:
-    """Unit ids whose part file is complete in `out_dir` (temporary files are ignored)."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return set()
-    return {p.name[len("part-"):-len(".parquet")] for p in out.glob("part-*.parquet")}
-
-
 class PartWriter:
     """Streams one unit's rows into `part-<unit_id>.parquet` atomically, in bounded row groups.
 
-    Rows go to a `.tmp-*` file that `commit` renames into place; a run killed before that leaves
-    only the temporary file, which is never read and is replaced on the rerun. A finished part is
-    therefore either absent or complete.
+    Rows go to a `.tmp-*` file that `commit` renames into place (through `token`, which refuses
+    once another run holds the folder); a run killed before that leaves only the temporary file,
+    which is never read and is removed by the next run. A part is either absent or complete.
     """
 
     def __init__(self, out_dir: str | Path, unit_id: str, schema: "pa.Schema",
-                 metadata: dict[bytes, bytes]) -> None:
+                 metadata: dict[bytes, bytes], token: "RunToken | None" = None) -> None:
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
@@ -191,6 +190,7 @@ class PartWriter:
         self.final = out / f"part-{unit_id}.parquet"
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        self.token = token
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema)
 
     def write(self, table: "pa.Table") -> None:
@@ -204,7 +204,10 @@ class PartWriter:
         assert self._writer is not None, "commit twice"
         self._writer.close()
         self._writer = None
-        os.replace(self.tmp, self.final)
+        if self.token is None:
+            os.replace(self.tmp, self.final)
+        else:
+            self.token.commit(self.tmp, self.final)
         return self.final
 
     def discard(self) -> None:
@@ -216,11 +219,31 @@ class PartWriter:
 
 
 def write_part(table: "pa.Table", out_dir: str | Path, unit_id: str,
-               metadata: dict[bytes, bytes]) -> Path:
+               metadata: dict[bytes, bytes], token: "RunToken | None" = None) -> Path:
     """Write one unit's rows atomically as `part-<unit_id>.parquet` (see PartWriter)."""
-    writer = PartWriter(out_dir, unit_id, table.schema, metadata)
+    writer = PartWriter(out_dir, unit_id, table.schema, metadata, token)
     try:
         writer.write(table)
         return writer.commit()
     finally:
         writer.discard()
+
+
+def raise_worker_error(exc: BaseException) -> None:
+    """Re-raise `exc` from a Ray job, as the innermost GenomeconvError inside Ray's wrappers when
+    there is one, so that a broken model or input found by a worker reads as one line, as it
+    would without Ray; any other error keeps Ray's report."""
+    found: BaseException | None = None
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        e = chain.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, GenomeconvError):
+            found = e
+        chain += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    if found is None:
+        raise exc
+    raise found from None
