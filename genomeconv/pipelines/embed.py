@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genomeconv.errors import InputError
+from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import Interval, format_region, parse_region
 from genomeconv.pipelines import manifest, runtime, schema
 
@@ -222,14 +222,20 @@ class EmbedActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         """Embed every unit in the batch; one summary row per unit: unit_id, items, bp,
-        model_s (seconds in the model) and peak_rss (this worker's peak resident bytes so far)."""
+        model_s (seconds in the model), peak_rss (this worker's peak resident bytes so far) and
+        error (a GenomeconvError's runtime.failure_report, else empty)."""
         import resource
 
         out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
-                                "peak_rss": []}
+                                "peak_rss": [], "error": []}
         for unit_id, payload in zip(batch["unit_id"], batch["items"]):
             items = [Item(**d) for d in json.loads(payload)]
-            out["model_s"].append(self.run_unit(str(unit_id), items))
+            try:
+                out["model_s"].append(self.run_unit(str(unit_id), items))
+                out["error"].append("")
+            except GenomeconvError as exc:
+                out["model_s"].append(0.0)
+                out["error"].append(runtime.failure_report(exc))
             out["unit_id"].append(str(unit_id))
             out["items"].append(len(items))
             out["bp"].append(sum(it.length for it in items))
@@ -524,16 +530,14 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                 EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=0 if gpus else cpus, num_gpus=gpus)
-            try:
-                for row in ds.iter_rows():
-                    items_done += int(row["items"])
-                    bp_done += int(row["bp"])
-                    peak_rss = max(peak_rss, int(row["peak_rss"]))
-                    model_s += float(row["model_s"])
-                    if on_unit is not None:
-                        on_unit(int(row["items"]), int(row["bp"]))
-            except Exception as exc:
-                runtime.raise_worker_error(exc)
+            for row in ds.iter_rows():
+                runtime.raise_failure(row["error"])
+                items_done += int(row["items"])
+                bp_done += int(row["bp"])
+                peak_rss = max(peak_rss, int(row["peak_rss"]))
+                model_s += float(row["model_s"])
+                if on_unit is not None:
+                    on_unit(int(row["items"]), int(row["bp"]))
     outputs = [str(Path(out) / EMBEDDINGS_DIR)] + ([str(Path(out) / PER_BASE_DIR)]
                                                    if per_base else [])
     return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(todo),

@@ -4,12 +4,13 @@
 RAY_ADDRESS) it starts a private local instance bound to 127.0.0.1; with one, it joins that cluster.
 It also keeps the part bookkeeping every job shares: deterministic work units, atomic part files
 committed under the folder's run token (pipelines/manifest.py decides which keys are done), and
-the way a worker's GenomeconvError reaches the driver unchanged.
+the way a worker's GenomeconvError reaches the driver as one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import uuid
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genomeconv.errors import GenomeconvError
+from genomeconv.errors import GenomeconvError, InputError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -229,21 +230,15 @@ def write_part(table: "pa.Table", out_dir: str | Path, unit_id: str,
         writer.discard()
 
 
-def raise_worker_error(exc: BaseException) -> None:
-    """Re-raise `exc` from a Ray job, as the innermost GenomeconvError inside Ray's wrappers when
-    there is one, so that a broken model or input found by a worker reads as one line, as it
-    would without Ray; any other error keeps Ray's report."""
-    found: BaseException | None = None
-    seen: set[int] = set()
-    chain: list[BaseException | None] = [exc]
-    while chain:
-        e = chain.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, GenomeconvError):
-            found = e
-        chain += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    if found is None:
-        raise exc
-    raise found from None
+def failure_report(exc: GenomeconvError) -> str:
+    """How a worker hands a GenomeconvError (a broken model, a bad input) to its driver: as text
+    in its output row, because Ray's wrappers of a raised exception lose its type and message."""
+    return json.dumps({"input_error": isinstance(exc, InputError), "message": str(exc)})
+
+
+def raise_failure(report: str | None) -> None:
+    """Raise the error a worker reported with `failure_report` (nothing when `report` is empty),
+    so that it reads as one line, as it would without Ray."""
+    if report:
+        failure = json.loads(report)
+        raise (InputError if failure["input_error"] else GenomeconvError)(failure["message"])

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from genomeconv.errors import InputError
+from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
 from genomeconv.pipelines import manifest, runtime, schema
@@ -352,12 +352,17 @@ class UnitScorer:
         self.keep_nonfinite, self.token = keep_nonfinite, token
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Score every unit in the batch; return one summary row per unit."""
+        """Score every unit in the batch; return one summary row per unit (`error`: a
+        GenomeconvError's runtime.failure_report, else empty)."""
         summaries = []
         for unit in batch.to_pylist():
             variants = [Variant(*(unit[f][i] for f in _UNIT_FIELDS), source="", line=0)
                         for i in range(len(unit["pos"]))]
-            summaries.append(self.score_unit(unit["unit_id"], variants))
+            try:
+                summaries.append({**self.score_unit(unit["unit_id"], variants), "error": ""})
+            except GenomeconvError as exc:
+                summaries.append({"unit_id": unit["unit_id"], "rows": 0, "statuses": "{}",
+                                  "renamed": "{}", "error": runtime.failure_report(exc)})
         return pa.Table.from_pylist(summaries)
 
     def score_unit(self, unit_id: str, variants: Sequence[Variant]) -> dict[str, Any]:
@@ -492,10 +497,9 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                                            device=device, dtype=dtype, out=str(out),
                                            metadata=metadata, keep_nonfinite=keep_nonfinite,
                                            token=run.token))
-            try:
-                results = ds.take_all()
-            except Exception as exc:
-                runtime.raise_worker_error(exc)
+            for row in ds.iter_rows():
+                runtime.raise_failure(row["error"])
+                results.append(row)
     statuses: Counter[str] = Counter()
     renamed: dict[str, str] = {}
     for r in results:
