@@ -107,7 +107,7 @@ def test_open_run_resumes_refuses_and_overwrites(tmp_path, capsys):
 def test_parts_without_a_manifest_are_refused(tmp_path):
     out = tmp_path / "out"
     write_part(out, "u1", ["a"], "old")
-    with pytest.raises(InputError, match="holds 1 part.* but no genomeconv-manifest.json"):
+    with pytest.raises(InputError, match="holds 1 part.* but no _genomeconv_manifest.json"):
         with manifest.open_run(out, make_manifest(tmp_path), part_dirs=[out], command="c"):
             pass
     (tmp_path / "file").write_text("x")

@@ -7,6 +7,8 @@ Fixtures are generated per test: a random reference written as text and indexed 
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from test_io_variants import bgzip_and_index, write_vcf
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
+from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant
@@ -283,3 +286,164 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     assert other.exit_code == 2 and f"window: {W} (in the folder) vs {W - 2} (this run)" \
         in other.output
     assert len(list(out.glob("part-*.parquet"))) == 4
+
+
+SCORES = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt")
+
+
+def test_contig_ends_score_as_on_a_longer_contig(model, rng, tmp_path):
+    """Windows never hold padding: a variant near either end scores exactly as the same variant on
+    a contig extended beyond the window (the window shifts inside, both strands alike)."""
+    genome = random_seq(rng, 150)
+    extra = random_seq(rng, 60)
+    near_left = [var("c", 1, genome[0], other_base(genome[0])),  # the first base
+                 var("c", 5, genome[4], other_base(genome[4], 1)),
+                 var("c", 9, genome[8:11], genome[8]),  # deletion
+                 var("c", 12, genome[11], genome[11] + "TTA")]  # insertion
+    near_right = [var("c", 150, genome[149], other_base(genome[149])),  # the last base
+                  var("c", 140, genome[139], other_base(genome[139], 2)),
+                  var("c", 136, genome[135:138], genome[135]),  # deletion, refilled
+                  var("c", 147, genome[146:150], genome[146]),  # deletion of the last 3 bases
+                  var("c", 141, genome[140], genome[140] + "GC")]
+    here = score(model, {"c": genome}, near_left + near_right, tmp_path, "here.fa")
+    longer_right = score(model, {"c": genome + extra}, near_left, tmp_path, "longer_right.fa")
+    shifted = [var("c", v.pos + len(extra), v.ref, v.alt) for v in near_right]
+    longer_left = score(model, {"c": extra + genome}, shifted, tmp_path, "longer_left.fa")
+    for a, b in zip(here, longer_right + longer_left):
+        assert a["status"] == b["status"] == "ok"
+        for key in SCORES:
+            assert (a[key] is None) == (b[key] is None), key
+            if a[key] is not None:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+    for row, v in zip(here, near_left + near_right):
+        assert 0 <= row["window_start"] and row["window_end"] <= len(genome)
+        assert row["window_end"] - row["window_start"] == W
+        assert row["window_start"] <= v.pos - 1 < v.pos - 1 + len(v.ref) <= row["window_end"]
+    # left end: the window starts at the contig's first base; the variant sits off-centre
+    assert [r["window_start"] for r in here[:4]] == [0, 0, 0, 0]
+    assert here[0]["p_ref"] is None  # the first base has no context to be predicted from
+    assert here[1]["p_ref"] is not None
+    # an independent check of one shifted window: log p of the two whole windows
+    s = len(genome) - W
+    alt = genome[s:139] + near_right[1].alt + genome[140:]
+    assert here[5]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt) - total_loglik(model, genome[s:]), rel=1e-5, abs=1e-6)
+
+
+def test_contig_shorter_than_the_window_is_the_window(ray_local, tiny_model, model, rng,
+                                                      tmp_path, capsys):
+    from genomeconv.pipelines.variants import score_variants
+
+    genome = {"short": random_seq(rng, 90), "long": random_seq(rng, 400)}
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    table = tmp_path / "v.tsv"
+    picks = [("short", 10), ("short", 80), ("long", 200)]
+    table.write_text("chrom\tpos\tref\talt\n" + "".join(
+        f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1])}\n" for c, p in picks))
+    summary = score_variants(table, fasta, tmp_path / "out", model=str(tiny_model), window=120)
+    assert summary.rows_written == 3 and summary.statuses == {"ok": 3}
+    assert capsys.readouterr().err.count("\n") == 1  # one line names the short contig
+    got = {(r["chrom"], r["pos"]): r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert (got[("short", 10)]["window_start"], got[("short", 10)]["window_end"]) == (0, 90)
+    assert (got[("long", 200)]["window_start"], got[("long", 200)]["window_end"]) == (139, 259)
+    g = genome["short"]
+    alt = g[:79] + other_base(g[79]) + g[80:]
+    assert got[("short", 80)]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt) - total_loglik(model, g), rel=1e-5, abs=1e-6)
+
+
+def test_short_contig_note_is_one_line(tmp_path, rng):
+    from genomeconv.pipelines.variants import short_contig_note
+
+    genome = {f"c{i}": random_seq(rng, 50 + i) for i in range(5)}
+    genome["big"] = random_seq(rng, 500)
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    variants = [var(c, 3, s[2], other_base(s[2])) for c, s in genome.items()]
+    text = short_contig_note(variants, fasta, 10_000_000)
+    assert text == ("--window 10,000,000 is longer than contigs c0 (50 bp), c1 (51 bp), c2 "
+                    "(52 bp) and 3 more: variants there are scored with the whole contig as "
+                    "window")
+    assert short_contig_note(variants, fasta, 40) is None
+
+
+def test_nonfinite_scores_stop_or_are_marked(rng, tmp_path):
+    torch.manual_seed(2)
+    broken = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=64, max_seq_len=MAX_LEN))
+    with torch.no_grad():
+        broken.backbone.ln_f.weight[5] = float("nan")
+    broken.model_id = "tests/nan-model"
+    genome = random_seq(rng, 120)
+    fasta = FastaFile(write_fasta(tmp_path / "ref.fa", {"chr1": genome}))
+    planned = [plan_variant(var("chr1", 60, genome[59], other_base(genome[59]), "rsX"), fasta,
+                            W, {})]
+    with pytest.raises(InputError) as err:
+        score_planned(broken.eval(), planned, window=W)
+    assert str(err.value).startswith("tests/nan-model: the model gives non-finite")
+    assert f"variant chr1:60 {genome[59]}>{other_base(genome[59])} (rsX)" in str(err.value)
+    rows = score_planned(broken, planned, window=W, keep_nonfinite=True)
+    assert rows[0]["nonfinite"] is True and math.isnan(rows[0]["llr_fwd"])
+
+
+def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model, model, rng,
+                                                           tmp_path, capsys):
+    """A region, then the whole input with another --unit-size (one part emptied, one cut, and
+    an allele listed twice): each allele lands as often as the input lists it, with the scores
+    of a direct computation; another window, strand setting, FASTA or model weights is refused
+    naming the difference; --overwrite starts afresh."""
+    import shutil
+
+    from genomeconv.pipelines.variants import score_variants
+
+    genome = {"chr1": random_seq(rng, 300), "chr2": random_seq(rng, 200)}
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    picks = [("chr1", p) for p in (20, 60, 61, 150, 151, 290)] + [("chr2", p) for p in (5, 90)]
+    lines = [f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1], p)}\n"
+             for c, p in picks]
+    lines.append(lines[1])  # listed twice: two rows
+    table = tmp_path / "v.tsv"
+    table.write_text("chrom\tpos\tref\talt\n" + "".join(lines))
+    out = tmp_path / "out"
+    run = functools.partial(score_variants, table, fasta, out, model=str(model_dir), window=W)
+    first = run(region="chr1:1-100", unit_size=1)
+    assert (first.variants, first.variants_skipped, first.rows_written) == (4, 0, 4)
+    parts = sorted(out.glob("part-*.parquet"))
+    parts[0].write_bytes(b"")
+    parts[1].write_bytes(parts[1].read_bytes()[:100])
+    capsys.readouterr()
+    second = run(unit_size=3)
+    assert capsys.readouterr().err.count("not counted as done") == 2
+    assert (second.variants, second.variants_skipped, second.rows_written) == (9, 2, 7)
+    rows = pq.read_table(out).to_pylist()
+    keys = sorted((r["chrom"], r["pos"]) for r in rows)
+    assert keys == sorted(picks + [picks[1]])  # each allele as often as listed
+    direct = {(r["chrom"], r["pos"]): r for r in score(
+        model, genome, [var(c, p, genome[c][p - 1], other_base(genome[c][p - 1], p))
+                        for c, p in picks], tmp_path, "direct.fa")}
+    for r in rows:
+        for key in ("llr_fwd", "llr_rev", "emb_l2"):
+            assert r[key] == pytest.approx(direct[(r["chrom"], r["pos"])][key], rel=1e-5,
+                                           abs=1e-6)
+
+    def refused(**changes) -> str:
+        with pytest.raises(InputError) as err:
+            score_variants(table, changes.pop("fasta", fasta), out, model=str(model_dir),
+                           **{"window": W, **changes})
+        return str(err.value)
+
+    assert f"window: {W} (in the folder) vs {W + 2} (this run)" in refused(window=W + 2)
+    assert "rc: True (in the folder) vs False (this run)" in refused(rc=False)
+    assert "site_probs: False (in the folder) vs True (this run)" in refused(site_probs=True)
+    other_fasta = write_fasta(tmp_path / "other.fa", genome)
+    assert f"fasta.path: '{Path(fasta).resolve()}' (in the folder) vs " in refused(
+        fasta=other_fasta)
+    changed = load(str(model_dir))
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(1.5)  # other weights, same config, same folder
+    changed.save(model_dir)
+    text = refused()
+    assert "model_weights_sha256: " in text and "model_config_sha256" not in text
+    fresh = run(unit_size=4, overwrite=True)
+    assert (fresh.variants_skipped, fresh.rows_written) == (0, 9)
+    assert pq.read_table(out).num_rows == 9 and not list(out.glob(".damaged-*"))

@@ -1,7 +1,7 @@
 """What makes an output folder trustworthy: its run manifest, one writer at a time, and
 per-key completion checked part by part.
 
-- Manifest (OUT/genomeconv-manifest.json): the settings that change values (output kind, model
+- Manifest (OUT/_genomeconv_manifest.json): the settings that change values (output kind, model
   id, sha256 of the model's weight files and config, pooling, window, strands, dtype, device
   type...) and fingerprints of the inputs values depend on (path, size, content sha256; files over
   FULL_HASH_BYTES are hashed on their first and last MiB and compared by mtime too). Which items
@@ -40,7 +40,7 @@ from typing import Any
 from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.pipelines import schema
 
-MANIFEST_FILE = "genomeconv-manifest.json"
+MANIFEST_FILE = "_genomeconv_manifest.json"  # "_": readers of the folder (pyarrow) skip it
 LOCK_FILE = ".genomeconv.lock"
 COMMIT_LOCK_FILE = ".genomeconv.commit"
 PART_GLOB = "part-*.parquet"
@@ -233,9 +233,9 @@ class FolderLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise InputError(f"another genomeconv run is writing here ({_describe(_holder(self.path))}); "
-                             "wait for it to finish or pass another --out",
-                             path=self.folder) from None
+            holder = _describe(_holder(self.path))
+            raise InputError(f"another genomeconv run is writing here ({holder}); wait for it "
+                             "to finish or pass another --out", path=self.folder) from None
         stale = _holder(self.path)
         if stale:
             note(f"{self.folder}: taking over a stale lock left by a run that is gone "
@@ -356,9 +356,9 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
                              "older genomeconv or by hand); pass --overwrite to replace them or "
                              "use another --out", path=folder)
         write_atomic(path, manifest.to_json(command))
-        for d in dirs:
+        for d in dirs:  # temporary files of a killed run, whose workers can no longer commit
             for tmp in d.glob(TEMP_GLOB) if d.is_dir() else ():
-                tmp.unlink(missing_ok=True)  # left by a killed run; its workers can no longer commit
+                tmp.unlink(missing_ok=True)
         yield Run(folder, manifest, token)
     finally:
         lock.release()
