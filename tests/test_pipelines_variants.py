@@ -60,7 +60,7 @@ def score(model, contigs: dict[str, str], variants: list[Variant], tmp_path: Pat
     fasta = FastaFile(str(write_fasta(tmp_path / name, contigs)))
     cache: dict = {}
     planned = [plan_variant(v, fasta, window, cache) for v in variants]
-    return score_planned(model, planned, window=window, rc=rc, site_probs=True, batch_size=4)
+    return score_planned(model, planned, rc=rc, site_probs=True, batch_size=4)
 
 
 def var(chrom: str, pos: int, ref: str, alt: str, vid: str | None = None) -> Variant:
@@ -377,10 +377,10 @@ def test_nonfinite_scores_stop_or_are_marked(rng, tmp_path):
     planned = [plan_variant(var("chr1", 60, genome[59], other_base(genome[59]), "rsX"), fasta,
                             W, {})]
     with pytest.raises(InputError) as err:
-        score_planned(broken.eval(), planned, window=W)
+        score_planned(broken.eval(), planned)
     assert str(err.value).startswith("tests/nan-model: the model gives non-finite")
     assert f"variant chr1:60 {genome[59]}>{other_base(genome[59])} (rsX)" in str(err.value)
-    rows = score_planned(broken, planned, window=W, keep_nonfinite=True)
+    rows = score_planned(broken, planned, keep_nonfinite=True)
     assert rows[0]["nonfinite"] is True and math.isnan(rows[0]["llr_fwd"])
 
 

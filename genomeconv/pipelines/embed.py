@@ -497,7 +497,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     run_manifest = embed_manifest(
         model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
         per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
-        device_type="cuda" if str(device or "cpu").startswith("cuda") else "cpu",
+        device_type=runtime.device_type(device),
         keep_nonfinite=keep_nonfinite)
     del probe
     items_done = bp_done = peak_rss = 0

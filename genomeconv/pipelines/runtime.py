@@ -70,6 +70,12 @@ def compute_dtype(name: str | None) -> Any:
     return getattr(torch, name)
 
 
+def device_type(device: str | None) -> str:
+    """"cuda" or "cpu" for a job's --device (None: cpu); results differ between them in the last
+    bits, so run manifests record it."""
+    return "cuda" if str(device or "cpu").startswith("cuda") else "cpu"
+
+
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 

@@ -80,6 +80,7 @@ KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
 SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt",
                  "finetuned_score")
 
+
 def default_window(max_seq_len: int, device: str | None = None) -> int:
     """The default window: the model's maximum length, capped (32,768 on CPU, 131,072 on CUDA)."""
     cap = CUDA_WINDOW_CAP if str(device or "cpu").startswith("cuda") else CPU_WINDOW_CAP
@@ -226,7 +227,7 @@ def run_windows(model: Any, seqs: Sequence[str], *, sites: Sequence[Iterable[int
     return out  # type: ignore[return-value]
 
 
-def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int, rc: bool = True,
+def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = True,
                   site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
                   head: Any = None, keep_nonfinite: bool = False) -> list[dict[str, Any]]:
     """Score planned variants (those with status "ok"); one output row per planned variant.
@@ -236,7 +237,6 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int,
     mean-pooled forward ref and alt hidden states. A NaN or infinite score raises InputError
     naming the variant, unless keep_nonfinite (the row is then marked nonfinite).
     """
-    del window  # each planned variant carries its own window
     scored = [pv for pv in planned if pv.status == "ok"]
     fwd = _unique(s for pv in scored for s in (pv.ref_seq, pv.alt_seq))
     sites: dict[str, set[int]] = {s: set() for s in fwd}
@@ -369,7 +369,7 @@ class UnitScorer:
         """Score one unit, write its part, return its row count, statuses and contig renamings."""
         contigs: dict[str, str | None] = {}
         planned = [plan_variant(v, self.fasta, self.window, contigs) for v in variants]
-        rows = score_planned(self.model, planned, window=self.window, rc=self.rc,
+        rows = score_planned(self.model, planned, rc=self.rc,
                              site_probs=self.site_probs, batch_size=self.batch_size,
                              dtype=self.dtype, head=self.head, keep_nonfinite=self.keep_nonfinite)
         runtime.write_part(pa.Table.from_pylist(rows, schema=schema.VARIANTS), self.out, unit_id,
@@ -471,7 +471,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     run_manifest = variants_manifest(
         model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
         site_probs=site_probs, dtype=dtype,
-        device_type="cuda" if str(device or "cpu").startswith("cuda") else "cpu",
+        device_type=runtime.device_type(device),
         keep_nonfinite=keep_nonfinite)
     metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
     del probe
