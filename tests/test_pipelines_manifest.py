@@ -189,3 +189,14 @@ def test_read_part_keys_counts_only_sound_parts(tmp_path, capsys):
     moved = manifest.move_aside(empty, "it is empty (zero bytes)")
     assert moved.name.startswith(".damaged-") and not empty.exists()
     assert f"{empty}: not counted as done because it is empty" in capsys.readouterr().err
+
+
+def test_another_kind_of_output_is_refused(tmp_path):
+    out = tmp_path / "out"
+    scores = manifest.Manifest("variants", {"window": 33})
+    with manifest.open_run(out, scores, part_dirs=[out], command="score-variants"):
+        write_part(out, "u1", ["a"], scores.sha256)
+    with pytest.raises(InputError, match="kind: 'variants' \\(in the folder\\) vs 'embed'"):
+        with manifest.open_run(out, make_manifest(tmp_path), part_dirs=[out / "embeddings"],
+                               command="embed"):
+            pass

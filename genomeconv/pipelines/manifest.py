@@ -337,12 +337,14 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
     token = lock.acquire()
     try:
         path = folder / MANIFEST_FILE
-        parts = [p for d in dirs if d.is_dir() for p in d.glob(PART_GLOB)]
+        parts = sorted(folder.rglob(PART_GLOB))  # any kind's: embed's sit in subfolders
         if overwrite:
-            for p in _outputs(dirs):
+            removed = _outputs(dirs)
+            for p in removed:
                 p.unlink()
             path.unlink(missing_ok=True)
-            note(f"{folder}: --overwrite removed {len(parts)} earlier part(s)")
+            count = sum(p.name.startswith("part-") for p in removed)
+            note(f"{folder}: --overwrite removed {count} earlier part(s)")
         elif path.exists():
             old, raw = Manifest.read(path)
             diffs = differences(old, manifest, old_schema=raw.get("schema_version"))
