@@ -77,11 +77,8 @@ def embed(
                       batch_size=batch_size, chunk_size=chunk_size, address=address,
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
                       dtype=dtype, command=command_line(), on_plan=on_plan, on_unit=on_unit)
-    except (ValueError, KeyError, OSError) as exc:
+    finally:
         progress.stop()
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
-    progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
     typer.echo(f"{summary.items} items, {summary.bp:,} bp in {summary.units} units "
                f"({summary.units_skipped} already done); embedded {summary.items_done} items, "
