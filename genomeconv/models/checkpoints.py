@@ -104,7 +104,8 @@ def _check_value(name: str, value: Any, kind: type, path: Path) -> None:
     else:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok:
-        raise InputError(f"config value {name} = {value!r} is not a {kind.__name__}", path=path)
+        wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
+        raise InputError(f"config value {name} = {value!r} is not {wanted}", path=path)
     if kind is float and not math.isfinite(value):
         raise InputError(f"config value {name} = {value!r} is not finite", path=path)
     if kind is int and value < _MIN_VALUE.get(name, 1):
