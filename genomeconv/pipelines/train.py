@@ -304,7 +304,7 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
     out = Path(out)
     split = training_data.load_genome(genome, val_records=opts.val_records,
                                       val_fraction=opts.val_fraction)
-    training_data.check_window_fits(split, max(opts.seq_len, *opts.warmup_lengths))
+    training_data.check_window_fits(split, max((opts.seq_len, *opts.warmup_lengths)))
     val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     config = HyenaConfig(d_model=opts.d_model, n_layer=opts.n_layer,
                          d_inner=opts.d_inner or 4 * opts.d_model, max_seq_len=opts.seq_len)
