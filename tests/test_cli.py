@@ -1,18 +1,15 @@
 """The command line's common parts: the error boundary, -v, the dtype warning."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from fixtures import cli_env, run_cli
 from genomeconv.cli import USER_ERRORS, app, error_line
-from genomeconv.errors import VERBOSE_ENV, InputError
+from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_info_lists_versions_and_devices():
@@ -60,14 +57,6 @@ def test_local_jobs_warn_about_an_emulated_dtype_before_running(tmp_path, monkey
 
 
 # ------------------------------------------------------------------ the error boundary
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
-    for key in (VERBOSE_ENV, "RAY_ADDRESS"):
-        if key not in extra:
-            env.pop(key, None)
-    return env
-
-
 def test_error_line_is_one_line_from_the_cause():
     from ray.exceptions import RayTaskError
 
@@ -90,9 +79,7 @@ def test_bugs_keep_their_traceback(monkeypatch):
 
 @pytest.mark.parametrize("flag", ["-v", "--verbose", "--debug"])
 def test_verbose_shows_the_traceback_then_the_line(tmp_path, flag):
-    run = subprocess.run([sys.executable, "-m", "genomeconv.cli", flag, "query",
-                          str(tmp_path / "nothing")], env=_env(), capture_output=True,
-                         text=True, timeout=300)
+    run = run_cli(flag, "query", tmp_path / "nothing")
     assert run.returncode == 2
     assert "Traceback (most recent call last)" in run.stderr and "InputError" in run.stderr
     assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nothing'}: no such output"
@@ -117,7 +104,7 @@ def test_every_command_ends_bad_input_with_one_line_and_exit_2(tmp_path):
         "jobs stop": ["jobs", "stop", "x", "--address", nowhere],
     }
     script = [sys.executable, "-c", "from genomeconv.cli import main; main()"]
-    running = {name: subprocess.Popen([*script, *map(str, args)], env=_env(),
+    running = {name: subprocess.Popen([*script, *map(str, args)], env=cli_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for name, args in commands.items()}
     for name, proc in running.items():

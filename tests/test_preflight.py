@@ -6,42 +6,22 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fixtures import random_seq, write_fasta
+from fixtures import assert_one_line_error, random_seq, run_cli, write_fasta
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA
 from genomeconv.pipelines import preflight
 
-REPO = Path(__file__).resolve().parents[1]
 # sysfs refuses new files even to root (chmod 0o555 does not stop root), so it stands for a
 # read-only folder on every machine.
 READ_ONLY = Path("/sys/kernel")
 CUDA_COUNT = torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def cli(*args, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
-    for key in ("GENOMECONV_VERBOSE", "RAY_ADDRESS"):
-        env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(run: subprocess.CompletedProcess, *texts: str) -> None:
-    lines = run.stderr.strip().splitlines()
-    assert run.returncode == 2 and len(lines) == 1, run.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in run.stderr
-    for text in texts:
-        assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +132,7 @@ def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case)
         (broken / "config.json").write_text(json.dumps(meta))
         args["model"] = broken
         want = ("config.json", "d_model = 'wide' is not an integer")
-    run = cli("score-variants", args["vcf"], "--fasta", args["fasta"], "--out", args["out"],
+    run = run_cli("score-variants", args["vcf"], "--fasta", args["fasta"], "--out", args["out"],
               "--model", args["model"], *args["extra"])
     assert_one_line_error(run, *want)
     if case != "out_file":
@@ -171,6 +151,6 @@ def test_embed_refuses_before_ray(inputs, tmp_path, case):
         "device_cuda": (["--device", f"cuda:{CUDA_COUNT}"], ("--device cuda:",)),
         "out_read_only": (["--out", str(READ_ONLY / "o")], ("--out is not writable",)),
     }[case]
-    run = cli("embed", fasta, "--model", model, "--out", out, *extra)
+    run = run_cli("embed", fasta, "--model", model, "--out", out, *extra)
     assert_one_line_error(run, *want)
     assert not out.exists()

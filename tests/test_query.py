@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +15,7 @@ from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.pipelines import query as pipeline
 from genomeconv.pipelines import runtime, schema
+from fixtures import assert_one_line_error, run_cli
 
 D = 8
 MODEL = SimpleNamespace(model_id="test/random", config_sha256="ab" * 32)
@@ -235,23 +232,6 @@ def test_neighbors_refuse_mixed_models(outputs, rng):
 
 
 # ------------------------------------------------------------------ read-only, one-line errors
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    """The real command line in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("GENOMECONV_VERBOSE", None)
-    return subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def assert_one_line_error(run: subprocess.CompletedProcess, *texts: str) -> None:
-    """Exit 2, and stderr is exactly one line `error: ...` holding each of `texts`."""
-    lines = run.stderr.strip().splitlines()
-    assert run.returncode == 2 and len(lines) == 1, run.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in run.stderr
-    for text in texts:
-        assert text in lines[0], lines[0]
-
-
 ATTACKS = {
     "copy": ("COPY (SELECT 1 AS x) TO '{victim}' (FORMAT csv)", "only SELECT"),
     "escape_wrapper": ("SELECT 1 AS x) AS q; COPY (SELECT 1 AS x) TO '{victim}' (FORMAT csv); "
@@ -310,12 +290,12 @@ def test_the_connection_itself_is_locked(outputs):
 def test_sql_attacks_through_the_cli(outputs):
     victim = outputs.tmp / "victim.csv"
     escape = f"SELECT 1 AS x) AS q; COPY (SELECT 1 AS x) TO '{victim}'; SELECT * FROM (SELECT 1"
-    assert_one_line_error(cli("query", outputs.embed, escape, "--limit", "3"), "SQL:")
-    assert_one_line_error(cli("query", outputs.embed, f"COPY embeddings TO '{victim}'"),
+    assert_one_line_error(run_cli("query", outputs.embed, escape, "--limit", "3"), "SQL:")
+    assert_one_line_error(run_cli("query", outputs.embed, f"COPY embeddings TO '{victim}'"),
                           "only SELECT")
-    assert_one_line_error(cli("query", outputs.embed, "SELECT * FROM read_csv('/etc/hostname')"),
-                          "disabled by configuration")
-    assert_one_line_error(cli("query", outputs.embed, "SELECT nope FROM embeddings"), "SQL:",
+    read = run_cli("query", outputs.embed, "SELECT * FROM read_csv('/etc/hostname')")
+    assert_one_line_error(read, "disabled by configuration")
+    assert_one_line_error(run_cli("query", outputs.embed, "SELECT nope FROM embeddings"), "SQL:",
                           "nope")
     assert not victim.exists()
 
@@ -328,22 +308,23 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
     for inside in (outputs.variants / "rows.csv", outputs.variants / "sub" / "rows.csv",
                    outputs.embed / "embeddings" / "rows.csv", outputs.embed / "rows.csv",
                    parts[0]):
-        run = cli(*args, "--out", inside, "--force")
+        run = run_cli(*args, "--out", inside, "--force")
         assert_one_line_error(run, "genomeconv output folder")
     assert pq.read_table(parts[0]).num_rows == 80  # untouched
     marked = outputs.tmp / "marked"
     marked.mkdir()
     (marked / "manifest.json").write_text("{}")
-    assert_one_line_error(cli(*args, "--out", marked / "rows.csv"), "genomeconv output folder")
+    assert_one_line_error(run_cli(*args, "--out", marked / "rows.csv"),
+                          "genomeconv output folder")
     target = outputs.tmp / "rows.csv"
     target.write_text("keep me\n")
-    assert_one_line_error(cli(*args, "--out", target), "already exists", "--force")
+    assert_one_line_error(run_cli(*args, "--out", target), "already exists", "--force")
     assert target.read_text() == "keep me\n"
-    assert_one_line_error(cli(*args, "--out", outputs.tmp), "is a folder")
-    forced = cli(*args, "--out", target, "--force")
+    assert_one_line_error(run_cli(*args, "--out", outputs.tmp), "is a folder")
+    forced = run_cli(*args, "--out", target, "--force")
     assert forced.returncode == 0, forced.stderr
     assert len(target.read_text().splitlines()) == 4
-    beside = cli("neighbors", outputs.embed, outputs.emb[1]["item_id"], "--format", "csv",
+    beside = run_cli("neighbors", outputs.embed, outputs.emb[1]["item_id"], "--format", "csv",
                  "--out", outputs.embed / "n.csv")
     assert_one_line_error(beside, "genomeconv output folder")
 
@@ -355,7 +336,7 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
 ])
 def test_bad_numbers_are_usage_errors(outputs, args, text):
     """Typer's own usage errors (exit 2): the option and its bound are named."""
-    run = cli(*(a.format(var=outputs.variants, emb=outputs.embed) for a in args))
+    run = run_cli(*(a.format(var=outputs.variants, emb=outputs.embed) for a in args))
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
     assert text in " ".join(run.stderr.replace("│", " ").split())
 
@@ -371,21 +352,22 @@ def test_pipeline_refuses_bad_numbers(outputs):
 
 
 def test_neighbors_say_why_they_return_nothing(outputs, tmp_path_factory, rng):
-    assert_one_line_error(cli("neighbors", outputs.embed, "nosuch"), "no embedding for 'nosuch'")
+    assert_one_line_error(run_cli("neighbors", outputs.embed, "nosuch"),
+                          "no embedding for 'nosuch'")
     rows = _embedding_rows(rng, 6)
     for row in rows:
         row["pooling"] = "mean"
     rows[0]["embedding"] = [float("nan")] * D
     broken = tmp_path_factory.mktemp("broken")
     _write(rows, schema.embeddings_schema(D), broken, "000000-a", "embeddings")
-    assert_one_line_error(cli("neighbors", broken, "item0000"), "'item0000'", "not finite")
+    assert_one_line_error(run_cli("neighbors", broken, "item0000"), "'item0000'", "not finite")
     for row in rows[1:]:
         row["embedding"] = [float("inf")] + [0.0] * (D - 1)
     rows[0]["embedding"] = rng.standard_normal(D).tolist()
     all_bad = tmp_path_factory.mktemp("all_bad")
     _write(rows, schema.embeddings_schema(D), all_bad, "000000-a", "embeddings")
-    assert_one_line_error(cli("neighbors", all_bad, "item0000"), "all 5 candidate embeddings",
+    assert_one_line_error(run_cli("neighbors", all_bad, "item0000"), "all 5 candidate embeddings",
                           "non-finite")
     alone = tmp_path_factory.mktemp("alone")
     _write(rows[:1], schema.embeddings_schema(D), alone, "000000-a", "embeddings")
-    assert_one_line_error(cli("neighbors", alone, "item0000"), "no other item")
+    assert_one_line_error(run_cli("neighbors", alone, "item0000"), "no other item")

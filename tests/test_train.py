@@ -26,7 +26,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
-from fixtures import write_fasta
+from fixtures import assert_one_line_error, run_cli, write_fasta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -369,14 +369,7 @@ def test_finetune_input_errors(variant_task, tmp_path, case, extra, want):
 
 def test_train_errors_through_the_console_script(tmp_path):
     """The real CLI in a fresh process: one stderr line, exit 2 (pretrain and finetune)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("GENOMECONV_VERBOSE", None)
-    for args, want in ((["pretrain", tmp_path / "none.fa", "--out", tmp_path / "o"],
-                        "FASTA file not found"),
-                       (["finetune", tmp_path / "v.tsv", "--fasta", tmp_path / "none.fa",
-                         "--freeze", "x", "--out", tmp_path / "o"], "--freeze takes")):
-        run = subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)], env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-            next(line for line in run.stderr.splitlines() if line.startswith("error: "))]
-        assert want in run.stderr
+    assert_one_line_error(run_cli("pretrain", tmp_path / "none.fa", "--out", tmp_path / "o"),
+                          "FASTA file not found")
+    assert_one_line_error(run_cli("finetune", tmp_path / "v.tsv", "--fasta", tmp_path / "none.fa",
+                                  "--freeze", "x", "--out", tmp_path / "o"), "--freeze takes")

@@ -99,8 +99,8 @@ def _record(fa, name: str, path: str | Path) -> str:
     try:
         return fa.resolve(name)
     except KeyError:
-        raise InputError(f"--val-records {name!r} is not a record (records: "
-                         f"{', '.join(fa.references[:5])}{', ...' if len(fa.references) > 5 else ''})",
+        shown = ", ".join(fa.references[:5]) + (", ..." if len(fa.references) > 5 else "")
+        raise InputError(f"--val-records {name!r} is not a record (records: {shown})",
                          path=path) from None
 
 
