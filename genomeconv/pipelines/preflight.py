@@ -87,7 +87,11 @@ def check_gpus(gpus_per_worker: float, num_workers: int, address: str | None) ->
     if cluster:
         from genomeconv.pipelines.runtime import connect
 
-        have, where = float(connect(address).get("GPU", 0)), f"the Ray cluster at {cluster}"
+        try:
+            have = float(connect(address).get("GPU", 0))
+        except ConnectionError as exc:
+            raise InputError(f"no Ray cluster at {cluster} ({exc})") from None
+        where = f"the Ray cluster at {cluster}"
     else:
         import torch
 
