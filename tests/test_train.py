@@ -373,3 +373,27 @@ def test_train_errors_through_the_console_script(tmp_path):
                           "FASTA file not found")
     assert_one_line_error(run_cli("finetune", tmp_path / "v.tsv", "--fasta", tmp_path / "none.fa",
                                   "--freeze", "x", "--out", tmp_path / "o"), "--freeze takes")
+
+
+def test_broken_fine_tuned_heads_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from genomeconv.errors import InputError
+
+    meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
+    head = tr.make_head(6, 1, 4)
+    tr.save_head(head, meta, tmp_path)
+    assert tr.load_head(tmp_path).meta["classes"] == ["a", "b"]
+    save_file({"0.weight": torch.randn(3, 6)}, str(tmp_path / "head.safetensors"))
+    with pytest.raises(InputError, match="unreadable fine-tuned head") as info:
+        tr.load_head(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "head.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="unreadable fine-tuned head"):
+        tr.load_head(tmp_path)
+    (tmp_path / "head.json").write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="unknown head format 'other'"):
+        tr.load_head(tmp_path)
+    (tmp_path / "head.json").write_text("{")
+    with pytest.raises(InputError, match="head.json: not valid JSON"):
+        tr.load_head(tmp_path)
