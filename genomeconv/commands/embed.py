@@ -82,11 +82,8 @@ def embed(
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
                       dtype=dtype, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
                       command=command_line(), on_plan=on_plan, on_unit=on_unit)
-    except (ValueError, KeyError, OSError) as exc:
+    finally:
         progress.stop()
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
-    progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
     typer.echo(f"{summary.items} items, {summary.bp:,} bp ({summary.items_skipped} already "
                f"done); embedded {summary.items_done} items in {summary.units} units, "

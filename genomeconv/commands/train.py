@@ -26,7 +26,10 @@ NumWorkers = Annotated[int, typer.Option("--num-workers", min=1, help="Ray Train
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _names(text: Optional[str]) -> tuple[str, ...]:
@@ -134,8 +137,6 @@ def finetune(
     from genomeconv.pipelines.train import FinetuneOptions
     from genomeconv.pipelines.train import finetune as run
 
-    if freeze not in ("all", "none") and not freeze.isdigit():
-        raise typer.BadParameter("--freeze takes all, none or a number of layers")
     opts = FinetuneOptions(
         label=label, base_model=base_model, freeze=freeze, window=window, head_hidden=head_hidden,
         epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,

@@ -47,16 +47,12 @@ def score_variants(
     from genomeconv.pipelines.variants import score_variants as run
 
     warn_emulated_dtype(dtype, device, address)
-    try:
-        summary = run(variants, fasta, out, model=model, window=window, region=region,
-                      genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
-                      gtf=gtf, address=address, num_workers=num_workers, device=device,
-                      dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
-                      unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
-                      command=command_line())
-    except (ValueError, KeyError, OSError) as exc:  # bad inputs or options: a message, no trace
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    summary = run(variants, fasta, out, model=model, window=window, region=region,
+                  genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
+                  gtf=gtf, address=address, num_workers=num_workers, device=device,
+                  dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
+                  unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                  command=command_line())
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "none"

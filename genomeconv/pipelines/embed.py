@@ -35,7 +35,7 @@ from typing import Any
 
 from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import Interval, format_region, parse_region
-from genomeconv.pipelines import manifest, runtime, schema
+from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
@@ -475,6 +475,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     if batch_size < 1 or num_workers < 1:
         raise ValueError("--batch-size and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
+    preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
+                    gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
     probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
     # Workers may run in another directory (or on another node): hand them absolute paths.
     input_path, out = Path(input_path).resolve(), Path(out).resolve()

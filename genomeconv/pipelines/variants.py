@@ -67,7 +67,7 @@ import pyarrow as pa
 from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
-from genomeconv.pipelines import manifest, runtime, schema
+from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
@@ -456,6 +456,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
 
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
+    preflight.check(out, fasta=fasta, variants=variants, device=device,
+                    num_workers=num_workers, address=address)
     probe = load(model, device="cpu")
     head = fine_tuned_head(model)
     window = window or (head.window if head is not None
