@@ -81,8 +81,9 @@ def features_of(path: str | Path) -> list[Feature]:
 
 
 def genes_of(path: str | Path) -> list[Gene]:
-    """Genes of an annotation source: a record file (locus_tag/gene/protein_id), or a GTF/GFF3."""
-    if record_format(path) in ("genbank", "embl"):
+    """Genes of an annotation source: a record file (features grouped by locus_tag, else gene
+    name, as GenBank files and Prokka/Bakta GFF3 name them), or a GTF/GFF3 file."""
+    if is_record_file(path):
         return genes_from_features(record_features(path))
     return read_genes(path)
 

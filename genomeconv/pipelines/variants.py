@@ -375,6 +375,11 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     metadata[KEY_SETTINGS] = json.dumps({"window": window, "rc": rc, "site_probs": site_probs,
                                          "dtype": dtype, "fasta": str(fasta)}).encode()
     del probe
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.io.seqrecords import is_record_file
+
+    if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
+        gtf = fasta
     found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
     by_id = dict(zip(item_ids(found), found))
     units = runtime.plan_units(list(by_id), unit_size)
@@ -392,7 +397,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
             UnitScorer, batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(todo)))),
             num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-            fn_constructor_kwargs=dict(model=model, fasta=str(fasta), window=window, rc=rc,
+            fn_constructor_kwargs=dict(model=model, fasta=readable_fasta(fasta), window=window,
+                                       rc=rc,
                                        site_probs=site_probs, batch_size=batch_size,
                                        device=device, dtype=dtype, out=str(out),
                                        metadata=metadata))
