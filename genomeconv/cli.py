@@ -22,6 +22,9 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """Long-convolution DNA language models over whole genes and genomes."""
+    from genomeconv.logs import quiet_libraries
+
+    quiet_libraries()  # other libraries' INFO/WARNING lines, unless -v / GENOMECONV_VERBOSE
 
 
 def command_line() -> str:
