@@ -137,11 +137,14 @@ def test_features_and_genes_equal_the_gtf(genome, kind):
     assert set(genes(genome[kind])) == {"T_001", "T_002", "T_003"}
 
 
-def _plan(genome, kind, **kw):
-    src = genome[kind]
-    gtf = genome["gtf"] if kind == "fasta" else None
+def _rows(items):
     return [(it.seq_name, it.chrom, it.start, it.end, it.strand, it.length, it.gene_id,
-             it.gene_name, it.parts) for it in plan_fasta_items(src, gtf=gtf, **kw)]
+             it.gene_name, it.parts) for it in items]
+
+
+def _plan(genome, kind, **kw):
+    gtf = genome["gtf"] if kind == "fasta" else None
+    return _rows(plan_fasta_items(genome[kind], gtf=gtf, **kw))
 
 
 @pytest.mark.parametrize("kind", ["gbk", "embl.gz", "gff3"])
@@ -155,6 +158,16 @@ def test_planned_items_equal_fasta_plus_gtf(genome, kind):
     assert [c[0] for c in _plan(genome, kind, features=["CDS"])] == ["CDS:abcA", "CDS:T_002"]
     records = plan_fasta_items(genome[kind])  # no selection: whole records
     assert [(it.seq_name, it.length) for it in records] == [("R1.1", 600), ("R2.1", 250)]
+
+
+def test_gff3_without_fasta_is_an_annotation_not_a_reference(genome, tmp_path):
+    gff = tmp_path / "annotation.gff3"
+    gff.write_text(Path(genome["gff3"]).read_text().split("##FASTA")[0])
+    assert _shape(features_of(gff)) == _shape(features_of(genome["gff3"]))
+    assert _rows(plan_fasta_items(genome["fasta"], gtf=gff, genes=["T_001", "P_002.1"])) == \
+        _plan(genome, "fasta", genes=["T_001", "P_002.1"])
+    with pytest.raises(InputError, match="no sequence found.*needs a ##FASTA section"):
+        FastaFile(gff)
 
 
 def test_selection_errors_name_the_file(genome):

@@ -70,21 +70,30 @@ def sequence_fasta(path: str | Path) -> str:
 
 
 def record_features(path: str | Path) -> list[Feature]:
-    """Every feature of a record file, in file order (from the cached feature table)."""
+    """Every feature of a GenBank/EMBL file, in file order (from the cached feature table)."""
     rows = json.loads((converted(path) / FEATURES_NAME).read_text())
     return [Feature(**{**r, "parts": tuple(tuple(p) for p in r["parts"])}) for r in rows]
 
 
 def features_of(path: str | Path) -> list[Feature]:
-    """Features of an annotation source: a record file, or a GTF/GFF3 file."""
-    return record_features(path) if is_record_file(path) else read_features(path)
+    """Features of an annotation source: a GenBank/EMBL file, or a GTF/GFF3 file (with or
+    without a ##FASTA section, which needs no conversion to be read as an annotation)."""
+    if record_format(path) in ("genbank", "embl"):
+        return record_features(path)
+    return read_features(path)
 
 
 def genes_of(path: str | Path) -> list[Gene]:
-    """Genes of an annotation source: a record file (features grouped by locus_tag, else gene
-    name, as GenBank files and Prokka/Bakta GFF3 name them), or a GTF/GFF3 file."""
-    if is_record_file(path):
+    """Genes of an annotation source. GenBank/EMBL, and GFF3 whose features carry locus_tags
+    (Prokka, Bakta): features grouped by locus_tag, else gene name; other GFF3 and GTF: by
+    gene_id/ID (annotations.read_genes)."""
+    fmt = record_format(path)
+    if fmt in ("genbank", "embl"):
         return genes_from_features(record_features(path))
+    if fmt == "gff3":
+        features = read_features(path)
+        if any(f.locus_tag for f in features):
+            return genes_from_features(features)
     return read_genes(path)
 
 
@@ -92,9 +101,8 @@ def _convert(path: str | Path, fmt: str, folder: Path) -> None:
     """Write sequence.fa and features.json for one record file into `folder`."""
     features: list[Feature] = []
     with open(folder / SEQUENCE_NAME, "w") as out:
-        if fmt == "gff3":
+        if fmt == "gff3":  # its annotation lines are read directly (features_of, genes_of)
             records = _gff3_sequences(path)
-            features = read_features(path)
         else:
             records = _seqio_records(path, fmt, features)
         n = 0
