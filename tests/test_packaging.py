@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("genomeconv", "csrc", "pyproject.toml", "setup.py", "README.md", "LICENSE")
-DEEPSPEED_NAMES = sorted(p.stem for p in (ROOT / "genomeconv" / "data" / "deepspeed").glob("*.json"))
+DEEPSPEED_NAMES = sorted(p.stem for p in
+                         (ROOT / "genomeconv" / "data" / "deepspeed").glob("*.json"))
 
 RESOLVE = """
 import json, sys

@@ -86,12 +86,12 @@ def iter_variants(path: str | Path, *, region: str | Interval | None = None,
                   ) -> Iterator[Variant]:
     """Yield one `Variant` per ALT allele of a VCF/BCF or a table, in file order.
 
-    path: .vcf, .vcf.gz/.vcf.bgz (bgzip or plain gzip, index optional), .bcf, or a table (.parquet/.pq,
-    .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id (a leading '#'
-    and upper case in column names are accepted; an alt cell may hold several comma-separated
-    alleles). region (samtools style) and genes (names or ids, looked up in gtf: a GTF/GFF3 or a
-    GenBank/EMBL/GFF3+FASTA file) restrict the
-    output to variants whose POS lies inside them; both may be given (union).
+    path: .vcf, .vcf.gz/.vcf.bgz (bgzip or plain gzip, index optional), .bcf, or a table
+    (.parquet/.pq, .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id
+    (a leading '#' and upper case in column names are accepted; an alt cell may hold several
+    comma-separated alleles). region (samtools style) and genes (names or ids, looked up in gtf:
+    a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose POS lies
+    inside them; both may be given (union).
     """
     path = str(path)
     keep = _restriction(region, genes, gtf)

@@ -418,6 +418,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     import ray
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
     from genomeconv.models import load
 
     t0 = time.perf_counter()
@@ -465,10 +466,9 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
                         default=1)
         cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
-        from genomeconv.io.fasta import readable_fasta
-
         config = WorkerConfig(  # workers read the converted copy of a gzip/GenBank input
-            model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads, out=str(out), pooling=pooling,
+            model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads,
+            out=str(out), pooling=pooling,
             per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
             chunk_size=chunk_size, device=device or ("cuda" if gpus else None), dtype=dtype,
             threads=None if gpus else cpus, command=command)

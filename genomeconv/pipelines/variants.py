@@ -361,6 +361,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     """
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.io.seqrecords import is_record_file
     from genomeconv.models import load
 
     t0 = time.perf_counter()
@@ -375,9 +377,6 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     metadata[KEY_SETTINGS] = json.dumps({"window": window, "rc": rc, "site_probs": site_probs,
                                          "dtype": dtype, "fasta": str(fasta)}).encode()
     del probe
-    from genomeconv.io.fasta import readable_fasta
-    from genomeconv.io.seqrecords import is_record_file
-
     if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
         gtf = fasta
     found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
@@ -398,8 +397,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
             compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(todo)))),
             num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
             fn_constructor_kwargs=dict(model=model, fasta=readable_fasta(fasta), window=window,
-                                       rc=rc,
-                                       site_probs=site_probs, batch_size=batch_size,
+                                       rc=rc, site_probs=site_probs, batch_size=batch_size,
                                        device=device, dtype=dtype, out=str(out),
                                        metadata=metadata))
         results = ds.take_all()
