@@ -191,6 +191,20 @@ def test_feature_past_record_end_is_refused_like_the_gtf(tmp_path, rng):
         assert len(_plan(genome, kind, features=["CDS"], spliced=True)) == 2
 
 
+def test_pretrain_genome_from_gzip_and_genbank_equals_fasta(genome, tmp_path):
+    from genomeconv.pipelines.training_data import load_genome
+
+    gz = tmp_path / "genome.fa.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(Path(genome["fasta"]).read_bytes())
+
+    def split(path):
+        s = load_genome(path, val_records=["R2.1"])
+        return [(seg.record, seg.start, seg.ids.tobytes()) for seg in s.train + s.val]
+
+    assert split(gz) == split(genome["gbk"]) == split(genome["fasta"])
+
+
 # --- end to end: embed and score-variants on Ray -------------------------------------------
 
 

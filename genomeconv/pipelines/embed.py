@@ -443,7 +443,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         if gtf is not None or bed is not None:
             raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
         items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
-                                min_length=min_length, reference=fasta)
+                                min_length=min_length,
+                                reference=readable_fasta(fasta) if fasta else None)
     else:
         items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed,
                                  features=features, spliced=spliced)
