@@ -47,6 +47,26 @@ def test_verbose_shows_other_libraries_lines(tmp_path):
     assert any(not OWN.match(ln) for ln in proc.stderr.splitlines() if ln.strip())
 
 
+@pytest.mark.parametrize("loud", [False, True])
+def test_deepspeed_accelerator_line_hidden_unless_verbose(loud):
+    """DeepSpeed creates its logger on import (resetting its level): the filter added before
+    still drops its "Setting accelerator to CPU" warning."""
+    code = ("from genomeconv.logs import quiet_libraries; quiet_libraries()\n"
+            "from deepspeed.accelerator import get_accelerator; get_accelerator()")
+    env = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR",
+                                                            "GENOMECONV_VERBOSE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SAMPLE.parents[2]), env.get("PYTHONPATH", "")])
+    if loud:
+        env["GENOMECONV_VERBOSE"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import torch
+
+    cpu_only = not torch.cuda.is_available()  # with a GPU DeepSpeed has nothing to say here
+    assert ("Setting accelerator to CPU" in proc.stdout + proc.stderr) == (loud and cpu_only)
+
+
 def test_errors_of_other_libraries_still_surface(monkeypatch, caplog):
     monkeypatch.delenv("GENOMECONV_VERBOSE", raising=False)
     monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "fatal")  # restored after the test
