@@ -70,6 +70,9 @@ def root(
     """Long-convolution DNA language models over whole genes and genomes."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"  # read by errors.verbose(), here and in Ray workers
+    from genomeconv.logs import quiet_libraries
+
+    quiet_libraries()  # other libraries' INFO/WARNING lines, unless -v / GENOMECONV_VERBOSE
 
 
 def main() -> None:

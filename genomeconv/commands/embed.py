@@ -9,14 +9,21 @@ import typer
 
 
 def embed(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain or bgzip), or a "
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain, gzip or bgzip), "
+                                      "GenBank/EMBL (plain or gzip), GFF3 with ##FASTA, or a "
                                       "BAM/CRAM/unaligned BAM to embed its reads."),
     region: Optional[list[str]] = typer.Option(None, "--region", help="Region to embed, "
                                                "samtools style (chr1:1,000-2,000); repeatable."),
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3: embed its genes (whole "
                                        "span; minus-strand genes reverse-complemented)."),
-    genes: Optional[str] = typer.Option(None, "--genes", help="Only these genes of --gtf "
-                                        "(comma-separated gene_name or gene_id)."),
+    genes: Optional[str] = typer.Option(None, "--genes", help="Only these genes of --gtf or of "
+                                        "a GenBank/EMBL/GFF3 INPUT (comma-separated gene name, "
+                                        "gene_id/locus_tag or protein_id)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Embed each feature of "
+                                           "these types (comma-separated, e.g. gene,CDS) of a "
+                                           "GenBank/EMBL/GFF3 INPUT or of --gtf."),
+    spliced: bool = typer.Option(False, "--spliced", help="--features in several parts "
+                                 "(join(...)): embed the parts joined, not the whole span."),
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED intervals (0-based, strand "
                                        "column honoured)."),
     bam: Optional[Path] = typer.Option(None, "--bam", help="Reads to embed, one item per read "
@@ -76,7 +83,9 @@ def embed(
     try:
         summary = run(input_path, out, regions=region or (), gtf=gtf,
                       genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
-                      bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length, model=model,
+                      bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length,
+                      features=[f.strip() for f in features.split(",") if f.strip()]
+                      if features else None, spliced=spliced, model=model,
                       pooling=pooling, per_base=per_base, per_base_dtype=per_base_dtype,
                       batch_size=batch_size, chunk_size=chunk_size, address=address,
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,

@@ -11,7 +11,9 @@ import typer
 def score_variants(
     variants: Path = typer.Argument(..., help="VCF/BCF (plain, bgzip, BCF) or a Parquet/TSV/CSV "
                                     "table with chrom, pos, ref, alt[, id]."),
-    fasta: Path = typer.Option(..., "--fasta", help="Reference FASTA (plain or bgzip)."),
+    fasta: Path = typer.Option(..., "--fasta", help="Reference: FASTA (plain, gzip or bgzip), "
+                               "GenBank/EMBL or GFF3 with ##FASTA (then also the --genes "
+                               "annotation)."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
                                         "(default: the bundled model)."),
     out: Path = typer.Option(Path("variant_scores"), "--out", help="Output Parquet directory "
@@ -22,7 +24,8 @@ def score_variants(
     region: Optional[str] = typer.Option(None, "--region", help="Only variants in this region "
                                          "(samtools style, e.g. chr1:1,000-2,000)."),
     genes: Optional[str] = typer.Option(None, "--genes", help="Only variants inside these genes "
-                                        "(comma-separated names or ids; needs --gtf)."),
+                                        "(comma-separated names, locus_tags or protein_ids; "
+                                        "from --gtf or a GenBank/EMBL/GFF3 --fasta)."),
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3 annotation for --genes."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
                                           "(default: RAY_ADDRESS, else a local instance)."),

@@ -31,11 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genomeconv.errors import GenomeconvError, InputError
-from genomeconv.io.regions import Interval, format_region, parse_region
+from genomeconv.io.regions import Interval, format_region, parse_region, reverse_complement
 from genomeconv.pipelines import manifest, preflight, runtime, schema
+
+if TYPE_CHECKING:
+    from genomeconv.io.annotations import Feature
 
 LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
@@ -61,6 +64,7 @@ class Item:
     read_name: str | None = None
     read_flag: int | None = None
     read_offset: int | None = None
+    parts: list | None = None  # spliced feature: [start, end, strand] in biological order
 
 
 def item_id(source: str | Path, *parts: object) -> str:
@@ -96,17 +100,42 @@ def _interval_item(source: str, iv: Interval, seq_name: str, gene_id: str | None
                 gene_id=gene_id, gene_name=gene_name)
 
 
+def _feature_item(src: str, feature: Feature, spliced: bool,
+                  clip: Callable[[Interval], Interval]) -> Item:
+    """One annotated feature: its whole span, or with `spliced` (and several parts) its parts
+    joined; the key and seq_name ("CDS:abcA" or "CDS:abcA:spliced") say which."""
+    iv = clip(Interval(feature.chrom, feature.start, feature.end, feature.strand, feature.label))
+    parts = None
+    if spliced and len(feature.parts) > 1:
+        parts = [[s, e, strand] for s, e, strand in feature.parts]
+        for s, e, _ in parts:
+            clip(Interval(iv.chrom, s, e))
+    name = f"{feature.type}:{feature.label}" + (":spliced" if parts else "")
+    return Item(item_id(src, iv.chrom, iv.start, iv.end, iv.strand, name, parts), name, iv.chrom,
+                iv.start, iv.end, iv.strand,
+                sum(e - s for s, e, _ in parts) if parts else iv.end - iv.start,
+                gene_id=feature.locus_tag or feature.feature_id, gene_name=feature.gene,
+                parts=parts)
+
+
 def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
                      gtf: str | Path | None = None, genes: Sequence[str] | None = None,
-                     bed: str | Path | None = None) -> list[Item]:
-    """Items on a FASTA: the regions, the (selected) GTF/GFF3 genes and the BED intervals
-    asked for, or every record when none is given. Contig names are resolved against the FASTA
-    (chr1 <-> 1); unknown contigs and genes raise errors naming them."""
-    from genomeconv.io.annotations import read_bed, read_genes, select_genes
+                     bed: str | Path | None = None, features: Sequence[str] | None = None,
+                     spliced: bool = False) -> list[Item]:
+    """Items on a FASTA: the regions, the (selected) GTF/GFF3 genes or features of the given
+    types and the BED intervals asked for, or every record when none is given. A GenBank, EMBL
+    or GFF3+FASTA input is its own annotation when no `gtf` is given. Contig names are resolved
+    against the FASTA (chr1 <-> 1); unknown contigs and genes raise errors naming them."""
+    from genomeconv.io.annotations import read_bed, select_features, select_genes
     from genomeconv.io.fasta import FastaFile
+    from genomeconv.io.seqrecords import features_of, genes_of, is_record_file
 
     src = str(fasta_path)
     items: list[Item] = []
+    if gtf is None and (genes or features) and is_record_file(src):
+        gtf = src
+    if (genes or features) and gtf is None:
+        raise InputError("--genes and --features need --gtf, or a GenBank/EMBL/GFF3 input")
     with FastaFile(src) as fa:
         def clip(iv: Interval) -> Interval:
             chrom = fa.resolve(iv.chrom)
@@ -120,8 +149,11 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
         for text in regions:
             iv = clip(parse_region(text))
             items.append(_interval_item(src, iv, text))
-        if gtf is not None:
-            found = read_genes(gtf)
+        if features:
+            for f in select_features(features_of(gtf), features, genes, source=str(gtf)):
+                items.append(_feature_item(src, f, spliced, clip))
+        elif gtf is not None:
+            found = genes_of(gtf)
             if genes:
                 found = select_genes(found, genes, source=str(gtf))
             for g in found:
@@ -132,7 +164,7 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
             for iv in read_bed(bed):
                 iv = clip(iv)
                 items.append(_interval_item(src, iv, iv.name or format_region(iv)))
-        if not (regions or gtf or bed):
+        if not (regions or gtf is not None or bed):
             for name, size in zip(fa.references, fa.lengths):
                 items.append(_interval_item(src, Interval(name, 0, size), name))
     return _unique(items)
@@ -243,10 +275,14 @@ class EmbedActor:
         return out
 
     def sequence(self, item: Item) -> str:
-        """The item's bases in its own orientation (minus strand: reverse complement)."""
+        """The item's bases in its own orientation (minus strand: reverse complement; a spliced
+        feature: its parts joined, each in its own orientation)."""
         from genomeconv.io.reads import ReadRef
-        from genomeconv.io.regions import reverse_complement
 
+        if item.parts:
+            return "".join(self.source.fetch(item.chrom, s, e) if strand == "+" else
+                           reverse_complement(self.source.fetch(item.chrom, s, e))
+                           for s, e, strand in item.parts)
         if item.read_name is not None:
             return self.source.sequence(ReadRef(item.read_name, item.read_flag, item.chrom,
                                                 item.start, item.end, item.strand, item.length,
@@ -360,10 +396,14 @@ class _PerBaseWriter:
         import pyarrow as pa
 
         n = hidden.shape[0]
+        spliced = np.concatenate([np.arange(s, e) if strand == "+" else np.arange(e - 1, s - 1, -1)
+                                  for s, e, strand in item.parts]) if item.parts else None
         for lo in range(0, n, PER_BASE_ROWS):
             hi = min(n, lo + PER_BASE_ROWS)
             offsets = np.arange(lo, hi, dtype=np.int64)
-            if item.read_name is not None:
+            if spliced is not None:
+                positions = spliced[lo:hi].astype(np.int64)
+            elif item.read_name is not None:
                 positions = offsets
             elif item.strand == "-":
                 positions = item.end - 1 - offsets
@@ -447,7 +487,8 @@ class EmbedSummary:
 def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
           gtf: str | Path | None = None, genes: Sequence[str] | None = None,
           bed: str | Path | None = None, bam: str | Path | None = None, min_mapq: int = 0,
-          min_length: int = 0, model: str | None = None, pooling: str = "mean",
+          min_length: int = 0, features: Sequence[str] | None = None, spliced: bool = False,
+          model: str | None = None, pooling: str = "mean",
           per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
           chunk_size: int | None = None, address: str | None = None, num_workers: int = 1,
           gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
@@ -465,6 +506,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     import ray
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
     from genomeconv.models import load
 
     t0 = time.perf_counter()
@@ -491,9 +533,11 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         if gtf is not None or bed is not None:
             raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
         items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
-                                min_length=min_length, reference=fasta)
+                                min_length=min_length,
+                                reference=readable_fasta(fasta) if fasta else None)
     else:
-        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed)
+        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed,
+                                 features=features, spliced=spliced)
     gpus = gpus_per_worker if gpus_per_worker > 0 else 0
     device = device or ("cuda" if gpus else None)
     run_manifest = embed_manifest(
@@ -519,7 +563,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                             default=1)
             cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
             config = WorkerConfig(
-                model=model, fasta=fasta, reads=reads, out=str(out), pooling=pooling,
+                model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads,
+                out=str(out), pooling=pooling,
                 per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
                 chunk_size=chunk_size, device=device, dtype=dtype,
                 threads=None if gpus else cpus, command=command, keep_nonfinite=keep_nonfinite,

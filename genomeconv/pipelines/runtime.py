@@ -36,19 +36,32 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     address: a cluster address ("auto", "HOST:PORT"); None uses RAY_ADDRESS if set, else starts a
     local instance whose servers listen on 127.0.0.1 only.
     """
+    import logging
+
     import ray
+    import ray.data
+
+    from genomeconv import logs
+    from genomeconv.errors import verbose
 
     if not ray.is_initialized():
+        logs.quiet_libraries()  # after importing ray and ray.data, which set their own levels
         address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
+                                  "logging_level": logging.INFO if verbose() else logging.ERROR}
         if address is None:
             kwargs.update(num_cpus=num_cpus, include_dashboard=False,
-                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST)
+                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST,
+                          runtime_env={"env_vars": logs.worker_env(),
+                                       "worker_process_setup_hook":
+                                           "genomeconv.logs.quiet_libraries"})
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         else:
             kwargs["address"] = address
-        ray.init(**kwargs)
+        with logs.ray_start_output():
+            ray.init(**kwargs)
+        logs.quiet_libraries()
         _quiet_progress()
     return ray.cluster_resources()
 

@@ -8,7 +8,8 @@ whatever the number of processes and the DeepSpeed config's gradient accumulatio
 rows [(m * world + rank) * micro, ...) for micro-step m, so runs with different process counts
 follow the same loss curve.
 
-DeepSpeed config: a JSON file from workflows/deepspeed/ (by name, e.g. "zero2_bf16", or by path).
+DeepSpeed config: a JSON file shipped in genomeconv/data/deepspeed/ (by name, e.g. "zero2_bf16"),
+or any JSON file by path.
 genomeconv sets `train_batch_size` and `train_micro_batch_size_per_gpu` from `batch_size`, the
 world size and the file's `gradient_accumulation_steps`; the file chooses ZeRO stage, bf16,
 clipping and offload. An `activation_checkpointing` section turns on recomputation of each
@@ -47,7 +48,7 @@ from torch import nn
 from genomeconv.errors import InputError
 from genomeconv.pipelines import metrics, preflight, training_data
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "workflows" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "deepspeed"  # package data
 HEAD_FORMAT = "genomeconv-variant-head"
 WEIGHT_DECAY = 0.01
 

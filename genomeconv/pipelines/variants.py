@@ -452,6 +452,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     """
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.io.seqrecords import is_record_file
     from genomeconv.models import load
 
     t0 = time.perf_counter()
@@ -467,6 +469,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     fasta, out = Path(fasta).resolve(), Path(out).resolve()
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
+    if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
+        gtf = fasta
     found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
     if (text := short_contig_note(found, fasta, window)) is not None:
         manifest.note(text)
@@ -494,7 +498,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                 UnitScorer, batch_size=1, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
                 num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-                fn_constructor_kwargs=dict(model=model, fasta=str(fasta), window=window, rc=rc,
+                fn_constructor_kwargs=dict(model=model, fasta=readable_fasta(fasta),
+                                           window=window, rc=rc,
                                            site_probs=site_probs, batch_size=batch_size,
                                            device=device, dtype=dtype, out=str(out),
                                            metadata=metadata, keep_nonfinite=keep_nonfinite,
