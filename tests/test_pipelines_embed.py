@@ -394,7 +394,7 @@ def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path
     assert "non-finite" in result.output and "'chr1:11-90' (chr1:11-90 +" in result.output
     assert "--keep-nonfinite" in result.output and "Traceback" not in result.output
     assert not list((tmp_path / "o" / "embeddings").glob("part-*"))
-    result = CliRunner().invoke(app, args + ["--keep-nonfinite", "--overwrite"])
+    result = CliRunner().invoke(app, args + ["--keep-nonfinite"])  # resumes: no --overwrite
     assert result.exit_code == 0, result.output
     _, rows = read_dataset(tmp_path / "o" / "embeddings")
     assert len(rows) == 1 and rows[0]["nonfinite"] is True and not np.isfinite(rows[0]["embedding"][3])

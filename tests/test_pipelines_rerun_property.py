@@ -93,8 +93,7 @@ def _embed_run(world, out: Path, bed: str, batch_size: int, stop_after: int | No
     items = E.plan_fasta_items(world["fasta"], bed=bed)
     run_manifest = E.embed_manifest(
         world["model"], load(world["model"]).config_sha256, fasta=world["fasta"], reads=None,
-        pooling="mean", per_base=True, per_base_dtype="float32", dtype=None, device_type="cpu",
-        keep_nonfinite=False)
+        pooling="mean", per_base=True, per_base_dtype="float32", dtype=None, device_type="cpu")
     dirs = [out / E.EMBEDDINGS_DIR, out / E.PER_BASE_DIR]
     with manifest.open_run(out, run_manifest, part_dirs=dirs, command="test") as run:
         done = E.completed_items(out, True, run_manifest.sha256)
@@ -174,7 +173,7 @@ def _variants_run(world, out: Path, table: str, unit_size: int, stop_after: int 
     by_id = dict(zip(V.item_ids(found), found))
     run_manifest = V.variants_manifest(
         world["model"], load(world["model"]).config_sha256, fasta=world["fasta"], window=33,
-        rc=True, site_probs=True, dtype=None, device_type="cpu", keep_nonfinite=False)
+        rc=True, site_probs=True, dtype=None, device_type="cpu")
     meta = V.schema.file_metadata(load(world["model"]), "test", "variants", run_manifest.sha256)
     with manifest.open_run(out, run_manifest, part_dirs=[out], command="test") as run:
         done = V.completed_variants(out, run_manifest.sha256)

@@ -188,7 +188,8 @@ def test_csv_and_parquet_files(outputs):
     for row in back:
         np.testing.assert_array_equal(np.float32(row["embedding"]),
                                       np.float32(by_id[row["item_id"]]))
-    table = invoke("query", outputs.embed, "--gene", "G3")
+    table = CliRunner().invoke(app, ["query", str(outputs.embed), "--gene", "G3"],
+                               env={"COLUMNS": "160"})  # wide enough for all 14 columns
     assert table.exit_code == 0 and "(8)" in table.output  # embeddings abbreviated on screen
 
 

@@ -455,13 +455,12 @@ def completed_items(out: str | Path, per_base: bool, manifest_sha256: str) -> se
 
 def embed_manifest(model: str | None, config_sha256: str, *, fasta: str | None,
                    reads: str | None, pooling: str, per_base: bool, per_base_dtype: str,
-                   dtype: str | None, device_type: str, keep_nonfinite: bool
-                   ) -> manifest.Manifest:
-    """The settings and inputs an `embed` folder's values depend on (not which items)."""
+                   dtype: str | None, device_type: str) -> manifest.Manifest:
+    """The settings and inputs an `embed` folder's values depend on (not which items, nor
+    --keep-nonfinite: it only adds marked rows, so a rerun with it resumes a run stopped by NaN)."""
     settings = {**manifest.model_fingerprint(model, config_sha256), "pooling": pooling,
                 "per_base": per_base, "per_base_dtype": per_base_dtype if per_base else None,
-                "dtype": dtype or "float32", "device_type": device_type,
-                "keep_nonfinite": keep_nonfinite}
+                "dtype": dtype or "float32", "device_type": device_type}
     inputs = {role: manifest.file_fingerprint(path)
               for role, path in (("fasta", fasta), ("reads", reads)) if path is not None}
     return manifest.Manifest("embed", settings, inputs)
@@ -543,8 +542,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     run_manifest = embed_manifest(
         model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
         per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
-        device_type=runtime.device_type(device),
-        keep_nonfinite=keep_nonfinite)
+        device_type=runtime.device_type(device))
     del probe
     items_done = bp_done = peak_rss = 0
     model_s = 0.0

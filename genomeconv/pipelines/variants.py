@@ -412,13 +412,13 @@ def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: in
 
 
 def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
-                      rc: bool, site_probs: bool, dtype: str | None, device_type: str,
-                      keep_nonfinite: bool) -> manifest.Manifest:
+                      rc: bool, site_probs: bool, dtype: str | None,
+                      device_type: str) -> manifest.Manifest:
     """The settings and inputs a `score-variants` folder's values depend on (not which
-    variants)."""
+    variants, nor --keep-nonfinite: it only adds marked rows)."""
     settings = {**manifest.model_fingerprint(model, config_sha256), "window": window, "rc": rc,
                 "site_probs": site_probs, "dtype": dtype or "float32",
-                "device_type": device_type, "keep_nonfinite": keep_nonfinite}
+                "device_type": device_type}
     return manifest.Manifest("variants", settings, {"fasta": manifest.file_fingerprint(fasta)})
 
 
@@ -477,8 +477,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     run_manifest = variants_manifest(
         model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
         site_probs=site_probs, dtype=dtype,
-        device_type=runtime.device_type(device),
-        keep_nonfinite=keep_nonfinite)
+        device_type=runtime.device_type(device))
     metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
     del probe
     by_id = dict(zip(item_ids(found), found))
