@@ -342,27 +342,35 @@ def _download(repo_id: str) -> Path:
             f"path: load('./{repo_id.split('/')[-1]}')") from exc
 
 
-def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> HyenaDNA:
-    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
-    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]:
+    """(the local folder `load` reads, the model id it reports) for the bundled model (None or
+    "bundled"), a local directory or a hub id ("owner/name", downloaded once); run manifests
+    hash the weight files of this folder."""
     if path_or_hub_id is None or path_or_hub_id == "bundled":
         if not (BUNDLED_DIR / "config.json").is_file():
             raise ModelNotFoundError(f"the bundled model is missing: {BUNDLED_DIR} has no "
                                      "config.json (reinstall genomeconv or pass a checkpoint "
                                      "path)")
-        return _load_directory(BUNDLED_DIR, BUNDLED_ID, device, dtype)
+        return BUNDLED_DIR, BUNDLED_ID
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         if not path.is_dir():
             raise InputError("pass the model folder, not a file", path=path)
-        return _load_directory(path, str(path_or_hub_id), device, dtype)
+        return path, str(path_or_hub_id)
     if is_hub_id(path_or_hub_id):
-        return _load_directory(_download(str(path_or_hub_id)), str(path_or_hub_id), device, dtype)
+        return _download(str(path_or_hub_id)), str(path_or_hub_id)
     raise ModelNotFoundError("no such model folder" + (
         "" if isinstance(path_or_hub_id, Path) or "/" not in path_or_hub_id else
         " (a local path: hub ids are owner/name with no ./, ../, / or ~ and no local first "
         "component)"), path=path)
+
+
+def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> HyenaDNA:
+    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
+    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+    directory, model_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id, device, dtype)
 
 
 def is_hub_id(name: str | Path) -> bool:
