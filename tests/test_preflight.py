@@ -94,7 +94,16 @@ def test_inputs_open_in_the_driver(tmp_path, inputs):
         preflight.check_variants(broken)
 
 
+def test_a_window_longer_than_every_contig_is_refused(inputs):
+    _, fasta, _, _ = inputs
+    preflight.check_fasta(fasta, window=2000)
+    with pytest.raises(InputError, match=r"--window 10,000,000 is longer than the longest "
+                                         r"contig \(chr1, 2,000 bp\)"):
+        preflight.check_fasta(fasta, window=10_000_000)
+
+
 @pytest.mark.parametrize("case", ["out_file", "out_read_only", "device_cuda", "bad_device",
+                                  "window",
                                   "missing_fasta", "missing_vcf", "bad_vcf", "bad_model"])
 def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case):
     root, fasta, vcf, model = inputs
@@ -110,6 +119,9 @@ def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case)
     elif case == "device_cuda":
         args["extra"] = ["--device", f"cuda:{CUDA_COUNT}"]
         want = ("--device cuda:",)
+    elif case == "window":
+        args["extra"] = ["--window", "10000000"]
+        want = ("--window 10,000,000 is longer than the longest contig",)
     elif case == "bad_device":
         args["extra"] = ["--device", "quantum"]
         want = ("'quantum' is not a device",)

@@ -312,11 +312,13 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
         run = run_cli(*args, "--out", inside, "--force")
         assert_one_line_error(run, "genomeconv output folder")
     assert pq.read_table(parts[0]).num_rows == 80  # untouched
-    marked = outputs.tmp / "marked"
-    marked.mkdir()
-    (marked / "manifest.json").write_text("{}")
-    assert_one_line_error(run_cli(*args, "--out", marked / "rows.csv"),
-                          "genomeconv output folder")
+    for i, marker in enumerate(("_genomeconv_manifest.json", ".genomeconv.lock")):
+        marked = outputs.tmp / f"marked{i}"  # as pipelines/manifest.py names them
+        marked.mkdir()
+        (marked / marker).write_text("{}")
+        assert_one_line_error(run_cli(*args, "--out", marked / "rows.csv"),
+                              "genomeconv output folder")
+    (outputs.tmp / ".lock").write_text("")  # pytest's and pip's lock files mark nothing
     target = outputs.tmp / "rows.csv"
     target.write_text("keep me\n")
     assert_one_line_error(run_cli(*args, "--out", target), "already exists", "--force")

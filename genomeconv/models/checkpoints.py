@@ -365,6 +365,14 @@ def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]
         "component)"), path=path)
 
 
+def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> HyenaDNA:
+    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
+    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+    directory, model_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id, device, dtype)
+
+
 def is_hub_id(name: str | Path) -> bool:
     """Whether `name` means a hub repository rather than a local path: owner/name in form, not
     starting with ./, ../, / or ~, and its first component ("owner") not present here."""

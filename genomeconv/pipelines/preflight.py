@@ -23,13 +23,14 @@ from genomeconv.errors import InputError
 
 
 def check(out: str | Path, *, fasta: str | Path | None = None,
-          variants: str | Path | None = None, device: str | None = None,
-          gpus_per_worker: float = 0.0, num_workers: int = 1,
+          variants: str | Path | None = None, window: int | None = None,
+          device: str | None = None, gpus_per_worker: float = 0.0, num_workers: int = 1,
           address: str | None = None) -> None:
-    """Every check that needs no model run, in the order a user fixes them (inputs, devices,
-    output); raises InputError naming the file or option."""
+    """Every check that needs no model run, in the order a user fixes them (inputs, sizes,
+    devices, output); raises InputError naming the file or option. `window`: a window size the
+    user asked for, checked against the FASTA's contigs."""
     if fasta is not None:
-        check_fasta(fasta)
+        check_fasta(fasta, window=window)
     if variants is not None:
         check_variants(variants)
     check_device(device)
@@ -37,12 +38,20 @@ def check(out: str | Path, *, fasta: str | Path | None = None,
     check_out(out)
 
 
-def check_fasta(path: str | Path) -> None:
-    """The FASTA opens (and is indexed) in this process, as the workers will open it."""
+def check_fasta(path: str | Path, *, window: int | None = None) -> None:
+    """The FASTA opens (and is indexed) in this process, as the workers will open it, and a
+    requested `window` fits in its longest contig (a longer one is mostly padding everywhere,
+    and a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
     from genomeconv.io.fasta import FastaFile
 
-    with FastaFile(path):
-        pass
+    with FastaFile(path) as fa:
+        if window is None:
+            return
+        longest, name = max(zip(fa.lengths, fa.references), default=(0, ""))
+    if window > longest:
+        raise InputError(f"--window {window:,} is longer than the longest contig ({name}, "
+                         f"{longest:,} bp): every window would be mostly padding; use "
+                         f"--window {longest} or less", path=path)
 
 
 def check_variants(path: str | Path) -> None:

@@ -56,9 +56,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NEIGHBOR_COLUMNS = ("item_id", "gene_name", "gene_id", "seq_name", "chrom", "start", "end",
                     "strand", "pooling")
 # Files that mark a folder as a pipeline's output folder besides its Parquet parts: the run
-# manifest and the writer's lock (pipelines/manifest.py). Not any "*.lock": pytest, pip and
-# others leave those in ordinary folders.
-OUTPUT_MARKERS = ("*manifest*.json", "*genomeconv*.lock", ".lock.genomeconv*")
+# manifest (_genomeconv_manifest.json) and the writer's lock and commit files (.genomeconv.*) of
+# pipelines/manifest.py. Not any "*.lock": pytest, pip and others leave those in plain folders.
+OUTPUT_MARKERS = ("*genomeconv*manifest*.json", "manifest.json", ".genomeconv.*")
 PART_FOLDERS = ("embeddings", "per_base", "track")  # output kinds written to OUT/<kind>/
 _LOCKDOWN = ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
              "SET enable_external_access = false", "SET lock_configuration = true")
@@ -291,7 +291,7 @@ def _is_output_folder(folder: Path) -> bool:
     their kind, as embed's embeddings/ and per_base/) or a run manifest / lock file."""
     if not folder.is_dir():
         return False
-    if any(any(folder.glob(pattern)) for pattern in OUTPUT_MARKERS):
+    if any(p.is_file() for pattern in OUTPUT_MARKERS for p in folder.glob(pattern)):
         return True
     for file in folder.glob("*.parquet"):
         if _kind_or_none(file) is not None:

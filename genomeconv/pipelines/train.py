@@ -236,9 +236,9 @@ def _require(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
-def _finite_positive(name: str, value: float) -> None:
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-             f"{name} must be a finite number > 0 (got {value})")
+def _finite_lr(value: float) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+             f"--lr must be a finite number >= 0 (got {value})")
 
 
 def _world(world: int | None) -> int:
@@ -264,7 +264,7 @@ def check_pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions, *
     _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
              f"{opts.val_fraction})")
     _require(opts.kmer_baseline >= 0, f"--kmer-baseline must be >= 0 (got {opts.kmer_baseline})")
-    _finite_positive("--lr", opts.lr)
+    _finite_lr(opts.lr)
     load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                           world_size=_world(world))
     preflight.check(out, fasta=genome)
@@ -578,7 +578,7 @@ def check_finetune(variants: str | Path, fasta: str | Path, out: str | Path,
                  f"(got {getattr(opts, name)})")
     _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
              f"{opts.val_fraction})")
-    _finite_positive("--lr", opts.lr)
+    _finite_lr(opts.lr)
     load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                           world_size=_world(world))
     preflight.check(out, fasta=fasta, variants=variants)

@@ -458,7 +458,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
 
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
-    preflight.check(out, fasta=fasta, variants=variants, device=device,
+    preflight.check(out, fasta=fasta, variants=variants, window=window, device=device,
                     num_workers=num_workers, address=address)
     probe = load(model, device="cpu")
     head = fine_tuned_head(model)
