@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from genomeconv.errors import InputError
 from genomeconv.io.regions import UnknownContigError, parse_region, resolve_contig
 from genomeconv.pipelines import schema
+from genomeconv.pipelines.manifest import COMMIT_LOCK_FILE, LOCK_FILE, MANIFEST_FILE
 
 if TYPE_CHECKING:
     import duckdb
@@ -56,9 +57,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NEIGHBOR_COLUMNS = ("item_id", "gene_name", "gene_id", "seq_name", "chrom", "start", "end",
                     "strand", "pooling")
 # Files that mark a folder as a pipeline's output folder besides its Parquet parts: the run
-# manifest (_genomeconv_manifest.json) and the writer's lock and commit files (.genomeconv.*) of
-# pipelines/manifest.py. Not any "*.lock": pytest, pip and others leave those in plain folders.
-OUTPUT_MARKERS = ("*genomeconv*manifest*.json", "manifest.json", ".genomeconv.*")
+# manifest and the writer's lock and commit files of pipelines/manifest.py. Not any "*.lock":
+# pytest, pip and others leave those in plain folders.
+OUTPUT_MARKERS = (MANIFEST_FILE, LOCK_FILE, COMMIT_LOCK_FILE)
 PART_FOLDERS = ("embeddings", "per_base", "track")  # output kinds written to OUT/<kind>/
 _LOCKDOWN = ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
              "SET enable_external_access = false", "SET lock_configuration = true")
