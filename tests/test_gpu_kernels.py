@@ -229,7 +229,7 @@ def test_backward_against_float64_autograd(L, Lk, partial, sparse, dtype, fmax):
         assert got[name].dtype == a[name].dtype and got[name].shape == a[name].shape, name
         err = rel_err(got[name], want[name])
         bound = 1e-4 if dtype == torch.float32 else (
-            2e-2 if sparse else 2 * rel_err(base[name], want[name]) + 1e-6)
+            2 * EPS[dtype] if sparse else 2 * rel_err(base[name], want[name]) + 1e-6)
         assert err <= bound, (name, err, bound)
 
 
