@@ -259,17 +259,28 @@ def junit_counts(path: Path) -> dict | None:
     return counts
 
 
-def bench_digest(path: Path) -> list[dict]:
-    """The benchmark's headline rows: ours vs torch.fft and the published H100 figures."""
+def bench_digest(path: Path) -> list[str]:
+    """One line per headline row of the benchmark: our kernels at each point (vs torch.fft and
+    the published FlashFFTConv H100 time), the model's kbp/s, and every error."""
     if not path.exists():
         return []
-    rows = json.loads(path.read_text())["rows"]
-    keep = ("N", "L", "case", "dtype", "contender", "ms", "ms_at_B64_H768",
-            "published_flashfftconv_h100_ms", "vs_published_flashfftconv",
-            "speedup_vs_torch_fft", "kbp_per_s", "peak_gpu_gib", "error")
-    return [{k: r[k] for k in keep if k in r} for r in rows
-            if r.get("contender") in ("genomeconv cuda", "genomeconv fp32", "genomeconv bf16")
-            or "error" in r]
+    lines = []
+    for r in json.loads(path.read_text())["rows"]:
+        what = r.get("contender", "")
+        if "error" in r and not r["error"].startswith("skipped"):
+            lines.append(f"ERROR {r.get('N', '')} {r.get('L')} {r.get('dtype', '')} {what}: "
+                         f"{r['error']}")
+        elif what == "genomeconv cuda" and "ms" in r:
+            flash = r.get("published_flashfftconv_h100_ms")
+            versus = (f", {r['vs_published_flashfftconv']:.2f}x FlashFFTConv-H100 {flash} ms"
+                      if flash else "")
+            lines.append(f"conv N={r['N']:>7} {r['case']:<7} {r['dtype']}: "
+                         f"{r['ms_at_B64_H768']:.3g} ms at B64 H768, "
+                         f"{r.get('speedup_vs_torch_fft', float('nan')):.2f}x torch.fft{versus}")
+        elif what.startswith(("genomeconv fp32", "genomeconv bf16", "public")) and "kbp_per_s" in r:
+            lines.append(f"model L={r['L']} {what}: {r['kbp_per_s']:.1f} kbp/s, "
+                         f"peak {r.get('peak_gpu_gib') or 0:.2f} GiB")
+    return lines
 
 
 def main_summary(args) -> int:
@@ -301,9 +312,8 @@ def main_summary(args) -> int:
     for c in summary["model_checks"] or []:
         print(f"model: {'ok  ' if c['passed'] else 'FAIL'} {c['name']} "
               f"{c.get('value', c.get('error', ''))}")
-    for r in summary["bench"]:
-        print("bench:", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in r.items()))
+    for line in summary["bench"]:
+        print("bench:", line)
     print(f"gpu_check: {'ALL PASSED' if summary['passed'] else 'FAILED'} "
           f"(gpu: {summary['gpu']})")
     return 0 if summary["passed"] else 1

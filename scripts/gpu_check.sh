@@ -16,7 +16,9 @@
 # Environment: GPU_CHECK_BUDGET_S (default 450: the whole run, 7.5 min; 3x the budget and
 # each stage's limit on a dry run), PYTHON (python3),
 # GENOMECONV_CUDA_ARCHS (default 90a: Hopper SASS only, half the compile of "80;90a"),
-# GPU_CHECK_REQUIRE_GPU=1 (fail at once when no CUDA device is visible).
+# GPU_CHECK_REQUIRE_GPU=1 (fail at once when no CUDA device is visible), GPU_CHECK_ONLY="build
+# pytest-kernels" (run only these stages, e.g. a short rerun after a fix; others are recorded as
+# not selected). Stages: environment build pytest-kernels pytest-model model bench sanitizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder for the results}"
@@ -37,6 +39,11 @@ log() { echo "[gpu_check +$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 stage() {
   local name=$1 required=$2 cap=$3 reserve=$4
   shift 4
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    log "$name: not selected (GPU_CHECK_ONLY=$GPU_CHECK_ONLY)"
+    printf '%s\tnot-selected\t0\t-\t0\n' "$name" >>"$STAGES"
+    return
+  fi
   cap=$((cap * SCALE))
   reserve=$((reserve * SCALE))
   local left=$((BUDGET - ($(date +%s) - START) - reserve))

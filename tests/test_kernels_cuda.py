@@ -12,6 +12,7 @@ import torch
 
 from genomeconv.kernels import cuda, tiles
 from genomeconv.kernels.fft import SPECTRA
+from test_gpu_kernels import grads, plain, rel_err, torch_reference  # CPU-safe helpers
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only case")
 
@@ -93,33 +94,6 @@ class _EmulatedExtension:
                                   keep=None if keep is None else keep.bool())
 
 
-def _plain(u, k, D, pregate, postgate):
-    """Plain torch in u's precision: float32 FFTs of the rounded inputs, output in u.dtype."""
-    x = u.float() * pregate.float()
-    L, n = u.shape[-1], u.shape[-1] + k.shape[-1]
-    z = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    return ((z + D.float()[:, None] * x) * postgate.float()).to(u.dtype)
-
-
-def _reference(u, k, D, pregate, postgate, bins=None, n=None):
-    """float64 autograd reference, with an optional masked spectrum of size n."""
-    L = u.shape[-1]
-    n = L + k.shape[-1] if n is None else n
-    K = torch.fft.rfft(k, n=n) + D[:, None]
-    K = K if bins is None else K * bins
-    return torch.fft.irfft(torch.fft.rfft(u * pregate, n=n) * K, n=n)[..., :L] * postgate
-
-
-def _grads(fn, tensors, dy):
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
-    (fn(**leaves) * dy).sum().backward()
-    return {n: t.grad for n, t in leaves.items()}
-
-
-def _err(got, want):
-    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("L,Lk,partial,sparse", [(600, 600, False, False),
                                                   (2100, 90, True, False),
@@ -142,17 +116,17 @@ def test_autograd_through_the_emulated_kernels(monkeypatch, dtype, L, Lk, partia
         keep = torch.zeros(count, dtype=torch.bool)
         keep[[0, 1, 2, count - 2, count - 1]] = True
         bins, n = tiles.keep_bins(keep, p.M).double(), 2 * p.M
-    got = _grads(lambda u, k, D, pregate, postgate: cuda._MonarchConv.apply(
+    got = grads(lambda u, k, D, pregate, postgate: cuda._MonarchConv.apply(
         u, k, D, pregate, postgate, keep, p, False), a, dy)
-    want = _grads(lambda **t: _reference(**t, bins=bins, n=n),
-                  {name: t.double() for name, t in a.items()}, dy.double())
-    base = _grads(_plain, a, dy)
+    want = grads(lambda **t: torch_reference(**t, keep_bins=bins, n=n),
+                 {name: t.double() for name, t in a.items()}, dy.double())
+    base = grads(plain, a, dy)
     for name in a:
         assert got[name].dtype == a[name].dtype and got[name].shape == a[name].shape
-        err = _err(got[name], want[name])
+        err = rel_err(got[name], want[name])
         if dtype == torch.float32 or name in ("k", "D"):
             assert err < 1e-4, (name, err)
         elif sparse:  # plain torch has no masked form: the output rounding's bound
             assert err < 2 * torch.finfo(dtype).eps, (name, err)
         else:
-            assert err <= 2 * _err(base[name], want[name]) + 1e-6, (name, err)
+            assert err <= 2 * rel_err(base[name], want[name]) + 1e-6, (name, err)
