@@ -230,8 +230,8 @@ def main_smoke(_args) -> int:
             ((1, 2, 3000), torch.bfloat16, {"keep": "all"})]
     for (B, H, L), dtype, opts in runs:
         u = torch.randn(B, H, L, generator=g, device="cuda").to(dtype).requires_grad_(True)
-        k = torch.randn(H, 50 if opts.get("partial") else L, generator=g,
-                        device="cuda").requires_grad_(True)
+        Lk = 50 if opts.get("partial") else L
+        k = (torch.randn(H, Lk, generator=g, device="cuda") / Lk**0.5).requires_grad_(True)
         gate = torch.randn(B, H, L, generator=g, device="cuda").to(dtype)
         if opts.get("keep") == "all":
             M = cuda.plan(L, L, fmax, partial=False).M
