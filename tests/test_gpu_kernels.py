@@ -136,7 +136,8 @@ def test_kernel_follows_its_cpu_schedule(L, dtype, fmax):
     y = cuda.fftconv(**a)
     cpu = {n: None if t is None else t.cpu() for n, t in a.items()}
     emu = tiles.emulate_conv(cpu["u"], tiles.filter_spectrum(cpu["k"], cpu["D"], p.M), p.M,
-                             pregate=cpu["pregate"], postgate=cpu["postgate"], fused_max=fmax)
+                             pregate=cpu["pregate"], postgate=cpu["postgate"],
+                             seg_out=p.seg_out, halo=p.halo, fused_max=fmax)
     assert rel_err(y, emu) <= EPS[dtype]
 
 
