@@ -9,7 +9,9 @@ B 64 H 768 by the number of rows (`ms_at_B64_H768`), as the published table is. 
 rows are circular convolutions of L = N points with an N-point FFT; ours are causal: at L = N
 our transform is 2N real points (twice its work, the row `L = N`), at L = N / 2 it is N points
 (the same transform, the row `L = N/2`). Both contenders compute the filter's spectrum on every
-call, as FlashFFTConv and the HyenaDNA formula do (`genomeconv cuda (spectrum cached)` keeps it).
+call, as FlashFFTConv and the HyenaDNA formula do (`genomeconv cuda (spectrum cached)` keeps it);
+`genomeconv cuda` is the default bf16x3 split (float32-grade transforms), `fast` one operand
+per mma (fp16 operands for fp16, as FlashFFTConv; about 2x the output rounding error).
 CUDA events, warm-ups, medians; `floor_ms` is the bytes each call must move (u, both gates in,
 y out) over the device-to-device copy bandwidth measured at the start.
 
@@ -133,18 +135,20 @@ def bench_conv(N: int, L: int, dtype_name: str, device: torch.device, args) -> l
     k = torch.randn(H, L, generator=g, device=device) / L**0.5
     D = torch.randn(H, generator=g, device=device)
 
-    def ours(cached: bool):
+    def ours(cached: bool, fast: bool = False):
         def call():
             if not cached:
                 SPECTRA.clear()
-            return cuda.fftconv(u, k, D, pregate=pre, postgate=post)
+            return cuda.fftconv(u, k, D, pregate=pre, postgate=post, fast=fast)
         return call
 
     contenders: dict[str, Callable[[], torch.Tensor] | str] = {
         "torch.fft (HyenaDNA formula)": lambda: public_fftconv(u * pre, k, D) * post}
     reason = cuda.unavailable_reason() if device.type == "cuda" else "no CUDA device"
-    for name, cached in (("genomeconv cuda", False), ("genomeconv cuda (spectrum cached)", True)):
-        contenders[name] = ours(cached) if reason is None else f"skipped: {reason}"
+    for name, cached, fast in (("genomeconv cuda", False, False),
+                               ("genomeconv cuda (spectrum cached)", True, False),
+                               ("genomeconv cuda fast (single mma operands)", False, True)):
+        contenders[name] = ours(cached, fast) if reason is None else f"skipped: {reason}"
     repeats = 20 if N <= 4096 else 10 if N <= 2**20 else 5
     adjust = 64 * 768 / (B * H)
     flash = PUBLISHED_H100_MS.get(N, (None, None))[1]
@@ -245,17 +249,19 @@ def main() -> None:
     print(f"device: {info}, copy bandwidth: {bw}", flush=True)
     t0 = time.perf_counter()
     conv_rows, skipped = [], []
-    for N in args.lengths:
-        for dtype_name in args.dtypes:
-            for L in (N,) if args.no_half_length else (N, N // 2):
+    for half in (False,) if args.no_half_length else (False, True):  # L = N rows first
+        for N in args.lengths:
+            for dtype_name in args.dtypes:
+                L = N // 2 if half else N
                 if time.perf_counter() - t0 > args.budget_s:
                     skipped.append({"N": N, "L": L, "dtype": dtype_name})
                     continue
-                conv_rows += bench_conv(N, L, dtype_name, device, args)
-        harness.print_table([r for r in conv_rows if r["N"] == N],
-                            ["N", "case", "dtype", "B", "H", "contender", "ms", "ms_at_B64_H768",
-                             "published_flashfftconv_h100_ms", "vs_published_flashfftconv",
-                             "speedup_vs_torch_fft", "x_floor", "peak_gpu_mib", "error"])
+                rows = bench_conv(N, L, dtype_name, device, args)
+                conv_rows += rows
+                harness.print_table(rows, [
+                    "N", "case", "dtype", "B", "H", "contender", "ms", "ms_at_B64_H768",
+                    "published_flashfftconv_h100_ms", "vs_published_flashfftconv",
+                    "speedup_vs_torch_fft", "x_floor", "peak_gpu_mib", "error"])
     torch.manual_seed(0)
     model = HyenaDNA(LARGE_1M).eval().to(device)
     model_rows = []

@@ -270,11 +270,12 @@ def bench_digest(path: Path) -> list[str]:
         if "error" in r and not r["error"].startswith("skipped"):
             lines.append(f"ERROR {r.get('N', '')} {r.get('L')} {r.get('dtype', '')} {what}: "
                          f"{r['error']}")
-        elif what == "genomeconv cuda" and "ms" in r:
+        elif what.startswith("genomeconv cuda") and "cached" not in what and "ms" in r:
             flash = r.get("published_flashfftconv_h100_ms")
             versus = (f", {r['vs_published_flashfftconv']:.2f}x FlashFFTConv-H100 {flash} ms"
                       if flash else "")
-            lines.append(f"conv N={r['N']:>7} {r['case']:<7} {r['dtype']}: "
+            mode = "fast " if "fast" in what else "split"
+            lines.append(f"conv N={r['N']:>7} {r['case']:<7} {r['dtype']} {mode}: "
                          f"{r['ms_at_B64_H768']:.3g} ms at B64 H768, "
                          f"{r.get('speedup_vs_torch_fft', float('nan')):.2f}x torch.fft{versus}")
         elif what.startswith(("genomeconv fp32", "genomeconv bf16", "public")) and "kbp_per_s" in r:
@@ -291,29 +292,40 @@ def main_summary(args) -> int:
         stages.append({"stage": name, "status": status, "seconds": int(seconds), "rc": rc,
                        "required": required == "1"})
     model = out / "model_gpu.json"
+    record = json.loads(model.read_text()) if model.exists() else {}
+    figures = [f"{r['L']} bp {r['dtype']}: {r['kbp_per_s']:.1f} kbp/s (first call), peak "
+               f"{r['peak_gpu_gib'] or 0:.2f} GiB" for r in record.get("long", [])]
+    if "train" in record:
+        t = record["train"]
+        figures.append(f"train {t['steps']} bf16 steps at B {t['B']} L {t['L']}: median "
+                       f"{sorted(t['step_seconds'])[len(t['step_seconds']) // 2]:.3f} s/step, "
+                       f"loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}")
     summary = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "stages": stages,
         "pytest": {f.stem: junit_counts(f) for f in sorted(out.glob("pytest_*.xml"))},
-        "model_checks": json.loads(model.read_text()).get("checks") if model.exists() else None,
+        "model_checks": record.get("checks"),
+        "model_figures": figures,
         "bench": bench_digest(out / "bench_gpu.json"),
     }
     summary["passed"] = all(s["status"] in ("passed", "skipped-no-gpu") for s in stages
                             if s["required"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print("\n== gpu_check summary ==")
-    for s in stages:
-        print(f"{s['stage']:<16} {s['status']:<15} {s['seconds']:>4} s  rc {s['rc']}"
-              f"{'' if s['required'] else '  (informational)'}")
+    print("\n== gpu_check summary (most important last: the device tool keeps the tail) ==")
+    for line in summary["bench"]:
+        print("bench:", line)
+    for line in figures:
+        print("model:", line)
+    for c in summary["model_checks"] or []:
+        print(f"model: {'ok  ' if c['passed'] else 'FAIL'} {c['name']} "
+              f"{c.get('value', c.get('error', ''))}")
     for name, c in summary["pytest"].items():
         if c:
             print(f"{name}: {c['tests']} tests, {c['failures']} failed, {c['errors']} errors, "
                   f"{c['skipped']} skipped {c['failed_tests'][:8]}")
-    for c in summary["model_checks"] or []:
-        print(f"model: {'ok  ' if c['passed'] else 'FAIL'} {c['name']} "
-              f"{c.get('value', c.get('error', ''))}")
-    for line in summary["bench"]:
-        print("bench:", line)
+    for s in stages:
+        print(f"{s['stage']:<16} {s['status']:<15} {s['seconds']:>4} s  rc {s['rc']}"
+              f"{'' if s['required'] else '  (informational)'}")
     print(f"gpu_check: {'ALL PASSED' if summary['passed'] else 'FAILED'} "
           f"(gpu: {summary['gpu']})")
     return 0 if summary["passed"] else 1
