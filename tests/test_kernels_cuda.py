@@ -1,5 +1,6 @@
 """genomeconv.kernels.cuda on a machine without the built extension or a GPU: clear reasons and
-errors, and its host-side planning and filter spectra checked through the CPU emulation."""
+errors, its host-side planning and filter spectra checked through the CPU emulation, and its
+autograd Function run on the emulated extension (tests/test_gpu_kernels.py runs the real one)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from genomeconv.kernels import cuda, tiles
 from genomeconv.kernels.fft import SPECTRA
+from test_gpu_kernels import grads, plain, rel_err, torch_reference  # CPU-safe helpers
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only case")
 
@@ -78,3 +80,53 @@ def test_spectrum_cached_per_filter_and_mask():
     kf = cuda._spectrum(k, D, M, None)
     assert SPECTRA.computed - before == 3
     assert (kf - tiles.filter_spectrum(k, D, M)).abs().max() < 1e-4
+
+
+class _EmulatedExtension:
+    """The extension's `conv` replayed on the CPU by genomeconv.kernels.tiles (same arguments),
+    so that cuda.py's autograd (reversed mode, store gates, re-run, dk/dD) runs in CI."""
+
+    @staticmethod
+    def conv(u, pregate, postgate, kf, tw, keep, M, seg_out, halo, reverse, fast):
+        assert tw.shape == (M,) and kf.shape == (u.shape[1], M + 1)
+        return tiles.emulate_conv(u, kf, M, pregate=pregate, postgate=postgate,
+                                  seg_out=seg_out, halo=halo, reverse=reverse, fast=fast,
+                                  keep=None if keep is None else keep.bool())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("L,Lk,partial,sparse", [(600, 600, False, False),
+                                                  (2100, 90, True, False),
+                                                  (700, 700, False, True)])
+def test_autograd_through_the_emulated_kernels(monkeypatch, dtype, L, Lk, partial, sparse):
+    """Gradients of u, k, D and both gates against float64 autograd; in fp16/bf16 each within
+    2x plain torch's error in the same precision (each leaves the kernel rounded once)."""
+    monkeypatch.setattr(cuda, "require", lambda: _EmulatedExtension)
+    g = torch.Generator().manual_seed(L + Lk)
+    a = {"u": torch.randn(2, 3, L, generator=g).to(dtype),
+         "k": torch.randn(3, Lk, generator=g) / math.sqrt(Lk), "D": torch.randn(3, generator=g),
+         "pregate": torch.randn(2, 3, L, generator=g).to(dtype),
+         "postgate": torch.randn(2, 3, L, generator=g).to(dtype)}
+    dy = torch.randn(2, 3, L, generator=g).to(dtype)
+    fmax = tiles.FUSED_MAX_POINTS_H100
+    p = cuda.plan(L, Lk, fmax, partial=partial)
+    keep = bins = n = None
+    if sparse:
+        count = tiles.first_block_count(p.M, fmax)
+        keep = torch.zeros(count, dtype=torch.bool)
+        keep[[0, 1, 2, count - 2, count - 1]] = True
+        bins, n = tiles.keep_bins(keep, p.M).double(), 2 * p.M
+    got = grads(lambda u, k, D, pregate, postgate: cuda._MonarchConv.apply(
+        u, k, D, pregate, postgate, keep, p, False), a, dy)
+    want = grads(lambda **t: torch_reference(**t, keep_bins=bins, n=n),
+                 {name: t.double() for name, t in a.items()}, dy.double())
+    base = grads(plain, a, dy)
+    for name in a:
+        assert got[name].dtype == a[name].dtype and got[name].shape == a[name].shape
+        err = rel_err(got[name], want[name])
+        if dtype == torch.float32 or name in ("k", "D"):
+            assert err < 1e-4, (name, err)
+        elif sparse:  # plain torch has no masked form: the output rounding's bound
+            assert err < 2 * torch.finfo(dtype).eps, (name, err)
+        else:
+            assert err <= 2 * rel_err(base[name], want[name]) + 1e-6, (name, err)
