@@ -90,7 +90,7 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     recs = genome["records"]
     summary = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
                     regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True,
-                    batch_size=2, command="genomeconv embed test")
+                    batch_size=2, unit_bp=1500, command="genomeconv embed test")
     expected = {  # seq_name -> (chrom, start, end, strand, gene_id, gene_name)
         "PLUS": ("chr1", 100, 1300, "+", "G1", "PLUS"),
         "MINUS": ("chr1", 500, 2100, "-", "G2", "MINUS"),
@@ -99,7 +99,7 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
         "chr2:1-1500": ("chr2", 0, 1500, "+", None, None),
         "chr1:1,001-1,200": ("chr1", 1000, 1200, "+", None, None),
     }
-    assert summary.items == summary.items_done == len(expected) and summary.units == 3
+    assert summary.items == summary.items_done == len(expected) and summary.units == 4
     files, rows = read_dataset(out / "embeddings")
     model = load(tiny_model)
     table = pq.read_table(files[0])
@@ -135,8 +135,9 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     assert 0.45 < next(r for r in rows if r["seq_name"] == "chr2:1-1500")["n_fraction"] < 0.7
 
     again = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
-                  regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2)
-    assert again.units_skipped == again.units == 3 and again.items_done == 0
+                  regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2,
+                  unit_bp=1500)
+    assert again.units_skipped == again.units == 4 and again.items_done == 0
     assert sorted(files) == read_dataset(out / "embeddings")[0]
 
 
@@ -215,7 +216,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     out = tmp_path / "out"
     parts = out / "embeddings"
     cmd = [sys.executable, "-m", "genomeconv.cli", "embed", fasta, "--model", str(model_dir),
-           "--out", str(out), "--batch-size", "1",
+           "--out", str(out), "--batch-size", "1", "--unit-bp", "8000",
            "--address", ray_local.get_runtime_context().gcs_address]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -236,7 +237,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     written = {p: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     assert 0 < len(written) < 16, "the run was not interrupted mid-way"
 
-    summary = embed(fasta, out, model=str(model_dir), batch_size=1)
+    summary = embed(fasta, out, model=str(model_dir), batch_size=1, unit_bp=8000)
     assert summary.units == 16 and summary.units_skipped == len(written)
     assert summary.items_done == 16 - len(written)
     _, rows = read_dataset(parts)

@@ -35,8 +35,9 @@ def score_variants(
                                "(llr = llr_fwd, llr_rev empty)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Windows per "
                                              "forward pass (default: ~131k tokens' worth)."),
-    unit_size: int = typer.Option(256, "--unit-size", min=1, help="ALT alleles per work unit "
-                                  "(one Parquet part each; the resume granularity)."),
+    unit_size: Optional[int] = typer.Option(None, "--unit-size", min=1, help="ALT alleles per "
+                                            "work unit (one Parquet part each; default: sized "
+                                            "by window and model)."),
 ) -> None:
     """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
     from genomeconv.cli import command_line, warn_emulated_dtype

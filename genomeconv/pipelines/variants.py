@@ -157,6 +157,14 @@ class WindowScores:
     site_logp: float | None
 
 
+def default_unit_size(model: Any, window: int, rc: bool) -> int:
+    """ALT alleles per work unit: `runtime.unit_bases` of the model in window tokens, at two
+    windows (ref, alt) per allele and strand, so a unit is the same work whatever the window."""
+    per_allele = 2 * window * (2 if rc else 1)
+    bases = runtime.unit_bases(model.d_model, model.config.n_layer)
+    return max(1, min(runtime.UNIT_MAX_ITEMS, bases // per_allele))
+
+
 def default_batch_size(window: int) -> int:
     """Windows per forward pass: about TOKENS_PER_BATCH tokens, at least one window."""
     return max(1, TOKENS_PER_BATCH // window)
@@ -352,12 +360,13 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                    gtf: str | Path | None = None, address: str | None = None,
                    num_workers: int = 1, device: str | None = None, dtype: str | None = None,
                    site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
-                   unit_size: int = 256, command: str = "genomeconv score-variants"
+                   unit_size: int | None = None, command: str = "genomeconv score-variants"
                    ) -> RunSummary:
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once; resumes: units whose part already exists in `out` are skipped.
+    once, `unit_size` alleles per work unit and part (default `default_unit_size`); resumes:
+    units whose part already exists in `out` are skipped.
     """
     import ray.data
 
@@ -374,6 +383,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     metadata = schema.file_metadata(probe, command, kind="variants")
     metadata[KEY_SETTINGS] = json.dumps({"window": window, "rc": rc, "site_probs": site_probs,
                                          "dtype": dtype, "fasta": str(fasta)}).encode()
+    unit_size = unit_size or default_unit_size(probe, window, rc)
     del probe
     found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
     by_id = dict(zip(item_ids(found), found))
