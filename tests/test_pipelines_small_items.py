@@ -37,10 +37,11 @@ def write_ubam(path, seqs: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(tmp_path_factory) -> str:
+    """A random HyenaDNA small enough to embed hundreds of reads in seconds."""
     torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512)).save(path)
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512))
+    model.save(path := tmp_path_factory.mktemp("model") / "tiny")
     return str(path)
 
 
@@ -142,11 +143,13 @@ def test_masked_pool_sees_only_each_rows_positions(pooling, rng):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "last"])
-def test_pooled_read_does_not_depend_on_its_batch(pooling, reads, tiny_model, tmp_path):
+def test_pooled_read_does_not_depend_on_its_batch(pooling, reads, tiny_model, tmp_path,
+                                                 one_thread):
     """The worker's own path (fetch, sort, pad, model, pool, write) with batches of 1, 7 and 64
     reads: every read's vector equals its embedding alone, and the plain forward's."""
     seqs, bam = reads
-    items = plan_read_items(bam)
+    items = plan_read_items(bam)[:80]  # 20-400 bp
+    seqs = {it.read_name: seqs[it.read_name] for it in items}
     tables = {}
     for batch in (1, 7, 64):
         cfg = WorkerConfig(model=tiny_model, fasta=None, reads=bam, out=str(tmp_path / str(batch)),
@@ -156,7 +159,7 @@ def test_pooled_read_does_not_depend_on_its_batch(pooling, reads, tiny_model, tm
         tables[batch] = {r["read_name"]: np.asarray(r["embedding"]) for r in table.to_pylist()}
     model = load(tiny_model)
     reduce = {"mean": lambda h: h.mean(0), "max": lambda h: h.max(0), "last": lambda h: h[-1]}
-    for name, seq in list(seqs.items())[::15]:
+    for name, seq in list(seqs.items())[::8]:
         with torch.no_grad():
             ref = reduce[pooling](model(tokenize(seq)[None])[0].double().numpy())
         for batch in (1, 7, 64):
