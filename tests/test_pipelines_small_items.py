@@ -22,7 +22,8 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.models.inference import pool
 from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import (FORWARD_TOKENS, PER_BASE_ROWS, EmbedActor, WorkerConfig,
-                                        _forward_groups, embed, plan_read_items, plan_units)
+                                        _forward_groups, default_unit_bp, embed, plan_read_items,
+                                        plan_units)
 from genomeconv.pipelines.variants import default_unit_size
 
 
@@ -104,6 +105,16 @@ def test_embed_units_use_item_lengths_and_model_size(reads):
     bundled = load(None)
     assert runtime.unit_bases(bundled.d_model, bundled.config.n_layer) == 8 * 2**20
     assert runtime.unit_bases(256, 8) == 2**19  # a larger model: fewer bases per unit
+
+
+def test_small_jobs_keep_every_worker_busy(reads, tiny_model):
+    items = plan_read_items(reads[1])
+    model = load(tiny_model)
+    assert len(plan_units(items, default_unit_bp(model, items))) == 1  # a small job: one part
+    assert len(plan_units(items, default_unit_bp(model, items, workers=4))) == 4
+    assert default_unit_bp(model, items, per_base=True) == default_unit_bp(model, items)
+    assert runtime.per_worker(2048, 11, 2) == 6 and runtime.per_worker(5, 11, 2) == 5
+    assert runtime.per_worker(2048, 0, 3) == 1
 
 
 def test_variant_units_are_sized_by_window(tiny_model):

@@ -154,15 +154,17 @@ def _unique(items: list[Item]) -> list[Item]:
     return list(seen.values())
 
 
-def default_unit_bp(model: Any, per_base: bool = False, per_base_dtype: str = "float32") -> int:
+def default_unit_bp(model: Any, items: Sequence[Item], workers: int = 1, per_base: bool = False,
+                    per_base_dtype: str = "float32") -> int:
     """Bases per work unit: `runtime.unit_bases` of the model; with per-base output also at most
-    PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file."""
+    PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file; and
+    at most the items' bases over `workers`, so that no worker of a small job stays idle."""
     import numpy as np
 
     bp = runtime.unit_bases(model.d_model, model.config.n_layer)
     if per_base:
         bp = min(bp, PER_BASE_PART_BYTES // (model.d_model * np.dtype(per_base_dtype).itemsize))
-    return max(1, bp)
+    return runtime.per_worker(bp, sum(it.length for it in items), workers)
 
 
 def plan_units(items: Sequence[Item], unit_bp: int) -> list[runtime.WorkUnit]:
@@ -462,7 +464,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     else:
         items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed)
     by_id = {it.item_id: it for it in items}
-    units = plan_units(items, unit_bp or default_unit_bp(probe, per_base, per_base_dtype))
+    units = plan_units(items, unit_bp or default_unit_bp(probe, items, num_workers, per_base,
+                                                         per_base_dtype))
     done = runtime.finished_units(Path(out) / EMBEDDINGS_DIR)
     if per_base:
         done &= runtime.finished_units(Path(out) / PER_BASE_DIR)

@@ -161,6 +161,12 @@ def unit_bases(d_model: int, n_layer: int) -> int:
     return max(1, UNIT_WORK // (max(1, d_model) * max(1, n_layer)))
 
 
+def per_worker(unit_size: int, total: int, workers: int) -> int:
+    """`unit_size`, lowered where needed so that `total` (bases, alleles) makes at least
+    `workers` units: a small job still keeps every worker busy."""
+    return max(1, min(unit_size, -(-total // max(1, workers))))
+
+
 def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] | None = None,
                unit_cost: int | None = None) -> list[WorkUnit]:
     """Group items into units of at most `unit_size` items, deterministically.

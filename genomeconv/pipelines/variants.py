@@ -365,7 +365,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once, `unit_size` alleles per work unit and part (default `default_unit_size`); resumes:
+    once, `unit_size` alleles per work unit and part (default `default_unit_size`, fewer when
+    that leaves a worker idle); resumes:
     units whose part already exists in `out` are skipped.
     """
     import ray.data
@@ -383,11 +384,12 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     metadata = schema.file_metadata(probe, command, kind="variants")
     metadata[KEY_SETTINGS] = json.dumps({"window": window, "rc": rc, "site_probs": site_probs,
                                          "dtype": dtype, "fasta": str(fasta)}).encode()
-    unit_size = unit_size or default_unit_size(probe, window, rc)
+    unit_alleles = default_unit_size(probe, window, rc)
     del probe
     found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
     by_id = dict(zip(item_ids(found), found))
-    units = runtime.plan_units(list(by_id), unit_size)
+    units = runtime.plan_units(list(by_id), unit_size or runtime.per_worker(
+        unit_alleles, len(by_id), num_workers))
     done = runtime.finished_units(out)
     check_resumable(out, done, metadata)
     todo = [u for u in units if u.unit_id not in done]
