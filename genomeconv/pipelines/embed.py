@@ -277,8 +277,9 @@ class EmbedActor:
                 pooled[group] = pool(hidden, self.cfg.pooling, lengths).float().cpu().numpy()
                 model_s += time.perf_counter() - t0
                 if writer is not None:
+                    host = hidden.cpu()  # one device-to-host copy per batch, not per item
                     for j, k in enumerate(group):
-                        writer.write(items[k], hidden[j, :len(seqs[k])].cpu())
+                        writer.write(items[k], host[j, :len(seqs[k])])
             if writer is not None:
                 writer.commit()
         finally:
