@@ -75,7 +75,7 @@ def run_case(name: str, window: int, shape: dict, n_pos: tuple[int, int], batch:
     def contender(variants):
         def run():
             planned = [plan_variant(v, fasta, window, {}) for v in variants]
-            rows = score_planned(model, planned, window=window, batch_size=batch)
+            rows = score_planned(model, planned, batch_size=batch)
             assert all(r["status"] == "ok" for r in rows)
         return run
 

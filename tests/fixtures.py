@@ -24,3 +24,33 @@ def write_fasta(path: str | Path, records: dict[str, str], width: int = 60,
     if index:
         pysam.faidx(str(path))
     return str(path)
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a fresh `genomeconv` process: this checkout on PYTHONPATH, and neither
+    GENOMECONV_VERBOSE nor RAY_ADDRESS from the calling shell."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for key in ("GENOMECONV_VERBOSE", "RAY_ADDRESS"):
+        env.pop(key, None)
+    return env
+
+
+def run_cli(*args: object, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+    """The real `genomeconv` command line in a fresh process (see `cli_env`)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
+                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) -> str:
+    """Exit code 2, and stderr is exactly one line `error: ...` holding each of `texts`."""
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in run.stderr, run.stderr
+    for text in texts:
+        assert text in lines[0], lines[0]
+    return lines[0]

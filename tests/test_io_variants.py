@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pysam
 import pytest
 
+from genomeconv.errors import InputError
 from genomeconv.io.variants import Variant, VariantFormatError, iter_variants
 
 HEADER_LINES = 5  # fileformat, INFO END, one contig line per contig (2), #CHROM
@@ -86,6 +87,28 @@ def test_vcf_plain_bgzip_and_bcf_give_one_row_per_alt(vcf, tmp_path):
     from_bcf = list(iter_variants(bcf))
     assert keys(from_bcf) == EXPECTED
     assert from_bcf[-1].location == f"{bcf}, record 5"
+
+
+def test_plain_gzip_vcf_read_through_a_cached_bgzip_copy(vcf, tmp_path, monkeypatch, capfd):
+    """htslib cannot open a plain-gzip VCF; it is recompressed once, lines still count from the
+    original, and a region restricts it like any other VCF."""
+    import gzip
+
+    monkeypatch.setenv("GENOMECONV_CACHE", str(tmp_path / "cache"))
+    gz = tmp_path / "calls.vcf.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(vcf.read_bytes())
+    found = list(iter_variants(gz))
+    assert keys(found) == EXPECTED
+    assert found[-1].location == f"{gz}, line {HEADER_LINES + 5}"
+    assert "bgzip copy of" in capfd.readouterr().err
+    assert keys(list(iter_variants(gz, region="chr1:10-40"))) == EXPECTED[1:5]
+    assert capfd.readouterr().err == ""  # the copy is reused
+    data = gz.read_bytes()
+    cut = tmp_path / "cut.vcf.gz"
+    cut.write_bytes(data[:len(data) - 20])
+    with pytest.raises(InputError, match=f"^{cut}: truncated or corrupt gzip file"):
+        list(iter_variants(cut))
 
 
 def test_tables_parquet_tsv_csv(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, checkpoints, load
 from test_models import TINY, random_ids, random_model
 
@@ -187,3 +188,148 @@ def test_config_parsing_of_public_layouts(tmp_path):
     assert load(tmp_path / "hf").config == cfg
     assert load(tmp_path / "orig").config == cfg
     assert TINY != cfg
+
+
+# ------------------------------------------------------------------ one-line load errors
+def _own(tmp_path, name="m", seed=0):
+    directory = tmp_path / name
+    random_model(seed=seed).save(directory)
+    return directory
+
+
+def _edit_config(directory, **changes) -> None:
+    meta = json.loads((directory / "config.json").read_text())
+    meta["config"].update(changes)
+    (directory / "config.json").write_text(json.dumps(meta))
+
+
+def _one_line(info) -> str:
+    text = str(info.value)
+    assert "\n" not in text and isinstance(info.value, InputError)
+    return text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_is_one_line(tmp_path, damage):
+    directory = _own(tmp_path)
+    weights = directory / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[:len(data) // 2], "garbage": os.urandom(4096),
+                         "empty": b""}[damage])
+    with pytest.raises(InputError) as info:
+        load(directory)
+    assert _one_line(info).startswith(f"{weights}: unreadable safetensors file")
+
+
+def test_corrupt_lightning_checkpoint_is_one_line(tmp_path):
+    write_original(random_model(), tmp_path / "o", checkpointed=False)
+    ckpt = tmp_path / "o" / "weights.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(InputError) as info:
+        load(tmp_path / "o")
+    assert _one_line(info).startswith(f"{ckpt}: unreadable checkpoint")
+
+
+@pytest.mark.parametrize("key,value,text", [
+    ("d_model", "16", "d_model = '16' is not an integer"),
+    ("n_layer", 2.0, "n_layer = 2.0 is not an integer"),
+    ("n_layer", True, "n_layer = True is not an integer"),
+    ("activation_freq", float("nan"), "activation_freq = nan is not finite"),
+    ("modulation_shift", float("inf"), "modulation_shift = inf is not finite"),
+    ("layer_norm_epsilon", 0.0, "layer_norm_epsilon = 0.0 must be > 0"),
+    ("layer_norm_epsilon", None, "layer_norm_epsilon = None is not a number"),
+    ("d_inner", 0, "d_inner = 0 must be >= 1"),
+    ("max_seq_len", 10 ** 12, "larger than"),
+    ("emb_dim", 4, "emb_dim must be odd"),
+    ("modulate", "yes", "modulate = 'yes' is not true or false"),
+    ("bogus", 1, "unknown config keys ['bogus']"),
+])
+def test_bad_config_values_are_refused_before_a_model_is_built(tmp_path, key, value, text):
+    directory = _own(tmp_path)
+    _edit_config(directory, **{key: value})
+    with pytest.raises(InputError) as info:
+        load(directory)
+    message = _one_line(info)
+    assert message.startswith(f"{directory / 'config.json'}: ") and text in message
+
+
+def test_public_layout_configs_are_checked_too(tmp_path):
+    write_hf(random_model(), tmp_path / "hf", freq_once=True)
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "activation_freq": "10"}))
+    with pytest.raises(InputError, match="activation_freq = '10' is not a number"):
+        load(tmp_path / "hf")
+    del cfg["max_seq_len"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="no 'max_seq_len' in the config"):
+        load(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text('{"d_model": 16,\n "n_layer": }')
+    with pytest.raises(InputError) as info:
+        load(tmp_path / "hf")
+    assert "config.json, line 2: not valid JSON" in _one_line(info)
+
+
+def test_weights_that_disagree_with_the_config(tmp_path):
+    directory = _own(tmp_path)
+    _edit_config(directory, d_model=32, d_inner=128)
+    with pytest.raises(InputError, match="d_model 32 but the weights have 16"):
+        load(directory)
+    directory = _own(tmp_path, "layers")
+    _edit_config(directory, n_layer=3)
+    with pytest.raises(InputError, match="n_layer 3 but the weights have 2 layers"):
+        load(directory)
+    from safetensors.torch import load_file
+
+    directory = _own(tmp_path, "keys")
+    weights = directory / "model.safetensors"
+    state = load_file(weights)
+    dropped = sorted(k for k in state if k.startswith("backbone.layers.1.mlp"))
+    for key in dropped:
+        del state[key]
+    state["backbone.extra.weight"] = torch.zeros(2)
+    state["head.bias"] = torch.zeros(2)
+    save_file(state, str(weights))
+    with pytest.raises(InputError) as info:
+        load(directory)
+    message = _one_line(info)
+    assert f"{len(dropped)} missing tensors ({dropped[0]}" in message
+    assert "2 unexpected tensors (backbone.extra.weight, head.bias)" in message
+
+
+def test_non_finite_weights_are_a_broken_model(tmp_path):
+    from safetensors.torch import load_file
+
+    directory = _own(tmp_path)
+    state = load_file(directory / "model.safetensors")
+    state["backbone.ln_f.weight"][3] = float("nan")
+    save_file(state, str(directory / "model.safetensors"))
+    with pytest.raises(InputError, match=r"1 tensors hold NaN or inf \(backbone.ln_f.weight\)"):
+        load(directory)
+
+
+def test_local_paths_shaped_like_hub_ids(tmp_path, monkeypatch):
+    """A missing path is a hub id only when nothing says it is local."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name in ("models/tiny", "./owner/name", "../owner/name", "~/owner/name",
+                 str(tmp_path / "owner" / "name")):
+        assert not checkpoints.is_hub_id(name)
+        with pytest.raises(checkpoints.ModelNotFoundError) as info:
+            load(name)
+        assert "no such model folder" in _one_line(info)
+        assert isinstance(info.value, FileNotFoundError)
+    assert checkpoints.is_hub_id("LongSafari/hyenadna-tiny-1k-seqlen-hf")
+    with pytest.raises(InputError, match="pass the model folder, not a file"):
+        (tmp_path / "file").write_text("x")
+        load(tmp_path / "file")
+
+
+def test_offline_hub_id_is_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(checkpoints.CheckpointDownloadError) as info:
+        load("someone/some-model")
+    assert "could not download 'someone/some-model'" in _one_line(info)

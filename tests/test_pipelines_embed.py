@@ -6,6 +6,7 @@ back through genomeconv.io) and embedded with the model's plain forward (`model(
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
+from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
@@ -137,7 +139,7 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     again = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
                   regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2,
                   unit_bp=1500)
-    assert again.units_skipped == again.units == 4 and again.items_done == 0
+    assert again.items_skipped == again.items == 6 and again.units == again.items_done == 0
     assert sorted(files) == read_dataset(out / "embeddings")[0]
 
 
@@ -238,14 +240,14 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     assert 0 < len(written) < 16, "the run was not interrupted mid-way"
 
     summary = embed(fasta, out, model=str(model_dir), batch_size=1, unit_bp=8000)
-    assert summary.units == 16 and summary.units_skipped == len(written)
-    assert summary.items_done == 16 - len(written)
+    assert summary.items_skipped == len(written) and summary.items_done == 16 - len(written)
     _, rows = read_dataset(parts)
     assert sorted(r["seq_name"] for r in rows) == sorted(f"c{i}" for i in range(16))
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # not recomputed
 
 
-@pytest.mark.parametrize("case", ["unknown_gene", "plain_gzip", "malformed", "unknown_contig"])
+@pytest.mark.parametrize("case", ["unknown_gene", "truncated_gzip", "malformed",
+                                  "unknown_contig"])
 def test_bad_inputs_give_clear_errors(tiny_model, genome, tmp_path, case):
     import gzip
 
@@ -253,12 +255,13 @@ def test_bad_inputs_give_clear_errors(tiny_model, genome, tmp_path, case):
     if case == "unknown_gene":
         args += ["--gtf", genome["gtf"], "--genes", "PLUS,NOPE"]
         want = ["unknown gene", "'NOPE'", genome["gtf"]]
-    elif case == "plain_gzip":
+    elif case == "truncated_gzip":  # plain gzip is read (tests/test_io_seqrecords.py)
         path = tmp_path / "p.fa.gz"
         with gzip.open(path, "wt") as fh:
             fh.write(">c\nACGT\n")
+        path.write_bytes(path.read_bytes()[:-6])
         args[1] = str(path)
-        want = [str(path), "plain gzip", f"gunzip -c {path} | bgzip -c > {tmp_path}/p.fa.bgz"]
+        want = [str(path), "truncated or corrupt gzip file"]
     elif case == "malformed":
         path = tmp_path / "m.fa"
         path.write_text(">c\nACGTACGT\nACGT ACG\n")
@@ -273,3 +276,127 @@ def test_bad_inputs_give_clear_errors(tiny_model, genome, tmp_path, case):
     for text in want:
         assert text in result.output
     assert not (tmp_path / "o").exists()
+
+
+def _bed(path: Path, intervals: list[tuple[str, int, int, str]]) -> str:
+    path.write_text("".join(f"{c}\t{s}\t{e}\tb{i}\t0\t{st}\n"
+                            for i, (c, s, e, st) in enumerate(intervals)))
+    return str(path)
+
+
+LOCK_HOLDER = """
+import sys, time
+from genomeconv.pipelines.manifest import FolderLock
+lock = FolderLock(sys.argv[1], "genomeconv embed (the other run)")
+lock.acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, genome, tmp_path,
+                                                                 capsys):
+    """Subset then superset with another --batch-size, a damaged and an empty part, a stale lock
+    and a stray temporary file: every item once with the right values; then another pooling,
+    per-base setting, model or model weights is refused naming the difference, a concurrent run
+    is refused at once, and --overwrite starts afresh."""
+    torch.manual_seed(11)
+    model_dir = tmp_path / "model"
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512))
+    model.save(model_dir)
+    rng = np.random.default_rng(5)
+    intervals = []
+    for i in range(9):
+        chrom = "chr1" if i % 3 else "chr2"
+        start = int(rng.integers(0, 1300))
+        intervals.append((chrom, start, start + int(rng.integers(30, 150)), "-+"[i % 2]))
+    full = _bed(tmp_path / "full.bed", intervals)
+    subset = _bed(tmp_path / "subset.bed", intervals[:5])
+    out = tmp_path / "out"
+    first = embed(genome["fasta"], out, bed=subset, model=str(model_dir), batch_size=2,
+                  unit_bp=180)  # units of 1, 2 and 2 items
+    assert (first.items, first.items_skipped, first.items_done, first.units) == (5, 0, 5, 3)
+    parts = sorted((out / "embeddings").glob("part-*.parquet"))
+    rows_in = {p: pq.read_table(p).num_rows for p in parts}
+    damaged = [p for p in parts if rows_in[p] == 2][:2]
+    damaged[0].write_bytes(b"")  # e.g. a disk that filled up
+    damaged[1].write_bytes(damaged[1].read_bytes()[:200])  # a cut file
+    (out / "embeddings" / ".tmp-x-1-dead").write_bytes(b"partial")
+    (out / ".genomeconv.lock").write_text(json.dumps({"pid": 2**22 + 7, "host": "gone",
+                                                      "command": "genomeconv embed (killed)"}))
+    capsys.readouterr()
+    second = embed(genome["fasta"], out, bed=full, model=str(model_dir), batch_size=3)
+    err = capsys.readouterr().err
+    assert "taking over a stale lock" in err and "genomeconv embed (killed)" in err
+    assert err.count("not counted as done because") == 2 and "zero bytes" in err
+    assert (second.items, second.items_skipped, second.items_done) == (9, 1, 8)
+    _, rows = read_dataset(out / "embeddings")
+    assert sorted(r["seq_name"] for r in rows) == [f"b{i}" for i in range(9)]  # each once
+    for r in rows:
+        chrom, start, end, strand = intervals[int(r["seq_name"][1:])]
+        fwd = genome["records"][chrom][start:end]
+        hidden = reference_hidden(model, rc(fwd) if strand == "-" else fwd.upper())
+        np.testing.assert_allclose(r["embedding"], hidden.mean(0), rtol=1e-4, atol=1e-5)
+        assert r["nonfinite"] is False
+    assert len(list((out / "embeddings").glob(".damaged-*"))) == 2
+    assert (out / ".genomeconv.lock").read_text() == ""
+
+    def refused(**changes) -> str:
+        args = {"bed": full, "model": str(model_dir), "batch_size": 4, **changes}
+        with pytest.raises(InputError) as exc:
+            embed(genome["fasta"], out, **args)
+        return str(exc.value)
+
+    assert "pooling: 'mean' (in the folder) vs 'max' (this run)" in refused(pooling="max")
+    assert "per_base: False (in the folder) vs True (this run)" in refused(per_base=True)
+    other = tmp_path / "other"
+    HyenaDNA(HyenaConfig(d_model=16, n_layer=1, d_inner=32, max_seq_len=512)).save(other)
+    text = refused(model=str(other))
+    assert f"model: '{model_dir}' (in the folder) vs '{other}' (this run)" in text
+    assert "model_config_sha256" in text
+    with torch.no_grad():
+        model.backbone.ln_f.bias.add_(0.5)  # new weights, same config, same folder
+    model.save(model_dir)
+    text = refused()
+    assert "model_weights_sha256: " in text and "model:" not in text.replace("model_", "")
+    before = sorted(p.name for p in (out / "embeddings").glob("part-*"))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = CliRunner().invoke(app, ["embed", genome["fasta"], "--bed", full, "--model",
+                                          str(model_dir), "--out", str(out), "--overwrite"])
+        assert result.exit_code == 2, result.output
+        assert f"pid {holder.pid}" in result.output and "(the other run)" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in (out / "embeddings").glob("part-*")) == before  # untouched
+    fresh = embed(genome["fasta"], out, bed=full, model=str(model_dir), batch_size=4,
+                  pooling="max", overwrite=True)
+    assert (fresh.items_skipped, fresh.items_done) == (0, 9)
+    files, rows = read_dataset(out / "embeddings")
+    assert len(rows) == 9 and {r["pooling"] for r in rows} == {"max"}
+    assert not list((out / "embeddings").glob(".damaged-*")) and len(files) == fresh.units
+
+
+def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path):
+    torch.manual_seed(1)
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512))
+    with torch.no_grad():
+        # A broken model with finite weights (load() refuses NaN weights): feature 3 overflows.
+        model.backbone.ln_f.weight[3] = 3e38
+        model.backbone.ln_f.bias[3] = 3e38
+    model.save(tmp_path / "nan")
+    args = ["embed", genome["fasta"], "--region", "chr1:11-90", "--model", str(tmp_path / "nan"),
+            "--out", str(tmp_path / "o"), "--address", ray_local.get_runtime_context().gcs_address]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "non-finite" in result.output and "'chr1:11-90' (chr1:11-90 +" in result.output
+    assert "--keep-nonfinite" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "o" / "embeddings").glob("part-*"))
+    result = CliRunner().invoke(app, args + ["--keep-nonfinite"])  # resumes: no --overwrite
+    assert result.exit_code == 0, result.output
+    _, rows = read_dataset(tmp_path / "o" / "embeddings")
+    assert len(rows) == 1 and rows[0]["nonfinite"] is True and not np.isfinite(rows[0]["embedding"][3])

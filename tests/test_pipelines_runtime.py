@@ -40,10 +40,13 @@ def test_write_part_is_atomic_and_carries_metadata(tmp_path):
     meta = schema.file_metadata(_Model(), "genomeconv embed x.fa", "embeddings")
     table = pa.table({"item_id": ["a", "b"], "value": [1.0, 2.0]})
     units = runtime.plan_units(["a", "b"], 2)
-    assert runtime.finished_units(tmp_path / "missing") == set()
     (tmp_path / f".tmp-{units[0].unit_id}-1-deadbeef").write_bytes(b"partial")  # a killed write
-    path = runtime.write_part(table, tmp_path, units[0].unit_id, meta)
-    assert runtime.finished_units(tmp_path) == {units[0].unit_id}
+    writer = runtime.PartWriter(tmp_path, units[0].unit_id, table.schema, meta)
+    writer.write(table)
+    assert not list(tmp_path.glob("part-*"))  # nothing visible before the commit
+    path = writer.commit()
+    assert [p.name for p in tmp_path.glob("part-*")] == [f"part-{units[0].unit_id}.parquet"]
+    assert runtime.write_part(table, tmp_path, units[0].unit_id, meta) == path
     read = pq.read_table(path)
     assert read.column("item_id").to_pylist() == ["a", "b"]
     md = pq.read_schema(path).metadata

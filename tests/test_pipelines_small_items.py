@@ -109,10 +109,10 @@ def test_embed_units_use_item_lengths_and_model_size(reads):
 
 def test_small_jobs_keep_every_worker_busy(reads, tiny_model):
     items = plan_read_items(reads[1])
-    model = load(tiny_model)
-    assert len(plan_units(items, default_unit_bp(model, items))) == 1  # a small job: one part
-    assert len(plan_units(items, default_unit_bp(model, items, workers=4))) == 4
-    assert default_unit_bp(model, items, per_base=True) == default_unit_bp(model, items)
+    config = load(tiny_model).config
+    assert len(plan_units(items, default_unit_bp(config, items))) == 1  # a small job: one part
+    assert len(plan_units(items, default_unit_bp(config, items, workers=4))) == 4
+    assert default_unit_bp(config, items, per_base=True) == default_unit_bp(config, items)
     assert runtime.per_worker(2048, 11, 2) == 6 and runtime.per_worker(5, 11, 2) == 5
     assert runtime.per_worker(2048, 0, 3) == 1
 
@@ -216,7 +216,7 @@ def test_reads_job_writes_few_parts_in_whole_row_groups(ray_local, reads, tiny_m
     per_base = pq.read_table(out / "per_base")
     assert per_base.num_rows == total
     again = embed(bam, out, model=tiny_model, per_base=True, batch_size=7, unit_bp=total // 2)
-    assert again.units_skipped == again.units == summary.units and again.items_done == 0
+    assert again.items_skipped == len(seqs) and again.units == again.items_done == 0
 
     default = embed(bam, tmp_path / "default", model=tiny_model, batch_size=32)
     assert default.units == 1  # the whole job is far less than one unit's work

@@ -7,8 +7,9 @@ Fixtures are generated per test: a random reference written as text and indexed 
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-import re
 from pathlib import Path
 
 import duckdb
@@ -20,13 +21,14 @@ from test_io_variants import bgzip_and_index, write_vcf
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
+from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
-                                           plan_variant, score_planned, window_start)
+                                           plan_variant, score_planned, window_bounds)
 from fixtures import random_seq, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
@@ -58,7 +60,7 @@ def score(model, contigs: dict[str, str], variants: list[Variant], tmp_path: Pat
     fasta = FastaFile(str(write_fasta(tmp_path / name, contigs)))
     cache: dict = {}
     planned = [plan_variant(v, fasta, window, cache) for v in variants]
-    return score_planned(model, planned, window=window, rc=rc, site_probs=True, batch_size=4)
+    return score_planned(model, planned, rc=rc, site_probs=True, batch_size=4)
 
 
 def var(chrom: str, pos: int, ref: str, alt: str, vid: str | None = None) -> Variant:
@@ -72,8 +74,13 @@ def total_loglik(model, seq: str) -> float:
 
 
 def test_window_arithmetic():
-    assert window_start(pos=101, window=W) == 100 - W // 2
-    assert window_start(pos=101, window=32) == 100 - 16
+    assert window_bounds(101, 1, 1, W, 1000) == (100 - W // 2, 100 - W // 2 + W)
+    assert window_bounds(101, 1, 1, 32, 1000) == (100 - 16, 100 - 16 + 32)
+    assert window_bounds(3, 1, 1, W, 1000) == (0, W)  # shifted inside at the left end
+    assert window_bounds(999, 1, 1, W, 1000) == (1000 - W, 1000)  # and at the right end
+    assert window_bounds(990, 4, 1, W, 1000) == (1000 - W - 3, 1000 - 3)  # room for the refill
+    assert window_bounds(998, 3, 1, W, 1000) == (1000 - W, 1000)  # ...but REF stays inside
+    assert window_bounds(40, 1, 1, 1000, 120) == (0, 120)  # a contig shorter than the window
     padded = "AAAACGTTTT" + "GGCC"
     assert alt_window(padded, 4, "C", "T", 10) == "AAAATGTTTT"  # SNV
     assert alt_window(padded, 4, "CGT", "C", 10) == "AAAACTTTGG"  # deletion: extended right
@@ -187,10 +194,11 @@ def test_statuses_edges_and_contig_naming(model, rng, tmp_path):
     assert rows["symbolic_alt"]["ref_match"] is True
     assert rows["unknown_contig"]["ref_match"] is None
     assert rows["unknown_contig"]["contig"] is None
-    assert rows["ok"]["n_padded"] == 0
-    assert rows["left_edge"]["window_start"] == 2 - W // 2
-    assert rows["left_edge"]["n_padded"] == W // 2 - 2
-    assert rows["right_edge"]["n_padded"] == (117 - W // 2 + W) - 120
+    assert (rows["ok"]["window_start"], rows["ok"]["window_end"]) == (59 - W // 2, 59 - W // 2 + W)
+    assert (rows["left_edge"]["window_start"], rows["left_edge"]["window_end"]) == (0, W)
+    # the deletion of the contig's last 2 bases: REF stays in the window, the ALT window is
+    # shorter (nothing to refill it with)
+    assert (rows["right_edge"]["window_start"], rows["right_edge"]["window_end"]) == (120 - W, 120)
     assert np.isfinite(rows["right_edge"]["llr"]) and np.isfinite(rows["left_edge"]["emb_l2"])
 
 
@@ -221,7 +229,8 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     args = [str(vcf), "--fasta", str(fasta), "--model", str(tiny_model), "--out", str(out),
             "--window", str(W), "--site-probs", "--unit-size", "3", "--num-workers", "2"]
     first = run_cli(args)
-    assert "contig '1' matched to 'chr1'" in first and "(0 already done)" in first
+    assert "contig '1' matched to 'chr1'" in first and f"{n_alts} ALT alleles (0 already done)" \
+        in first
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 4 and f"wrote {n_alts} rows" in first
 
@@ -242,8 +251,10 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
                         "missing_alt": 1, "unknown_contig": 1}
     assert table("SELECT count(*) FROM T WHERE status = 'ok' AND llr IS NULL") == [(0,)]
     assert table("SELECT id, ref_match FROM T WHERE status = 'ref_mismatch'") == [("bad", False)]
-    padded = table("SELECT pos, n_padded FROM T WHERE n_padded > 0 ORDER BY pos")
-    assert padded == [(5, W // 2 - 4), (149, 148 - W // 2 + W - 150)]
+    edges = table("SELECT pos, window_start, window_end FROM T WHERE pos IN (5, 149) "
+                  "AND status = 'ok' ORDER BY pos")
+    assert edges == [(5, 0, W), (149, 150 - W, 150)]  # shifted inside the contigs, no padding
+    assert table("SELECT count(*) FROM T WHERE nonfinite") == [(0,)]
     assert table("SELECT DISTINCT contig FROM T WHERE chrom = '1'") == [("chr1",)]
     # the scores equal those computed without Ray on the same windows
     got = table("SELECT pos, ref, alt, llr_fwd, llr_rev, p_alt FROM T WHERE status = 'ok' "
@@ -259,19 +270,180 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
 
     # resume: one part lost and a half-written temp file left by a killed run
     mtimes = {p.name: p.stat().st_mtime_ns for p in parts}
+    lost = pq.read_table(parts[1]).num_rows
     parts[1].unlink()
     (out / ".tmp-crashed").write_bytes(b"partial")
     second = run_cli(args)
-    assert "(3 already done)" in second and re.search(r"wrote \d+ rows", second)
-    assert {p.name for p in out.glob("part-*.parquet")} == set(mtimes)
-    for p in out.glob("part-*.parquet"):
-        if p.name != parts[1].name:
-            assert p.stat().st_mtime_ns == mtimes[p.name]
+    assert f"({n_alts - lost} already done): wrote {lost} rows" in second
+    for p in parts[:1] + parts[2:]:
+        assert p.stat().st_mtime_ns == mtimes[p.name]
     assert table("SELECT count(*), count(DISTINCT (chrom, pos, ref, alt)) FROM T") == [
         (n_alts, n_alts)]
     third = run_cli(args)
-    assert "(4 already done): wrote 0 rows" in third
-    assert os.path.exists(out / ".tmp-crashed")  # never read; a part name is never .tmp-*
+    assert f"({n_alts} already done): wrote 0 rows" in third
+    assert not os.path.exists(out / ".tmp-crashed")  # removed by the next run, never read
     other = CliRunner().invoke(app, ["score-variants", *args[:8], str(W - 2), *args[9:]])
-    assert other.exit_code == 2 and "pass a new --out" in other.output
+    assert other.exit_code == 2 and f"window: {W} (in the folder) vs {W - 2} (this run)" \
+        in other.output
     assert len(list(out.glob("part-*.parquet"))) == 4
+
+
+SCORES = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt")
+
+
+def test_contig_ends_score_as_on_a_longer_contig(model, rng, tmp_path):
+    """Windows never hold padding: a variant near either end scores exactly as the same variant on
+    a contig extended beyond the window (the window shifts inside, both strands alike)."""
+    genome = random_seq(rng, 150)
+    extra = random_seq(rng, 60)
+    near_left = [var("c", 1, genome[0], other_base(genome[0])),  # the first base
+                 var("c", 5, genome[4], other_base(genome[4], 1)),
+                 var("c", 9, genome[8:11], genome[8]),  # deletion
+                 var("c", 12, genome[11], genome[11] + "TTA")]  # insertion
+    near_right = [var("c", 150, genome[149], other_base(genome[149])),  # the last base
+                  var("c", 140, genome[139], other_base(genome[139], 2)),
+                  var("c", 136, genome[135:138], genome[135]),  # deletion, refilled
+                  var("c", 147, genome[146:150], genome[146]),  # deletion of the last 3 bases
+                  var("c", 141, genome[140], genome[140] + "GC")]
+    here = score(model, {"c": genome}, near_left + near_right, tmp_path, "here.fa")
+    longer_right = score(model, {"c": genome + extra}, near_left, tmp_path, "longer_right.fa")
+    shifted = [var("c", v.pos + len(extra), v.ref, v.alt) for v in near_right]
+    longer_left = score(model, {"c": extra + genome}, shifted, tmp_path, "longer_left.fa")
+    for a, b in zip(here, longer_right + longer_left):
+        assert a["status"] == b["status"] == "ok"
+        for key in SCORES:
+            assert (a[key] is None) == (b[key] is None), key
+            if a[key] is not None:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+    for row, v in zip(here, near_left + near_right):
+        assert 0 <= row["window_start"] and row["window_end"] <= len(genome)
+        assert row["window_end"] - row["window_start"] == W
+        assert row["window_start"] <= v.pos - 1 < v.pos - 1 + len(v.ref) <= row["window_end"]
+    # left end: the window starts at the contig's first base; the variant sits off-centre
+    assert [r["window_start"] for r in here[:4]] == [0, 0, 0, 0]
+    assert here[0]["p_ref"] is None  # the first base has no context to be predicted from
+    assert here[1]["p_ref"] is not None
+    # an independent check of one shifted window: log p of the two whole windows
+    s = len(genome) - W
+    alt = genome[s:139] + near_right[1].alt + genome[140:]
+    assert here[5]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt) - total_loglik(model, genome[s:]), rel=1e-5, abs=1e-6)
+
+
+def test_contig_shorter_than_the_window_is_the_window(ray_local, tiny_model, model, rng,
+                                                      tmp_path, capsys):
+    from genomeconv.pipelines.variants import score_variants
+
+    genome = {"short": random_seq(rng, 90), "long": random_seq(rng, 400)}
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    table = tmp_path / "v.tsv"
+    picks = [("short", 10), ("short", 80), ("long", 200)]
+    table.write_text("chrom\tpos\tref\talt\n" + "".join(
+        f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1])}\n" for c, p in picks))
+    summary = score_variants(table, fasta, tmp_path / "out", model=str(tiny_model), window=120)
+    assert summary.rows_written == 3 and summary.statuses == {"ok": 3}
+    assert capsys.readouterr().err.count("\n") == 1  # one line names the short contig
+    got = {(r["chrom"], r["pos"]): r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert (got[("short", 10)]["window_start"], got[("short", 10)]["window_end"]) == (0, 90)
+    assert (got[("long", 200)]["window_start"], got[("long", 200)]["window_end"]) == (139, 259)
+    g = genome["short"]
+    alt = g[:79] + other_base(g[79]) + g[80:]
+    assert got[("short", 80)]["llr_fwd"] == pytest.approx(
+        total_loglik(model, alt) - total_loglik(model, g), rel=1e-5, abs=1e-6)
+
+
+def test_short_contig_note_is_one_line(tmp_path, rng):
+    from genomeconv.pipelines.variants import short_contig_note
+
+    genome = {f"c{i}": random_seq(rng, 50 + i) for i in range(5)}
+    genome["big"] = random_seq(rng, 500)
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    variants = [var(c, 3, s[2], other_base(s[2])) for c, s in genome.items()]
+    text = short_contig_note(variants, fasta, 10_000_000)
+    assert text == ("--window 10,000,000 is longer than contigs c0 (50 bp), c1 (51 bp), c2 "
+                    "(52 bp) and 3 more: variants there are scored with the whole contig as "
+                    "window")
+    assert short_contig_note(variants, fasta, 40) is None
+
+
+def test_nonfinite_scores_stop_or_are_marked(rng, tmp_path):
+    torch.manual_seed(2)
+    broken = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=64, max_seq_len=MAX_LEN))
+    with torch.no_grad():
+        broken.backbone.ln_f.weight[5] = float("nan")
+    broken.model_id = "tests/nan-model"
+    genome = random_seq(rng, 120)
+    fasta = FastaFile(write_fasta(tmp_path / "ref.fa", {"chr1": genome}))
+    planned = [plan_variant(var("chr1", 60, genome[59], other_base(genome[59]), "rsX"), fasta,
+                            W, {})]
+    with pytest.raises(InputError) as err:
+        score_planned(broken.eval(), planned)
+    assert str(err.value).startswith("tests/nan-model: the model gives non-finite")
+    assert f"variant chr1:60 {genome[59]}>{other_base(genome[59])} (rsX)" in str(err.value)
+    rows = score_planned(broken, planned, keep_nonfinite=True)
+    assert rows[0]["nonfinite"] is True and math.isnan(rows[0]["llr_fwd"])
+
+
+def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model, model, rng,
+                                                           tmp_path, capsys):
+    """A region, then the whole input with another --unit-size (one part emptied, one cut, and
+    an allele listed twice): each allele lands as often as the input lists it, with the scores
+    of a direct computation; another window, strand setting, FASTA or model weights is refused
+    naming the difference; --overwrite starts afresh."""
+    import shutil
+
+    from genomeconv.pipelines.variants import score_variants
+
+    genome = {"chr1": random_seq(rng, 300), "chr2": random_seq(rng, 200)}
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    picks = [("chr1", p) for p in (20, 60, 61, 150, 151, 290)] + [("chr2", p) for p in (5, 90)]
+    lines = [f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1], p)}\n"
+             for c, p in picks]
+    lines.append(lines[1])  # listed twice: two rows
+    table = tmp_path / "v.tsv"
+    table.write_text("chrom\tpos\tref\talt\n" + "".join(lines))
+    out = tmp_path / "out"
+    run = functools.partial(score_variants, table, fasta, out, model=str(model_dir), window=W)
+    first = run(region="chr1:1-100", unit_size=1)
+    assert (first.variants, first.variants_skipped, first.rows_written) == (4, 0, 4)
+    parts = sorted(out.glob("part-*.parquet"))
+    parts[0].write_bytes(b"")
+    parts[1].write_bytes(parts[1].read_bytes()[:100])
+    capsys.readouterr()
+    second = run(unit_size=3)
+    assert capsys.readouterr().err.count("not counted as done") == 2
+    assert (second.variants, second.variants_skipped, second.rows_written) == (9, 2, 7)
+    rows = pq.read_table(out).to_pylist()
+    keys = sorted((r["chrom"], r["pos"]) for r in rows)
+    assert keys == sorted(picks + [picks[1]])  # each allele as often as listed
+    direct = {(r["chrom"], r["pos"]): r for r in score(
+        model, genome, [var(c, p, genome[c][p - 1], other_base(genome[c][p - 1], p))
+                        for c, p in picks], tmp_path, "direct.fa")}
+    for r in rows:
+        for key in ("llr_fwd", "llr_rev", "emb_l2"):
+            assert r[key] == pytest.approx(direct[(r["chrom"], r["pos"])][key], rel=1e-5,
+                                           abs=1e-6)
+
+    def refused(**changes) -> str:
+        with pytest.raises(InputError) as err:
+            score_variants(table, changes.pop("fasta", fasta), out, model=str(model_dir),
+                           **{"window": W, **changes})
+        return str(err.value)
+
+    assert f"window: {W} (in the folder) vs {W + 2} (this run)" in refused(window=W + 2)
+    assert "rc: True (in the folder) vs False (this run)" in refused(rc=False)
+    assert "site_probs: False (in the folder) vs True (this run)" in refused(site_probs=True)
+    other_fasta = write_fasta(tmp_path / "other.fa", genome)
+    assert f"fasta.path: '{Path(fasta).resolve()}' (in the folder) vs " in refused(
+        fasta=other_fasta)
+    changed = load(str(model_dir))
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(1.5)  # other weights, same config, same folder
+    changed.save(model_dir)
+    text = refused()
+    assert "model_weights_sha256: " in text and "model_config_sha256" not in text
+    fresh = run(unit_size=4, overwrite=True)
+    assert (fresh.variants_skipped, fresh.rows_written) == (0, 9)
+    assert pq.read_table(out).num_rows == 9 and not list(out.glob(".damaged-*"))

@@ -12,8 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
+from genomeconv.errors import InputError
 from genomeconv.pipelines import query as pipeline
 from genomeconv.pipelines import runtime, schema
+from fixtures import assert_one_line_error, run_cli
 
 D = 8
 MODEL = SimpleNamespace(model_id="test/random", config_sha256="ab" * 32)
@@ -186,7 +188,8 @@ def test_csv_and_parquet_files(outputs):
     for row in back:
         np.testing.assert_array_equal(np.float32(row["embedding"]),
                                       np.float32(by_id[row["item_id"]]))
-    table = invoke("query", outputs.embed, "--gene", "G3")
+    table = CliRunner().invoke(app, ["query", str(outputs.embed), "--gene", "G3"],
+                               env={"COLUMNS": "160"})  # wide enough for all 14 columns
     assert table.exit_code == 0 and "(8)" in table.output  # embeddings abbreviated on screen
 
 
@@ -227,3 +230,147 @@ def test_neighbors_refuse_mixed_models(outputs, rng):
            "000009-z", "embeddings", model=other)
     with pytest.raises(ValueError, match="different models"):
         pipeline.nearest_neighbors([outputs.embed], "item0001", 3)
+
+
+# ------------------------------------------------------------------ read-only, one-line errors
+ATTACKS = {
+    "copy": ("COPY (SELECT 1 AS x) TO '{victim}' (FORMAT csv)", "only SELECT"),
+    "escape_wrapper": ("SELECT 1 AS x) AS q; COPY (SELECT 1 AS x) TO '{victim}' (FORMAT csv); "
+                       "SELECT * FROM (SELECT 1", "SQL:"),
+    "two_statements": ("SELECT 1 AS x; COPY (SELECT 1 AS x) TO '{victim}'", "exactly one"),
+    "read_other_file": ("SELECT * FROM read_csv('{secret}')", "disabled by configuration"),
+    "read_other_parquet": ("SELECT * FROM read_parquet('{notes}')", "disabled by configuration"),
+    "glob": ("SELECT * FROM glob('{tmp}/*')", "disabled by configuration"),
+    "attach": ("ATTACH '{victim}' AS db", "only SELECT"),
+    "install": ("INSTALL httpfs", "only SELECT"),
+    "load": ("LOAD httpfs", "only SELECT"),
+    "unlock": ("SET enable_external_access = true", "only SELECT"),
+    "create": ("CREATE TABLE t AS SELECT 1 AS x", "only SELECT"),
+    "comment_swallows_wrapper": ("SELECT * FROM embeddings --", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTACKS))
+def test_sql_is_one_read_only_select(outputs, case):
+    """Each attack through the pipeline functions (real DuckDB): refused with a one-line
+    InputError, with and without the --limit wrapper, and nothing is written or read."""
+    secret = outputs.tmp / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    victim = outputs.tmp / "victim.csv"
+    sql, message = ATTACKS[case]
+    sql = sql.format(victim=victim, secret=secret, notes=outputs.embed / "notes.parquet",
+                     tmp=outputs.tmp)
+    con, _ = pipeline.open_views([outputs.embed])
+    for text in (sql, pipeline.limited(sql, 5)):
+        if message is None:  # harmless: the comment cannot hide the wrapper's parenthesis
+            assert pipeline.fetch(con, text).num_rows == (60 if text == sql else 5)
+            continue
+        with pytest.raises(InputError) as info:
+            pipeline.fetch(con, text)
+        assert "\n" not in str(info.value) and str(info.value).startswith("SQL:")
+        if text == sql:
+            assert message in str(info.value)
+    assert not victim.exists() and not (outputs.tmp / "db").exists()
+
+
+def test_the_connection_itself_is_locked(outputs):
+    """Even SQL that skipped check_select cannot reach files or unlock the configuration."""
+    import duckdb
+
+    con, _ = pipeline.open_views([outputs.embed])
+    victim = outputs.tmp / "victim.csv"
+    for sql in (f"COPY (SELECT 1) TO '{victim}'", "SELECT * FROM read_csv('/etc/hostname')",
+                f"ATTACH '{outputs.tmp / 'x.db'}'", "LOAD httpfs",
+                "SET enable_external_access = true", "SET allowed_paths = ['/etc/hostname']"):
+        with pytest.raises(duckdb.Error):
+            con.execute(sql)
+    assert not victim.exists()
+    assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 60
+
+
+def test_sql_attacks_through_the_cli(outputs):
+    victim = outputs.tmp / "victim.csv"
+    escape = f"SELECT 1 AS x) AS q; COPY (SELECT 1 AS x) TO '{victim}'; SELECT * FROM (SELECT 1"
+    assert_one_line_error(run_cli("query", outputs.embed, escape, "--limit", "3"), "SQL:")
+    assert_one_line_error(run_cli("query", outputs.embed, f"COPY embeddings TO '{victim}'"),
+                          "only SELECT")
+    read = run_cli("query", outputs.embed, "SELECT * FROM read_csv('/etc/hostname')")
+    assert_one_line_error(read, "disabled by configuration")
+    assert_one_line_error(run_cli("query", outputs.embed, "SELECT nope FROM embeddings"), "SQL:",
+                          "nope")
+    assert not victim.exists()
+
+
+def test_out_refuses_output_folders_and_existing_files(outputs):
+    """--out never lands inside an output folder (parts directly, in embeddings/, or beside a
+    manifest) and replaces an existing file only with --force."""
+    args = ("query", outputs.variants, "--top", "3", "--format", "csv")
+    parts = sorted(outputs.variants.glob("*.parquet"))
+    for inside in (outputs.variants / "rows.csv", outputs.variants / "sub" / "rows.csv",
+                   outputs.embed / "embeddings" / "rows.csv", outputs.embed / "rows.csv",
+                   parts[0]):
+        run = run_cli(*args, "--out", inside, "--force")
+        assert_one_line_error(run, "genomeconv output folder")
+    assert pq.read_table(parts[0]).num_rows == 80  # untouched
+    for i, marker in enumerate(("_genomeconv_manifest.json", ".genomeconv.lock")):
+        marked = outputs.tmp / f"marked{i}"  # as pipelines/manifest.py names them
+        marked.mkdir()
+        (marked / marker).write_text("{}")
+        assert_one_line_error(run_cli(*args, "--out", marked / "rows.csv"),
+                              "genomeconv output folder")
+    (outputs.tmp / ".lock").write_text("")  # pytest's and pip's lock files mark nothing
+    target = outputs.tmp / "rows.csv"
+    target.write_text("keep me\n")
+    assert_one_line_error(run_cli(*args, "--out", target), "already exists", "--force")
+    assert target.read_text() == "keep me\n"
+    assert_one_line_error(run_cli(*args, "--out", outputs.tmp), "is a folder")
+    forced = run_cli(*args, "--out", target, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert len(target.read_text().splitlines()) == 4
+    beside = run_cli("neighbors", outputs.embed, outputs.emb[1]["item_id"], "--format", "csv",
+                 "--out", outputs.embed / "n.csv")
+    assert_one_line_error(beside, "genomeconv output folder")
+
+
+@pytest.mark.parametrize("args,text", [
+    (("query", "{var}", "--top", "-1"), "greater than or equal to 0"),
+    (("query", "{var}", "--limit", "-5", "--format", "csv"), "greater than or equal to 0"),
+    (("neighbors", "{emb}", "item0001", "-k", "0"), "greater than or equal to 1"),
+])
+def test_bad_numbers_are_usage_errors(outputs, args, text):
+    """Typer's own usage errors (exit 2): the option and its bound are named."""
+    run = run_cli(*(a.format(var=outputs.variants, emb=outputs.embed) for a in args))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
+    assert text in " ".join(run.stderr.replace("│", " ").split())
+
+
+def test_pipeline_refuses_bad_numbers(outputs):
+    con, views = pipeline.open_views([outputs.variants])
+    with pytest.raises(InputError, match="--top must be >= 0"):
+        pipeline.shortcut_query(con, views, pipeline.Shortcuts(top=-1))
+    with pytest.raises(InputError, match="--limit must be >= 0"):
+        pipeline.limited("SELECT 1", -1)
+    with pytest.raises(InputError, match="-k must be >= 1"):
+        pipeline.nearest_neighbors([outputs.embed], "item0001", 0)
+
+
+def test_neighbors_say_why_they_return_nothing(outputs, tmp_path_factory, rng):
+    assert_one_line_error(run_cli("neighbors", outputs.embed, "nosuch"),
+                          "no embedding for 'nosuch'")
+    rows = _embedding_rows(rng, 6)
+    for row in rows:
+        row["pooling"] = "mean"
+    rows[0]["embedding"] = [float("nan")] * D
+    broken = tmp_path_factory.mktemp("broken")
+    _write(rows, schema.embeddings_schema(D), broken, "000000-a", "embeddings")
+    assert_one_line_error(run_cli("neighbors", broken, "item0000"), "'item0000'", "not finite")
+    for row in rows[1:]:
+        row["embedding"] = [float("inf")] + [0.0] * (D - 1)
+    rows[0]["embedding"] = rng.standard_normal(D).tolist()
+    all_bad = tmp_path_factory.mktemp("all_bad")
+    _write(rows, schema.embeddings_schema(D), all_bad, "000000-a", "embeddings")
+    assert_one_line_error(run_cli("neighbors", all_bad, "item0000"), "all 5 candidate embeddings",
+                          "non-finite")
+    alone = tmp_path_factory.mktemp("alone")
+    _write(rows[:1], schema.embeddings_schema(D), alone, "000000-a", "embeddings")
+    assert_one_line_error(run_cli("neighbors", alone, "item0000"), "no other item")

@@ -227,4 +227,4 @@ def test_failed_job_and_missing_token(cluster, tmp_path):
     no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     denied = genomeconv("jobs", "list", "--address", address,
                         env=dict(no_token, HOME=str(tmp_path)))
-    assert denied.returncode == 1 and "RAY_AUTH_MODE=token" in denied.stderr
+    assert denied.returncode == 2 and "RAY_AUTH_MODE=token" in denied.stderr

@@ -26,7 +26,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
-from fixtures import write_fasta
+from fixtures import assert_one_line_error, run_cli, write_fasta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -279,3 +279,121 @@ def test_vcf_labels_align_with_alt_alleles(tmp_path):
     assert td.read_labelled_variants(vcf, "Y").labels == ["1", "1", "0"]
     with pytest.raises(ValueError, match="no INFO field"):
         td.read_labelled_variants(vcf, "MISSING")
+
+
+# ------------------------------------------------------------------ input errors: one line, exit 2
+def _cli_error(args: list[str]) -> str:
+    """Run the CLI in this process (the same error boundary as the console script) and return
+    its single stderr line; the exit code must be 2 and no traceback shown."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.output, result.exception)
+    assert lines[0].startswith("error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def gas3(tmp_path) -> Path:
+    path = tmp_path / "gas3.json"
+    path.write_text(json.dumps({"gradient_accumulation_steps": 3, "zero_optimization":
+                                {"stage": 0}}))
+    return path
+
+
+@pytest.mark.parametrize("case,extra,want", [
+    ("missing_fasta", [], "FASTA file not found"),
+    ("deepspeed_name", ["--deepspeed-config", "zero9_fp64"], "'zero9_fp64' not found"),
+    ("deepspeed_json", ["--deepspeed-config", "{bad}"], "not a JSON DeepSpeed config"),
+    ("batch_vs_accumulation", ["--deepspeed-config", "{gas3}"], "not a multiple"),
+    ("warmup_lengths", ["--warmup-lengths", "32,128"], "--warmup-lengths must lie in"),
+    ("lr", ["--lr", "nan"], "--lr must be a finite number"),
+    ("val_records", ["--val-records", "chrZ"], "--val-records 'chrZ' is not a record"),
+    ("window_too_long", ["--seq-len", "8000", "--val-fraction", "0.5"],
+     "no training segment is as long as the window (8000 bp"),
+    ("out_is_a_file", ["--out", "{file}"], "--out is a file"),
+])
+def test_pretrain_input_errors(genome, tmp_path, gas3, case, extra, want):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    (tmp_path / "file").write_text("x")
+    extra = [e.format(gas3=gas3, bad=bad, file=tmp_path / "file") for e in extra]
+    fasta = tmp_path / "none.fa" if case == "missing_fasta" else genome
+    args = ["pretrain", fasta, "--out", tmp_path / "o", "--d-model", "16", "--n-layer", "1",
+            "--seq-len", "64", "--steps", "2", "--batch-size", "4", "--val-windows", "4",
+            "--val-fraction", "0.1", *extra]
+    assert want in _cli_error(args)
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("case,extra,want", [
+    ("freeze_word", ["--freeze", "some"], "--freeze takes all, none or a number"),
+    ("freeze_too_many", ["--freeze", "5"], "--freeze 5: the base model has 2 blocks"),
+    ("label_column", ["--label-column", "nope"], "no column 'nope'"),
+    ("single_class", ["--label-column", "one"], "has a single value ['x']"),
+    ("no_records", [], "no variants to train on"),
+    ("missing_fasta", [], "FASTA file not found"),
+    ("deepspeed_name", ["--deepspeed-config", "nope"], "'nope' not found"),
+    ("too_few_after_split", ["--batch-size", "200"], "too few variants after the chromosome"),
+    ("window", ["--window", "2", "--epochs", "0"], "Invalid value"),
+])
+def test_finetune_input_errors(variant_task, tmp_path, case, extra, want):
+    fasta, table, base, _ = variant_task
+    if case == "single_class":
+        lines = table.read_text().splitlines()
+        table = tmp_path / "one.tsv"
+        table.write_text("\n".join([lines[0] + "\tone", *(f"{line}\tx" for line in lines[1:])])
+                         + "\n")
+    if case == "no_records":
+        table = tmp_path / "empty.tsv"
+        table.write_text("chrom\tpos\tref\talt\tlabel\n")
+    if case == "missing_fasta":
+        fasta = tmp_path / "none.fa"
+    args = ["finetune", table, "--fasta", fasta, "--base-model", base, "--window", "32",
+            "--out", tmp_path / "o", "--val-chroms", "chr3", *extra]
+    if case == "window":  # typer's own usage error for an option value it validates
+        from typer.testing import CliRunner
+
+        from genomeconv.cli import app
+
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert want in result.output
+        return
+    assert want in _cli_error(args)
+    assert not (tmp_path / "o" / "model").exists()
+
+
+def test_train_errors_through_the_console_script(tmp_path):
+    """The real CLI in a fresh process: one stderr line, exit 2 (pretrain and finetune)."""
+    assert_one_line_error(run_cli("pretrain", tmp_path / "none.fa", "--out", tmp_path / "o"),
+                          "FASTA file not found")
+    assert_one_line_error(run_cli("finetune", tmp_path / "v.tsv", "--fasta", tmp_path / "none.fa",
+                                  "--freeze", "x", "--out", tmp_path / "o"), "--freeze takes")
+
+
+def test_broken_fine_tuned_heads_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from genomeconv.errors import InputError
+
+    meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
+    head = tr.make_head(6, 1, 4)
+    tr.save_head(head, meta, tmp_path)
+    assert tr.load_head(tmp_path).meta["classes"] == ["a", "b"]
+    save_file({"0.weight": torch.randn(3, 6)}, str(tmp_path / "head.safetensors"))
+    with pytest.raises(InputError, match="unreadable fine-tuned head") as info:
+        tr.load_head(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "head.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="unreadable fine-tuned head"):
+        tr.load_head(tmp_path)
+    (tmp_path / "head.json").write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="unknown head format 'other'"):
+        tr.load_head(tmp_path)
+    (tmp_path / "head.json").write_text("{")
+    with pytest.raises(InputError, match="head.json: not valid JSON"):
+        tr.load_head(tmp_path)

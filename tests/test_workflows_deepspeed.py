@@ -1,5 +1,5 @@
-"""workflows/deepspeed/*.json: parsed by DeepSpeed's own config parser once genomeconv has filled in
-the batch sizes, and each one trains a tiny HyenaDNA for a few steps on CPU (ZeRO 0-3, bf16,
+"""The DeepSpeed configs shipped in genomeconv/data/deepspeed/: parsed by DeepSpeed's own config
+parser once genomeconv has filled in the batch sizes, and each one trains a tiny HyenaDNA for a few steps on CPU (ZeRO 0-3, bf16,
 CPU offload, gradient accumulation with activation checkpointing)."""
 
 from __future__ import annotations

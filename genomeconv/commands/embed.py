@@ -9,14 +9,21 @@ import typer
 
 
 def embed(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain or bgzip), or a "
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain, gzip or bgzip), "
+                                      "GenBank/EMBL (plain or gzip), GFF3 with ##FASTA, or a "
                                       "BAM/CRAM/unaligned BAM to embed its reads."),
     region: Optional[list[str]] = typer.Option(None, "--region", help="Region to embed, "
                                                "samtools style (chr1:1,000-2,000); repeatable."),
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3: embed its genes (whole "
                                        "span; minus-strand genes reverse-complemented)."),
-    genes: Optional[str] = typer.Option(None, "--genes", help="Only these genes of --gtf "
-                                        "(comma-separated gene_name or gene_id)."),
+    genes: Optional[str] = typer.Option(None, "--genes", help="Only these genes of --gtf or of "
+                                        "a GenBank/EMBL/GFF3 INPUT (comma-separated gene name, "
+                                        "gene_id/locus_tag or protein_id)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Embed each feature of "
+                                           "these types (comma-separated, e.g. gene,CDS) of a "
+                                           "GenBank/EMBL/GFF3 INPUT or of --gtf."),
+    spliced: bool = typer.Option(False, "--spliced", help="--features in several parts "
+                                 "(join(...)): embed the parts joined, not the whole span."),
     bed: Optional[Path] = typer.Option(None, "--bed", help="BED intervals (0-based, strand "
                                        "column honoured)."),
     bam: Optional[Path] = typer.Option(None, "--bam", help="Reads to embed, one item per read "
@@ -44,6 +51,10 @@ def embed(
                                           "actor (> 0 places actors on GPUs)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUT's earlier outputs "
+                                   "and start afresh (a rerun with other settings is refused)."),
+    keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf "
+                                        "embeddings (rows marked nonfinite) instead of stopping."),
 ) -> None:
     """Embed regions, genes, BED intervals, whole records or reads of INPUT; write Parquet."""
     from rich.console import Console
@@ -74,20 +85,20 @@ def embed(
     try:
         summary = run(input_path, out, regions=region or (), gtf=gtf,
                       genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
-                      bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length, model=model,
+                      bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length,
+                      features=[f.strip() for f in features.split(",") if f.strip()]
+                      if features else None, spliced=spliced, model=model,
                       pooling=pooling, per_base=per_base, per_base_dtype=per_base_dtype,
                       batch_size=batch_size, chunk_size=chunk_size, address=address,
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
-                      dtype=dtype, command=command_line(), on_plan=on_plan, on_unit=on_unit,
-                      unit_bp=unit_bp)
-    except (ValueError, KeyError, OSError) as exc:
+                      dtype=dtype, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                      unit_bp=unit_bp, command=command_line(), on_plan=on_plan,
+                      on_unit=on_unit)
+    finally:
         progress.stop()
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
-    progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
-    typer.echo(f"{summary.items} items, {summary.bp:,} bp in {summary.units} units "
-               f"({summary.units_skipped} already done); embedded {summary.items_done} items, "
+    typer.echo(f"{summary.items} items, {summary.bp:,} bp ({summary.items_skipped} already "
+               f"done); embedded {summary.items_done} items in {summary.units} units, "
                f"{summary.bp_done:,} bp in {summary.seconds:.1f} s ({rate:,.0f} bp/s; "
                f"peak worker memory {summary.worker_peak_rss / 2**30:.2f} GiB)")
     typer.echo("output: " + ", ".join(summary.outputs))

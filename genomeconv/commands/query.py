@@ -27,21 +27,24 @@ def query(
     gene: Optional[str] = typer.Option(None, help="Rows of this gene_name or gene_id."),
     region: Optional[str] = typer.Option(None, help="Rows overlapping a samtools-style region, "
                                                     "e.g. chr17:43,044,295-43,125,483."),
-    top: Optional[int] = typer.Option(None, help="The N first rows by --by."),
+    top: Optional[int] = typer.Option(None, min=0, help="The N first rows by --by."),
     by: Optional[str] = typer.Option(None, help="Ranking column (default llr: most negative "
                                                 "first; other columns largest first)."),
     ascending: Optional[bool] = typer.Option(None, "--ascending/--descending",
                                              help="Override the ranking direction."),
     view: Optional[str] = typer.Option(None, help="View the shortcuts apply to (default: "
                                                   "variants, else embeddings, else per_base)."),
-    limit: Optional[int] = typer.Option(None, help="At most this many rows."),
+    limit: Optional[int] = typer.Option(None, min=0, help="At most this many rows."),
     fmt: str = typer.Option("table", "--format", help="table, csv, json (one object per line) "
                                                       "or parquet."),
-    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet)."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet); "
+                                                  "never inside a genomeconv output folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Query genomeconv outputs with DuckDB: one view per output kind.
 
-    Without SQL or shortcuts, lists the views with their row counts and columns.
+    Without SQL or shortcuts, lists the views with their row counts and columns. SQL is one
+    read-only SELECT over the views (no other files, no writes).
     """
     from genomeconv.pipelines import query as pipeline
 
@@ -50,40 +53,37 @@ def query(
                                    ascending=ascending)
     if sql is not None and shortcuts.any():
         raise typer.BadParameter("give either SQL or the --gene/--region/--top/--by shortcuts")
-    try:
-        con, views = pipeline.open_views(paths)
-        params: list[object] = []
-        if sql is None and not shortcuts.any():
-            con.register("views", pipeline.describe_views(con, views))
-            sql = "SELECT * FROM views"
-        elif sql is None:
-            sql, params = pipeline.shortcut_query(con, views, shortcuts)
-        _emit(con, pipeline.limited(sql, limit), params, fmt, out, limit)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    target = _target(fmt, out, force)
+    con, views = pipeline.open_views(paths)
+    params: list[object] = []
+    if sql is None and not shortcuts.any():
+        con.register("views", pipeline.describe_views(con, views))
+        sql = "SELECT * FROM views"
+    elif sql is None:
+        sql, params = pipeline.shortcut_query(con, views, shortcuts)
+    else:
+        sql = pipeline.check_select(con, sql)
+    _emit(con, pipeline.limited(sql, limit), params, fmt, target, limit)
 
 
 def neighbors(
     embeddings: Path = typer.Argument(..., help="Embeddings output: a file or a directory."),
     item: str = typer.Argument(..., help="item_id, or a gene_name/gene_id/seq_name naming one "
                                          "item."),
-    k: int = typer.Option(10, "-k", help="Number of neighbours."),
+    k: int = typer.Option(10, "-k", min=1, help="Number of neighbours."),
     pooling: Optional[str] = typer.Option(None, help="Compare only embeddings with this pooling."),
     fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
-    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet)."),
+    out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet); "
+                                                  "never inside a genomeconv output folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Cosine nearest neighbours of one item among pooled embeddings."""
-    import duckdb
-
     from genomeconv.pipelines import query as pipeline
 
-    try:
-        result = pipeline.nearest_neighbors([embeddings], item, k, pooling=pooling)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    con = duckdb.connect()
-    con.register("neighbors", result)
-    _emit(con, "SELECT * FROM neighbors", [], fmt, out, None)
+    target = _target(fmt, out, force)
+    result = pipeline.nearest_neighbors([embeddings], item, k, pooling=pooling)
+    _emit(pipeline.table_connection("neighbors", result), "SELECT * FROM neighbors", [], fmt,
+          target, None)
 
 
 def _split_sql(args: list[str]) -> tuple[list[str], Optional[str]]:
@@ -93,26 +93,34 @@ def _split_sql(args: list[str]) -> tuple[list[str], Optional[str]]:
     return args, None
 
 
+def _target(fmt: str, out: Optional[Path], force: bool) -> Optional[Path]:
+    """The checked --out path, before any query runs (format and path errors come first)."""
+    from genomeconv.pipelines import query as pipeline
+
+    if fmt != "table" and fmt not in pipeline.FORMATS:
+        raise typer.BadParameter(f"--format must be table, {', '.join(pipeline.FORMATS)}")
+    if fmt == "table" and out is not None:
+        raise typer.BadParameter("--out needs --format csv, json or parquet")
+    if fmt == "parquet" and out is None:
+        raise typer.BadParameter("--format parquet needs --out FILE")
+    return None if out is None else pipeline.check_out(out, force=force)
+
+
 def _emit(con, sql: str, params: list[object], fmt: str, out: Optional[Path],
           limit: Optional[int]) -> None:
-    """Print the rows as a table, or write/print them as CSV, JSON or Parquet."""
+    """Print the rows as a table, or write/print them as CSV, JSON or Parquet (`out` checked
+    by `_target`)."""
     from genomeconv.pipelines import query as pipeline
 
     if fmt == "table":
-        if out is not None:
-            raise typer.BadParameter("--out needs --format csv, json or parquet")
         shown = limit if limit is not None else TERMINAL_ROWS
         table = pipeline.fetch(con, pipeline.limited(sql, shown + 1), params)
         _print_table(table.slice(0, shown), more=table.num_rows > shown)
         return
-    if fmt not in pipeline.FORMATS:
-        raise typer.BadParameter(f"--format must be table, {', '.join(pipeline.FORMATS)}")
     if out is not None:
         path = pipeline.write(con, sql, params, out, fmt)
         typer.echo(f"wrote {path}", err=True)
         return
-    if fmt == "parquet":
-        raise typer.BadParameter("--format parquet needs --out FILE")
     with tempfile.TemporaryDirectory() as tmp:
         path = pipeline.write(con, sql, params, Path(tmp) / f"rows.{fmt}", fmt)
         typer.echo(path.read_text(), nl=False)

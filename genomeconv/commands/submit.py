@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -49,18 +47,19 @@ def submit(
     from genomeconv.pipelines import submit as pipeline
 
     variables = dict(_pair(item) for item in env)
-    with _errors():
-        job = pipeline.submit(command, address=address, gpus=gpus, cpus=cpus,
-                              working_dir=working_dir, cwd=cwd, upload_package=upload_package,
-                              pip=pip, env=variables, job_id=job_id, python=python)
-        typer.echo(f"submitted {job} to {pipeline.resolve_address(address)}", err=True)
-        typer.echo(job)
-        if wait:
-            status = pipeline.wait(job, address=address, timeout=timeout,
-                                   on_log=lambda text: typer.echo(text, nl=False, err=True))
-            typer.echo(f"job {job} {status}", err=True)
-            if status != "SUCCEEDED":
-                raise typer.Exit(1)
+    job = pipeline.submit(command, address=address, gpus=gpus, cpus=cpus,
+                          working_dir=working_dir, cwd=cwd, upload_package=upload_package,
+                          pip=pip, env=variables, job_id=job_id, python=python)
+    typer.echo(f"submitted {job} to {pipeline.resolve_address(address)}", err=True)
+    typer.echo(job)
+    if wait:
+        status = pipeline.wait(job, address=address, timeout=timeout,
+                               on_log=lambda text: typer.echo(text, nl=False, err=True))
+        still = status not in pipeline.TERMINAL_STATUSES
+        typer.echo(f"job {job} {status}" + (f" after {timeout} s (it keeps running)" if still
+                                            else ""), err=True)
+        if status != "SUCCEEDED":
+            raise typer.Exit(1)
 
 
 @jobs_app.command("list")
@@ -70,8 +69,7 @@ def jobs_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     """Jobs the cluster knows, newest first."""
     from genomeconv.pipelines import submit as pipeline
 
-    with _errors():
-        rows = sorted(pipeline.list_jobs(address), key=lambda r: r["start"], reverse=True)
+    rows = sorted(pipeline.list_jobs(address), key=lambda r: r["start"], reverse=True)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -90,8 +88,7 @@ def jobs_status(job_id: str,
     """One job's status, times, entrypoint and message (JSON)."""
     from genomeconv.pipelines import submit as pipeline
 
-    with _errors():
-        typer.echo(json.dumps(pipeline.job_status(job_id, address), indent=1))
+    typer.echo(json.dumps(pipeline.job_status(job_id, address), indent=1))
 
 
 @jobs_app.command("logs")
@@ -101,11 +98,10 @@ def jobs_logs(job_id: str, address: Optional[str] = typer.Option(None, help=ADDR
     """The job's driver output."""
     from genomeconv.pipelines import submit as pipeline
 
-    with _errors():
-        if follow:
-            pipeline.wait(job_id, address=address, on_log=lambda t: typer.echo(t, nl=False))
-        else:
-            typer.echo(pipeline.job_logs(job_id, address), nl=False)
+    if follow:
+        pipeline.wait(job_id, address=address, on_log=lambda t: typer.echo(t, nl=False))
+    else:
+        typer.echo(pipeline.job_logs(job_id, address), nl=False)
 
 
 @jobs_app.command("stop")
@@ -113,8 +109,7 @@ def jobs_stop(job_id: str, address: Optional[str] = typer.Option(None, help=ADDR
     """Stop a running job."""
     from genomeconv.pipelines import submit as pipeline
 
-    with _errors():
-        stopped = pipeline.stop_job(job_id, address)
+    stopped = pipeline.stop_job(job_id, address)
     typer.echo(f"job {job_id} {'stopping' if stopped else 'had already ended'}")
 
 
@@ -123,14 +118,3 @@ def _pair(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise typer.BadParameter(f"--env expects KEY=VALUE, got {item!r}")
     return key, value
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn connection, auth and lookup errors into one-line CLI errors (exit code 1)."""
-    try:
-        yield
-    except (ConnectionError, PermissionError, FileNotFoundError, ValueError, TimeoutError,
-            RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None

@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-_DS_HELP = ("DeepSpeed config: a name in workflows/deepspeed/ (zero0_fp32, zero1_fp32, "
-            "zero2_bf16, zero3_fp32, zero3_offload, long_seq_bf16_ckpt) or a JSON path.")
+_DS_HELP = ("DeepSpeed config: a name shipped in genomeconv/data/deepspeed/ (zero0_fp32, "
+            "zero1_fp32, zero2_bf16, zero3_fp32, zero3_offload, long_seq_bf16_ckpt) or a JSON "
+            "path.")
 
 
 # Options shared by `pretrain` and `finetune`.
@@ -26,7 +27,10 @@ NumWorkers = Annotated[int, typer.Option("--num-workers", min=1, help="Ray Train
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _names(text: Optional[str]) -> tuple[str, ...]:
@@ -47,7 +51,8 @@ def _run(fn, args: tuple, address: Optional[str], num_workers: int, out: Path) -
 
 
 def pretrain(
-    genome: Path = typer.Argument(..., metavar="GENOME.fa", help="FASTA (plain or bgzip)."),
+    genome: Path = typer.Argument(..., metavar="GENOME.fa", help="FASTA (plain, gzip or "
+                                  "bgzip), GenBank/EMBL or GFF3 with ##FASTA."),
     out: Path = typer.Option(Path("pretrain_out"), "--out", help="Output folder: model/, "
                              "checkpoints/, summary.json."),
     d_model: int = typer.Option(128, "--d-model", min=1),
@@ -102,7 +107,8 @@ def pretrain(
 def finetune(
     variants: Path = typer.Argument(..., metavar="VARIANTS", help="VCF/BCF with a label INFO "
                                     "field, or a table (chrom, pos, ref, alt, label)."),
-    fasta: Path = typer.Option(..., "--fasta", help="Reference FASTA."),
+    fasta: Path = typer.Option(..., "--fasta", help="Reference: FASTA (plain, gzip or bgzip), "
+                               "GenBank/EMBL or GFF3 with ##FASTA."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Checkpoint path or "
                                              "hub id (default: the bundled model)."),
     label: str = typer.Option("label", "--label-field", "--label-column", help="INFO field or "
@@ -134,8 +140,6 @@ def finetune(
     from genomeconv.pipelines.train import FinetuneOptions
     from genomeconv.pipelines.train import finetune as run
 
-    if freeze not in ("all", "none") and not freeze.isdigit():
-        raise typer.BadParameter("--freeze takes all, none or a number of layers")
     opts = FinetuneOptions(
         label=label, base_model=base_model, freeze=freeze, window=window, head_hidden=head_hidden,
         epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,

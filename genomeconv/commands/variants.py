@@ -11,7 +11,9 @@ import typer
 def score_variants(
     variants: Path = typer.Argument(..., help="VCF/BCF (plain, bgzip, BCF) or a Parquet/TSV/CSV "
                                     "table with chrom, pos, ref, alt[, id]."),
-    fasta: Path = typer.Option(..., "--fasta", help="Reference FASTA (plain or bgzip)."),
+    fasta: Path = typer.Option(..., "--fasta", help="Reference: FASTA (plain, gzip or bgzip), "
+                               "GenBank/EMBL or GFF3 with ##FASTA (then also the --genes "
+                               "annotation)."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
                                         "(default: the bundled model)."),
     out: Path = typer.Option(Path("variant_scores"), "--out", help="Output Parquet directory "
@@ -22,7 +24,8 @@ def score_variants(
     region: Optional[str] = typer.Option(None, "--region", help="Only variants in this region "
                                          "(samtools style, e.g. chr1:1,000-2,000)."),
     genes: Optional[str] = typer.Option(None, "--genes", help="Only variants inside these genes "
-                                        "(comma-separated names or ids; needs --gtf)."),
+                                        "(comma-separated names, locus_tags or protein_ids; "
+                                        "from --gtf or a GenBank/EMBL/GFF3 --fasta)."),
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3 annotation for --genes."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
                                           "(default: RAY_ADDRESS, else a local instance)."),
@@ -38,27 +41,28 @@ def score_variants(
     unit_size: Optional[int] = typer.Option(None, "--unit-size", min=1, help="ALT alleles per "
                                             "work unit (one Parquet part each; default: sized "
                                             "by window and model)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUT's earlier outputs "
+                                   "and start afresh (a rerun with other settings is refused)."),
+    keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf scores "
+                                        "(rows marked nonfinite) instead of stopping."),
 ) -> None:
     """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
     from genomeconv.cli import command_line, warn_emulated_dtype
     from genomeconv.pipelines.variants import score_variants as run
 
     warn_emulated_dtype(dtype, device, address)
-    try:
-        summary = run(variants, fasta, out, model=model, window=window, region=region,
-                      genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
-                      gtf=gtf, address=address, num_workers=num_workers, device=device,
-                      dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
-                      unit_size=unit_size, command=command_line())
-    except (ValueError, KeyError, OSError) as exc:  # bad inputs or options: a message, no trace
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    summary = run(variants, fasta, out, model=model, window=window, region=region,
+                  genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
+                  gtf=gtf, address=address, num_workers=num_workers, device=device,
+                  dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
+                  unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                  command=command_line())
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())) or "none"
-    typer.echo(f"{summary.variants} ALT alleles in {summary.units} units "
-               f"({summary.units_skipped} already done): wrote {summary.rows_written} rows "
-               f"[{statuses}] to {summary.out} in {summary.seconds:.1f} s")
+    typer.echo(f"{summary.variants} ALT alleles ({summary.variants_skipped} already done): "
+               f"wrote {summary.rows_written} rows in {summary.units} units [{statuses}] to "
+               f"{summary.out} in {summary.seconds:.1f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,43 +1,39 @@
-"""Indexed FASTA access through pysam: plain or bgzip, the .fai built on first use.
+"""Indexed FASTA access through pysam: plain, gzip or bgzip FASTA, and the sequences of
+GenBank, EMBL and GFF3+FASTA files, with the .fai built on first use.
 
-Sequences come back upper-cased (soft-masked bases are kept as bases). A missing index is built
-next to the file when its directory is writable, else in the user cache; before building, the file
-is checked line by line so that a malformed line is reported with the file name and line number.
-Plain gzip cannot be indexed: opening it fails with the exact command that converts it to bgzip.
+Sequences come back upper-cased (soft-masked bases are kept as bases). A missing index, or one
+older than its FASTA, is built next to the file when its directory is writable, else in the user
+cache; before building, the file is checked line by line so that a malformed line is reported
+with the file name and line number, and the index is written atomically. Plain gzip cannot be
+indexed: it is recompressed once to a cached bgzip copy (genomeconv.io.cache). A bgzip file
+without its end-of-file block (cut short) is refused before htslib can abort on it.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
-import shlex
+import uuid
+import zlib
 from pathlib import Path
 
+from genomeconv.errors import InputError
+from genomeconv.io import cache
+from genomeconv.io.cache import compression
 from genomeconv.io.regions import resolve_contig
 
 # Bases and IUPAC ambiguity codes, both cases: everything the tokenizer accepts.
 VALID_BASES = b"ACGTNRYSWKMBDHVacgtnryswkmbdhv"
 
 
-class FastaFormatError(ValueError):
+# The 28-byte empty block that ends every complete BGZF file.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+BGZIP_NAME = "sequence.fa.gz"  # the bgzip copy's name inside its cache entry
+
+
+class FastaFormatError(InputError):
     """A FASTA file that cannot be read or indexed (message names the file, and line if known)."""
-
-
-def compression(path: str | Path) -> str:
-    """'bgzf', 'gzip' (plain, not indexable) or 'none', from the file's first bytes."""
-    with open(path, "rb") as fh:
-        head = fh.read(18)
-    if head[:2] != b"\x1f\x8b":
-        return "none"
-    has_extra = len(head) >= 14 and head[3] & 4
-    return "bgzf" if has_extra and head[12:14] == b"BC" else "gzip"
-
-
-def bgzip_command(path: str | Path) -> str:
-    """The shell command that turns a plain-gzip FASTA into an indexable bgzip one."""
-    src = str(path)
-    stem = src[:-3] if src.endswith(".gz") else src
-    return f"gunzip -c {shlex.quote(src)} | bgzip -c > {shlex.quote(stem + '.bgz')}"
 
 
 def validate_fasta(path: str | Path) -> None:
@@ -47,9 +43,15 @@ def validate_fasta(path: str | Path) -> None:
     codes, one line width per record (only the last line may be shorter), no blank line inside
     a record.
     """
-    import gzip
-
     opener = gzip.open if compression(path) != "none" else open
+    try:
+        _validate_lines(path, opener)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise FastaFormatError(f"truncated or corrupt compressed file ({exc})",
+                               path=path) from None
+
+
+def _validate_lines(path: str | Path, opener) -> None:
     names: set[bytes] = set()
     name = width = short = blank = None
     with opener(path, "rb") as fh:
@@ -94,51 +96,128 @@ def validate_fasta(path: str | Path) -> None:
 
 
 def _index_paths(path: str, bgzf: bool, index_dir: str | Path | None) -> tuple[str, str | None]:
-    """Where the .fai (and .gzi) live: `index_dir` if given; else next to the file when present
-    or writable; else a per-file folder in the user cache."""
+    """Where the .fai (and .gzi) live: `index_dir` if given; else next to the file when they are
+    there and current, or when the folder is writable; else a folder in the user cache keyed by
+    the file's path, size and mtime."""
     if index_dir is None:
         fai, gzi = path + ".fai", (path + ".gzi" if bgzf else None)
-        if os.path.exists(fai) and (gzi is None or os.path.exists(gzi)):
+        if _current(path, fai, gzi) or os.access(os.path.dirname(os.path.abspath(path)) or ".",
+                                                 os.W_OK):
             return fai, gzi
-        if os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
-            return fai, gzi
-        stat = os.stat(path)
-        key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        index_dir = cache / "genomeconv" / "faidx" / hashlib.sha256(key).hexdigest()[:16]
+        size, mtime = cache.fingerprint(path)
+        key = f"{os.path.abspath(path)}|{size}|{mtime}".encode()
+        index_dir = cache.cache_root() / "faidx" / hashlib.sha256(key).hexdigest()[:16]
     Path(index_dir).mkdir(parents=True, exist_ok=True)
     base = str(Path(index_dir) / os.path.basename(path))
     return base + ".fai", (base + ".gzi" if bgzf else None)
 
 
+def _current(path: str, fai: str, gzi: str | None) -> bool:
+    """Whether the index files exist and are no older than the data (an index older than its
+    FASTA may describe a file since replaced: reading through it returns the wrong bases)."""
+    data = os.stat(path).st_mtime_ns
+    return all(os.path.exists(p) and os.stat(p).st_mtime_ns >= data
+               for p in (fai, gzi) if p is not None)
+
+
+def check_bgzf_eof(path: str | Path) -> None:
+    """Raise FastaFormatError unless a bgzip file ends with the BGZF end-of-file block: without it
+    the file was cut short, and htslib would abort the process on reaching the cut."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - len(BGZF_EOF)))
+        tail = fh.read()
+    if tail != BGZF_EOF:
+        raise FastaFormatError("truncated bgzip file (no BGZF end-of-file block); download or "
+                               "compress it again", path=path)
+
+
+def build_index(path: str, fai: str, gzi: str | None) -> None:
+    """Validate the FASTA and write its .fai (and .gzi) atomically: built under temporary names,
+    read back through htslib, then renamed, so a failure leaves no unreadable index behind."""
+    import pysam
+
+    validate_fasta(path)
+    tmp = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_fai, tmp_gzi = fai + tmp, (gzi + tmp if gzi else None)
+    try:
+        args = ["--fai-idx", tmp_fai] + (["--gzi-idx", tmp_gzi] if tmp_gzi else [])
+        try:
+            pysam.faidx(path, *args)
+        except pysam.SamtoolsError as exc:
+            raise FastaFormatError(f"cannot index: {exc}", path=path) from None
+        try:
+            with pysam.FastaFile(path, filepath_index=tmp_fai,
+                                 filepath_index_compressed=tmp_gzi):
+                pass
+        except (OSError, ValueError):
+            raise FastaFormatError(
+                f"htslib cannot read back the index it built (longest record name: "
+                f"{_longest_name(tmp_fai):,} characters; htslib reads names up to about 65,000)",
+                path=path) from None
+        if tmp_gzi:
+            os.replace(tmp_gzi, gzi)
+        os.replace(tmp_fai, fai)
+    finally:
+        for p in (tmp_fai, tmp_gzi):
+            if p and os.path.exists(p):
+                os.remove(p)
+
+
+def _longest_name(fai: str) -> int:
+    with open(fai, "rb") as fh:
+        return max((len(line.split(b"\t", 1)[0]) for line in fh), default=0)
+
+
+def _bgzip_copy(path: str) -> str:
+    """The cached, indexed bgzip copy of a plain-gzip FASTA (made on first use)."""
+    def build(folder: Path) -> None:
+        dest = str(folder / BGZIP_NAME)
+        cache.gzip_to_bgzip(path, dest)
+        build_index(dest, dest + ".fai", dest + ".gzi")
+
+    return str(cache.derived(path, "bgzip", build, describe="indexed bgzip copy") / BGZIP_NAME)
+
+
+def readable_fasta(path: str | Path) -> str:
+    """The file htslib reads for the FASTA `path`: the file itself (plain or bgzip), else the
+    cached bgzip copy of a plain-gzip FASTA or the cached FASTA of a GenBank/EMBL/GFF3+FASTA file.
+    InputError when the file is missing or not a sequence file genomeconv reads."""
+    from genomeconv.io import seqrecords
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError("FASTA file not found", path=path)
+    if seqrecords.record_format(path) is not None:
+        return seqrecords.sequence_fasta(path)
+    if compression(path) == "gzip":
+        return _bgzip_copy(path)
+    return path
+
+
 class FastaFile:
-    """Random access to an indexed FASTA; coordinates 0-based half-open, sequences upper-case."""
+    """Random access to an indexed FASTA; coordinates 0-based half-open, sequences upper-case.
+
+    The one opener every pipeline uses: it takes plain, gzip or bgzip FASTA and GenBank, EMBL or
+    GFF3 with a ##FASTA section (see `readable_fasta`), and builds or rebuilds the index."""
 
     def __init__(self, path: str | Path, *, index_dir: str | Path | None = None) -> None:
         """Open `path`; its index is read from (or built in) `index_dir`, default: see module."""
         import pysam
 
         self.path = str(path)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"FASTA file not found: {self.path}")
-        kind = compression(self.path)
-        if kind == "gzip":
-            raise FastaFormatError(
-                f"{self.path} is plain gzip, which cannot be indexed for random access; convert "
-                f"it to bgzip with:\n  {bgzip_command(self.path)}")
-        fai, gzi = _index_paths(self.path, kind == "bgzf", index_dir)
-        if not os.path.exists(fai) or (gzi is not None and not os.path.exists(gzi)):
-            validate_fasta(self.path)
-            args = ["--fai-idx", fai] + (["--gzi-idx", gzi] if gzi else [])
-            try:
-                pysam.faidx(self.path, *args)
-            except pysam.SamtoolsError as exc:
-                raise FastaFormatError(f"cannot index {self.path}: {exc}") from None
+        data = readable_fasta(self.path)
+        bgzf = compression(data) == "bgzf"
+        if bgzf:
+            check_bgzf_eof(data)
+        fai, gzi = _index_paths(data, bgzf, index_dir)
+        if not _current(data, fai, gzi):
+            build_index(data, fai, gzi)
         try:
-            self._fa = pysam.FastaFile(self.path, filepath_index=fai,
-                                       filepath_index_compressed=gzi)
+            self._fa = pysam.FastaFile(data, filepath_index=fai, filepath_index_compressed=gzi)
         except (OSError, ValueError) as exc:
-            raise FastaFormatError(f"cannot open FASTA {self.path}: {exc}") from None
+            raise FastaFormatError(f"cannot open as FASTA ({exc})", path=self.path) from None
         self._lengths = dict(zip(self._fa.references, self._fa.lengths))
 
     @property

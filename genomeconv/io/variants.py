@@ -21,15 +21,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from genomeconv.io.annotations import read_genes, select_genes
+from genomeconv.errors import InputError
+from genomeconv.io import cache
+from genomeconv.io.annotations import select_genes
 from genomeconv.io.regions import Interval, parse_region, resolve_contig
+from genomeconv.io.seqrecords import genes_of
 
 _BASES = re.compile(r"^[ACGTN]+$")
 _VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")
 _TABLE_COLUMNS = ("chrom", "pos", "ref", "alt")
 
 
-class VariantFormatError(ValueError):
+class VariantFormatError(InputError):
     """A malformed variant record; the message names the file and the line or record."""
 
 
@@ -83,11 +86,12 @@ def iter_variants(path: str | Path, *, region: str | Interval | None = None,
                   ) -> Iterator[Variant]:
     """Yield one `Variant` per ALT allele of a VCF/BCF or a table, in file order.
 
-    path: .vcf, .vcf.gz/.vcf.bgz (bgzip, index optional), .bcf, or a table (.parquet/.pq,
-    .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id (a leading '#'
-    and upper case in column names are accepted; an alt cell may hold several comma-separated
-    alleles). region (samtools style) and genes (names or ids, looked up in gtf) restrict the
-    output to variants whose POS lies inside them; both may be given (union).
+    path: .vcf, .vcf.gz/.vcf.bgz (bgzip or plain gzip, index optional), .bcf, or a table
+    (.parquet/.pq, .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id
+    (a leading '#' and upper case in column names are accepted; an alt cell may hold several
+    comma-separated alleles). region (samtools style) and genes (names or ids, looked up in gtf:
+    a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose POS lies
+    inside them; both may be given (union).
     """
     path = str(path)
     keep = _restriction(region, genes, gtf)
@@ -98,7 +102,7 @@ def iter_variants(path: str | Path, *, region: str | Interval | None = None,
     elif path.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz", ".csv", ".csv.gz")):
         records = _iter_delimited(path)
     else:
-        raise ValueError(f"{path}: unknown variant file type (expected .vcf, .vcf.gz, .bcf, "
+        raise InputError(f"{path}: unknown variant file type (expected .vcf, .vcf.gz, .bcf, "
                          ".parquet, .tsv or .csv)")
     for variant in records:
         if keep is None or keep(variant):
@@ -114,8 +118,9 @@ def _restriction(region: str | Interval | None, genes: Iterable[str] | None,
     if genes is not None:
         names = list(genes)
         if gtf is None:
-            raise ValueError("--genes needs --gtf (the annotation the gene names come from)")
-        intervals.extend(g.interval for g in select_genes(read_genes(gtf), names,
+            raise InputError("--genes needs --gtf, or a GenBank/EMBL/GFF3 reference (the "
+                             "annotation the gene names come from)")
+        intervals.extend(g.interval for g in select_genes(genes_of(gtf), names,
                                                           source=str(gtf)))
     if region is None and genes is None:
         return None
@@ -180,13 +185,33 @@ def _vcf_header_lines(path: str) -> int:
     return n
 
 
+def _bgzip_vcf(path: str) -> str:
+    """The file pysam reads for a VCF: itself, or for plain gzip (which htslib cannot open as
+    VCF) its bgzip copy with a tabix index when sorted, made once in the cache
+    (genomeconv.io.cache)."""
+    import pysam
+
+    if cache.compression(path) != "gzip":
+        return path
+
+    def build(folder: Path) -> None:
+        cache.gzip_to_bgzip(path, folder / "variants.vcf.gz")
+        try:
+            pysam.tabix_index(str(folder / "variants.vcf.gz"), preset="vcf", force=True)
+        except (OSError, pysam.utils.SamtoolsError):  # unsorted: read sequentially, unindexed
+            pass
+
+    return str(cache.derived(path, "bgzip", build, describe="bgzip copy") / "variants.vcf.gz")
+
+
 def _iter_vcf(path: str) -> Iterator[Variant]:
     import pysam
 
     is_bcf = path.endswith(".bcf")
     first = 0 if is_bcf else _vcf_header_lines(path)
+    readable = path if is_bcf else _bgzip_vcf(path)
     try:
-        vf = pysam.VariantFile(path)
+        vf = pysam.VariantFile(readable)
     except (OSError, ValueError) as exc:
         raise VariantFormatError(f"{path}: cannot open as VCF/BCF ({exc})") from exc
     with vf:

@@ -12,20 +12,31 @@
   with our module names (freq stored once) + optional MODEL_CARD.md.
 
 Hub ids ("owner/name") are downloaded with huggingface_hub (weights and config only); code
-from a hub repository is never downloaded or run.
+from a hub repository is never downloaded or run. A string is a local path, never a hub id, when
+it starts with ./, ../, / or ~, or its first component exists here.
+
+Every problem with a model folder is one InputError line (naming the file): a missing or partial
+folder, unreadable JSON or weights, config values of the wrong type, out of range or not finite
+(checked before any module is built), weights that disagree with the config, missing or
+unexpected tensors (a few named), non-finite weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
+import typing
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from genomeconv.errors import InputError
 from genomeconv.models.hyena import HyenaConfig, HyenaDNA
 from genomeconv.models.tokenizer import VOCAB
 
@@ -36,10 +47,19 @@ FORMAT_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FREQ = re.compile(r"^(.*\.implicit_filter\.)(\d+)\.freq$")
 _HUB_FILES = ["config.json", "model.safetensors", "weights.ckpt"]
+_LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+# Bounds that catch mistyped config values before a model is allocated from them.
+_MIN_VALUE = {"num_inner_mlps": 0}  # other int fields: >= 1
+MAX_SEQ_LEN = 2 ** 24  # longer filters than any published HyenaDNA (1M) by 16x
+_NAMED = 3  # tensors named in a missing/unexpected-keys message
 
 
-class CheckpointDownloadError(OSError):
+class CheckpointDownloadError(InputError, OSError):
     """A hub id could not be downloaded (offline, unknown repository, no access)."""
+
+
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """No model folder (or no config/weights in it) where the user pointed."""
 
 
 class _Inert:
@@ -56,54 +76,120 @@ class _Inert:
 
 
 # ---------------------------------------------------------------------------------- configs
-def _config_from_hf(cfg: dict) -> HyenaConfig:
-    return HyenaConfig(
-        d_model=cfg["d_model"], n_layer=cfg["n_layer"],
-        d_inner=cfg.get("d_inner") or 4 * cfg["d_model"], max_seq_len=cfg["max_seq_len"],
+def _config(values: dict, path: Path) -> HyenaConfig:
+    """A HyenaConfig from config values, each checked for type, range and finiteness first
+    (a NaN or a string there would otherwise build a model that writes NaN or fails deep
+    inside torch)."""
+    hints = typing.get_type_hints(HyenaConfig)
+    known = {f.name for f in fields(HyenaConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown config keys {unknown} (known: {sorted(known)})", path=path)
+    for name, value in values.items():
+        _check_value(name, value, hints[name], path)
+    if values.get("max_seq_len", 1) > MAX_SEQ_LEN:
+        raise InputError(f"max_seq_len {values['max_seq_len']} is larger than {MAX_SEQ_LEN}: "
+                         "a mistyped value?", path=path)
+    try:
+        return HyenaConfig(**values)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc), path=path) from None
+
+
+def _check_value(name: str, value: Any, kind: type, path: Path) -> None:
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
+        raise InputError(f"config value {name} = {value!r} is not {wanted}", path=path)
+    if kind is float and not math.isfinite(value):
+        raise InputError(f"config value {name} = {value!r} is not finite", path=path)
+    if kind is int and value < _MIN_VALUE.get(name, 1):
+        raise InputError(f"config value {name} = {value} must be >= {_MIN_VALUE.get(name, 1)}",
+                         path=path)
+    if name == "layer_norm_epsilon" and not value > 0:
+        raise InputError(f"config value {name} = {value} must be > 0", path=path)
+
+
+def _required(cfg: dict, key: str, path: Path) -> Any:
+    if key not in cfg:
+        raise InputError(f"no {key!r} in the config", path=path)
+    return cfg[key]
+
+
+def _config_from_hf(cfg: dict, path: Path) -> HyenaConfig:
+    d_model = _required(cfg, "d_model", path)
+    return _config(dict(
+        d_model=d_model, n_layer=_required(cfg, "n_layer", path),
+        d_inner=cfg.get("d_inner") or _times4(d_model),
+        max_seq_len=_required(cfg, "max_seq_len", path),
         vocab_size=cfg.get("vocab_size", 12),
         pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
         emb_dim=cfg.get("emb_dim", 3), filter_order=cfg.get("filter_order", 64),
         short_filter_order=cfg.get("short_filter_order", 3),
         num_inner_mlps=cfg.get("num_inner_mlps", 2), hyena_order=cfg.get("hyena_order", 2),
         activation_freq=cfg.get("activation_freq", 10),
-        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5))
+        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5)), path)
 
 
-def _config_from_original(cfg: dict) -> HyenaConfig:
-    layer = cfg["layer"]
-    return HyenaConfig(
-        d_model=cfg["d_model"], n_layer=cfg["n_layer"],
-        d_inner=cfg.get("d_inner") or 4 * cfg["d_model"], max_seq_len=layer["l_max"],
+def _times4(d_model: Any) -> Any:
+    """The default d_inner; a mistyped d_model is passed on for `_config` to name."""
+    return 4 * d_model if isinstance(d_model, int) and not isinstance(d_model, bool) else d_model
+
+
+def _config_from_original(cfg: dict, path: Path) -> HyenaConfig:
+    layer = _required(cfg, "layer", path)
+    if not isinstance(layer, dict):
+        raise InputError(f"config value layer = {layer!r} is not an object", path=path)
+    d_model = _required(cfg, "d_model", path)
+    return _config(dict(
+        d_model=d_model, n_layer=_required(cfg, "n_layer", path),
+        d_inner=cfg.get("d_inner") or _times4(d_model),
+        max_seq_len=_required(layer, "l_max", path),
         vocab_size=cfg.get("vocab_size", 12),
         pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
         emb_dim=layer.get("emb_dim", 3), filter_order=layer.get("filter_order", 64),
         num_inner_mlps=layer.get("num_inner_mlps", 2), hyena_order=layer.get("order", 2),
         activation_freq=layer.get("w", 1), modulate=layer.get("modulate", True),
         modulation_shift=layer.get("shift", 0.05),  # as served by the standalone/-hf code
-        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5))
+        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5)), path)
 
 
 # ---------------------------------------------------------------------------------- weights
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    if not path.is_file():
+        raise ModelNotFoundError("not found (a genomeconv model folder holds config.json and "
+                                 "model.safetensors)", path=path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise InputError(f"unreadable safetensors file ({' '.join(str(exc).split())}); "
+                         "copy or download it again", path=path) from None
 
 
 def _read_lightning(path: Path) -> dict[str, torch.Tensor]:
     """state_dict of a Lightning weights.ckpt without running code from the file."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:  # not a torch zip file: truncated, corrupt
+        raise InputError(f"unreadable checkpoint ({' '.join(str(exc).split())})",
+                         path=path) from None
     except pickle.UnpicklingError:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         try:
             with torch.serialization.safe_globals([(_Inert, name) for name in names]):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path}: refusing to unpickle this checkpoint ({exc}); "
-                             "convert it to safetensors where it came from") from None
+            raise InputError(f"refusing to unpickle this checkpoint ({exc}); convert it to "
+                             "safetensors where it came from", path=path) from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: no 'state_dict' in this Lightning checkpoint")
+        raise InputError("no 'state_dict' in this Lightning checkpoint", path=path)
     return state
 
 
@@ -132,7 +218,7 @@ def _normalize(state: dict[str, torch.Tensor], model: HyenaDNA) -> dict[str, tor
     for prefix, found in freqs.items():
         first = next(iter(found.values()))
         if any(not torch.equal(first, f) for f in found.values()):
-            raise ValueError(f"{prefix}*.freq differ; HyenaDNA shares one Sin frequency vector")
+            raise InputError(f"{prefix}*.freq differ; HyenaDNA shares one Sin frequency vector")
         for idx, module in enumerate(model.get_submodule(prefix.rstrip("."))):
             if hasattr(module, "freq"):
                 state[f"{prefix}{idx}.freq"] = first
@@ -141,42 +227,103 @@ def _normalize(state: dict[str, torch.Tensor], model: HyenaDNA) -> dict[str, tor
         stored, ours = state.pop(key), buffers.get(key)
         if ours is None or stored[:, :ours.shape[1]].shape != ours.shape or not torch.allclose(
                 stored.float(), ours.float(), atol=1e-4):
-            raise ValueError(f"{key} differs from the HyenaDNA positional features for this "
+            raise InputError(f"{key} differs from the HyenaDNA positional features for this "
                              "config (trained positional features are not supported)")
     if "lm_head.weight" not in state and "backbone.embeddings.word_embeddings.weight" in state:
         state["lm_head.weight"] = state["backbone.embeddings.word_embeddings.weight"]
     return state
 
 
+def _check_shapes(config: HyenaConfig, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """d_model and n_layer of the config against the weights, before a model is allocated."""
+    embedding = state.get("backbone.embeddings.word_embeddings.weight")
+    if embedding is not None and embedding.ndim == 2 and embedding.shape[1] != config.d_model:
+        raise InputError(f"the config says d_model {config.d_model} but the weights have "
+                         f"{embedding.shape[1]}", path=weights)
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"backbone\.layers\.(\d+)\.", k))}
+    if layers and max(layers) + 1 != config.n_layer:
+        raise InputError(f"the config says n_layer {config.n_layer} but the weights have "
+                         f"{max(layers) + 1} layers", path=weights)
+
+
+def _check_keys(state: dict[str, torch.Tensor], model: HyenaDNA, weights: Path) -> None:
+    """Missing, unexpected or misshapen tensors (a few named), and non-finite weights."""
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors ({_few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors ({_few(unexpected)})")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of the wrong shape ({_few(wrong)})")
+    if problems:
+        raise InputError("weights do not match the config: " + "; ".join(problems), path=weights)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(f"{len(bad)} tensors hold NaN or inf ({_few(bad)}): a broken model",
+                         path=weights)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:_NAMED]) + (", ..." if len(names) > _NAMED else "")
+
+
 def _build(config: HyenaConfig, state: dict[str, torch.Tensor], model_id: str,
-           device, dtype) -> HyenaDNA:
+           device, dtype, weights: Path) -> HyenaDNA:
+    _check_shapes(config, state, weights)
     model = HyenaDNA(config)
-    model.load_state_dict(_normalize(state, model), strict=True)
+    state = _normalize(state, model)
+    _check_keys(state, model, weights)
+    model.load_state_dict(state, strict=True)
     model.model_id = model_id
     model.eval()
     return model.to(device=device, dtype=dtype)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", path=path, line=exc.lineno) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text file", path=path) from None
+    if not isinstance(cfg, dict):
+        raise InputError("a model config.json holds one JSON object", path=path)
+    return cfg
 
 
 def _load_directory(directory: Path, model_id: str, device, dtype) -> HyenaDNA:
     """Detect the layout of a local checkpoint directory and load it."""
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found (a checkpoint directory holds "
-                                "config.json and model.safetensors or weights.ckpt)")
-    cfg = json.loads(config_path.read_text())
+        raise ModelNotFoundError("config.json not found (a checkpoint directory holds "
+                                 "config.json and model.safetensors or weights.ckpt)",
+                                 path=config_path)
+    cfg = _read_config(config_path)
+    safetensors, lightning = directory / "model.safetensors", directory / "weights.ckpt"
     if cfg.get("format") == FORMAT:
         if cfg.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: format_version {cfg.get('format_version')} "
-                             f"is not supported (expected {FORMAT_VERSION})")
-        return _build(HyenaConfig.from_dict(cfg["config"]),
-                      _read_safetensors(directory / "model.safetensors"), model_id, device, dtype)
-    if (directory / "model.safetensors").is_file():
-        state = _rename_hf(_read_safetensors(directory / "model.safetensors"))
-        return _build(_config_from_hf(cfg), state, model_id, device, dtype)
-    if (directory / "weights.ckpt").is_file():
-        state = _rename_original(_read_lightning(directory / "weights.ckpt"))
-        return _build(_config_from_original(cfg), state, model_id, device, dtype)
-    raise FileNotFoundError(f"{directory}: neither model.safetensors nor weights.ckpt found")
+            raise InputError(f"format_version {cfg.get('format_version')} is not supported "
+                             f"(expected {FORMAT_VERSION})", path=config_path)
+        values = cfg.get("config")
+        if not isinstance(values, dict):
+            raise InputError("no 'config' object", path=config_path)
+        config = _config(values, config_path)
+        return _build(config, _read_safetensors(safetensors), model_id, device, dtype,
+                      safetensors)
+    if safetensors.is_file():
+        config = _config_from_hf(cfg, config_path)
+        return _build(config, _rename_hf(_read_safetensors(safetensors)), model_id, device,
+                      dtype, safetensors)
+    if lightning.is_file():
+        config = _config_from_original(cfg, config_path)
+        return _build(config, _rename_original(_read_lightning(lightning)), model_id, device,
+                      dtype, lightning)
+    raise ModelNotFoundError("neither model.safetensors nor weights.ckpt found", path=directory)
 
 
 def _download(repo_id: str) -> Path:
@@ -186,32 +333,60 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
     except Exception as exc:  # offline, unknown repository, no access: one clear message
+        reason = " ".join(str(exc).split())[:200]
         raise CheckpointDownloadError(
             f"could not download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{exc}). If this machine is offline, download it elsewhere, e.g. "
+            f"{reason}). If this machine is offline, download it elsewhere, e.g. "
             f"`hf download {repo_id} config.json model.safetensors weights.ckpt "
             f"--local-dir ./{repo_id.split('/')[-1]}`, copy the directory here and load it by "
             f"path: load('./{repo_id.split('/')[-1]}')") from exc
+
+
+def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]:
+    """(the local folder `load` reads, the model id it reports) for the bundled model (None or
+    "bundled"), a local directory or a hub id ("owner/name", downloaded once); run manifests
+    hash the weight files of this folder."""
+    if path_or_hub_id is None or path_or_hub_id == "bundled":
+        if not (BUNDLED_DIR / "config.json").is_file():
+            raise ModelNotFoundError(f"the bundled model is missing: {BUNDLED_DIR} has no "
+                                     "config.json (reinstall genomeconv or pass a checkpoint "
+                                     "path)")
+        return BUNDLED_DIR, BUNDLED_ID
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError("pass the model folder, not a file", path=path)
+        return path, str(path_or_hub_id)
+    if is_hub_id(path_or_hub_id):
+        return _download(str(path_or_hub_id)), str(path_or_hub_id)
+    raise ModelNotFoundError("no such model folder" + (
+        "" if isinstance(path_or_hub_id, Path) or "/" not in path_or_hub_id else
+        " (a local path: hub ids are owner/name with no ./, ../, / or ~ and no local first "
+        "component)"), path=path)
 
 
 def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> HyenaDNA:
     """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
     directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
-    if path_or_hub_id is None or path_or_hub_id == "bundled":
-        if not (BUNDLED_DIR / "config.json").is_file():
-            raise FileNotFoundError(f"the bundled model is missing: {BUNDLED_DIR} has no "
-                                    "config.json (reinstall genomeconv or pass a checkpoint path)")
-        return _load_directory(BUNDLED_DIR, BUNDLED_ID, device, dtype)
-    path = Path(path_or_hub_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"{path}: pass the checkpoint directory, not a file")
-        return _load_directory(path, str(path_or_hub_id), device, dtype)
-    if isinstance(path_or_hub_id, str) and _HUB_ID.match(path_or_hub_id):
-        return _load_directory(_download(path_or_hub_id), path_or_hub_id, device, dtype)
-    raise FileNotFoundError(f"{path_or_hub_id}: no such checkpoint directory (nor a hub id "
-                            "of the form owner/name)")
+    directory, model_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id, device, dtype)
+
+
+def is_hub_id(name: str | Path) -> bool:
+    """Whether `name` means a hub repository rather than a local path: owner/name in form, not
+    starting with ./, ../, / or ~, and its first component ("owner") not present here."""
+    if not isinstance(name, str) or name.startswith(_LOCAL_PREFIXES):
+        return False
+    return bool(_HUB_ID.match(name)) and not Path(name.split("/", 1)[0]).exists()
+
+
+def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> HyenaDNA:
+    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
+    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
+    directory, model_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id, device, dtype)
 
 
 def save(model: HyenaDNA, directory: str | Path, *, card: str | None = None) -> None:

@@ -1,17 +1,27 @@
 """`genomeconv embed`: pooled (and optionally per-base) embeddings of regions, genes, BED
 intervals, whole records or reads, on Ray, written as keyed, resumable Parquet parts.
 
-The driver plans work items that carry coordinates only (never sequences), groups them into
-deterministic work units sized by work (`plan_units`: about `default_unit_bp` bases and at most
-runtime.UNIT_MAX_ITEMS items each, an item that long alone), skips units already written, and
-streams the rest, as columns, through a Ray Data actor pool. Each `EmbedActor` opens the FASTA
+The driver plans work items that carry coordinates only (never sequences), locks OUT and checks its
+run manifest (pipelines/manifest.py: a rerun with other value-changing settings or inputs is
+refused, `overwrite` starts afresh), reads the item ids of the parts already committed, drops those
+items, and only then groups the rest into work units sized by work (`plan_units`: about
+`default_unit_bp` bases and at most runtime.UNIT_MAX_ITEMS items each, an item that long alone),
+so another --batch-size, a subset or a superset of the items resumes with every item written
+exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the FASTA
 or read file and loads the model once; per unit it fetches every item's bases in file order,
 reverse-complements minus-strand items, runs them sorted by length in right-padded batches
 through the model's bounded-memory path (`inference.hidden_states`), pools each item over its
 own positions only (so its embedding does not depend on its batch), and writes the unit's
-part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/, so a unit whose embeddings part
-exists is complete. Many small items thus cost one Ray task and one Parquet part per few Mbp,
-not per item.
+part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items thus cost one
+Ray task and one Parquet part per few Mbp, not per item. A unit is done when its embeddings
+part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the same name
+counts and holds one row per base of the unit's items; otherwise the unit's parts are moved
+aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
+killed between the two commits).
+
+Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error
+naming it (a model that produces NaN is broken), unless --keep-nonfinite, which writes such rows
+with `nonfinite` = true (per-base rows join them on item_id).
 
 Per-base rows: `position` is 0-based on the reference (a minus-strand item's first base is its
 highest position); for reads it is the offset in the read as sequenced.
@@ -20,14 +30,19 @@ highest position); for reads it is the offset in the read as sequenced.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genomeconv.io.regions import Interval, format_region, parse_region
-from genomeconv.pipelines import runtime, schema
+from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.io.regions import Interval, format_region, parse_region, reverse_complement
+from genomeconv.pipelines import manifest, preflight, runtime, schema
+
+if TYPE_CHECKING:
+    from genomeconv.io.annotations import Feature
 
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
 PER_BASE_ROWS = 65_536  # rows per per-base row group (bounds the writer's buffer)
@@ -53,6 +68,7 @@ class Item:
     read_name: str | None = None
     read_flag: int | None = None
     read_offset: int | None = None
+    parts: list | None = None  # spliced feature: [start, end, strand] in biological order
 
 
 def item_id(source: str | Path, *parts: object) -> str:
@@ -88,17 +104,42 @@ def _interval_item(source: str, iv: Interval, seq_name: str, gene_id: str | None
                 gene_id=gene_id, gene_name=gene_name)
 
 
+def _feature_item(src: str, feature: Feature, spliced: bool,
+                  clip: Callable[[Interval], Interval]) -> Item:
+    """One annotated feature: its whole span, or with `spliced` (and several parts) its parts
+    joined; the key and seq_name ("CDS:abcA" or "CDS:abcA:spliced") say which."""
+    iv = clip(Interval(feature.chrom, feature.start, feature.end, feature.strand, feature.label))
+    parts = None
+    if spliced and len(feature.parts) > 1:
+        parts = [[s, e, strand] for s, e, strand in feature.parts]
+        for s, e, _ in parts:
+            clip(Interval(iv.chrom, s, e))
+    name = f"{feature.type}:{feature.label}" + (":spliced" if parts else "")
+    return Item(item_id(src, iv.chrom, iv.start, iv.end, iv.strand, name, parts), name, iv.chrom,
+                iv.start, iv.end, iv.strand,
+                sum(e - s for s, e, _ in parts) if parts else iv.end - iv.start,
+                gene_id=feature.locus_tag or feature.feature_id, gene_name=feature.gene,
+                parts=parts)
+
+
 def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
                      gtf: str | Path | None = None, genes: Sequence[str] | None = None,
-                     bed: str | Path | None = None) -> list[Item]:
-    """Items on a FASTA: the regions, the (selected) GTF/GFF3 genes and the BED intervals
-    asked for, or every record when none is given. Contig names are resolved against the FASTA
-    (chr1 <-> 1); unknown contigs and genes raise errors naming them."""
-    from genomeconv.io.annotations import read_bed, read_genes, select_genes
+                     bed: str | Path | None = None, features: Sequence[str] | None = None,
+                     spliced: bool = False) -> list[Item]:
+    """Items on a FASTA: the regions, the (selected) GTF/GFF3 genes or features of the given
+    types and the BED intervals asked for, or every record when none is given. A GenBank, EMBL
+    or GFF3+FASTA input is its own annotation when no `gtf` is given. Contig names are resolved
+    against the FASTA (chr1 <-> 1); unknown contigs and genes raise errors naming them."""
+    from genomeconv.io.annotations import read_bed, select_features, select_genes
     from genomeconv.io.fasta import FastaFile
+    from genomeconv.io.seqrecords import features_of, genes_of, is_record_file
 
     src = str(fasta_path)
     items: list[Item] = []
+    if gtf is None and (genes or features) and is_record_file(src):
+        gtf = src
+    if (genes or features) and gtf is None:
+        raise InputError("--genes and --features need --gtf, or a GenBank/EMBL/GFF3 input")
     with FastaFile(src) as fa:
         def clip(iv: Interval) -> Interval:
             chrom = fa.resolve(iv.chrom)
@@ -112,8 +153,11 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
         for text in regions:
             iv = clip(parse_region(text))
             items.append(_interval_item(src, iv, text))
-        if gtf is not None:
-            found = read_genes(gtf)
+        if features:
+            for f in select_features(features_of(gtf), features, genes, source=str(gtf)):
+                items.append(_feature_item(src, f, spliced, clip))
+        elif gtf is not None:
+            found = genes_of(gtf)
             if genes:
                 found = select_genes(found, genes, source=str(gtf))
             for g in found:
@@ -124,7 +168,7 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
             for iv in read_bed(bed):
                 iv = clip(iv)
                 items.append(_interval_item(src, iv, iv.name or format_region(iv)))
-        if not (regions or gtf or bed):
+        if not (regions or gtf is not None or bed):
             for name, size in zip(fa.references, fa.lengths):
                 items.append(_interval_item(src, Interval(name, 0, size), name))
     return _unique(items)
@@ -154,16 +198,17 @@ def _unique(items: list[Item]) -> list[Item]:
     return list(seen.values())
 
 
-def default_unit_bp(model: Any, items: Sequence[Item], workers: int = 1, per_base: bool = False,
+def default_unit_bp(config: Any, items: Sequence[Item], workers: int = 1, per_base: bool = False,
                     per_base_dtype: str = "float32") -> int:
-    """Bases per work unit: `runtime.unit_bases` of the model; with per-base output also at most
+    """Bases per work unit: `runtime.unit_bases` of the model (its HyenaConfig `config`); with
+    per-base output also at most
     PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file; and
     at most the items' bases over `workers`, so that no worker of a small job stays idle."""
     import numpy as np
 
-    bp = runtime.unit_bases(model.d_model, model.config.n_layer)
+    bp = runtime.unit_bases(config.d_model, config.n_layer)
     if per_base:
-        bp = min(bp, PER_BASE_PART_BYTES // (model.d_model * np.dtype(per_base_dtype).itemsize))
+        bp = min(bp, PER_BASE_PART_BYTES // (config.d_model * np.dtype(per_base_dtype).itemsize))
     return runtime.per_worker(bp, sum(it.length for it in items), workers)
 
 
@@ -194,6 +239,9 @@ class WorkerConfig:
     dtype: str | None = None
     threads: int | None = None
     command: str = "genomeconv embed"
+    keep_nonfinite: bool = False
+    manifest_sha256: str | None = None
+    token: manifest.RunToken | None = None  # commits parts while this run holds OUT
 
 
 class EmbedActor:
@@ -217,30 +265,46 @@ class EmbedActor:
             from genomeconv.io.fasta import FastaFile
 
             self.source = FastaFile(config.fasta)
-        self.meta = schema.file_metadata(self.model, config.command, "embeddings")
-        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base")
+        self.meta = schema.file_metadata(self.model, config.command, "embeddings",
+                                         config.manifest_sha256)
+        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base",
+                                            config.manifest_sha256)
 
-    def __call__(self, batch: Any) -> dict[str, list]:
-        """Embed every unit in the batch (a pyarrow table: unit_id and one list column per Item
-        field); one summary row per unit: unit_id, items, bp, model_s (seconds in the model)
-        and peak_rss (this worker's peak resident bytes so far)."""
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        """Embed every unit in the batch; one summary row per unit: unit_id, items, bp,
+        model_s (seconds in the model), peak_rss (this worker's peak resident bytes so far) and
+        error (a GenomeconvError's runtime.failure_report, else empty)."""
         import resource
 
         out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
-                                "peak_rss": []}
-        for unit in batch.to_pylist():
-            items = [Item(*row) for row in zip(*(unit[f] for f in ITEM_FIELDS))]
-            out["model_s"].append(self.run_unit(unit["unit_id"], items))
-            out["unit_id"].append(unit["unit_id"])
+                                "peak_rss": [], "error": []}
+        for unit_id, payload in zip(batch["unit_id"], batch["items"]):
+            items = [Item(**d) for d in json.loads(payload)]
+            try:
+                out["model_s"].append(self.run_unit(str(unit_id), items))
+                out["error"].append("")
+            except GenomeconvError as exc:
+                out["model_s"].append(0.0)
+                out["error"].append(runtime.failure_report(exc))
+            out["unit_id"].append(str(unit_id))
             out["items"].append(len(items))
             out["bp"].append(sum(it.length for it in items))
             out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         return out
 
     def sequence(self, item: Item) -> str:
-        """A FASTA item's bases in its own orientation (minus strand: reverse complement)."""
-        from genomeconv.io.regions import reverse_complement
+        """The item's bases in its own orientation (minus strand: reverse complement; a spliced
+        feature: its parts joined, each in its own orientation)."""
+        from genomeconv.io.reads import ReadRef
 
+        if item.parts:
+            return "".join(self.source.fetch(item.chrom, s, e) if strand == "+" else
+                           reverse_complement(self.source.fetch(item.chrom, s, e))
+                           for s, e, strand in item.parts)
+        if item.read_name is not None:
+            return self.source.sequence(ReadRef(item.read_name, item.read_flag, item.chrom,
+                                                item.start, item.end, item.strand, item.length,
+                                                item.read_offset))
         seq = self.source.fetch(item.chrom, item.start, item.end)
         return reverse_complement(seq) if item.strand == "-" else seq
 
@@ -267,6 +331,7 @@ class EmbedActor:
 
         seqs = self.sequences(items)
         pooled = np.empty((len(items), self.model.d_model), dtype=np.float32)
+        nonfinite = np.zeros(len(items), dtype=bool)
         model_s = 0.0
         writer = _PerBaseWriter(self.cfg, unit_id, self.model.d_model, self.meta_pb) \
             if self.cfg.per_base else None
@@ -274,6 +339,7 @@ class EmbedActor:
             for group in _forward_groups([len(s) for s in seqs], self.cfg.batch_size):
                 t0 = time.perf_counter()
                 hidden, lengths = self.hidden([seqs[k] for k in group])
+                nonfinite[group] = self.check_finite([items[k] for k in group], hidden, lengths)
                 pooled[group] = pool(hidden, self.cfg.pooling, lengths).float().cpu().numpy()
                 model_s += time.perf_counter() - t0
                 if writer is not None:
@@ -285,8 +351,8 @@ class EmbedActor:
         finally:
             if writer is not None:
                 writer.discard()
-        runtime.write_part(self.table(items, seqs, pooled), Path(self.cfg.out) / EMBEDDINGS_DIR,
-                           unit_id, self.meta)
+        runtime.write_part(self.table(items, seqs, pooled, nonfinite),
+                           Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta, self.cfg.token)
         return model_s
 
     def hidden(self, seqs: list[str]) -> tuple[Any, Any]:
@@ -306,7 +372,8 @@ class EmbedActor:
         hidden = hidden_states(self.model, ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
         return hidden, lengths
 
-    def table(self, items: Sequence[Item], seqs: Sequence[str], pooled: Any) -> Any:
+    def table(self, items: Sequence[Item], seqs: Sequence[str], pooled: Any,
+              nonfinite: Any) -> Any:
         """The unit's embeddings rows, built column by column."""
         import pyarrow as pa
 
@@ -318,10 +385,32 @@ class EmbedActor:
         columns["pooling"] = [self.cfg.pooling] * len(items)
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
             pa.array(pooled.reshape(-1)), self.model.d_model)
+        columns["nonfinite"] = pa.array(nonfinite)
         return pa.table(columns, schema=out_schema)
 
+    def check_finite(self, items: Sequence[Item], hidden: Any, lengths: Any) -> Any:
+        """Per item of a batch, whether its hidden states (its own positions) hold NaN or
+        infinity: an error naming the first such item, or with keep_nonfinite the flags."""
+        import torch
 
-ITEM_FIELDS = tuple(f.name for f in fields(Item))  # how units travel to the workers: columns
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] \
+            < lengths.to(hidden.device)[:, None]
+        bad = ((~torch.isfinite(hidden)).any(-1) & valid).any(-1).cpu().numpy()
+        if bad.any() and not self.cfg.keep_nonfinite:
+            item = items[int(bad.argmax())]
+            raise InputError(f"the model gives non-finite (NaN or infinite) embeddings for item "
+                             f"{describe_item(item)}: a model that produces NaN is broken; pass "
+                             "--keep-nonfinite to write such rows marked nonfinite = true",
+                             path=self.model.model_id)
+        return bad
+
+
+def describe_item(item: Item) -> str:
+    """An item as a person finds it again: its name and coordinates (1-based, inclusive)."""
+    if item.read_name is not None:
+        return f"read {item.read_name!r} (flag {item.read_flag})"
+    return (f"{item.seq_name!r} ({item.chrom}:{item.start + 1:,}-{item.end:,} {item.strand}, "
+            f"item_id {item.item_id})")
 
 
 def _forward_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -347,7 +436,7 @@ class _PerBaseWriter:
         self.d = d_model
         self.part = runtime.PartWriter(Path(cfg.out) / PER_BASE_DIR, unit_id,
                                        schema.per_base_schema(d_model, cfg.per_base_dtype),
-                                       metadata)
+                                       metadata, cfg.token)
         self.pending: list[Any] = []  # tables not yet written, fewer than PER_BASE_ROWS rows
         self.rows = 0
         self.discard = self.part.discard
@@ -358,10 +447,14 @@ class _PerBaseWriter:
         import pyarrow as pa
 
         n = hidden.shape[0]
+        spliced = np.concatenate([np.arange(s, e) if strand == "+" else np.arange(e - 1, s - 1, -1)
+                                  for s, e, strand in item.parts]) if item.parts else None
         for lo in range(0, n, PER_BASE_ROWS):
             hi = min(n, lo + PER_BASE_ROWS)
             offsets = np.arange(lo, hi, dtype=np.int64)
-            if item.read_name is not None:
+            if spliced is not None:
+                positions = spliced[lo:hi].astype(np.int64)
+            elif item.read_name is not None:
                 positions = offsets
             elif item.strand == "-":
                 positions = item.end - 1 - offsets
@@ -398,14 +491,60 @@ class _PerBaseWriter:
 # --- the driver ----------------------------------------------------------------------------
 
 
+def completed_items(out: str | Path, per_base: bool, manifest_sha256: str) -> set[str]:
+    """Item ids already written under OUT by runs with this manifest (see the module docstring);
+    parts that do not count are moved aside or removed here, before any new part is planned."""
+    emb_dir, pb_dir = Path(out) / EMBEDDINGS_DIR, Path(out) / PER_BASE_DIR
+    done: dict[str, str] = {}  # item id -> the part holding it
+    for part in sorted(emb_dir.glob(manifest.PART_GLOB)) if emb_dir.is_dir() else ():
+        keys, why = manifest.read_part_keys(part, manifest_sha256, ("item_id", "length"))
+        ids = keys.column("item_id").to_pylist() if keys is not None else []
+        if why is None and len(set(ids)) != len(ids):
+            why = "it holds an item twice"
+        if why is None and (twice := next((i for i in ids if i in done), None)):
+            why = f"item {twice} is already in {done[twice]}"
+        pb = pb_dir / part.name
+        if why is None and per_base:
+            rows, why_pb = (manifest.read_part_keys(pb, manifest_sha256, ())
+                            if pb.exists() else (None, "missing"))
+            bases = sum(keys.column("length").to_pylist())
+            if why_pb is None and rows != bases:
+                why_pb = f"it has {rows} rows for {bases} bases"
+            if why_pb is not None:
+                why = f"its per-base part {pb.name} does not count ({why_pb})"
+        if why is not None:
+            manifest.move_aside(part, why)
+            if pb.exists():
+                manifest.move_aside(pb, f"its unit's embeddings part does not count ({why})")
+            continue
+        done.update(dict.fromkeys(ids, part.name))
+    for pb in sorted(pb_dir.glob(manifest.PART_GLOB)) if pb_dir.is_dir() else ():
+        if not (emb_dir / pb.name).exists():  # a unit killed between its two commits
+            pb.unlink()
+    return set(done)
+
+
+def embed_manifest(model: str | None, config_sha256: str, *, fasta: str | None,
+                   reads: str | None, pooling: str, per_base: bool, per_base_dtype: str,
+                   dtype: str | None, device_type: str) -> manifest.Manifest:
+    """The settings and inputs an `embed` folder's values depend on (not which items, nor
+    --keep-nonfinite: it only adds marked rows, so a rerun with it resumes a run stopped by NaN)."""
+    settings = {**manifest.model_fingerprint(model, config_sha256), "pooling": pooling,
+                "per_base": per_base, "per_base_dtype": per_base_dtype if per_base else None,
+                "dtype": dtype or "float32", "device_type": device_type}
+    inputs = {role: manifest.file_fingerprint(path)
+              for role, path in (("fasta", fasta), ("reads", reads)) if path is not None}
+    return manifest.Manifest("embed", settings, inputs)
+
+
 @dataclass
 class EmbedSummary:
     """What an `embed` run did."""
 
     items: int
     bp: int
-    units: int
-    units_skipped: int  # already written by an earlier run
+    units: int  # units run by this run (the items not done yet, grouped)
+    items_skipped: int  # already written by an earlier run
     items_done: int  # embedded by this run
     bp_done: int
     seconds: float
@@ -418,11 +557,13 @@ class EmbedSummary:
 def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
           gtf: str | Path | None = None, genes: Sequence[str] | None = None,
           bed: str | Path | None = None, bam: str | Path | None = None, min_mapq: int = 0,
-          min_length: int = 0, model: str | None = None, pooling: str = "mean",
+          min_length: int = 0, features: Sequence[str] | None = None, spliced: bool = False,
+          model: str | None = None, pooling: str = "mean",
           per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
           unit_bp: int | None = None, chunk_size: int | None = None,
           address: str | None = None, num_workers: int = 1,
           gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
+          overwrite: bool = False, keep_nonfinite: bool = False,
           command: str = "genomeconv embed",
           on_plan: Callable[[int, int], None] | None = None,
           on_unit: Callable[[int, int], None] | None = None) -> EmbedSummary:
@@ -430,13 +571,15 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     gives reads with `input_path` as their reference) into Parquet parts under `out`.
 
     batch_size: items per model call (sorted by length); unit_bp: bases per work unit and
-    Parquet part (default `default_unit_bp`). Resumes: units already written under `out` are
-    skipped. `on_plan(items_bp_to_do, units)` is called once planned, `on_unit(items, bp)` after
+    Parquet part (default `default_unit_bp`). Resumes: items already written under `out` (by a
+    run with the same manifest) are skipped; `overwrite` removes the folder's earlier outputs
+    first. `on_plan(items_bp_to_do, units)` is called once planned, `on_unit(items, bp)` after
     each unit (for progress bars).
     """
     import ray
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
     from genomeconv.models import load
 
     t0 = time.perf_counter()
@@ -447,6 +590,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     if batch_size < 1 or num_workers < 1 or (unit_bp is not None and unit_bp < 1):
         raise ValueError("--batch-size, --unit-bp and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
+    preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
+                    gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
     probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
     # Workers may run in another directory (or on another node): hand them absolute paths.
     input_path, out = Path(input_path).resolve(), Path(out).resolve()
@@ -461,53 +606,63 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         if gtf is not None or bed is not None:
             raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
         items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
-                                min_length=min_length, reference=fasta)
+                                min_length=min_length,
+                                reference=readable_fasta(fasta) if fasta else None)
     else:
-        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed)
-    by_id = {it.item_id: it for it in items}
-    units = plan_units(items, unit_bp or default_unit_bp(probe, items, num_workers, per_base,
-                                                         per_base_dtype))
-    done = runtime.finished_units(Path(out) / EMBEDDINGS_DIR)
-    if per_base:
-        done &= runtime.finished_units(Path(out) / PER_BASE_DIR)
-    todo = [u for u in units if u.unit_id not in done]
-    todo_bp = sum(by_id[i].length for u in todo for i in u.item_ids)
-    if on_plan is not None:
-        on_plan(todo_bp, len(todo))
-
+        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed,
+                                 features=features, spliced=spliced)
+    gpus = gpus_per_worker if gpus_per_worker > 0 else 0
+    device = device or ("cuda" if gpus else None)
+    run_manifest = embed_manifest(
+        model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
+        per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
+        device_type=runtime.device_type(device))
+    shape = probe.config  # sizes the work units
+    del probe
     items_done = bp_done = peak_rss = 0
     model_s = 0.0
-    if todo:
-        resources = runtime.connect(address)
-        gpus = gpus_per_worker if gpus_per_worker > 0 else 0
-        workers = max(1, min(num_workers, len(todo)))
-        node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
-                        default=1)
-        cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
-        config = WorkerConfig(
-            model=model, fasta=fasta, reads=reads, out=str(out), pooling=pooling,
-            per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
-            chunk_size=chunk_size, device=device or ("cuda" if gpus else None), dtype=dtype,
-            threads=None if gpus else cpus, command=command)
-        rows = [{"unit_id": u.unit_id, **{f: [getattr(by_id[i], f) for i in u.item_ids]
-                                          for f in ITEM_FIELDS}}
-                for u in sorted(todo, key=lambda u: -sum(by_id[i].length for i in u.item_ids))]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            EmbedActor, batch_size=1, batch_format="pyarrow",
-            fn_constructor_kwargs={"config": config},
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=0 if gpus else cpus, num_gpus=gpus)
-        for row in ds.iter_rows():
-            items_done += int(row["items"])
-            bp_done += int(row["bp"])
-            peak_rss = max(peak_rss, int(row["peak_rss"]))
-            model_s += float(row["model_s"])
-            if on_unit is not None:
-                on_unit(int(row["items"]), int(row["bp"]))
+    with manifest.open_run(out, run_manifest, part_dirs=[out / EMBEDDINGS_DIR, out / PER_BASE_DIR],
+                           command=command, overwrite=overwrite) as run:
+        done = completed_items(out, per_base, run_manifest.sha256)
+        todo_items = [it for it in items if it.item_id not in done]
+        by_id = {it.item_id: it for it in todo_items}
+        todo = plan_units(todo_items, unit_bp or default_unit_bp(
+            shape, todo_items, num_workers, per_base, per_base_dtype))
+        if on_plan is not None:
+            on_plan(sum(it.length for it in todo_items), len(todo))
+        if todo:
+            resources = runtime.connect(address)
+            workers = max(1, min(num_workers, len(todo)))
+            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
+                            default=1)
+            cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+            config = WorkerConfig(
+                model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads,
+                out=str(out), pooling=pooling,
+                per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
+                chunk_size=chunk_size, device=device, dtype=dtype,
+                threads=None if gpus else cpus, command=command, keep_nonfinite=keep_nonfinite,
+                manifest_sha256=run_manifest.sha256, token=run.token)
+            rows = [{"unit_id": u.unit_id,
+                     "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
+                    for u in sorted(todo, key=lambda u: -sum(by_id[i].length
+                                                             for i in u.item_ids))]
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=0 if gpus else cpus, num_gpus=gpus)
+            for row in ds.iter_rows():
+                runtime.raise_failure(row["error"])
+                items_done += int(row["items"])
+                bp_done += int(row["bp"])
+                peak_rss = max(peak_rss, int(row["peak_rss"]))
+                model_s += float(row["model_s"])
+                if on_unit is not None:
+                    on_unit(int(row["items"]), int(row["bp"]))
     outputs = [str(Path(out) / EMBEDDINGS_DIR)] + ([str(Path(out) / PER_BASE_DIR)]
                                                    if per_base else [])
-    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(units),
-                        units_skipped=len(units) - len(todo), items_done=items_done,
+    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(todo),
+                        items_skipped=len(items) - len(todo_items), items_done=items_done,
                         bp_done=bp_done, seconds=time.perf_counter() - t0,
                         model_seconds=model_s, worker_peak_rss=peak_rss, out=str(out),
                         outputs=outputs)

@@ -19,6 +19,15 @@ variants, embeddings, per_base (then any other kind, alphabetically).
   log-likelihood-ratio columns (llr, llr_fwd, llr_rev) ascending, so the most damaging variants
   (alt least likely) come first; `ascending` overrides; NULLs (unscored rows) last. Without
   `--by`, a view with an `llr` column ranks by llr.
+
+Read-only. The connection that runs the user's SQL may read the output files behind its views and
+nothing else: DuckDB's external access is disabled (allowed_paths = those files), extension
+install/autoload is off and the configuration is locked before any user SQL runs, so COPY ... TO,
+ATTACH, read_csv('/etc/...'), INSTALL and LOAD fail. The SQL must also parse (DuckDB's own parser)
+as exactly one SELECT, checked again after any wrapping (`limited`), so closing the wrapper's
+parenthesis cannot smuggle in a second statement. Rows are written out by a separate connection
+that sees only the query's result stream, to a path that `check_out` accepted: never inside a
+genomeconv output folder, never over an existing file unless forced.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genomeconv.errors import InputError
 from genomeconv.io.regions import UnknownContigError, parse_region, resolve_contig
 from genomeconv.pipelines import schema
 
@@ -45,6 +55,13 @@ FORMATS = ("csv", "json", "parquet")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NEIGHBOR_COLUMNS = ("item_id", "gene_name", "gene_id", "seq_name", "chrom", "start", "end",
                     "strand", "pooling")
+# Files that mark a folder as a pipeline's output folder besides its Parquet parts: the run
+# manifest (_genomeconv_manifest.json) and the writer's lock and commit files (.genomeconv.*) of
+# pipelines/manifest.py. Not any "*.lock": pytest, pip and others leave those in plain folders.
+OUTPUT_MARKERS = ("*genomeconv*manifest*.json", "manifest.json", ".genomeconv.*")
+PART_FOLDERS = ("embeddings", "per_base", "track")  # output kinds written to OUT/<kind>/
+_LOCKDOWN = ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
+             "SET enable_external_access = false", "SET lock_configuration = true")
 
 
 @dataclass(frozen=True)
@@ -73,33 +90,79 @@ def discover(paths: Sequence[str | Path]) -> dict[str, list[Path]]:
         elif path.is_file():
             candidates = [path]
         else:
-            raise FileNotFoundError(f"no such output: {path}")
+            raise InputError("no such output", path=path)
         for file in candidates:
-            kind = (pq.read_schema(file).metadata or {}).get(schema.KEY_KIND)
+            kind = _kind(file)
             if kind is None:
                 if file == path:
-                    raise ValueError(f"{file} is not a genomeconv output (no genomeconv.kind)")
+                    raise InputError("not a genomeconv output (no genomeconv.kind)", path=file)
                 continue
-            kinds.setdefault(kind.decode(), []).append(file.resolve())
+            kinds.setdefault(kind, []).append(file.resolve())
     if not kinds:
-        raise ValueError(f"no genomeconv outputs under {', '.join(map(str, paths))}")
+        raise InputError(f"no genomeconv outputs under {', '.join(map(str, paths))}")
     return {kind: sorted(set(files)) for kind, files in sorted(kinds.items())}
+
+
+def _kind(file: Path) -> str | None:
+    """The genomeconv output kind of a Parquet file, or None (not ours, or not Parquet)."""
+    try:
+        kind = (pq.read_schema(file).metadata or {}).get(schema.KEY_KIND)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"unreadable Parquet file ({' '.join(str(exc).split())})",
+                         path=file) from None
+    return None if kind is None else kind.decode()
 
 
 def open_views(paths: Sequence[str | Path]
                ) -> tuple[duckdb.DuckDBPyConnection, dict[str, list[Path]]]:
-    """An in-memory DuckDB connection with one view per output kind found under `paths`."""
+    """A read-only in-memory DuckDB connection with one view per output kind under `paths`
+    (it can read those files and nothing else; see the module docstring)."""
     import duckdb
 
     views = discover(paths)
     con = duckdb.connect()
-    for kind, files in views.items():
+    files = sorted({str(f) for listed in views.values() for f in listed})
+    con.execute(f"SET allowed_paths = [{', '.join(_literal(f) for f in files)}]")
+    for kind, listed in views.items():
         if not _IDENTIFIER.match(kind):
-            raise ValueError(f"output kind {kind!r} cannot name a view")
-        listed = ", ".join(_literal(str(f)) for f in files)
-        con.execute(f"CREATE VIEW {kind} AS SELECT * FROM read_parquet([{listed}], "
+            raise InputError(f"output kind {kind!r} cannot name a view")
+        names = ", ".join(_literal(str(f)) for f in listed)
+        con.execute(f"CREATE VIEW {kind} AS SELECT * FROM read_parquet([{names}], "
                     "union_by_name = true)")
+    _lock(con)
     return con, views
+
+
+def table_connection(name: str, table: pa.Table) -> duckdb.DuckDBPyConnection:
+    """A read-only connection whose one view, `name`, is an Arrow table (no file access)."""
+    import duckdb
+
+    con = duckdb.connect()
+    _lock(con)
+    con.register(name, table)
+    return con
+
+
+def _lock(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in _LOCKDOWN:
+        con.execute(statement)
+
+
+def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """`sql` without a trailing semicolon, when DuckDB parses it as exactly one SELECT;
+    otherwise an InputError (one line)."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InputError(f"SQL: {_one_line(exc)}") from None
+    if len(statements) != 1:
+        raise InputError(f"SQL: give exactly one statement (got {len(statements)})")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise InputError(f"SQL: only SELECT queries are allowed (got {kind.name})")
+    return sql.strip().rstrip(";").strip()
 
 
 def describe_views(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]]) -> pa.Table:
@@ -117,7 +180,7 @@ def shortcut_query(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]],
     """SQL text and parameters for the shortcuts, over the target view."""
     target = shortcuts.view or _default_view(views)
     if target not in views:
-        raise ValueError(f"no {target!r} view (views: {', '.join(views)})")
+        raise InputError(f"no {target!r} view (views: {', '.join(views)})")
     columns = _columns(con, target)
     where: list[str] = []
     params: list[object] = []
@@ -134,10 +197,12 @@ def shortcut_query(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]],
         sql += " WHERE " + " AND ".join(where)
     by = shortcuts.by or ("llr" if shortcuts.top is not None and "llr" in columns else None)
     if shortcuts.top is not None and by is None:
-        raise ValueError(f"--top needs --by COLUMN for the {target} view")
+        raise InputError(f"--top needs --by COLUMN for the {target} view")
+    if shortcuts.top is not None and shortcuts.top < 0:
+        raise InputError(f"--top must be >= 0 (got {shortcuts.top})")
     if by is not None:
         if by not in columns:
-            raise ValueError(f"no column {by!r} in {target} (columns: {', '.join(columns)})")
+            raise InputError(f"no column {by!r} in {target} (columns: {', '.join(columns)})")
         ascending = shortcuts.ascending
         if ascending is None:
             ascending = by.startswith("llr")
@@ -148,31 +213,106 @@ def shortcut_query(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]],
 
 
 def limited(sql: str, limit: int | None) -> str:
-    """Wrap a query so that it returns at most `limit` rows (unchanged when limit is None)."""
+    """Wrap a query so that it returns at most `limit` rows (unchanged when limit is None); the
+    newlines keep a trailing `--` comment from swallowing the wrapper."""
     if limit is None:
         return sql
     if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    return f"SELECT * FROM ({sql.strip().rstrip(';')}) AS q LIMIT {int(limit)}"
+        raise InputError(f"--limit must be >= 0 (got {limit})")
+    return f"SELECT * FROM (\n{sql.strip().rstrip(';')}\n) AS q LIMIT {int(limit)}"
 
 
 def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> pa.Table:
-    """Run a query and return its rows as an Arrow table."""
-    return con.sql(sql, params=list(params)).to_arrow_table()
+    """Run one SELECT and return its rows as an Arrow table (SQL errors: one-line InputError)."""
+    import duckdb
+
+    rows = _run(con, sql, params)
+    try:
+        return rows.read_all()
+    except (duckdb.Error, pa.ArrowException) as exc:  # errors met while the rows stream
+        raise InputError(f"SQL: {_one_line(exc)}") from None
 
 
 def write(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object], out: str | Path,
           fmt: str) -> Path:
-    """Write a query's rows to `out` as CSV (header), JSON (one object per line) or Parquet."""
+    """Write a SELECT's rows to `out` as CSV (header), JSON (one object per line) or Parquet.
+
+    The rows stream from the read-only connection into a separate one that only writes them;
+    `out` should have passed `check_out`.
+    """
+    import duckdb
+
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     options = {"csv": "FORMAT csv, HEADER true", "json": "FORMAT json",
                "parquet": "FORMAT parquet"}[fmt]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = sql.strip().rstrip(";")
-    con.execute(f"COPY ({body}) TO {_literal(str(path))} ({options})", list(params))
+    writer = duckdb.connect()
+    try:
+        writer.register("query_rows", _run(con, sql, params))
+        writer.execute(f"COPY query_rows TO {_literal(str(path))} ({options})")
+    except (duckdb.Error, pa.ArrowException) as exc:
+        raise InputError(f"SQL: {_one_line(exc)}") from None
+    finally:
+        writer.close()
     return path
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str,
+         params: Sequence[object]) -> pa.RecordBatchReader:
+    """The rows of one SELECT (checked by `check_select`) as a stream."""
+    import duckdb
+
+    body = check_select(con, sql)
+    try:
+        return con.sql(body, params=list(params)).to_arrow_reader()
+    except duckdb.Error as exc:
+        raise InputError(f"SQL: {_one_line(exc)}") from None
+
+
+def check_out(out: str | Path, *, force: bool = False) -> Path:
+    """`out` when rows may be written there: not a folder, not an existing file unless `force`,
+    and not inside a genomeconv output folder (its parts and manifest are never touched)."""
+    path = Path(out).expanduser().resolve()
+    if path.is_dir():
+        raise InputError("is a folder; --out takes a file name", path=out)
+    if path.exists() and not force:
+        raise InputError("already exists (pass --force to replace it)", path=out)
+    for folder in path.parents:
+        if _is_output_folder(folder):
+            raise InputError(f"is inside the genomeconv output folder {folder}; write the rows "
+                             "elsewhere", path=out)
+    return path
+
+
+def _is_output_folder(folder: Path) -> bool:
+    """Whether `folder` holds genomeconv Parquet parts (directly, or in a subfolder named after
+    their kind, as embed's embeddings/ and per_base/) or a run manifest / lock file."""
+    if not folder.is_dir():
+        return False
+    if any(p.is_file() for pattern in OUTPUT_MARKERS for p in folder.glob(pattern)):
+        return True
+    for file in folder.glob("*.parquet"):
+        if _kind_or_none(file) is not None:
+            return True
+    for sub in folder.iterdir():
+        if sub.is_dir() and sub.name in PART_FOLDERS:
+            if any(_kind_or_none(f) == sub.name for f in sub.glob("*.parquet")):
+                return True
+    return False
+
+
+def _kind_or_none(file: Path) -> str | None:
+    try:
+        return _kind(file)
+    except InputError:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of a DuckDB error (its caret diagram is left out)."""
+    return " ".join(str(exc).strip().splitlines()[0].split())
 
 
 def nearest_neighbors(paths: Sequence[str | Path], item: str, k: int = 10, *,
@@ -185,13 +325,13 @@ def nearest_neighbors(paths: Sequence[str | Path], item: str, k: int = 10, *,
     the query item itself is left out.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"-k must be >= 1 (got {k})")
     files = discover(paths).get("embeddings")
     if not files:
-        raise ValueError("no embeddings output among the given paths")
+        raise InputError("no embeddings output among the given paths")
     models = {(pq.read_schema(f).metadata or {}).get(schema.KEY_MODEL_SHA) for f in files}
     if len(models) > 1:
-        raise ValueError("embeddings from different models cannot be compared; pass one model's "
+        raise InputError("embeddings from different models cannot be compared; pass one model's "
                          "output")
     import pyarrow.dataset as ds
 
@@ -204,8 +344,17 @@ def nearest_neighbors(paths: Sequence[str | Path], item: str, k: int = 10, *,
     usable &= _equals(table["pooling"], table["pooling"][row].as_py())
     usable[row] = False
     matrix = _matrix(table["embedding"])
+    if not np.isfinite(matrix[row]).all():
+        raise InputError(f"the embedding of {item!r} is not finite (NaN or inf): the model that "
+                         "wrote it is broken; nothing to compare")
+    if not usable.any():
+        raise InputError(f"no other item with pooling {table['pooling'][row].as_py()!r} to "
+                         f"compare {item!r} with")
     similarity = cosine_similarity(matrix, matrix[row])
     similarity[~usable | np.isnan(similarity)] = -np.inf
+    if not np.isfinite(similarity).any():
+        raise InputError(f"all {int(usable.sum())} candidate embeddings are non-finite (NaN or "
+                         f"inf) or zero, or {item!r}'s is zero: no neighbours to rank")
     k = min(k, int(np.isfinite(similarity).sum()))
     best = np.argpartition(-similarity, k - 1)[:k] if k else np.array([], dtype=np.int64)
     best = best[np.argsort(-similarity[best], kind="stable")]
@@ -244,16 +393,17 @@ def _find_item(table: pa.Table, item: str, usable: np.ndarray) -> int:
             return int(rows[0])
         if len(rows) > 1:
             ids = [table["item_id"][int(r)].as_py() for r in rows[:5]]
-            raise ValueError(f"{item!r} matches {len(rows)} items by {column} "
+            raise InputError(f"{item!r} matches {len(rows)} items by {column} "
                              f"(e.g. {', '.join(ids)}); pass an item_id or --pooling")
-    raise KeyError(f"no embedding for {item!r} (searched item_id, gene_name, gene_id, seq_name)")
+    raise InputError(f"no embedding for {item!r} (searched item_id, gene_name, gene_id, "
+                     "seq_name)")
 
 
 def _default_view(views: dict[str, list[Path]]) -> str:
     for kind in (*VIEW_PRIORITY, *sorted(views)):
         if kind in views:
             return kind
-    raise ValueError("no views")
+    raise InputError("no views")
 
 
 def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
@@ -273,7 +423,7 @@ def _region_clause(con: duckdb.DuckDBPyConnection, view: str, columns: Sequence[
                    region: str) -> tuple[str, list[object]]:
     span = _span(columns)
     if span is None:
-        raise ValueError(f"the {view} view has no coordinates for --region; join it with "
+        raise InputError(f"the {view} view has no coordinates for --region; join it with "
                          "embeddings on item_id in SQL")
     interval = parse_region(region)
     available = [r[0] for r in con.execute(f"SELECT DISTINCT chrom FROM {view}").fetchall()
@@ -281,7 +431,7 @@ def _region_clause(con: duckdb.DuckDBPyConnection, view: str, columns: Sequence[
     try:
         chrom = resolve_contig(interval.chrom, available, source=f"the {view} view")
     except UnknownContigError as exc:
-        raise ValueError(str(exc)) from None
+        raise InputError(exc.args[0] if exc.args else str(exc)) from None
     start, end = span
     clause = f"t.chrom = ? AND {end} > ?"
     params: list[object] = [chrom, interval.start]
@@ -297,7 +447,7 @@ def _gene_clause(view: str, columns: Sequence[str], views: dict[str, list[Path]]
         return "(t.gene_name = ? OR t.gene_id = ?)", [gene, gene]
     span = _span(columns)
     if span is None or "embeddings" not in views:
-        raise ValueError(f"--gene on the {view} view needs coordinates and an embeddings output "
+        raise InputError(f"--gene on the {view} view needs coordinates and an embeddings output "
                          "(gene coordinates come from its items)")
     start, end = span
     chrom = ("coalesce(t.contig, t.chrom)" if "contig" in columns  # variants: the FASTA name

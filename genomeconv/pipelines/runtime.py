@@ -2,12 +2,15 @@
 
 `connect()` is the only place genomeconv calls `ray.init`. Without an address (and without
 RAY_ADDRESS) it starts a private local instance bound to 127.0.0.1; with one, it joins that cluster.
-It also keeps the resume bookkeeping every job shares: deterministic work units and atomic part files.
+It also keeps the part bookkeeping every job shares: deterministic work units, atomic part files
+committed under the folder's run token (pipelines/manifest.py decides which keys are done), and
+the way a worker's GenomeconvError reaches the driver as one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import uuid
@@ -16,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genomeconv.errors import GenomeconvError, InputError
+
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from genomeconv.pipelines.manifest import RunToken
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -29,19 +36,32 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     address: a cluster address ("auto", "HOST:PORT"); None uses RAY_ADDRESS if set, else starts a
     local instance whose servers listen on 127.0.0.1 only.
     """
+    import logging
+
     import ray
+    import ray.data
+
+    from genomeconv import logs
+    from genomeconv.errors import verbose
 
     if not ray.is_initialized():
+        logs.quiet_libraries()  # after importing ray and ray.data, which set their own levels
         address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
+                                  "logging_level": logging.INFO if verbose() else logging.ERROR}
         if address is None:
             kwargs.update(num_cpus=num_cpus, include_dashboard=False,
-                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST)
+                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST,
+                          runtime_env={"env_vars": logs.worker_env(),
+                                       "worker_process_setup_hook":
+                                           "genomeconv.logs.quiet_libraries"})
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         else:
             kwargs["address"] = address
-        ray.init(**kwargs)
+        with logs.ray_start_output():
+            ray.init(**kwargs)
+        logs.quiet_libraries()
         _quiet_progress()
     return ray.cluster_resources()
 
@@ -61,6 +81,12 @@ def compute_dtype(name: str | None) -> Any:
     import torch
 
     return getattr(torch, name)
+
+
+def device_type(device: str | None) -> str:
+    """"cuda" or "cpu" for a job's --device (None: cpu); results differ between them in the last
+    bits, so run manifests record it."""
+    return "cuda" if str(device or "cpu").startswith("cuda") else "cpu"
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -175,8 +201,9 @@ def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] 
     costing `unit_cost` or more is a unit of its own, and the others are cut into
     ceil(total / unit_cost) units of about equal cost (more when `unit_size` requires), so a
     job's unit count grows with its work, not with its item count.
-    Items are sorted by id so that the same inputs always give the same units; a unit's id hashes
-    its item ids, so a rerun recognises every unit that was already written.
+    Items are sorted by id so that the same inputs always give the same units; a unit's id
+    hashes its item ids, so two units (of any runs) share a part name only when they hold the
+    same items. Callers pass only the items not done yet: completion is per item, not per unit.
     """
     if unit_size < 1:
         raise ValueError(f"unit_size must be >= 1, got {unit_size}")
@@ -211,24 +238,16 @@ def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] 
     return units
 
 
-def finished_units(out_dir: str | Path) -> set[str]:
-    """Unit ids whose part file is complete in `out_dir` (temporary files are ignored)."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return set()
-    return {p.name[len("part-"):-len(".parquet")] for p in out.glob("part-*.parquet")}
-
-
 class PartWriter:
     """Streams one unit's rows into `part-<unit_id>.parquet` atomically, in bounded row groups.
 
-    Rows go to a `.tmp-*` file that `commit` renames into place; a run killed before that leaves
-    only the temporary file, which is never read and is replaced on the rerun. A finished part is
-    therefore either absent or complete.
+    Rows go to a `.tmp-*` file that `commit` renames into place (through `token`, which refuses
+    once another run holds the folder); a run killed before that leaves only the temporary file,
+    which is never read and is removed by the next run. A part is either absent or complete.
     """
 
     def __init__(self, out_dir: str | Path, unit_id: str, schema: "pa.Schema",
-                 metadata: dict[bytes, bytes]) -> None:
+                 metadata: dict[bytes, bytes], token: "RunToken | None" = None) -> None:
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
@@ -236,6 +255,7 @@ class PartWriter:
         self.final = out / f"part-{unit_id}.parquet"
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        self.token = token
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema)
 
     def write(self, table: "pa.Table") -> None:
@@ -249,7 +269,10 @@ class PartWriter:
         assert self._writer is not None, "commit twice"
         self._writer.close()
         self._writer = None
-        os.replace(self.tmp, self.final)
+        if self.token is None:
+            os.replace(self.tmp, self.final)
+        else:
+            self.token.commit(self.tmp, self.final)
         return self.final
 
     def discard(self) -> None:
@@ -261,11 +284,25 @@ class PartWriter:
 
 
 def write_part(table: "pa.Table", out_dir: str | Path, unit_id: str,
-               metadata: dict[bytes, bytes]) -> Path:
+               metadata: dict[bytes, bytes], token: "RunToken | None" = None) -> Path:
     """Write one unit's rows atomically as `part-<unit_id>.parquet` (see PartWriter)."""
-    writer = PartWriter(out_dir, unit_id, table.schema, metadata)
+    writer = PartWriter(out_dir, unit_id, table.schema, metadata, token)
     try:
         writer.write(table)
         return writer.commit()
     finally:
         writer.discard()
+
+
+def failure_report(exc: GenomeconvError) -> str:
+    """How a worker hands a GenomeconvError (a broken model, a bad input) to its driver: as text
+    in its output row, because Ray's wrappers of a raised exception lose its type and message."""
+    return json.dumps({"input_error": isinstance(exc, InputError), "message": str(exc)})
+
+
+def raise_failure(report: str | None) -> None:
+    """Raise the error a worker reported with `failure_report` (nothing when `report` is empty),
+    so that it reads as one line, as it would without Ray."""
+    if report:
+        failure = json.loads(report)
+        raise (InputError if failure["input_error"] else GenomeconvError)(failure["message"])

@@ -7,7 +7,9 @@ Every output is keyed, never row-aligned to an input:
   minus-strand item's first row is its highest reference position.
 - variants: one row per ALT allele, keyed by (chrom, pos, ref, alt) with VCF's 1-based pos.
 Every file carries metadata: genomeconv version, model id and config hash, the command, the
-schema version and the output kind (which `genomeconv query` uses to name its views).
+schema version, the output kind (which `genomeconv query` uses to name its views) and the hash of
+the folder's run manifest (pipelines/manifest.py). `nonfinite` marks rows whose values are NaN or
+infinite; they exist only when a run was asked to keep them (--keep-nonfinite).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: `nonfinite` columns, no `n_padded` (windows stay inside contigs)
 
 KEY_VERSION = b"genomeconv.version"
 KEY_MODEL = b"genomeconv.model"
@@ -24,6 +26,7 @@ KEY_MODEL_SHA = b"genomeconv.model_config_sha256"
 KEY_COMMAND = b"genomeconv.command"
 KEY_SCHEMA = b"genomeconv.schema_version"
 KEY_KIND = b"genomeconv.kind"
+KEY_MANIFEST = b"genomeconv.manifest_sha256"  # the run manifest a part was written under
 
 ITEM_KEYS = pa.schema([
     ("item_id", pa.string()),
@@ -46,6 +49,7 @@ def embeddings_schema(d_model: int) -> pa.Schema:
         ("n_fraction", pa.float32()),
         ("pooling", pa.string()),
         ("embedding", pa.list_(pa.float32(), d_model)),
+        ("nonfinite", pa.bool_()),  # the model gave NaN/inf for this item (--keep-nonfinite)
     ])
 
 
@@ -78,19 +82,21 @@ VARIANTS = pa.schema([
     ("p_alt", pa.float64()),
     ("model", pa.string()),
     ("contig", pa.string()),     # the FASTA contig the variant was matched to (chr1 <-> 1)
-    ("n_padded", pa.int64()),    # N bases added past a contig end inside the reference window
     ("finetuned_score", pa.float64()),  # a fine-tuned model's head: P(positive / last class)
+    ("nonfinite", pa.bool_()),   # a score is NaN/inf (written only with --keep-nonfinite)
 ])
 
 
-def file_metadata(model: Any, command: str, kind: str) -> dict[bytes, bytes]:
-    """Metadata for one output file: version, model id and config hash, command, schema, kind.
+def file_metadata(model: Any, command: str, kind: str,
+                  manifest_sha256: str | None = None) -> dict[bytes, bytes]:
+    """Metadata for one output file: version, model id and config hash, command, schema, kind,
+    and the hash of the run manifest it belongs to (a rerun counts a part only when it matches).
 
     `model` is a genomeconv HyenaDNA (anything with `model_id` and `config_sha256`).
     """
     import genomeconv
 
-    return {
+    meta = {
         KEY_VERSION: genomeconv.__version__.encode(),
         KEY_MODEL: str(model.model_id).encode(),
         KEY_MODEL_SHA: str(model.config_sha256).encode(),
@@ -98,3 +104,6 @@ def file_metadata(model: Any, command: str, kind: str) -> dict[bytes, bytes]:
         KEY_SCHEMA: SCHEMA_VERSION.encode(),
         KEY_KIND: kind.encode(),
     }
+    if manifest_sha256 is not None:
+        meta[KEY_MANIFEST] = manifest_sha256.encode()
+    return meta

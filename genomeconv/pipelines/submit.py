@@ -27,7 +27,9 @@ import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from genomeconv.errors import InputError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -38,6 +40,7 @@ ENV_PREFIX = "GENOMECONV_"
 PACKAGE_EXCLUDES = ["__pycache__", "*.pyc"]
 AUTH_HINT = ("the cluster requires a token: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> "
              "(or put it in ~/.ray/auth_token); see the README on remote clusters")
+T = TypeVar("T")
 
 
 def resolve_address(address: str | None = None) -> str:
@@ -50,17 +53,26 @@ def resolve_address(address: str | None = None) -> str:
 
 def client(address: str | None = None) -> JobSubmissionClient:
     """A Job Submission client for the cluster (auth errors explain how to pass a token)."""
-    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
+    return _request(url, JobSubmissionClient, url)
+
+
+def _request(url: str, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` against the job server at `url`; a wrong address, a missing token or a
+    request the server refuses (an unknown job id) becomes one InputError."""
+    from ray.exceptions import AuthenticationError
+
     try:
-        return JobSubmissionClient(url)
+        return call(*args)
     except AuthenticationError as exc:
-        raise PermissionError(f"{url}: {AUTH_HINT}\n{exc}") from None
+        raise InputError(f"{url}: {AUTH_HINT} ({exc})") from None
     except ConnectionError as exc:
-        raise ConnectionError(f"no Ray job server at {url} (start one with `ray start --head "
-                              f"--dashboard-host 127.0.0.1`, or tunnel to it): {exc}") from None
+        raise InputError(f"no Ray job server at {url} (start one with `ray start --head "
+                         f"--dashboard-host 127.0.0.1`, or tunnel to it): {exc}") from None
+    except RuntimeError as exc:  # the server's answer to a bad request (e.g. 404 for a job id)
+        raise InputError(f"{url}: {exc}") from None
 
 
 def package_dir() -> Path:
@@ -74,7 +86,7 @@ def entrypoint(command: Sequence[str], *, cwd: str | Path | None = None,
                python: str = "python") -> str:
     """Shell command the job runs: `python -m genomeconv.cli ...`, inside `cwd` when given."""
     if not command:
-        raise ValueError("no genomeconv command to submit (put it after --)")
+        raise InputError("no genomeconv command to submit (put it after --)")
     args = list(command[1:] if command[0] == "genomeconv" else command)
     line = shlex.join([python, "-m", "genomeconv.cli", *args])
     return f"cd {shlex.quote(str(cwd))} && {line}" if cwd is not None else line
@@ -94,7 +106,7 @@ def runtime_env(*, working_dir: str | Path | None = None, upload_package: bool =
     if working_dir is not None:
         path = Path(working_dir)
         if not path.is_dir():
-            raise FileNotFoundError(f"working directory {path} does not exist")
+            raise InputError("working directory does not exist", path=path)
         renv["working_dir"] = str(path.resolve())
     return renv
 
@@ -116,52 +128,58 @@ def submit(command: Sequence[str], *, address: str | None = None, gpus: float = 
     kwargs: dict[str, Any] = {"entrypoint_num_gpus": gpus} if gpus else {}
     if cpus is not None:
         kwargs["entrypoint_num_cpus"] = cpus
-    return client(address).submit_job(
+    jobs = client(address)
+    return _request(jobs.get_address(), lambda: jobs.submit_job(
         entrypoint=line, runtime_env=renv, submission_id=job_id,
-        metadata={"submitted_by": "genomeconv", "command": shlex.join(list(command))}, **kwargs)
+        metadata={"submitted_by": "genomeconv", "command": shlex.join(list(command))}, **kwargs))
 
 
 def wait(job_id: str, *, address: str | None = None, timeout: float | None = None,
          poll: float = 1.0, on_log: Callable[[str], None] | None = None) -> str:
     """Wait until the job ends and return its final status, passing new log text to `on_log`.
 
-    Raises TimeoutError (the job keeps running) after `timeout` seconds.
+    After `timeout` seconds, returns the job's current (not terminal) status; it keeps running.
     """
     jobs = client(address)
+    url = jobs.get_address()
     deadline = None if timeout is None else time.monotonic() + timeout
     printed = 0
     while True:
-        status = str(jobs.get_job_status(job_id).value)
+        status = str(_request(url, jobs.get_job_status, job_id).value)
         if on_log is not None:
-            logs = jobs.get_job_logs(job_id)
+            logs = _request(url, jobs.get_job_logs, job_id)
             if len(logs) > printed:
                 on_log(logs[printed:])
                 printed = len(logs)
         if status in TERMINAL_STATUSES:
             return status
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {status} after {timeout} s")
+            return status
         time.sleep(poll)
 
 
 def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
     """Every job the cluster knows: id, status, times, entrypoint, message."""
-    return [_summary(job) for job in client(address).list_jobs()]
+    jobs = client(address)
+    return [_summary(job) for job in _request(jobs.get_address(), jobs.list_jobs)]
 
 
 def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
     """One job's id, status, times, entrypoint and message."""
-    return _summary(client(address).get_job_info(job_id))
+    jobs = client(address)
+    return _summary(_request(jobs.get_address(), jobs.get_job_info, job_id))
 
 
 def job_logs(job_id: str, address: str | None = None) -> str:
     """The job's driver output so far."""
-    return client(address).get_job_logs(job_id)
+    jobs = client(address)
+    return _request(jobs.get_address(), jobs.get_job_logs, job_id)
 
 
 def stop_job(job_id: str, address: str | None = None) -> bool:
     """Ask the cluster to stop a job; False when it had already ended."""
-    return bool(client(address).stop_job(job_id))
+    jobs = client(address)
+    return bool(_request(jobs.get_address(), jobs.stop_job, job_id))
 
 
 def _summary(job: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ whatever the number of processes and the DeepSpeed config's gradient accumulatio
 rows [(m * world + rank) * micro, ...) for micro-step m, so runs with different process counts
 follow the same loss curve.
 
-DeepSpeed config: a JSON file from workflows/deepspeed/ (by name, e.g. "zero2_bf16", or by path).
+DeepSpeed config: a JSON file shipped in genomeconv/data/deepspeed/ (by name, e.g. "zero2_bf16"),
+or any JSON file by path.
 genomeconv sets `train_batch_size` and `train_micro_batch_size_per_gpu` from `batch_size`, the
 world size and the file's `gradient_accumulation_steps`; the file chooses ZeRO stage, bf16,
 clipping and offload. An `activation_checkpointing` section turns on recomputation of each
@@ -44,9 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from genomeconv.pipelines import metrics, training_data
+from genomeconv.errors import InputError
+from genomeconv.pipelines import metrics, preflight, training_data
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "workflows" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "deepspeed"  # package data
 HEAD_FORMAT = "genomeconv-variant-head"
 WEIGHT_DECAY = 0.01
 
@@ -87,11 +89,18 @@ def load_deepspeed_config(name_or_path: str | Path, *, batch_size: int,
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-        raise FileNotFoundError(f"DeepSpeed config {name_or_path!r} not found (known: {known})")
-    cfg = json.loads(path.read_text())
-    gas = int(cfg.get("gradient_accumulation_steps", 1))
+        raise InputError(f"--deepspeed-config {name_or_path!r} not found (a JSON path, or one "
+                         f"of: {known})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a JSON DeepSpeed config ({exc})", path=path) from None
+    gas = cfg.get("gradient_accumulation_steps", 1) if isinstance(cfg, dict) else None
+    if not isinstance(gas, int) or isinstance(gas, bool) or gas < 1:
+        raise InputError("a DeepSpeed config is a JSON object whose gradient_accumulation_steps "
+                         "(default 1) is an integer >= 1", path=path)
     if batch_size % (gas * world_size):
-        raise ValueError(f"batch size {batch_size} is not a multiple of gradient accumulation "
+        raise InputError(f"--batch-size {batch_size} is not a multiple of gradient accumulation "
                          f"{gas} x {world_size} processes")
     cfg.update(train_batch_size=batch_size, gradient_accumulation_steps=gas,
                train_micro_batch_size_per_gpu=batch_size // (gas * world_size))
@@ -222,6 +231,45 @@ class PretrainOptions:
     command: str = ""
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _finite_lr(value: float) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+             f"--lr must be a finite number >= 0 (got {value})")
+
+
+def _world(world: int | None) -> int:
+    return world if world is not None else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions, *,
+                   world: int | None = None) -> None:
+    """Every pretrain input error that needs no training: options, DeepSpeed config, FASTA,
+    --out (InputError, one line). `world`: processes (default WORLD_SIZE, else 1)."""
+    for name in ("d_model", "n_layer", "steps", "batch_size", "eval_every", "save_every"):
+        _require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
+                 f"(got {getattr(opts, name)})")
+    _require(opts.seq_len >= 8, f"--seq-len must be >= 8 (got {opts.seq_len})")
+    _require(opts.val_windows >= 2, f"--val-windows must be >= 2 (got {opts.val_windows})")
+    _require(opts.d_inner is None or opts.d_inner >= 1, f"d_inner must be >= 1 (got "
+             f"{opts.d_inner})")
+    _require(all(2 <= n < opts.seq_len for n in opts.warmup_lengths),
+             f"--warmup-lengths must lie in [2, --seq-len {opts.seq_len}) (got "
+             f"{list(opts.warmup_lengths)})")
+    _require(opts.warmup_steps is None or opts.warmup_steps >= 1,
+             f"--warmup-steps must be >= 1 (got {opts.warmup_steps})")
+    _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
+             f"{opts.val_fraction})")
+    _require(opts.kmer_baseline >= 0, f"--kmer-baseline must be >= 0 (got {opts.kmer_baseline})")
+    _finite_lr(opts.lr)
+    load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
+                          world_size=_world(world))
+    preflight.check(out, fasta=genome)
+
+
 def length_at(step: int, opts: PretrainOptions) -> int:
     """Sequence length at a step: each warm-up length for warmup_steps steps, then seq_len."""
     if not opts.warmup_lengths:
@@ -252,10 +300,13 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
     MODEL_CARD.md)."""
     from genomeconv.models import HyenaConfig, HyenaDNA
 
+    check_pretrain(genome, out, opts)
     rank, world = init_distributed()
     out = Path(out)
     split = training_data.load_genome(genome, val_records=opts.val_records,
                                       val_fraction=opts.val_fraction)
+    training_data.check_window_fits(split, max((opts.seq_len, *opts.warmup_lengths)))
+    val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     config = HyenaConfig(d_model=opts.d_model, n_layer=opts.n_layer,
                          d_inner=opts.d_inner or 4 * opts.d_model, max_seq_len=opts.seq_len)
     torch.manual_seed(opts.seed)
@@ -274,7 +325,6 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
         log(f"{world} process(es), micro batch {micro} x accumulation {gas}, "
             f"ZeRO {engine.zero_optimization_stage()}, bf16 {engine.bfloat16_enabled()}"
             + (f"; resumed at step {start}" if client else ""))
-    val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     train_seconds = sum(r["seconds"] for r in history)
     train_tokens = sum(r["tokens"] for r in history)
     for step in range(start, opts.steps):
@@ -462,14 +512,25 @@ def load_head(directory: str | Path) -> VariantHead | None:
     """The fine-tuned head of a model directory, or None when it has none."""
     from safetensors.torch import load_file
 
+    from safetensors import SafetensorError
+
     directory = Path(directory)
     if not (directory / "head.json").is_file():
         return None
-    meta = json.loads((directory / "head.json").read_text())
-    if meta.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{directory}/head.json: unknown head format {meta.get('format')!r}")
-    head = make_head(meta["input_dim"], meta["n_out"], meta["hidden"])
-    head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    try:
+        meta = json.loads((directory / "head.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({exc})", path=directory / "head.json") from None
+    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
+        raise InputError(f"unknown head format "
+                         f"{meta.get('format') if isinstance(meta, dict) else meta!r}",
+                         path=directory / "head.json")
+    try:
+        head = make_head(meta["input_dim"], meta["n_out"], meta["hidden"])
+        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    except (KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
+        raise InputError(f"unreadable fine-tuned head ({' '.join(str(exc).split())[:300]})",
+                         path=directory) from None
     return VariantHead(head.eval(), meta)
 
 
@@ -502,6 +563,25 @@ class VariantWindows:
     alt: np.ndarray
     labels: np.ndarray
     rows: np.ndarray
+
+
+def check_finetune(variants: str | Path, fasta: str | Path, out: str | Path,
+                   opts: FinetuneOptions, *, world: int | None = None) -> None:
+    """Every finetune input error that needs no training: options, DeepSpeed config, FASTA,
+    variant file, --out (InputError, one line)."""
+    _require(opts.freeze in ("all", "none") or opts.freeze.isdigit(),
+             f"--freeze takes all, none or a number of blocks (got {opts.freeze!r})")
+    _require(opts.window >= 2, f"--window must be >= 2 (got {opts.window})")
+    _require(opts.head_hidden >= 0, f"--head-hidden must be >= 0 (got {opts.head_hidden})")
+    for name in ("epochs", "batch_size", "patience"):
+        _require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
+                 f"(got {getattr(opts, name)})")
+    _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
+             f"{opts.val_fraction})")
+    _finite_lr(opts.lr)
+    load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
+                          world_size=_world(world))
+    preflight.check(out, fasta=fasta, variants=variants)
 
 
 def build_windows(data: training_data.LabelledVariants, fasta: str | Path, window: int,
@@ -553,12 +633,18 @@ def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: Fin
     (backbone + head.safetensors + head.json); returns the summary (also OUT/summary.json)."""
     from genomeconv.models import load
 
+    check_finetune(variants, fasta, out, opts)
+    base = load(opts.base_model)
+    if opts.freeze.isdigit() and int(opts.freeze) > base.config.n_layer:
+        raise InputError(f"--freeze {opts.freeze}: the base model has {base.config.n_layer} "
+                         "blocks")
     rank, world = init_distributed()
     out = Path(out)
     data = training_data.read_labelled_variants(variants, opts.label)
     classes = data.classes
     if len(classes) < 2:
-        raise ValueError(f"{variants}: label {opts.label!r} has a single value {classes}")
+        raise InputError(f"label {opts.label!r} has a single value {classes}; a classifier "
+                         "needs two or more", path=variants)
     windows, statuses = build_windows(data, fasta, opts.window, classes)
     chosen = [data.variants[r] for r in windows.rows]
     train_idx, val_idx = training_data.split_by_chromosome(
@@ -566,10 +652,10 @@ def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: Fin
     train = _subset(windows, np.array(train_idx, dtype=int))
     val = _subset(windows, np.array(val_idx, dtype=int))
     if len(train.labels) < opts.batch_size or len(val.labels) == 0:
-        raise ValueError(f"too few variants after the chromosome split: {len(train.labels)} "
-                         f"training, {len(val.labels)} validation (batch size {opts.batch_size})")
+        raise InputError(f"too few variants after the chromosome split: {len(train.labels)} "
+                         f"training, {len(val.labels)} validation (batch size {opts.batch_size}; "
+                         f"statuses {statuses})", path=variants)
     torch.manual_seed(opts.seed)
-    base = load(opts.base_model)
     base.train()
     freeze(base, opts.freeze)
     n_out = 1 if len(classes) == 2 else len(classes)
@@ -659,6 +745,9 @@ def run_on_ray(fn: Callable[..., dict[str, Any]], args: tuple, *, out: str | Pat
 
     from genomeconv.pipelines.runtime import connect
 
+    checks: dict[Callable[..., Any], Callable[..., None]] = {pretrain: check_pretrain,
+                                                             finetune: check_finetune}
+    checks[fn](*args, world=num_workers)  # here: a worker's error would be a Ray traceback
     connect(address)
     out = Path(out).resolve()
 

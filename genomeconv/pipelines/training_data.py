@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genomeconv.errors import InputError
 from genomeconv.io.variants import Variant, iter_variants
 
 COMPLEMENT_IDS = np.arange(16, dtype=np.int64)
@@ -68,7 +69,7 @@ def load_genome(path: str | Path, *, val_records: Sequence[str] = (),
 
     train, val = [], []
     with FastaFile(path) as fa:
-        held = {fa.resolve(r) for r in val_records}
+        held = {_record(fa, r, path) for r in val_records}
         for name, length in zip(fa.references, fa.lengths):
             ids = tokenize(fa.fetch(name)).numpy().astype(np.uint8)
             if held:
@@ -80,9 +81,27 @@ def load_genome(path: str | Path, *, val_records: Sequence[str] = (),
             if cut < length:
                 val.append(Segment(name, cut, ids[cut:]))
     if not train or not val:
-        raise ValueError(f"{path}: the split left no {'training' if not train else 'validation'} "
-                         "sequence (check --val-records / the validation fraction)")
+        raise InputError(f"the split left no {'training' if not train else 'validation'} "
+                         "sequence (check --val-records / --val-fraction)", path=path)
     return GenomeSplit(train, val)
+
+
+def check_window_fits(split: GenomeSplit, length: int) -> None:
+    """Training windows of `length` fit in some training segment (else InputError)."""
+    longest = max(len(s.ids) for s in split.train)
+    if longest < length:
+        raise InputError(f"no training segment is as long as the window ({length} bp; the "
+                         f"longest is {longest} bp): lower --seq-len / --warmup-lengths")
+
+
+def _record(fa, name: str, path: str | Path) -> str:
+    """The FASTA's name for a --val-records entry (chr1 <-> 1), or InputError."""
+    try:
+        return fa.resolve(name)
+    except KeyError:
+        shown = ", ".join(fa.references[:5]) + (", ..." if len(fa.references) > 5 else "")
+        raise InputError(f"--val-records {name!r} is not a record (records: {shown})",
+                         path=path) from None
 
 
 def sample_windows(segments: Sequence[Segment], rng: np.random.Generator, n: int,
@@ -90,7 +109,7 @@ def sample_windows(segments: Sequence[Segment], rng: np.random.Generator, n: int
     """n windows (n, length) int64 of token ids, uniform over start positions and strands."""
     eligible = [s for s in segments if len(s.ids) >= length]
     if not eligible:
-        raise ValueError(f"no training segment is as long as the window ({length} bp)")
+        raise InputError(f"no training segment is as long as the window ({length} bp)")
     starts_per = np.array([len(s.ids) - length + 1 for s in eligible], dtype=np.float64)
     which = rng.choice(len(eligible), size=n, p=starts_per / starts_per.sum())
     starts = rng.integers(0, starts_per[which].astype(np.int64))
@@ -106,7 +125,8 @@ def tile_windows(segments: Sequence[Segment], length: int, n_max: int) -> list[n
     tiles = [s.ids[i:i + length].astype(np.int64) for s in segments
              for i in range(0, len(s.ids) - length + 1, length)]
     if not tiles:
-        raise ValueError(f"the validation region is shorter than one window ({length} bp)")
+        raise InputError(f"the validation region is shorter than one window ({length} bp): "
+                         "raise --val-fraction or lower --seq-len")
     keep = max(1, n_max // 2)
     if len(tiles) > keep:
         tiles = [tiles[i] for i in np.linspace(0, len(tiles) - 1, keep).round().astype(int)]
@@ -139,11 +159,14 @@ def read_labelled_variants(path: str | Path, label: str) -> LabelledVariants:
         labels = _vcf_labels(path, label)
     else:
         labels = _table_labels(path, label)
+    if not variants:
+        raise InputError("no variants to train on", path=path)
     if len(labels) != len(variants):
-        raise ValueError(f"{path}: {len(labels)} labels for {len(variants)} ALT alleles")
+        raise InputError(f"{len(labels)} labels for {len(variants)} ALT alleles", path=path)
     missing = [v.location for v, y in zip(variants, labels) if y in ("", ".", "None")]
     if missing:
-        raise ValueError(f"{missing[0]}: missing label {label!r} ({len(missing)} rows without one)")
+        raise InputError(f"{missing[0]}: missing label {label!r} ({len(missing)} rows without "
+                         "one)")
     return LabelledVariants(variants, labels)
 
 
@@ -153,14 +176,15 @@ def _vcf_labels(path: str, field: str) -> list[str]:
     out: list[str] = []
     with pysam.VariantFile(path) as vf:
         if field not in vf.header.info:
-            raise ValueError(f"{path}: no INFO field {field!r} in the header")
+            raise InputError(f"no INFO field {field!r} in the header (--label-field; INFO "
+                             f"fields: {', '.join(vf.header.info) or 'none'})", path=path)
         for rec in vf:
             n_alt = len(rec.alts) if rec.alts else 1
             value = rec.info.get(field)
             values = list(value) if isinstance(value, tuple) else [value] * n_alt
             if len(values) != n_alt:
-                raise ValueError(f"{path}: {rec.chrom}:{rec.pos} has {len(values)} values of "
-                                 f"{field!r} for {n_alt} ALT alleles")
+                raise InputError(f"{len(values)} values of {field!r} for {n_alt} ALT alleles",
+                                 path=path, record=f"{rec.chrom}:{rec.pos}")
             out.extend("" if v is None else str(v) for v in values)
     return out
 
@@ -172,7 +196,8 @@ def _table_labels(path: str, column: str) -> list[str]:
         table = pq.read_table(path)
         names = {n.lstrip("#").lower(): n for n in table.column_names}
         if column.lower() not in names or "alt" not in names:
-            raise ValueError(f"{path}: no column {column!r} (found {table.column_names})")
+            raise InputError(f"no column {column!r} (--label-column; found "
+                             f"{table.column_names})", path=path)
         labels = table.column(names[column.lower()]).to_pylist()
         alts = table.column(names["alt"]).to_pylist()
     else:
@@ -181,9 +206,12 @@ def _table_labels(path: str, column: str) -> list[str]:
             delimiter = "," if ".csv" in path else "\t"
             rows = list(csv.reader((line for line in f if not line.startswith("##")),
                                    delimiter=delimiter))
+        if not rows:
+            raise InputError("empty table", path=path)
         header = [h.strip().lstrip("#").lower() for h in rows[0]]
-        if column.lower() not in header:
-            raise ValueError(f"{path}: no column {column!r} (found {rows[0]})")
+        if column.lower() not in header or "alt" not in header:
+            raise InputError(f"no column {column!r} (--label-column; found {rows[0]})",
+                             path=path)
         li, ai = header.index(column.lower()), header.index("alt")
         labels = [r[li] for r in rows[1:] if r]
         alts = [r[ai] for r in rows[1:] if r]

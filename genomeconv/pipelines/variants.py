@@ -1,14 +1,23 @@
 """Zero-shot variant-effect scores with a causal DNA language model: `genomeconv score-variants`.
 
 Windows. W bases (default: the model's maximum length, capped at 32,768 on CPU and 131,072 on
-CUDA). For a variant at 1-based POS, pos0 = POS - 1 and the reference window is
-[pos0 - W//2, pos0 - W//2 + W) (0-based, half-open): the variant's first REF base sits at index
-W//2, as in GPN. Bases past either contig end are N (`n_padded` counts them).
+CUDA). For a variant at 1-based POS, pos0 = POS - 1, the reference window is centred as in GPN:
+[pos0 - W//2, pos0 - W//2 + W) (0-based, half-open), the variant's first REF base at index W//2.
+Windows never score padding: where the centred window would cross a contig end it is shifted
+inside the contig (the variant then sits off-centre; `window_start`/`window_end` record where the
+window lies); a deletion near the right end is shifted left by len(REF) - len(ALT) more so that
+its ALT window, refilled from the genome, stays inside too, unless that would push part of REF
+out of the window (a deletion of a contig's last bases): REF then stays inside and the ALT window
+is shorter, the genome having no bases to refill it. A contig shorter than W is one window of its
+own length (the driver says so in one line). Both strands score the same windows
+(the reverse strand their reverse complements), so a variant near an end scores exactly as the
+same variant on a longer contig whose extra sequence lies beyond the window.
 
 Alleles (VCF anchor-base convention, REF and ALT both start at POS). The ALT window is the
 reference window with REF replaced by ALT, then cut or extended on the right to W bases from the
-genome: alt = (g[start:pos0] + ALT + g[pos0 + len(REF):])[:W]. Both windows have W bases and share
-the prefix g[start:pos0].
+genome: alt = (g[start:pos0] + ALT + g[pos0 + len(REF):])[:W]. Both windows have W bases (except
+the ALT window of a deletion where the contig ends first, see above) and share the prefix
+g[start:pos0].
 
 Scores (natural log):
 - llr_fwd = sum_t log p(alt_t | alt_<t) - sum_t log p(ref_t | ref_<t) over the W-1 predicted
@@ -19,20 +28,25 @@ Scores (natural log):
 - emb_cosine = 1 - cos(a, b) and emb_l2 = |a - b| between the mean-pooled final hidden states
   (after ln_f) of the forward ref and alt windows;
 - p_ref, p_alt (with site_probs): the model's probabilities of the REF and ALT base at the site
-  given the W//2 bases before it (SNVs only).
+  given the window's bases before it (W//2 unless shifted; SNVs not at a contig's first base).
 
 Statuses (one output row per input ALT allele, always): ok; ref_mismatch (REF differs from the
 FASTA, ref_match = false); unknown_contig; out_of_contig (REF runs past the contig end);
 symbolic_alt (<DEL>, breakends); spanning_deletion (*); missing_alt (.). Only "ok" rows have
-scores. Output columns: schema.VARIANTS plus `contig` (the FASTA name a variant was matched to,
-chr1 <-> 1 resolved automatically) and `n_padded` (N bases in the reference window).
+scores. Output columns: schema.VARIANTS, with `contig` (the FASTA name a variant was matched to,
+chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
+stops the run with an error naming the variant (a model that produces NaN is broken), unless
+keep_nonfinite, which writes it and marks the row nonfinite = true.
 
 Efficiency: identical window sequences (the shared reference window of the ALTs at one position,
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
 Work items are sorted by (chrom, pos), so the ALTs of one position normally fall in one unit;
-units are scored by Ray actors (model loaded once each) and written as one Parquet part each; a
-rerun skips finished units (runtime.plan_units / finished_units / write_part) and refuses an
-output directory whose parts were made with another model or other settings.
+units are scored by Ray actors (model loaded once each) and written as one Parquet part each.
+Completion is per ALT allele (pipelines/manifest.py): the driver locks OUT, checks its run manifest
+(another model, weights, window, strands, site-probs, dtype or FASTA is refused; `overwrite` starts
+afresh), counts the (chrom, pos, ref, alt) keys of the parts that count, drops those alleles from
+the plan and only then groups the rest into units, so another --unit-size or VCF resumes with
+every allele written exactly once.
 """
 
 from __future__ import annotations
@@ -50,9 +64,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
-from genomeconv.pipelines import runtime, schema
+from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
@@ -60,9 +75,10 @@ if TYPE_CHECKING:
 CPU_WINDOW_CAP = 32_768
 CUDA_WINDOW_CAP = 131_072
 TOKENS_PER_BATCH = 1 << 17  # default batch size = max(1, this // window)
-KEY_SETTINGS = b"genomeconv.variants.settings"  # extra file metadata: how the scores were made
 SKIP_STATUS = {"symbolic": "symbolic_alt", "star": "spanning_deletion", "missing": "missing_alt"}
-
+KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
+SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt",
+                 "finetuned_score")
 
 
 def default_window(max_seq_len: int, device: str | None = None) -> int:
@@ -71,18 +87,28 @@ def default_window(max_seq_len: int, device: str | None = None) -> int:
     return int(min(max_seq_len, cap))
 
 
-def window_start(pos: int, window: int) -> int:
-    """0-based start of the window for a 1-based POS: the variant lands at index window // 2."""
-    return pos - 1 - window // 2
+def window_bounds(pos: int, ref_len: int, alt_len: int, window: int,
+                  contig_len: int) -> tuple[int, int]:
+    """[start, end) (0-based) of the reference window of a variant at 1-based `pos`, inside the
+    contig: centred (first REF base at index window // 2) where that fits; else shifted inside,
+    keeping all of REF in the window and, for a deletion, room on the right to refill its ALT
+    window from the genome when the contig has it. A contig shorter than `window` is the window."""
+    w = min(window, contig_len)
+    pos0 = pos - 1
+    extra = max(0, ref_len - alt_len)
+    start = min(pos0 - w // 2, contig_len - w - extra)  # room for a deletion's refill
+    start = max(start, min(pos0, pos0 + ref_len - w))  # REF inside (wins over the refill)
+    start = max(0, min(start, contig_len - w))
+    return start, start + w
 
 
-def alt_window(padded: str, offset: int, ref: str, alt: str, window: int) -> str:
-    """The ALT window: REF at `offset` of `padded` replaced by ALT, cut to `window` bases.
+def alt_window(bases: str, offset: int, ref: str, alt: str, window: int) -> str:
+    """The ALT window: REF at `offset` of `bases` replaced by ALT, cut to `window` bases.
 
-    padded holds the reference from the window start with at least window + len(ref) - len(alt)
-    bases, so deletions are extended on the right from the genome and insertions are cut there.
+    bases holds the reference from the window start, window + len(ref) - len(alt) bases where the
+    contig has them, so deletions are refilled on the right from the genome and insertions cut.
     """
-    return (padded[:offset] + alt + padded[offset + len(ref):])[:window]
+    return (bases[:offset] + alt + bases[offset + len(ref):])[:window]
 
 
 @dataclass
@@ -95,7 +121,7 @@ class PlannedVariant:
     ref_match: bool | None = None
     window_start: int | None = None
     window_end: int | None = None
-    n_padded: int = 0
+    offset: int | None = None  # index of the first REF base in the windows
     ref_seq: str | None = None
     alt_seq: str | None = None
 
@@ -129,13 +155,13 @@ def plan_variant(variant: Variant, fasta: FastaFile, window: int,
         pv.status = SKIP_STATUS[kind]
     if pv.status != "ok":
         return pv
-    start = window_start(variant.pos, window)
+    size = fasta.length(pv.contig)
+    start, end = window_bounds(variant.pos, len(variant.ref), len(variant.alt), window, size)
     extra = max(0, len(variant.ref) - len(variant.alt))
-    padded, left, right = fasta.fetch_padded(pv.contig, start, start + window + extra)
-    pv.window_start, pv.window_end = start, start + window
-    pv.n_padded = left + max(0, right - extra)  # N bases inside the W-base reference window
-    pv.ref_seq = padded[:window]
-    pv.alt_seq = alt_window(padded, pos0 - start, variant.ref, variant.alt, window)
+    bases = fasta.fetch(pv.contig, start, min(size, end + extra))
+    pv.window_start, pv.window_end, pv.offset = start, end, pos0 - start
+    pv.ref_seq = bases[:end - start]
+    pv.alt_seq = alt_window(bases, pv.offset, variant.ref, variant.alt, end - start)
     return pv
 
 
@@ -150,11 +176,12 @@ def embedding_distances(ref: np.ndarray, alt: np.ndarray) -> tuple[np.ndarray, n
 
 @dataclass
 class WindowScores:
-    """Per-sequence model outputs: summed log-likelihood, mean-pooled hidden, site log-prob."""
+    """Per-sequence model outputs: summed log-likelihood, mean-pooled hidden, and the
+    log-probability of the token at each asked-for site index (predicted from those before it)."""
 
     loglik: float
     pooled: np.ndarray | None
-    site_logp: float | None
+    site_logp: dict[int, float]
 
 
 def default_unit_size(model: Any, window: int, rc: bool) -> int:
@@ -170,53 +197,67 @@ def default_batch_size(window: int) -> int:
     return max(1, TOKENS_PER_BATCH // window)
 
 
-def run_windows(model: Any, seqs: Sequence[str], *, site: int | None, pooled: bool,
-                batch_size: int, dtype: Any = None) -> list[WindowScores]:
-    """Run equal-length sequences through the model in batches (one bounded-memory forward each).
+def run_windows(model: Any, seqs: Sequence[str], *, sites: Sequence[Iterable[int]] | None,
+                pooled: bool, batch_size: int | None = None, dtype: Any = None
+                ) -> list[WindowScores]:
+    """Run sequences through the model, those of one length batched together (one
+    bounded-memory forward per batch); one WindowScores per sequence, in order.
 
-    site: the token index whose log-probability to keep (its prediction from the tokens before
-    it), or None. pooled: keep the mean of the final hidden states. dtype: the compute dtype of
+    sites: per sequence, the token indices whose log-probability to keep (index 0 has none), or
+    None. pooled: keep the mean of the final hidden states. batch_size: sequences per forward
+    (None: about TOKENS_PER_BATCH tokens). dtype: the compute dtype of
     `inference.hidden_and_loglik` (None: the model's).
     """
     import torch
 
     from genomeconv.models import inference, tokenize
 
-    out: list[WindowScores] = []
+    out: list[WindowScores | None] = [None] * len(seqs)
+    by_length: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_length.setdefault(len(s), []).append(i)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for i in range(0, len(seqs), batch_size):
-            ids = torch.stack([tokenize(s) for s in seqs[i:i + batch_size]]).to(device)
-            hidden, loglik = inference.hidden_and_loglik(model, ids, dtype=dtype)
-            loglik = loglik.double().cpu()
-            sums = loglik.sum(dim=1).numpy()
-            sites = (loglik[:, site - 1].numpy() if site is not None and site >= 1
-                     else [None] * len(sums))
-            means = (inference.pool(hidden, "mean").double().cpu().numpy() if pooled
-                     else [None] * len(sums))
-            for s, p, m in zip(sums, sites, means):
-                out.append(WindowScores(float(s), m, None if p is None else float(p)))
-    return out
+        for length, index in by_length.items():
+            step = batch_size or default_batch_size(length)
+            for b in range(0, len(index), step):
+                rows = index[b:b + step]
+                ids = torch.stack([tokenize(seqs[i]) for i in rows]).to(device)
+                hidden, loglik = inference.hidden_and_loglik(model, ids, dtype=dtype)
+                loglik = loglik.double().cpu()
+                sums = loglik.sum(dim=1).numpy()
+                means = (inference.pool(hidden, "mean").double().cpu().numpy() if pooled
+                         else [None] * len(rows))
+                for k, i in enumerate(rows):
+                    wanted = [t for t in (sites[i] if sites is not None else ()) if t >= 1]
+                    out[i] = WindowScores(float(sums[k]), means[k],
+                                          {t: float(loglik[k, t - 1]) for t in wanted})
+    return out  # type: ignore[return-value]
 
 
-def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int, rc: bool = True,
+def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = True,
                   site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
-                  head: Any = None) -> list[dict[str, Any]]:
+                  head: Any = None, keep_nonfinite: bool = False) -> list[dict[str, Any]]:
     """Score planned variants (those with status "ok"); one output row per planned variant.
 
     Identical sequences among all ref and alt windows run through the model once. `head` (a
     fine-tuned genomeconv.pipelines.train.VariantHead) adds `finetuned_score` from the same
-    mean-pooled forward ref and alt hidden states.
+    mean-pooled forward ref and alt hidden states. A NaN or infinite score raises InputError
+    naming the variant, unless keep_nonfinite (the row is then marked nonfinite).
     """
-    batch_size = batch_size or default_batch_size(window)
-    run = functools.partial(run_windows, model, batch_size=batch_size, dtype=dtype)
     scored = [pv for pv in planned if pv.status == "ok"]
     fwd = _unique(s for pv in scored for s in (pv.ref_seq, pv.alt_seq))
-    fwd_out = dict(zip(fwd, run(fwd, site=window // 2 if site_probs else None, pooled=True)))
+    sites: dict[str, set[int]] = {s: set() for s in fwd}
+    if site_probs:
+        for pv in scored:
+            sites[pv.ref_seq].add(pv.offset)
+            sites[pv.alt_seq].add(pv.offset)
+    run = functools.partial(run_windows, model, batch_size=batch_size, dtype=dtype)
+    fwd_out = dict(zip(fwd, run(fwd, sites=[sites[s] for s in fwd], pooled=True)))
     rev_out: dict[str, WindowScores] = {}
     if rc:
         rev = [reverse_complement(s) for s in fwd]
-        rev_out = dict(zip(fwd, run(rev, site=None, pooled=False)))
+        rev_out = dict(zip(fwd, run(rev, sites=None, pooled=False)))
     if scored:
         ref_pooled = np.stack([fwd_out[pv.ref_seq].pooled for pv in scored])
         alt_pooled = np.stack([fwd_out[pv.alt_seq].pooled for pv in scored])
@@ -236,8 +277,18 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, window: int,
             row["emb_cosine"], row["emb_l2"] = float(cosine[k]), float(l2[k])
             if finetuned is not None:
                 row["finetuned_score"] = float(finetuned[k])
-            if site_probs and pv.variant.kind == "snv":
-                row["p_ref"], row["p_alt"] = math.exp(r.site_logp), math.exp(a.site_logp)
+            if site_probs and pv.variant.kind == "snv" and pv.offset in r.site_logp:
+                row["p_ref"] = math.exp(r.site_logp[pv.offset])
+                row["p_alt"] = math.exp(a.site_logp[pv.offset])
+            row["nonfinite"] = any(row[c] is not None and not math.isfinite(row[c])
+                                   for c in SCORE_COLUMNS)
+            if row["nonfinite"] and not keep_nonfinite:
+                v = pv.variant
+                raise InputError(
+                    f"the model gives non-finite (NaN or infinite) scores for variant {v.chrom}:"
+                    f"{v.pos} {v.ref}>{v.alt}" + (f" ({v.id})" if v.id else "") + ": a model "
+                    "that produces NaN is broken; pass --keep-nonfinite to write such rows "
+                    "marked nonfinite = true", path=str(model.model_id))
             k += 1
         rows.append(row)
     return rows
@@ -253,8 +304,12 @@ def _base_row(pv: PlannedVariant, model_id: str) -> dict[str, Any]:
             "status": pv.status, "ref_match": pv.ref_match, "window_start": pv.window_start,
             "window_end": pv.window_end, "llr_fwd": None, "llr_rev": None, "llr": None,
             "emb_cosine": None, "emb_l2": None, "p_ref": None, "p_alt": None,
-            "model": model_id, "contig": pv.contig, "n_padded": pv.n_padded,
-            "finetuned_score": None}
+            "model": model_id, "contig": pv.contig, "finetuned_score": None,
+            "nonfinite": False}
+
+
+def _item_id(chrom: str, pos: int, ref: str, alt: str, occurrence: int) -> str:
+    return f"{chrom}\t{pos:012d}\t{ref}\t{alt}\t{occurrence}"
 
 
 def item_ids(variants: Sequence[Variant]) -> list[str]:
@@ -264,9 +319,22 @@ def item_ids(variants: Sequence[Variant]) -> list[str]:
     ids = []
     for v in variants:
         key = (v.chrom, v.pos, v.ref, v.alt)
-        ids.append(f"{v.chrom}\t{v.pos:012d}\t{v.ref}\t{v.alt}\t{seen[key]}")
+        ids.append(_item_id(*key, seen[key]))
         seen[key] += 1
     return ids
+
+
+def completed_variants(out: str | Path, manifest_sha256: str) -> set[str]:
+    """Item ids (see `item_ids`) already written under OUT by runs with this manifest: a key
+    written n times stands for its occurrences 0..n-1. Parts that do not count are moved aside."""
+    counts: Counter[tuple] = Counter()
+    for part in sorted(Path(out).glob(manifest.PART_GLOB)):
+        keys, why = manifest.read_part_keys(part, manifest_sha256, KEY_COLUMNS)
+        if why is not None:
+            manifest.move_aside(part, why)
+            continue
+        counts.update(zip(*(keys.column(c).to_pylist() for c in KEY_COLUMNS)))
+    return {_item_id(*key, k) for key, n in counts.items() for k in range(n)}
 
 
 _UNIT_FIELDS = ("chrom", "pos", "ref", "alt", "id")
@@ -278,7 +346,8 @@ class UnitScorer:
 
     def __init__(self, *, model: str | None, fasta: str, window: int, rc: bool, site_probs: bool,
                  batch_size: int | None, device: str | None, dtype: str | None, out: str,
-                 metadata: dict[bytes, bytes]) -> None:
+                 metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
+                 token: manifest.RunToken | None = None) -> None:
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
@@ -288,25 +357,31 @@ class UnitScorer:
         self.fasta = FastaFile(fasta)
         self.window, self.rc, self.site_probs = window, rc, site_probs
         self.batch_size, self.out, self.metadata = batch_size, out, metadata
+        self.keep_nonfinite, self.token = keep_nonfinite, token
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Score every unit in the batch; return one summary row per unit."""
+        """Score every unit in the batch; return one summary row per unit (`error`: a
+        GenomeconvError's runtime.failure_report, else empty)."""
         summaries = []
         for unit in batch.to_pylist():
             variants = [Variant(*(unit[f][i] for f in _UNIT_FIELDS), source="", line=0)
                         for i in range(len(unit["pos"]))]
-            summaries.append(self.score_unit(unit["unit_id"], variants))
+            try:
+                summaries.append({**self.score_unit(unit["unit_id"], variants), "error": ""})
+            except GenomeconvError as exc:
+                summaries.append({"unit_id": unit["unit_id"], "rows": 0, "statuses": "{}",
+                                  "renamed": "{}", "error": runtime.failure_report(exc)})
         return pa.Table.from_pylist(summaries)
 
     def score_unit(self, unit_id: str, variants: Sequence[Variant]) -> dict[str, Any]:
         """Score one unit, write its part, return its row count, statuses and contig renamings."""
         contigs: dict[str, str | None] = {}
         planned = [plan_variant(v, self.fasta, self.window, contigs) for v in variants]
-        rows = score_planned(self.model, planned, window=self.window, rc=self.rc,
+        rows = score_planned(self.model, planned, rc=self.rc,
                              site_probs=self.site_probs, batch_size=self.batch_size,
-                             dtype=self.dtype, head=self.head)
+                             dtype=self.dtype, head=self.head, keep_nonfinite=self.keep_nonfinite)
         runtime.write_part(pa.Table.from_pylist(rows, schema=schema.VARIANTS), self.out, unit_id,
-                           self.metadata)
+                           self.metadata, self.token)
         renamed = {c: r for c, r in contigs.items() if r is not None and r != c}
         return {"unit_id": unit_id, "rows": len(rows),
                 "statuses": json.dumps(Counter(r["status"] for r in rows)),
@@ -322,22 +397,37 @@ def fine_tuned_head(model: str | None) -> Any:
     return load_head(model)
 
 
-def check_resumable(out: str | Path, done: set[str], metadata: dict[bytes, bytes]) -> None:
-    """Refuse to add parts to `out` when its finished parts were scored with another model or
-    other settings (window, strands, site probabilities, dtype, FASTA): the rows would mix."""
-    import pyarrow.parquet as pq
+def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: int) -> str | None:
+    """A one-line note naming the contigs of `variants` shorter than `window` (their variants are
+    scored with the whole contig as window), or None."""
+    from genomeconv.io.fasta import FastaFile
 
-    if not done:
-        return
-    part = Path(out) / f"part-{min(done)}.parquet"
-    old = pq.read_schema(part).metadata or {}
-    for key in (schema.KEY_MODEL, schema.KEY_MODEL_SHA, KEY_SETTINGS):
-        if old.get(key) != metadata[key]:
-            raise ValueError(
-                f"{out} holds parts scored with {key.decode()} = "
-                f"{(old.get(key) or b'(none)').decode()}, but this run has "
-                f"{metadata[key].decode()}; pass a new --out (or rerun with the same settings "
-                "to resume)")
+    short: dict[str, int] = {}
+    with FastaFile(fasta) as fa:
+        for chrom in dict.fromkeys(v.chrom for v in variants):
+            try:
+                size = fa.length(chrom)
+            except KeyError:  # unknown contig: a status, not an error
+                continue
+            if size < window:
+                short[fa.resolve(chrom)] = size
+    if not short:
+        return None
+    named = ", ".join(f"{c} ({n:,} bp)" for c, n in list(short.items())[:3])
+    more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+    return (f"--window {window:,} is longer than contig{'s' if len(short) > 1 else ''} {named}"
+            f"{more}: variants there are scored with the whole contig as window")
+
+
+def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
+                      rc: bool, site_probs: bool, dtype: str | None,
+                      device_type: str) -> manifest.Manifest:
+    """The settings and inputs a `score-variants` folder's values depend on (not which
+    variants, nor --keep-nonfinite: it only adds marked rows)."""
+    settings = {**manifest.model_fingerprint(model, config_sha256), "window": window, "rc": rc,
+                "site_probs": site_probs, "dtype": dtype or "float32",
+                "device_type": device_type}
+    return manifest.Manifest("variants", settings, {"fasta": manifest.file_fingerprint(fasta)})
 
 
 @dataclass
@@ -345,8 +435,8 @@ class RunSummary:
     """What a `score_variants` run did."""
 
     variants: int  # ALT alleles in the (restricted) input
-    units: int
-    units_skipped: int  # already finished by an earlier run
+    units: int  # units run by this run (the alleles not done yet, grouped)
+    variants_skipped: int  # already written by an earlier run
     rows_written: int
     statuses: dict[str, int]
     renamed_contigs: dict[str, str]
@@ -360,60 +450,80 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                    gtf: str | Path | None = None, address: str | None = None,
                    num_workers: int = 1, device: str | None = None, dtype: str | None = None,
                    site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
-                   unit_size: int | None = None, command: str = "genomeconv score-variants"
+                   unit_size: int | None = None, overwrite: bool = False,
+                   keep_nonfinite: bool = False, command: str = "genomeconv score-variants"
                    ) -> RunSummary:
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
     once, `unit_size` alleles per work unit and part (default `default_unit_size`, fewer when
-    that leaves a worker idle); resumes:
-    units whose part already exists in `out` are skipped.
+    that leaves a worker idle); resumes: alleles already written under `out` (same manifest) are
+    skipped; `overwrite` removes the folder's earlier outputs first.
     """
     import ray.data
 
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.io.seqrecords import is_record_file
     from genomeconv.models import load
 
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
+    preflight.check(out, fasta=fasta, variants=variants, window=window, device=device,
+                    num_workers=num_workers, address=address)
     probe = load(model, device="cpu")
     head = fine_tuned_head(model)
     window = window or (head.window if head is not None
                         else default_window(probe.max_seq_len, device))
     if window < 2:
         raise ValueError(f"--window must be at least 2 (got {window})")
-    metadata = schema.file_metadata(probe, command, kind="variants")
-    metadata[KEY_SETTINGS] = json.dumps({"window": window, "rc": rc, "site_probs": site_probs,
-                                         "dtype": dtype, "fasta": str(fasta)}).encode()
+    fasta, out = Path(fasta).resolve(), Path(out).resolve()
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
+        gtf = fasta
+    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
+    if (text := short_contig_note(found, fasta, window)) is not None:
+        manifest.note(text)
+    run_manifest = variants_manifest(
+        model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
+        site_probs=site_probs, dtype=dtype,
+        device_type=runtime.device_type(device))
+    metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
     unit_alleles = default_unit_size(probe, window, rc)
     del probe
-    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
     by_id = dict(zip(item_ids(found), found))
-    units = runtime.plan_units(list(by_id), unit_size or runtime.per_worker(
-        unit_alleles, len(by_id), num_workers))
-    done = runtime.finished_units(out)
-    check_resumable(out, done, metadata)
-    todo = [u for u in units if u.unit_id not in done]
     results: list[dict[str, Any]] = []
-    if todo:
-        runtime.connect(address)
-        items = [{"unit_id": u.unit_id,
-                  **{f: [getattr(by_id[i], f) for i in u.item_ids] for f in _UNIT_FIELDS}}
-                 for u in todo]
-        gpu = str(device or "").startswith("cuda")
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            UnitScorer, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(todo)))),
-            num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-            fn_constructor_kwargs=dict(model=model, fasta=str(fasta), window=window, rc=rc,
-                                       site_probs=site_probs, batch_size=batch_size,
-                                       device=device, dtype=dtype, out=str(out),
-                                       metadata=metadata))
-        results = ds.take_all()
+    with manifest.open_run(out, run_manifest, part_dirs=[out], command=command,
+                           overwrite=overwrite) as run:
+        done = completed_variants(out, run_manifest.sha256)
+        todo_ids = [i for i in by_id if i not in done]
+        units = runtime.plan_units(todo_ids, unit_size or runtime.per_worker(
+            unit_alleles, len(todo_ids), num_workers))
+        if units:
+            runtime.connect(address)
+            items = [{"unit_id": u.unit_id,
+                      **{f: [getattr(by_id[i], f) for i in u.item_ids] for f in _UNIT_FIELDS}}
+                     for u in units]
+            gpu = str(device or "").startswith("cuda")
+            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                UnitScorer, batch_size=1, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
+                num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+                fn_constructor_kwargs=dict(model=model, fasta=readable_fasta(fasta),
+                                           window=window, rc=rc,
+                                           site_probs=site_probs, batch_size=batch_size,
+                                           device=device, dtype=dtype, out=str(out),
+                                           metadata=metadata, keep_nonfinite=keep_nonfinite,
+                                           token=run.token))
+            for row in ds.iter_rows():
+                runtime.raise_failure(row["error"])
+                results.append(row)
     statuses: Counter[str] = Counter()
     renamed: dict[str, str] = {}
     for r in results:
         statuses.update(json.loads(r["statuses"]))
         renamed.update(json.loads(r["renamed"]))
-    return RunSummary(variants=len(found), units=len(units), units_skipped=len(units) - len(todo),
+    return RunSummary(variants=len(found), units=len(units),
+                      variants_skipped=len(found) - len(todo_ids),
                       rows_written=sum(r["rows"] for r in results), statuses=dict(statuses),
                       renamed_contigs=renamed, seconds=time.perf_counter() - t0, out=str(out))
