@@ -72,6 +72,7 @@ def test_primary_filters_and_reread(tmp_path, rng, genome, fmt):
     with ReadFile(path, **kw) as rf:
         for f in reversed(found):  # out of file order: every read must be found again
             assert rf.sequence(f) == as_sequenced(by_name[f.name])
+        assert rf.sequences(found[::-1]) == [as_sequenced(by_name[f.name]) for f in found[::-1]]
     all_reads = list(scan_reads(path, primary_only=False, **kw))
     assert len(all_reads) == len(reads)
 

@@ -92,7 +92,7 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     recs = genome["records"]
     summary = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
                     regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True,
-                    batch_size=2, command="genomeconv embed test")
+                    batch_size=2, unit_bp=1500, command="genomeconv embed test")
     expected = {  # seq_name -> (chrom, start, end, strand, gene_id, gene_name)
         "PLUS": ("chr1", 100, 1300, "+", "G1", "PLUS"),
         "MINUS": ("chr1", 500, 2100, "-", "G2", "MINUS"),
@@ -101,7 +101,7 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
         "chr2:1-1500": ("chr2", 0, 1500, "+", None, None),
         "chr1:1,001-1,200": ("chr1", 1000, 1200, "+", None, None),
     }
-    assert summary.items == summary.items_done == len(expected) and summary.units == 3
+    assert summary.items == summary.items_done == len(expected) and summary.units == 4
     files, rows = read_dataset(out / "embeddings")
     model = load(tiny_model)
     table = pq.read_table(files[0])
@@ -137,7 +137,8 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     assert 0.45 < next(r for r in rows if r["seq_name"] == "chr2:1-1500")["n_fraction"] < 0.7
 
     again = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
-                  regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2)
+                  regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2,
+                  unit_bp=1500)
     assert again.items_skipped == again.items == 6 and again.units == again.items_done == 0
     assert sorted(files) == read_dataset(out / "embeddings")[0]
 
@@ -217,7 +218,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     out = tmp_path / "out"
     parts = out / "embeddings"
     cmd = [sys.executable, "-m", "genomeconv.cli", "embed", fasta, "--model", str(model_dir),
-           "--out", str(out), "--batch-size", "1",
+           "--out", str(out), "--batch-size", "1", "--unit-bp", "8000",
            "--address", ray_local.get_runtime_context().gcs_address]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -238,7 +239,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     written = {p: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     assert 0 < len(written) < 16, "the run was not interrupted mid-way"
 
-    summary = embed(fasta, out, model=str(model_dir), batch_size=1)
+    summary = embed(fasta, out, model=str(model_dir), batch_size=1, unit_bp=8000)
     assert summary.items_skipped == len(written) and summary.items_done == 16 - len(written)
     _, rows = read_dataset(parts)
     assert sorted(r["seq_name"] for r in rows) == sorted(f"c{i}" for i in range(16))
@@ -312,7 +313,8 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
     full = _bed(tmp_path / "full.bed", intervals)
     subset = _bed(tmp_path / "subset.bed", intervals[:5])
     out = tmp_path / "out"
-    first = embed(genome["fasta"], out, bed=subset, model=str(model_dir), batch_size=2)
+    first = embed(genome["fasta"], out, bed=subset, model=str(model_dir), batch_size=2,
+                  unit_bp=180)  # units of 1, 2 and 2 items
     assert (first.items, first.items_skipped, first.items_done, first.units) == (5, 0, 5, 3)
     parts = sorted((out / "embeddings").glob("part-*.parquet"))
     rows_in = {p: pq.read_table(p).num_rows for p in parts}
@@ -376,7 +378,7 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
     assert (fresh.items_skipped, fresh.items_done) == (0, 9)
     files, rows = read_dataset(out / "embeddings")
     assert len(rows) == 9 and {r["pooling"] for r in rows} == {"max"}
-    assert not list((out / "embeddings").glob(".damaged-*")) and len(files) == 3
+    assert not list((out / "embeddings").glob(".damaged-*")) and len(files) == fresh.units
 
 
 def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path):

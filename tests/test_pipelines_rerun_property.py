@@ -99,7 +99,7 @@ def _embed_run(world, out: Path, bed: str, batch_size: int, stop_after: int | No
         done = E.completed_items(out, True, run_manifest.sha256)
         todo = [it for it in items if it.item_id not in done]
         by_id = {it.item_id: it for it in todo}
-        units = E.plan_units(todo, batch_size)
+        units = E.plan_units(todo, 60 * batch_size)  # bases per unit: another grouping each run
         config = E.WorkerConfig(model=world["model"], fasta=world["fasta"], reads=None,
                                 out=str(out), per_base=True, batch_size=batch_size,
                                 manifest_sha256=run_manifest.sha256, token=run.token)
@@ -110,9 +110,9 @@ def _embed_run(world, out: Path, bed: str, batch_size: int, stop_after: int | No
             unit = units[stop_after]
             unit_items = [by_id[i] for i in unit.item_ids]
             writer = E._PerBaseWriter(config, unit.unit_id, actor.model.d_model, actor.meta_pb)
-            for it, hidden in zip(unit_items, actor.hidden([actor.sequence(i)
-                                                            for i in unit_items])):
-                writer.write(it, hidden)
+            hidden, lengths = actor.hidden([actor.sequence(i) for i in unit_items])
+            for j, it in enumerate(unit_items):
+                writer.write(it, hidden[j, :int(lengths[j])])
             writer.commit()
     if stop_after is not None:
         _killed(out, run, world["dead_pid"], out / E.EMBEDDINGS_DIR)

@@ -38,8 +38,10 @@ def embed(
     pooling: str = typer.Option("mean", "--pooling", help="mean, max or last."),
     per_base: bool = typer.Option(False, "--per-base", help="Also write one row per nucleotide."),
     per_base_dtype: str = typer.Option("float32", "--per-base-dtype", help="float32 or float16."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per work unit and "
-                                   "per model call (items over 64 kbp run alone)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per model call "
+                                   "(sorted by length; at most 131,072 padded tokens)."),
+    unit_bp: Optional[int] = typer.Option(None, "--unit-bp", min=1, help="Bases per work unit "
+                                          "and Parquet part (default: sized by the model)."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Positions per "
                                              "chunk in the bounded-memory path."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
@@ -90,7 +92,8 @@ def embed(
                       batch_size=batch_size, chunk_size=chunk_size, address=address,
                       num_workers=num_workers, gpus_per_worker=gpus_per_worker, device=device,
                       dtype=dtype, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
-                      command=command_line(), on_plan=on_plan, on_unit=on_unit)
+                      unit_bp=unit_bp, command=command_line(), on_plan=on_plan,
+                      on_unit=on_unit)
     finally:
         progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0

@@ -38,8 +38,9 @@ def score_variants(
                                "(llr = llr_fwd, llr_rev empty)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Windows per "
                                              "forward pass (default: ~131k tokens' worth)."),
-    unit_size: int = typer.Option(256, "--unit-size", min=1, help="ALT alleles per work unit "
-                                  "(one Parquet part each)."),
+    unit_size: Optional[int] = typer.Option(None, "--unit-size", min=1, help="ALT alleles per "
+                                            "work unit (one Parquet part each; default: sized "
+                                            "by window and model)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Remove OUT's earlier outputs "
                                    "and start afresh (a rerun with other settings is refused)."),
     keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf scores "

@@ -12,7 +12,7 @@ CRAM input is read for its aligned records (unaligned records in a CRAM are not 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from genomeconv.io.regions import Interval, parse_region, reverse_complement
 
 SECONDARY_OR_SUPPLEMENTARY = 0x100 | 0x800
 _MAX_SCAN = 100_000  # records read past a stored offset before giving up on finding a read
+_WALK_BYTES = 1 << 17  # `sequences` reads on to a read this close (compressed), else seeks
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,18 @@ def scan_reads(path: str | Path, *, region: str | Interval | None = None, min_ma
         handle.close()
 
 
+def _matches(record, ref: ReadRef) -> bool:
+    """Whether a record is the read `ref` points at (name, flag, and position when aligned)."""
+    return (record.query_name == ref.name and record.flag == ref.flag
+            and (ref.chrom is None or record.reference_start == ref.start))
+
+
+def _bases(record, ref: ReadRef) -> str:
+    """A record's bases as sequenced (upper case; reverse-complemented when strand is '-')."""
+    seq = record.query_sequence.upper()
+    return reverse_complement(seq) if ref.strand == "-" else seq
+
+
 class ReadFile:
     """An open BAM/CRAM/uBAM from which reads found by `scan_reads` are fetched again."""
 
@@ -128,9 +141,31 @@ class ReadFile:
 
     def sequence(self, ref: ReadRef) -> str:
         """The read's bases as sequenced (upper case; reverse-complemented when strand is '-')."""
-        record = self._find(ref)
-        seq = record.query_sequence.upper()
-        return reverse_complement(seq) if ref.strand == "-" else seq
+        return _bases(self._find(ref), ref)
+
+    def sequences(self, refs: Sequence[ReadRef]) -> list[str]:
+        """The bases of many reads (as `sequence`), in the order of `refs`. BAM records are
+        visited in file order and read on from one to the next when they are near: a seek
+        inflates a whole BGZF block again, ~100 times the cost of decoding the next record."""
+        out = [""] * len(refs)
+        records = None
+        for k in sorted(range(len(refs)), key=lambda k: (refs[k].offset is None,
+                                                         refs[k].offset or 0, refs[k].start)):
+            ref, record = refs[k], None
+            if ref.offset is not None:
+                here = self._handle.tell()
+                if (records is None or ref.offset < here
+                        or (ref.offset >> 16) - (here >> 16) >= _WALK_BYTES):
+                    self._handle.seek(ref.offset)
+                    records = self._handle.fetch(until_eof=True)
+                while self._handle.tell() < ref.offset and next(records, None) is not None:
+                    pass
+                found = next(records, None) if self._handle.tell() == ref.offset else None
+                record = found if found is not None and _matches(found, ref) else None
+            if record is None:  # not where it was: search as `sequence` does
+                record, records = self._find(ref), None
+            out[k] = _bases(record, ref)
+        return out
 
     def _find(self, ref: ReadRef):
         if ref.offset is not None:
@@ -139,8 +174,7 @@ class ReadFile:
         else:
             records = self._handle.fetch(ref.chrom, ref.start, ref.start + 1)
         for _, record in zip(range(_MAX_SCAN), records):
-            if (record.query_name == ref.name and record.flag == ref.flag
-                    and (ref.chrom is None or record.reference_start == ref.start)):
+            if _matches(record, ref):
                 return record
         raise KeyError(f"read {ref.name!r} (flag {ref.flag}) not found again in {self.path}; "
                        "was the file changed since the run was planned?")

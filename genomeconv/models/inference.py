@@ -54,8 +54,12 @@ POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
 
 
-def pool(hidden: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """(B, L, d) -> (B, d) by "mean", "max" or "last" over positions."""
+def pool(hidden: torch.Tensor, pooling: str = "mean",
+         lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, d) -> (B, d) by "mean", "max" or "last" over positions; with `lengths` (B,), over
+    each row's first lengths[b] positions only, so right padding never enters a pooled vector."""
+    if lengths is not None and pooling in POOLINGS:
+        return _pool_masked(hidden, pooling, lengths.to(hidden.device))
     if pooling == "mean":
         return hidden.mean(dim=1)
     if pooling == "max":
@@ -63,6 +67,16 @@ def pool(hidden: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     if pooling == "last":
         return hidden[:, -1]
     raise ValueError(f"pooling must be one of {POOLINGS} (got {pooling!r})")
+
+
+def _pool_masked(hidden: torch.Tensor, pooling: str, lengths: torch.Tensor) -> torch.Tensor:
+    """`pool` over each row's first lengths[b] positions (a masked sum, max or gather)."""
+    if pooling == "last":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+    if pooling == "max":
+        return hidden.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
+    return torch.bmm(valid[:, None, :].to(hidden.dtype), hidden)[:, 0] / lengths[:, None]
 
 
 def token_loglik(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

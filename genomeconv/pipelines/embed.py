@@ -4,16 +4,20 @@ intervals, whole records or reads, on Ray, written as keyed, resumable Parquet p
 The driver plans work items that carry coordinates only (never sequences), locks OUT and checks its
 run manifest (pipelines/manifest.py: a rerun with other value-changing settings or inputs is
 refused, `overwrite` starts afresh), reads the item ids of the parts already committed, drops those
-items, and only then groups the rest into work units (`plan_units`; items longer than LONG_ITEM_BP
-alone), so another --batch-size, a subset or a superset of the items resumes with every item
-written exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the
-FASTA or read file and loads the model once, fetches each item's bases, reverse-complements
-minus-strand items, runs the model's bounded-memory path (`inference.hidden_states`), pools, and
-writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit whose embeddings
-part exists is complete. A unit is done when its embeddings part counts (manifest.read_part_keys)
-and, with --per-base, its per-base part of the same name counts and holds one row per base of the
-unit's items; otherwise the unit's parts are moved aside (damaged) or removed (a per-base part
-whose embeddings part never came: its run was killed between the two commits).
+items, and only then groups the rest into work units sized by work (`plan_units`: about
+`default_unit_bp` bases and at most runtime.UNIT_MAX_ITEMS items each, an item that long alone),
+so another --batch-size, a subset or a superset of the items resumes with every item written
+exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the FASTA
+or read file and loads the model once; per unit it fetches every item's bases in file order,
+reverse-complements minus-strand items, runs them sorted by length in right-padded batches
+through the model's bounded-memory path (`inference.hidden_states`), pools each item over its
+own positions only (so its embedding does not depend on its batch), and writes the unit's
+part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items thus cost one
+Ray task and one Parquet part per few Mbp, not per item. A unit is done when its embeddings
+part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the same name
+counts and holds one row per base of the unit's items; otherwise the unit's parts are moved
+aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
+killed between the two commits).
 
 Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error
 naming it (a model that produces NaN is broken), unless --keep-nonfinite, which writes such rows
@@ -40,9 +44,9 @@ from genomeconv.pipelines import manifest, preflight, runtime, schema
 if TYPE_CHECKING:
     from genomeconv.io.annotations import Feature
 
-LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
-PER_BASE_ROWS = 16_384  # rows per per-base row group (bounds the writer's memory)
+PER_BASE_ROWS = 65_536  # rows per per-base row group (bounds the writer's buffer)
+PER_BASE_PART_BYTES = 1 << 29  # per-base embedding bytes per unit (caps the unit's bases)
 POOLINGS = ("mean", "max", "last")
 PER_BASE_DTYPES = ("float32", "float16")
 EMBEDDINGS_DIR, PER_BASE_DIR = "embeddings", "per_base"
@@ -194,11 +198,25 @@ def _unique(items: list[Item]) -> list[Item]:
     return list(seen.values())
 
 
-def plan_units(items: Sequence[Item], batch_size: int) -> list[runtime.WorkUnit]:
-    """Work units: items longer than LONG_ITEM_BP alone, the others `batch_size` at a time."""
-    long_ids = [it.item_id for it in items if it.length > LONG_ITEM_BP]
-    short_ids = [it.item_id for it in items if it.length <= LONG_ITEM_BP]
-    return runtime.plan_units(long_ids, 1) + runtime.plan_units(short_ids, batch_size)
+def default_unit_bp(config: Any, items: Sequence[Item], workers: int = 1, per_base: bool = False,
+                    per_base_dtype: str = "float32") -> int:
+    """Bases per work unit: `runtime.unit_bases` of the model (its HyenaConfig `config`); with
+    per-base output also at most
+    PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file; and
+    at most the items' bases over `workers`, so that no worker of a small job stays idle."""
+    import numpy as np
+
+    bp = runtime.unit_bases(config.d_model, config.n_layer)
+    if per_base:
+        bp = min(bp, PER_BASE_PART_BYTES // (config.d_model * np.dtype(per_base_dtype).itemsize))
+    return runtime.per_worker(bp, sum(it.length for it in items), workers)
+
+
+def plan_units(items: Sequence[Item], unit_bp: int) -> list[runtime.WorkUnit]:
+    """Work units of about `unit_bp` bases and at most runtime.UNIT_MAX_ITEMS items each; an item
+    of `unit_bp` bases or more is a unit of its own."""
+    return runtime.plan_units([it.item_id for it in items], runtime.UNIT_MAX_ITEMS,
+                              costs=[it.length for it in items], unit_cost=unit_bp)
 
 
 # --- the worker ----------------------------------------------------------------------------
@@ -290,71 +308,101 @@ class EmbedActor:
         seq = self.source.fetch(item.chrom, item.start, item.end)
         return reverse_complement(seq) if item.strand == "-" else seq
 
-    def run_unit(self, unit_id: str, items: list[Item]) -> float:
-        """Embed one unit's items and write its part(s); return the seconds spent in the model."""
-        import pyarrow as pa
+    def sequences(self, items: Sequence[Item]) -> list[str]:
+        """Every item's bases (as `sequence`), in the order of `items`, fetched in file order:
+        a BGZF block is then inflated once, not once per item (50x faster for short items)."""
+        from genomeconv.io.reads import ReadRef
 
-        rows: dict[str, dict] = {}
+        if self.cfg.reads:
+            return self.source.sequences([
+                ReadRef(it.read_name, it.read_flag, it.chrom, it.start, it.end, it.strand,
+                        it.length, it.read_offset) for it in items])
+        seqs = [""] * len(items)
+        for k in sorted(range(len(items)), key=lambda k: (items[k].chrom, items[k].start)):
+            seqs[k] = self.sequence(items[k])
+        return seqs
+
+    def run_unit(self, unit_id: str, items: list[Item]) -> float:
+        """Embed one unit's items and write its part(s); return the seconds spent in the model
+        (its forward and the pooling)."""
+        import numpy as np
+
+        from genomeconv.models.inference import pool
+
+        seqs = self.sequences(items)
+        pooled = np.empty((len(items), self.model.d_model), dtype=np.float32)
+        nonfinite = np.zeros(len(items), dtype=bool)
         model_s = 0.0
         writer = _PerBaseWriter(self.cfg, unit_id, self.model.d_model, self.meta_pb) \
             if self.cfg.per_base else None
         try:
-            for group in _forward_groups(items, self.cfg.batch_size):
-                seqs = [self.sequence(it) for it in group]
+            for group in _forward_groups([len(s) for s in seqs], self.cfg.batch_size):
                 t0 = time.perf_counter()
-                hiddens = self.hidden(seqs)
+                hidden, lengths = self.hidden([seqs[k] for k in group])
+                nonfinite[group] = self.check_finite([items[k] for k in group], hidden, lengths)
+                pooled[group] = pool(hidden, self.cfg.pooling, lengths).float().cpu().numpy()
                 model_s += time.perf_counter() - t0
-                for it, seq, hidden in zip(group, seqs, hiddens):
-                    rows[it.item_id] = self.row(it, seq, hidden)
-                    if writer is not None:
-                        writer.write(it, hidden)
+                if writer is not None:
+                    host = hidden.cpu()  # one device-to-host copy per batch, not per item
+                    for j, k in enumerate(group):
+                        writer.write(items[k], host[j, :len(seqs[k])])
             if writer is not None:
                 writer.commit()
         finally:
             if writer is not None:
                 writer.discard()
-        ordered = [rows[it.item_id] for it in items]
-        table = pa.Table.from_pylist(ordered, schema=schema.embeddings_schema(self.model.d_model))
-        runtime.write_part(table, Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta,
-                           self.cfg.token)
+        runtime.write_part(self.table(items, seqs, pooled, nonfinite),
+                           Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta, self.cfg.token)
         return model_s
 
-    def hidden(self, seqs: list[str]):
-        """Hidden states of each sequence ((L_i, d) float32 tensors); short ones batched with
-        right padding, which a causal model never sees from earlier positions."""
+    def hidden(self, seqs: list[str]) -> tuple[Any, Any]:
+        """Hidden states of a batch, (B, max length, d) float32, and the lengths (B,): right
+        padding, which a causal model never sees from earlier positions; tokenized in one
+        vectorized call."""
         import torch
 
         from genomeconv.models import tokenize
         from genomeconv.models.inference import hidden_states
         from genomeconv.models.tokenizer import PAD_ID
 
-        lengths = [len(s) for s in seqs]
-        ids = torch.full((len(seqs), max(lengths)), PAD_ID, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = tokenize(s)
+        lengths = torch.tensor([len(s) for s in seqs])
+        valid = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+        ids = torch.full(valid.shape, PAD_ID, dtype=torch.long)
+        ids[valid] = tokenize("".join(seqs))  # row-major: the sequences one after the other
         hidden = hidden_states(self.model, ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
-        return [hidden[i, :n].cpu() for i, n in enumerate(lengths)]
+        return hidden, lengths
 
-    def row(self, item: Item, seq: str, hidden) -> dict[str, Any]:
-        """The embeddings row of one item (NaN/inf in its hidden states: an error naming the item,
-        or with keep_nonfinite a row marked nonfinite)."""
+    def table(self, items: Sequence[Item], seqs: Sequence[str], pooled: Any,
+              nonfinite: Any) -> Any:
+        """The unit's embeddings rows, built column by column."""
+        import pyarrow as pa
+
+        out_schema = schema.embeddings_schema(self.model.d_model)
+        columns: dict[str, Any] = {k: [getattr(it, k) for it in items]
+                                   for k in schema.ITEM_KEYS.names}
+        columns["length"] = [len(s) for s in seqs]
+        columns["n_fraction"] = [s.count("N") / max(1, len(s)) for s in seqs]
+        columns["pooling"] = [self.cfg.pooling] * len(items)
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(pooled.reshape(-1)), self.model.d_model)
+        columns["nonfinite"] = pa.array(nonfinite)
+        return pa.table(columns, schema=out_schema)
+
+    def check_finite(self, items: Sequence[Item], hidden: Any, lengths: Any) -> Any:
+        """Per item of a batch, whether its hidden states (its own positions) hold NaN or
+        infinity: an error naming the first such item, or with keep_nonfinite the flags."""
         import torch
 
-        from genomeconv.models.inference import pool
-
-        nonfinite = not bool(torch.isfinite(hidden).all())
-        if nonfinite and not self.cfg.keep_nonfinite:
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] \
+            < lengths.to(hidden.device)[:, None]
+        bad = ((~torch.isfinite(hidden)).any(-1) & valid).any(-1).cpu().numpy()
+        if bad.any() and not self.cfg.keep_nonfinite:
+            item = items[int(bad.argmax())]
             raise InputError(f"the model gives non-finite (NaN or infinite) embeddings for item "
                              f"{describe_item(item)}: a model that produces NaN is broken; pass "
                              "--keep-nonfinite to write such rows marked nonfinite = true",
                              path=self.model.model_id)
-        vector = pool(hidden[None], self.cfg.pooling)[0]
-        return {"item_id": item.item_id, "seq_name": item.seq_name, "chrom": item.chrom,
-                "start": item.start, "end": item.end, "strand": item.strand,
-                "gene_id": item.gene_id, "gene_name": item.gene_name,
-                "read_name": item.read_name, "length": len(seq),
-                "n_fraction": seq.count("N") / max(1, len(seq)), "pooling": self.cfg.pooling,
-                "embedding": vector.float().numpy(), "nonfinite": nonfinite}
+        return bad
 
 
 def describe_item(item: Item) -> str:
@@ -365,21 +413,22 @@ def describe_item(item: Item) -> str:
             f"item_id {item.item_id})")
 
 
-def _forward_groups(items: list[Item], batch_size: int) -> list[list[Item]]:
-    """Items grouped for one model call: by length, at most `batch_size` and FORWARD_TOKENS
-    padded tokens per call (a long item is a call of its own)."""
-    groups: list[list[Item]] = []
-    for it in sorted(items, key=lambda i: i.length):
+def _forward_groups(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of the items for each model call: sorted by length, at most `batch_size` and
+    FORWARD_TOKENS padded tokens per call (a long item is a call of its own)."""
+    groups: list[list[int]] = []
+    for k in sorted(range(len(lengths)), key=lengths.__getitem__):
         g = groups[-1] if groups else None
-        if g and len(g) < batch_size and (len(g) + 1) * it.length <= FORWARD_TOKENS:
-            g.append(it)
+        if g and len(g) < batch_size and (len(g) + 1) * lengths[k] <= FORWARD_TOKENS:
+            g.append(k)
         else:
-            groups.append([it])
+            groups.append([k])
     return groups
 
 
 class _PerBaseWriter:
-    """Streams one unit's per-base rows through runtime.PartWriter, PER_BASE_ROWS at a time."""
+    """Streams one unit's per-base rows through runtime.PartWriter in row groups of
+    PER_BASE_ROWS rows, buffering small items' rows (a read is not a row group of its own)."""
 
     def __init__(self, cfg: WorkerConfig, unit_id: str, d_model: int,
                  metadata: dict[bytes, bytes]) -> None:
@@ -388,10 +437,12 @@ class _PerBaseWriter:
         self.part = runtime.PartWriter(Path(cfg.out) / PER_BASE_DIR, unit_id,
                                        schema.per_base_schema(d_model, cfg.per_base_dtype),
                                        metadata, cfg.token)
-        self.commit, self.discard = self.part.commit, self.part.discard
+        self.pending: list[Any] = []  # tables not yet written, fewer than PER_BASE_ROWS rows
+        self.rows = 0
+        self.discard = self.part.discard
 
     def write(self, item: Item, hidden) -> None:
-        """Append the item's rows, PER_BASE_ROWS at a time."""
+        """Add the item's rows; write every full row group."""
         import numpy as np
         import pyarrow as pa
 
@@ -410,11 +461,31 @@ class _PerBaseWriter:
             else:
                 positions = item.start + offsets
             values = pa.array(hidden[lo:hi].numpy().astype(self.np_dtype).reshape(-1))
-            self.part.write(pa.table({
+            self.pending.append(pa.table({
                 "item_id": pa.array([item.item_id] * (hi - lo), pa.string()),
                 "position": pa.array(positions),
                 "embedding": pa.FixedSizeListArray.from_arrays(values, self.d),
             }, schema=self.part.schema))
+            self.rows += hi - lo
+            if self.rows >= PER_BASE_ROWS:
+                self._flush(PER_BASE_ROWS)
+
+    def _flush(self, size: int) -> None:
+        """Write the buffered rows in whole row groups of `size` rows; keep the remainder."""
+        import pyarrow as pa
+
+        table = pa.concat_tables(self.pending)
+        cut = len(table) // size * size
+        if cut:
+            self.part.write(table.slice(0, cut))
+        self.pending = [table.slice(cut)] if cut < len(table) else []
+        self.rows = len(table) - cut
+
+    def commit(self) -> Path:
+        """Write what is buffered and move the part into place."""
+        if self.rows:
+            self._flush(self.rows)
+        return self.part.commit()
 
 
 # --- the driver ----------------------------------------------------------------------------
@@ -489,7 +560,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
           min_length: int = 0, features: Sequence[str] | None = None, spliced: bool = False,
           model: str | None = None, pooling: str = "mean",
           per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
-          chunk_size: int | None = None, address: str | None = None, num_workers: int = 1,
+          unit_bp: int | None = None, chunk_size: int | None = None,
+          address: str | None = None, num_workers: int = 1,
           gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
           overwrite: bool = False, keep_nonfinite: bool = False,
           command: str = "genomeconv embed",
@@ -498,9 +570,11 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     """Embed the items selected on `input_path` (a FASTA, or a BAM/CRAM/uBAM of reads; `bam`
     gives reads with `input_path` as their reference) into Parquet parts under `out`.
 
-    Resumes: items already written under `out` (by a run with the same manifest) are skipped;
-    `overwrite` removes the folder's earlier outputs first. `on_plan(items_bp_to_do, units)` is
-    called once planned, `on_unit(items, bp)` after each unit (for progress bars).
+    batch_size: items per model call (sorted by length); unit_bp: bases per work unit and
+    Parquet part (default `default_unit_bp`). Resumes: items already written under `out` (by a
+    run with the same manifest) are skipped; `overwrite` removes the folder's earlier outputs
+    first. `on_plan(items_bp_to_do, units)` is called once planned, `on_unit(items, bp)` after
+    each unit (for progress bars).
     """
     import ray
     import ray.data
@@ -513,8 +587,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if per_base_dtype not in PER_BASE_DTYPES:
         raise ValueError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
-    if batch_size < 1 or num_workers < 1:
-        raise ValueError("--batch-size and --num-workers must be >= 1")
+    if batch_size < 1 or num_workers < 1 or (unit_bp is not None and unit_bp < 1):
+        raise ValueError("--batch-size, --unit-bp and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
     preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
                     gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
@@ -543,6 +617,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
         per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
         device_type=runtime.device_type(device))
+    shape = probe.config  # sizes the work units
     del probe
     items_done = bp_done = peak_rss = 0
     model_s = 0.0
@@ -551,7 +626,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         done = completed_items(out, per_base, run_manifest.sha256)
         todo_items = [it for it in items if it.item_id not in done]
         by_id = {it.item_id: it for it in todo_items}
-        todo = plan_units(todo_items, batch_size)
+        todo = plan_units(todo_items, unit_bp or default_unit_bp(
+            shape, todo_items, num_workers, per_base, per_base_dtype))
         if on_plan is not None:
             on_plan(sum(it.length for it in todo_items), len(todo))
         if todo:

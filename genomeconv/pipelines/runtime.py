@@ -173,23 +173,68 @@ class WorkUnit:
     item_ids: tuple[str, ...]
 
 
-def plan_units(item_ids: Sequence[str], unit_size: int) -> list[WorkUnit]:
-    """Group items into units of at most `unit_size`, deterministically.
+UNIT_WORK = 1 << 30  # bases x d_model x layers per work unit (8 Mbp for the bundled d64 x 2)
+UNIT_MAX_ITEMS = 65_536  # items per work unit: bounds a unit's rows held in a worker
 
-    Items are sorted so that the same inputs always give the same units; a unit's id hashes its
-    item ids, so two units (of any runs) share a part name only when they hold the same items.
-    Callers pass only the items not done yet: completion is per item, not per unit.
+
+def unit_bases(d_model: int, n_layer: int) -> int:
+    """Bases per work unit for a model of this width and depth (UNIT_WORK / (d_model n_layer)).
+
+    Sized by work so that per-unit costs (a Ray task, a Parquet part and its metadata) vanish
+    beside the model's time, while a killed run loses about a minute of a 2-core CPU's work
+    (bundled model: 8 Mbp per unit) and a bigger model gets proportionally fewer bases.
+    """
+    return max(1, UNIT_WORK // (max(1, d_model) * max(1, n_layer)))
+
+
+def per_worker(unit_size: int, total: int, workers: int) -> int:
+    """`unit_size`, lowered where needed so that `total` (bases, alleles) makes at least
+    `workers` units: a small job still keeps every worker busy."""
+    return max(1, min(unit_size, -(-total // max(1, workers))))
+
+
+def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] | None = None,
+               unit_cost: int | None = None) -> list[WorkUnit]:
+    """Group items into units of at most `unit_size` items, deterministically.
+
+    With `costs` (one per item, e.g. bases) and `unit_cost`, units are also sized by work: an item
+    costing `unit_cost` or more is a unit of its own, and the others are cut into
+    ceil(total / unit_cost) units of about equal cost (more when `unit_size` requires), so a
+    job's unit count grows with its work, not with its item count.
+    Items are sorted by id so that the same inputs always give the same units; a unit's id
+    hashes its item ids, so two units (of any runs) share a part name only when they hold the
+    same items. Callers pass only the items not done yet: completion is per item, not per unit.
     """
     if unit_size < 1:
         raise ValueError(f"unit_size must be >= 1, got {unit_size}")
-    ordered = sorted(set(item_ids))
+    if (costs is None) != (unit_cost is None) or (unit_cost is not None and unit_cost < 1):
+        raise ValueError("costs and a unit_cost >= 1 go together")
+    cost = dict(zip(item_ids, costs if costs is not None else [0] * len(item_ids)))
+    ordered = sorted(cost)
     if len(ordered) != len(item_ids):
         raise ValueError("item ids must be unique; duplicates would be written twice")
+    groups: list[list[str]] = []
+    if unit_cost is not None:
+        groups = [[i] for i in ordered if cost[i] >= unit_cost]
+        ordered = [i for i in ordered if cost[i] < unit_cost]
+    total = sum(cost[i] for i in ordered)
+    n = max(-(-total // unit_cost) if unit_cost else 0, -(-len(ordered) // unit_size))
+    if n:
+        short: list[list[str]] = [[]]
+        placed = 0  # cost of the items already placed
+        for i in ordered:
+            # a new unit when this one is full, or when the item lies mostly past its share
+            # (placed + cost / 2 > total k / n, in integers): at most n units by cost
+            if short[-1] and (len(short[-1]) >= unit_size
+                              or n * (2 * placed + cost[i]) > 2 * total * len(short)):
+                short.append([])
+            short[-1].append(i)
+            placed += cost[i]
+        groups += short
     units = []
-    for i in range(0, len(ordered), unit_size):
-        chunk = tuple(ordered[i:i + unit_size])
+    for k, chunk in enumerate(groups):
         digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:16]
-        units.append(WorkUnit(f"{i // unit_size:06d}-{digest}", chunk))
+        units.append(WorkUnit(f"{k:06d}-{digest}", tuple(chunk)))
     return units
 
 

@@ -184,6 +184,14 @@ class WindowScores:
     site_logp: dict[int, float]
 
 
+def default_unit_size(model: Any, window: int, rc: bool) -> int:
+    """ALT alleles per work unit: `runtime.unit_bases` of the model in window tokens, at two
+    windows (ref, alt) per allele and strand, so a unit is the same work whatever the window."""
+    per_allele = 2 * window * (2 if rc else 1)
+    bases = runtime.unit_bases(model.d_model, model.config.n_layer)
+    return max(1, min(runtime.UNIT_MAX_ITEMS, bases // per_allele))
+
+
 def default_batch_size(window: int) -> int:
     """Windows per forward pass: about TOKENS_PER_BATCH tokens, at least one window."""
     return max(1, TOKENS_PER_BATCH // window)
@@ -442,13 +450,15 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                    gtf: str | Path | None = None, address: str | None = None,
                    num_workers: int = 1, device: str | None = None, dtype: str | None = None,
                    site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
-                   unit_size: int = 256, overwrite: bool = False, keep_nonfinite: bool = False,
-                   command: str = "genomeconv score-variants") -> RunSummary:
+                   unit_size: int | None = None, overwrite: bool = False,
+                   keep_nonfinite: bool = False, command: str = "genomeconv score-variants"
+                   ) -> RunSummary:
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once; resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
-    removes the folder's earlier outputs first.
+    once, `unit_size` alleles per work unit and part (default `default_unit_size`, fewer when
+    that leaves a worker idle); resumes: alleles already written under `out` (same manifest) are
+    skipped; `overwrite` removes the folder's earlier outputs first.
     """
     import ray.data
 
@@ -479,6 +489,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
         site_probs=site_probs, dtype=dtype,
         device_type=runtime.device_type(device))
     metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
+    unit_alleles = default_unit_size(probe, window, rc)
     del probe
     by_id = dict(zip(item_ids(found), found))
     results: list[dict[str, Any]] = []
@@ -486,7 +497,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                            overwrite=overwrite) as run:
         done = completed_variants(out, run_manifest.sha256)
         todo_ids = [i for i in by_id if i not in done]
-        units = runtime.plan_units(todo_ids, unit_size)
+        units = runtime.plan_units(todo_ids, unit_size or runtime.per_worker(
+            unit_alleles, len(todo_ids), num_workers))
         if units:
             runtime.connect(address)
             items = [{"unit_id": u.unit_id,
