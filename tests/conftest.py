@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Converted plain-gzip/GenBank inputs go to a cache folder: a private one for the test run (set
+# before Ray starts, so workers and CLI subprocesses use it too), never the user's ~/.cache.
+os.environ.setdefault("GENOMECONV_CACHE", tempfile.mkdtemp(prefix="gc_test_cache_"))
 
 
 @pytest.fixture(scope="session")

@@ -79,13 +79,16 @@ def test_cluster_gpus_come_from_ray(ray_local):
 def test_inputs_open_in_the_driver(tmp_path, inputs):
     _, fasta, vcf, _ = inputs
     preflight.check(tmp_path / "o", fasta=fasta, variants=vcf)
-    with pytest.raises(FileNotFoundError, match="FASTA file not found"):
+    with pytest.raises(InputError, match="FASTA file not found"):
         preflight.check_fasta(tmp_path / "missing.fa")
     plain = tmp_path / "p.fa.gz"
     with gzip.open(plain, "wt") as fh:
-        fh.write(">c\nACGT\n")
-    with pytest.raises(ValueError, match="plain gzip"):
-        preflight.check_fasta(plain)
+        fh.write(">c\n" + "ACGT" * 5000 + "\n")
+    preflight.check_fasta(plain)  # plain gzip: converted once to a cached bgzip copy
+    cut = tmp_path / "cut.fa.gz"
+    cut.write_bytes(plain.read_bytes()[:-20])
+    with pytest.raises(InputError, match=f"{cut}.*truncated or corrupt gzip"):
+        preflight.check_fasta(cut)
     with pytest.raises(InputError, match="variant file not found"):
         preflight.check_variants(tmp_path / "missing.vcf")
     broken = tmp_path / "b.tsv"
