@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models import heads
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
@@ -204,14 +205,14 @@ def run_finetune(task, out: Path, **overrides) -> dict:
 
 
 def test_finetune_binary_round_trip(variant_task, tmp_path):
-    summary = run_finetune(variant_task, tmp_path, freeze="1")
-    assert summary["classes"] == ["0", "1"] and summary["val_chroms"] == ["chr3"]
+    summary = run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
+    assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1" and summary["val_chroms"] == ["chr3"]
     assert summary["train_variants"] == 80 and summary["val_variants"] == 40
     best = max(summary["history"], key=lambda r: r["auroc"])
     assert best["auroc"] > 0.8
     # the saved model (backbone + head) reproduces the best epoch's validation metrics
     model_dir = tmp_path / "model"
-    model, head = load(model_dir), tr.load_head(model_dir)
+    model, head = load(model_dir), heads.load_head(model_dir)
     assert head.classes == ["0", "1"] and head.window == 32
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes)
@@ -220,22 +221,22 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
         ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
         alt = model(torch.from_numpy(val.alt)).mean(dim=1).numpy()
     probs = head.predict(ref, alt)
-    np.testing.assert_allclose(head.score(ref, alt), probs[:, 1])
+    np.testing.assert_allclose(head.scores(ref, alt)["p_1"], probs[:, 1])
     got = metrics.classification_metrics(val.labels, probs)
     assert got["auroc"] == pytest.approx(best["auroc"], abs=1e-6)
     assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
 
 
-def test_score_variants_adds_the_finetuned_score(variant_task, tmp_path, ray_local):
+def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_local):
     import duckdb
 
     from genomeconv.pipelines.variants import score_variants
 
-    run_finetune(variant_task, tmp_path, freeze="1")
+    run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
     model_dir = tmp_path / "model"
-    model, head = load(model_dir), tr.load_head(model_dir)
+    model, head = load(model_dir), heads.load_head(model_dir)
     score_variants(variant_task[1], variant_task[0], tmp_path / "scores", model=str(model_dir))
-    got = duckdb.sql(f"SELECT chrom, pos, ref, alt, finetuned_score, status FROM "
+    got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
     # independent: the head on mean-pooled hidden states of the training windows (window 32)
@@ -245,7 +246,7 @@ def test_score_variants_adds_the_finetuned_score(variant_task, tmp_path, ray_loc
         ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
         alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()
     want = {(v.chrom, v.pos, v.ref, v.alt): s for v, s in
-            zip((data.variants[r] for r in windows.rows), head.score(ref, alt))}
+            zip((data.variants[r] for r in windows.rows), head.scores(ref, alt)["p_1"])}
     scores = {r[:4]: r[4] for r in got}
     assert set(scores) == set(want)
     np.testing.assert_allclose([scores[k] for k in want], list(want.values()), atol=1e-5)
@@ -256,7 +257,7 @@ def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
                          patience=1)
     assert first["classes"] == ["0", "1", "2"]
     assert len(first["history"]) == 2  # lr 0: epoch 2 cannot improve
-    head = tr.load_head(tmp_path / "model")
+    head = heads.load_head(tmp_path / "model")
     assert head.meta["n_out"] == 3
     again = run_finetune(variant_task, tmp_path, label="three", freeze="all", epochs=5, lr=0.0,
                          patience=1, resume=True)
@@ -381,19 +382,19 @@ def test_broken_fine_tuned_heads_are_one_line(tmp_path):
     from genomeconv.errors import InputError
 
     meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
-    head = tr.make_head(6, 1, 4)
-    tr.save_head(head, meta, tmp_path)
-    assert tr.load_head(tmp_path).meta["classes"] == ["a", "b"]
+    head = heads.make_head(6, 1, 4)
+    heads.save_head(head, meta, tmp_path)
+    assert heads.load_head(tmp_path).meta["classes"] == ["a", "b"]
     save_file({"0.weight": torch.randn(3, 6)}, str(tmp_path / "head.safetensors"))
     with pytest.raises(InputError, match="unreadable fine-tuned head") as info:
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     assert "\n" not in str(info.value)
     (tmp_path / "head.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="unreadable fine-tuned head"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     (tmp_path / "head.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="unknown head format 'other'"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     (tmp_path / "head.json").write_text("{")
     with pytest.raises(InputError, match="head.json: not valid JSON"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
