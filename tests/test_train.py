@@ -398,3 +398,33 @@ def test_broken_fine_tuned_heads_are_one_line(tmp_path):
     (tmp_path / "head.json").write_text("{")
     with pytest.raises(InputError, match="head.json: not valid JSON"):
         heads.load_head(tmp_path)
+
+
+def test_variants_does_not_import_training():
+    """Scoring needs no training code (the pipelines.train <-> pipelines.variants cycle is gone),
+    and the command line reads training defaults without importing torch."""
+    code = ("import sys, genomeconv.pipelines.variants, genomeconv.commands.train; "
+            "print('genomeconv.pipelines.train' in sys.modules, "
+            "'genomeconv.pipelines.deepspeed_engine' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys, genomeconv.commands.train; "
+                            "print('torch' in sys.modules)"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert light.stdout.strip() == "False", light.stderr
+
+
+def test_cli_defaults_are_the_options_defaults():
+    import inspect
+
+    from genomeconv.commands import train as commands
+    from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
+
+    for command, options in ((commands.pretrain, PretrainOptions()),
+                             (commands.finetune, FinetuneOptions())):
+        for name, param in inspect.signature(command).parameters.items():
+            default = getattr(param.default, "default", param.default)
+            if hasattr(options, name) and name not in ("warmup_lengths", "val_records",
+                                                       "val_chroms"):
+                assert default == getattr(options, name), (command.__name__, name)
