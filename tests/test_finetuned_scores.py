@@ -22,8 +22,8 @@ import torch
 from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import schema
 from genomeconv.pipelines import train as tr
-from fixtures import assert_one_line_error, run_cli, write_fasta
-from test_train import markov_genome
+from fixtures import assert_one_line_error, run_cli
+from test_train import make_variant_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,27 +32,11 @@ LM = ["llr_fwd", "llr_rev", "llr", "p_ref", "p_alt"]
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """Three chromosomes, a tiny base model, labelled SNVs: 'damaging' (alt A/T, the minority
-    by construction) vs 'benign', and a 3-class label."""
-    rng = np.random.default_rng(7)
-    root = tmp_path_factory.mktemp("finetuned")
-    contigs = {f"chr{i}": markov_genome(rng, 800) for i in (1, 2, 3)}
-    fasta = write_fasta(root / "ref.fa", contigs)
-    rows = []
-    for chrom, seq in contigs.items():
-        for pos in rng.choice(np.arange(40, 760), size=16, replace=False):
-            ref = seq[pos - 1]
-            alts = [b for b in "ACGT" if b != ref]
-            alt = alts[0] if len(rows) % 3 else rng.choice(alts)
-            rows.append((chrom, int(pos), ref, alt,
-                         "damaging" if alt in "AT" and len(rows) % 3 == 0 else "benign",
-                         "ACGT".replace(ref, "").index(alt)))
-    table = root / "variants.tsv"
-    table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
-                     "".join("\t".join(map(str, r)) + "\n" for r in rows))
-    torch.manual_seed(5)
-    base = root / "base"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
+    """Labelled SNVs on three chromosomes, 'damaging' (ALT A or T, every third variant: the
+    minority) vs 'benign', and a tiny base model."""
+    fasta, table, base, _ = make_variant_task(
+        tmp_path_factory.mktemp("finetuned"), 7, 800, 16,
+        lambda i, alt: "damaging" if alt in "AT" and i % 3 == 0 else "benign")
     return fasta, table, base
 
 

@@ -171,29 +171,34 @@ def test_two_torchrun_processes_match_one(genome, tmp_path):
 
 
 # ------------------------------------------------------------------------------ finetune
-@pytest.fixture(scope="module")
-def variant_task(tmp_path_factory):
-    """A genome of 3 chromosomes, a tiny base model, and labelled SNVs: label 1 when the ALT is
-    A or T (learnable from the alt - ref embedding), plus a 3-class label (the ALT base's rank
-    among the other bases)."""
-    rng = np.random.default_rng(99)
-    root = tmp_path_factory.mktemp("variant_task")
-    contigs = {f"chr{i}": markov_genome(rng, 1500) for i in (1, 2, 3)}
+def make_variant_task(root: Path, seed: int, length: int, per_chrom: int,
+                      label=lambda i, alt: int(alt in "AT")) -> tuple:
+    """A genome of 3 chromosomes, a tiny base model (window 32), and labelled SNVs:
+    `label(i, alt)` of the i-th variant, plus a 3-class label `three` (the ALT base's rank
+    among the other bases). Returns (fasta, table, base, rows)."""
+    rng = np.random.default_rng(seed)
+    contigs = {f"chr{i}": markov_genome(rng, length) for i in (1, 2, 3)}
     fasta = write_fasta(root / "ref.fa", contigs)
     rows = []
     for chrom, seq in contigs.items():
-        for pos in rng.choice(np.arange(40, 1460), size=40, replace=False):
+        for pos in rng.choice(np.arange(40, length - 40), size=per_chrom, replace=False):
             ref = seq[pos - 1]
             alt = rng.choice([b for b in "ACGT" if b != ref])
-            rows.append((chrom, int(pos), ref, alt, int(alt in "AT"),
+            rows.append((chrom, int(pos), ref, alt, label(len(rows), alt),
                          "ACGT".replace(ref, "").index(alt)))
     table = root / "variants.tsv"
     table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
                      "".join("\t".join(map(str, r)) + "\n" for r in rows))
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     base = root / "base"
     HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
     return fasta, table, base, rows
+
+
+@pytest.fixture(scope="module")
+def variant_task(tmp_path_factory):
+    """Label 1 when the ALT is A or T (learnable from the alt - ref embedding)."""
+    return make_variant_task(tmp_path_factory.mktemp("variant_task"), 99, 1500, 40)
 
 
 def run_finetune(task, out: Path, **overrides) -> dict:

@@ -34,8 +34,7 @@ from genomeconv.models.heads import (VariantClassifier, classification_loss, ord
 from genomeconv.pipelines import metrics, preflight, training_data
 from genomeconv.pipelines.deepspeed_engine import (build_engine, export_model,
                                                    init_distributed, load_deepspeed_config,
-                                                   mean_over_ranks, optimizer_step,
-                                                   resume_state, world_size)
+                                                   optimizer_step, resume_state, world_size)
 from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
 
 # ------------------------------------------------------------------------------- pretrain
