@@ -211,7 +211,8 @@ def run_finetune(task, out: Path, **overrides) -> dict:
 
 def test_finetune_binary_round_trip(variant_task, tmp_path):
     summary = run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
-    assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1" and summary["val_chroms"] == ["chr3"]
+    assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1"
+    assert summary["val_chroms"] == ["chr3"]
     assert summary["train_variants"] == 80 and summary["val_variants"] == 40
     best = max(summary["history"], key=lambda r: r["auroc"])
     assert best["auroc"] > 0.8
@@ -433,3 +434,16 @@ def test_cli_defaults_are_the_options_defaults():
             if hasattr(options, name) and name not in ("warmup_lengths", "val_records",
                                                        "val_chroms"):
                 assert default == getattr(options, name), (command.__name__, name)
+
+
+def test_pretrain_as_ray_train_workers(genome, tmp_path, ray_local):
+    """--address: one Ray Train worker follows the same curve as this process."""
+    from genomeconv.pipelines.deepspeed_engine import run_on_ray
+
+    opts = tr.PretrainOptions(**{**TINY, "steps": 2, "eval_every": 2, "save_every": 2})
+    on_ray = run_on_ray(tr.pretrain, tr.check_pretrain, (str(genome), str(tmp_path / "ray"), opts),
+                        out=tmp_path / "ray", address=None, num_workers=1)
+    here = run_pretrain(genome, tmp_path / "here", steps=2, eval_every=2, save_every=2)
+    assert [r["train_loss"] for r in on_ray["history"]] == \
+        pytest.approx([r["train_loss"] for r in here["history"]], rel=1e-5)
+    assert (tmp_path / "ray" / "model" / "model.safetensors").is_file()
