@@ -44,8 +44,8 @@ the LM columns came from, with the reason (`plan_lm_columns`).
 Statuses (one output row per input ALT allele, always): ok; ref_mismatch (REF differs from the
 FASTA, ref_match = false); unknown_contig; out_of_contig (REF runs past the contig end);
 symbolic_alt (<DEL>, breakends); spanning_deletion (*); missing_alt (.). Only "ok" rows have
-scores. Output columns: schema.VARIANTS, with `contig` (the FASTA name a variant was matched to,
-chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
+scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with `contig`
+(the FASTA name a variant was matched to, chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
 stops the run with an error naming the variant (a model that produces NaN is broken), unless
 keep_nonfinite, which writes it and marks the row nonfinite = true.
 
