@@ -24,7 +24,7 @@ RESOLVE = """
 import json, sys
 from pathlib import Path
 import genomeconv
-from genomeconv.pipelines.train import CONFIG_DIR, load_deepspeed_config
+from genomeconv.pipelines.deepspeed_engine import CONFIG_DIR, load_deepspeed_config
 names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 for name in names:
     gas = int(json.loads((CONFIG_DIR / f"{name}.json").read_text()).get(

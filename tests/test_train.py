@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models import heads
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
@@ -170,29 +171,34 @@ def test_two_torchrun_processes_match_one(genome, tmp_path):
 
 
 # ------------------------------------------------------------------------------ finetune
-@pytest.fixture(scope="module")
-def variant_task(tmp_path_factory):
-    """A genome of 3 chromosomes, a tiny base model, and labelled SNVs: label 1 when the ALT is
-    A or T (learnable from the alt - ref embedding), plus a 3-class label (the ALT base's rank
-    among the other bases)."""
-    rng = np.random.default_rng(99)
-    root = tmp_path_factory.mktemp("variant_task")
-    contigs = {f"chr{i}": markov_genome(rng, 1500) for i in (1, 2, 3)}
+def make_variant_task(root: Path, seed: int, length: int, per_chrom: int,
+                      label=lambda i, alt: int(alt in "AT")) -> tuple:
+    """A genome of 3 chromosomes, a tiny base model (window 32), and labelled SNVs:
+    `label(i, alt)` of the i-th variant, plus a 3-class label `three` (the ALT base's rank
+    among the other bases). Returns (fasta, table, base, rows)."""
+    rng = np.random.default_rng(seed)
+    contigs = {f"chr{i}": markov_genome(rng, length) for i in (1, 2, 3)}
     fasta = write_fasta(root / "ref.fa", contigs)
     rows = []
     for chrom, seq in contigs.items():
-        for pos in rng.choice(np.arange(40, 1460), size=40, replace=False):
+        for pos in rng.choice(np.arange(40, length - 40), size=per_chrom, replace=False):
             ref = seq[pos - 1]
             alt = rng.choice([b for b in "ACGT" if b != ref])
-            rows.append((chrom, int(pos), ref, alt, int(alt in "AT"),
+            rows.append((chrom, int(pos), ref, alt, label(len(rows), alt),
                          "ACGT".replace(ref, "").index(alt)))
     table = root / "variants.tsv"
     table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
                      "".join("\t".join(map(str, r)) + "\n" for r in rows))
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     base = root / "base"
     HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
     return fasta, table, base, rows
+
+
+@pytest.fixture(scope="module")
+def variant_task(tmp_path_factory):
+    """Label 1 when the ALT is A or T (learnable from the alt - ref embedding)."""
+    return make_variant_task(tmp_path_factory.mktemp("variant_task"), 99, 1500, 40)
 
 
 def run_finetune(task, out: Path, **overrides) -> dict:
@@ -204,14 +210,15 @@ def run_finetune(task, out: Path, **overrides) -> dict:
 
 
 def test_finetune_binary_round_trip(variant_task, tmp_path):
-    summary = run_finetune(variant_task, tmp_path, freeze="1")
-    assert summary["classes"] == ["0", "1"] and summary["val_chroms"] == ["chr3"]
+    summary = run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
+    assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1"
+    assert summary["val_chroms"] == ["chr3"]
     assert summary["train_variants"] == 80 and summary["val_variants"] == 40
     best = max(summary["history"], key=lambda r: r["auroc"])
     assert best["auroc"] > 0.8
     # the saved model (backbone + head) reproduces the best epoch's validation metrics
     model_dir = tmp_path / "model"
-    model, head = load(model_dir), tr.load_head(model_dir)
+    model, head = load(model_dir), heads.load_head(model_dir)
     assert head.classes == ["0", "1"] and head.window == 32
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes)
@@ -220,22 +227,22 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
         ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
         alt = model(torch.from_numpy(val.alt)).mean(dim=1).numpy()
     probs = head.predict(ref, alt)
-    np.testing.assert_allclose(head.score(ref, alt), probs[:, 1])
+    np.testing.assert_allclose(head.scores(ref, alt)["p_1"], probs[:, 1])
     got = metrics.classification_metrics(val.labels, probs)
     assert got["auroc"] == pytest.approx(best["auroc"], abs=1e-6)
     assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
 
 
-def test_score_variants_adds_the_finetuned_score(variant_task, tmp_path, ray_local):
+def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_local):
     import duckdb
 
     from genomeconv.pipelines.variants import score_variants
 
-    run_finetune(variant_task, tmp_path, freeze="1")
+    run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
     model_dir = tmp_path / "model"
-    model, head = load(model_dir), tr.load_head(model_dir)
+    model, head = load(model_dir), heads.load_head(model_dir)
     score_variants(variant_task[1], variant_task[0], tmp_path / "scores", model=str(model_dir))
-    got = duckdb.sql(f"SELECT chrom, pos, ref, alt, finetuned_score, status FROM "
+    got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
     # independent: the head on mean-pooled hidden states of the training windows (window 32)
@@ -245,7 +252,7 @@ def test_score_variants_adds_the_finetuned_score(variant_task, tmp_path, ray_loc
         ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
         alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()
     want = {(v.chrom, v.pos, v.ref, v.alt): s for v, s in
-            zip((data.variants[r] for r in windows.rows), head.score(ref, alt))}
+            zip((data.variants[r] for r in windows.rows), head.scores(ref, alt)["p_1"])}
     scores = {r[:4]: r[4] for r in got}
     assert set(scores) == set(want)
     np.testing.assert_allclose([scores[k] for k in want], list(want.values()), atol=1e-5)
@@ -256,7 +263,7 @@ def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
                          patience=1)
     assert first["classes"] == ["0", "1", "2"]
     assert len(first["history"]) == 2  # lr 0: epoch 2 cannot improve
-    head = tr.load_head(tmp_path / "model")
+    head = heads.load_head(tmp_path / "model")
     assert head.meta["n_out"] == 3
     again = run_finetune(variant_task, tmp_path, label="three", freeze="all", epochs=5, lr=0.0,
                          patience=1, resume=True)
@@ -381,19 +388,62 @@ def test_broken_fine_tuned_heads_are_one_line(tmp_path):
     from genomeconv.errors import InputError
 
     meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
-    head = tr.make_head(6, 1, 4)
-    tr.save_head(head, meta, tmp_path)
-    assert tr.load_head(tmp_path).meta["classes"] == ["a", "b"]
+    head = heads.make_head(6, 1, 4)
+    heads.save_head(head, meta, tmp_path)
+    assert heads.load_head(tmp_path).meta["classes"] == ["a", "b"]
     save_file({"0.weight": torch.randn(3, 6)}, str(tmp_path / "head.safetensors"))
     with pytest.raises(InputError, match="unreadable fine-tuned head") as info:
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     assert "\n" not in str(info.value)
     (tmp_path / "head.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="unreadable fine-tuned head"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     (tmp_path / "head.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="unknown head format 'other'"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
     (tmp_path / "head.json").write_text("{")
     with pytest.raises(InputError, match="head.json: not valid JSON"):
-        tr.load_head(tmp_path)
+        heads.load_head(tmp_path)
+
+
+def test_variants_does_not_import_training():
+    """Scoring needs no training code (the pipelines.train <-> pipelines.variants cycle is gone),
+    and the command line reads training defaults without importing torch."""
+    code = ("import sys, genomeconv.pipelines.variants, genomeconv.commands.train; "
+            "print('genomeconv.pipelines.train' in sys.modules, "
+            "'genomeconv.pipelines.deepspeed_engine' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys, genomeconv.commands.train; "
+                            "print('torch' in sys.modules)"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert light.stdout.strip() == "False", light.stderr
+
+
+def test_cli_defaults_are_the_options_defaults():
+    import inspect
+
+    from genomeconv.commands import train as commands
+    from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
+
+    for command, options in ((commands.pretrain, PretrainOptions()),
+                             (commands.finetune, FinetuneOptions())):
+        for name, param in inspect.signature(command).parameters.items():
+            default = getattr(param.default, "default", param.default)
+            if hasattr(options, name) and name not in ("warmup_lengths", "val_records",
+                                                       "val_chroms"):
+                assert default == getattr(options, name), (command.__name__, name)
+
+
+def test_pretrain_as_ray_train_workers(genome, tmp_path, ray_local):
+    """--address: one Ray Train worker follows the same curve as this process."""
+    from genomeconv.pipelines.deepspeed_engine import run_on_ray
+
+    opts = tr.PretrainOptions(**{**TINY, "steps": 2, "eval_every": 2, "save_every": 2})
+    on_ray = run_on_ray(tr.pretrain, tr.check_pretrain, (str(genome), str(tmp_path / "ray"), opts),
+                        out=tmp_path / "ray", address=None, num_workers=1)
+    here = run_pretrain(genome, tmp_path / "here", steps=2, eval_every=2, save_every=2)
+    assert [r["train_loss"] for r in on_ray["history"]] == \
+        pytest.approx([r["train_loss"] for r in here["history"]], rel=1e-5)
+    assert (tmp_path / "ray" / "model" / "model.safetensors").is_file()

@@ -13,11 +13,13 @@ import pysam
 import pytest
 import torch
 
+from genomeconv.errors import InputError
 from genomeconv.models import load
+from genomeconv.pipelines import deepspeed_engine as ds
 from genomeconv.pipelines import train as tr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONFIGS = sorted(p.stem for p in tr.CONFIG_DIR.glob("*.json"))
+CONFIGS = sorted(p.stem for p in ds.CONFIG_DIR.glob("*.json"))
 
 
 def test_the_expected_configs_exist():
@@ -29,10 +31,10 @@ def test_the_expected_configs_exist():
 def test_config_parses_with_deepspeed(name):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    tr.init_distributed()
-    raw = json.loads((tr.CONFIG_DIR / f"{name}.json").read_text())
+    ds.init_distributed()
+    raw = json.loads((ds.CONFIG_DIR / f"{name}.json").read_text())
     gas = raw.get("gradient_accumulation_steps", 1)
-    cfg = tr.load_deepspeed_config(name, batch_size=8 * gas, world_size=1)
+    cfg = ds.load_deepspeed_config(name, batch_size=8 * gas, world_size=1)
     parsed = DeepSpeedConfig(cfg)
     assert parsed.train_batch_size == 8 * gas
     assert parsed.gradient_accumulation_steps == gas
@@ -49,9 +51,9 @@ def test_config_parses_with_deepspeed(name):
 
 def test_batch_must_split_over_processes_and_accumulation():
     with pytest.raises(ValueError, match="not a multiple"):
-        tr.load_deepspeed_config("long_seq_bf16_ckpt", batch_size=6, world_size=1)
-    with pytest.raises(FileNotFoundError, match="zero0_fp32"):
-        tr.load_deepspeed_config("no_such_config", batch_size=8, world_size=1)
+        ds.load_deepspeed_config("long_seq_bf16_ckpt", batch_size=6, world_size=1)
+    with pytest.raises(InputError, match="zero0_fp32"):
+        ds.load_deepspeed_config("no_such_config", batch_size=8, world_size=1)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ infinite; they exist only when a run was asked to keep them (--keep-nonfinite).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: `nonfinite` columns, no `n_padded` (windows stay inside contigs)
+SCHEMA_VERSION = "3"  # 3: variants' finetuned_score -> named p_<class> columns (fine-tuned)
 
 KEY_VERSION = b"genomeconv.version"
 KEY_MODEL = b"genomeconv.model"
@@ -27,6 +28,7 @@ KEY_COMMAND = b"genomeconv.command"
 KEY_SCHEMA = b"genomeconv.schema_version"
 KEY_KIND = b"genomeconv.kind"
 KEY_MANIFEST = b"genomeconv.manifest_sha256"  # the run manifest a part was written under
+KEY_FINETUNED = b"genomeconv.finetuned"  # JSON: a fine-tuned model's classes and LM columns
 
 ITEM_KEYS = pa.schema([
     ("item_id", pa.string()),
@@ -82,9 +84,14 @@ VARIANTS = pa.schema([
     ("p_alt", pa.float64()),
     ("model", pa.string()),
     ("contig", pa.string()),     # the FASTA contig the variant was matched to (chr1 <-> 1)
-    ("finetuned_score", pa.float64()),  # a fine-tuned model's head: P(positive / last class)
     ("nonfinite", pa.bool_()),   # a score is NaN/inf (written only with --keep-nonfinite)
 ])
+
+
+def variants_schema(probability_columns: Sequence[str] = ()) -> pa.Schema:
+    """VARIANTS, plus a fine-tuned model's class-probability columns (`p_<class>`, float64; see
+    models/heads.py) at the end."""
+    return pa.schema([*VARIANTS, *((c, pa.float64()) for c in probability_columns)])
 
 
 def file_metadata(model: Any, command: str, kind: str,

@@ -29,12 +29,23 @@ Scores (natural log):
   (after ln_f) of the forward ref and alt windows;
 - p_ref, p_alt (with site_probs): the model's probabilities of the REF and ALT base at the site
   given the window's bases before it (W//2 unless shifted; SNVs not at a contig's first base).
+- p_<class> (a model fine-tuned by `genomeconv finetune`): the head's class probabilities from
+  the fine-tuned model's pooled ref and alt hidden states; a binary head writes one column, the
+  probability of its positive class (models/heads.py).
+
+Fine-tuned models and the LM-derived columns (llr, llr_fwd, llr_rev, p_ref, p_alt): fine-tuning
+with a trainable backbone (--freeze other than all) changes the hidden states under a language-
+model head that was not trained with them, so those columns would not mean what they say. They
+then come from the base model the fine-tune started from (recorded in head.json, loaded when its
+weights are unchanged), or stay null when it cannot be loaded; `--freeze all` keeps them from the
+one model. File metadata (schema.KEY_FINETUNED) names the classes, the positive class and where
+the LM columns came from, with the reason (`plan_lm_columns`).
 
 Statuses (one output row per input ALT allele, always): ok; ref_mismatch (REF differs from the
 FASTA, ref_match = false); unknown_contig; out_of_contig (REF runs past the contig end);
 symbolic_alt (<DEL>, breakends); spanning_deletion (*); missing_alt (.). Only "ok" rows have
-scores. Output columns: schema.VARIANTS, with `contig` (the FASTA name a variant was matched to,
-chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
+scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with `contig`
+(the FASTA name a variant was matched to, chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
 stops the run with an error naming the variant (a model that produces NaN is broken), unless
 keep_nonfinite, which writes it and marks the row nonfinite = true.
 
@@ -71,14 +82,14 @@ from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
+    from genomeconv.models.heads import VariantHead
 
 CPU_WINDOW_CAP = 32_768
 CUDA_WINDOW_CAP = 131_072
 TOKENS_PER_BATCH = 1 << 17  # default batch size = max(1, this // window)
 SKIP_STATUS = {"symbolic": "symbolic_alt", "star": "spanning_deletion", "missing": "missing_alt"}
 KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
-SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt",
-                 "finetuned_score")
+SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt")
 
 
 def default_window(max_seq_len: int, device: str | None = None) -> int:
@@ -237,13 +248,17 @@ def run_windows(model: Any, seqs: Sequence[str], *, sites: Sequence[Iterable[int
 
 def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = True,
                   site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
-                  head: Any = None, keep_nonfinite: bool = False) -> list[dict[str, Any]]:
+                  head: Any = None, lm_model: Any = None, lm_columns: bool = True,
+                  keep_nonfinite: bool = False) -> list[dict[str, Any]]:
     """Score planned variants (those with status "ok"); one output row per planned variant.
 
-    Identical sequences among all ref and alt windows run through the model once. `head` (a
-    fine-tuned genomeconv.pipelines.train.VariantHead) adds `finetuned_score` from the same
-    mean-pooled forward ref and alt hidden states. A NaN or infinite score raises InputError
-    naming the variant, unless keep_nonfinite (the row is then marked nonfinite).
+    Identical sequences among all ref and alt windows run through each model once. `head` (a
+    fine-tuned genomeconv.models.heads.VariantHead) adds its `p_<class>` columns from the same
+    mean-pooled forward ref and alt hidden states as emb_cosine/emb_l2. The LM-derived columns
+    (llr*, p_ref, p_alt) come from `lm_model` when given (the base model of a fine-tuned
+    backbone), else from `model`; `lm_columns=False` leaves them null. A NaN or infinite score
+    raises InputError naming the variant, unless keep_nonfinite (the row is then marked
+    nonfinite).
     """
     scored = [pv for pv in planned if pv.status == "ok"]
     fwd = _unique(s for pv in scored for s in (pv.ref_seq, pv.alt_seq))
@@ -252,36 +267,34 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
         for pv in scored:
             sites[pv.ref_seq].add(pv.offset)
             sites[pv.alt_seq].add(pv.offset)
-    run = functools.partial(run_windows, model, batch_size=batch_size, dtype=dtype)
-    fwd_out = dict(zip(fwd, run(fwd, sites=[sites[s] for s in fwd], pooled=True)))
+    site_list = [sites[s] for s in fwd] if lm_columns else None
+    lm = lm_model if lm_model is not None else model
+    run = functools.partial(run_windows, batch_size=batch_size, dtype=dtype)
+    fwd_out = dict(zip(fwd, run(model, fwd, sites=site_list if lm is model else None,
+                                pooled=True)))
+    lm_out = fwd_out if lm is model else (
+        dict(zip(fwd, run(lm, fwd, sites=site_list, pooled=False))) if lm_columns else {})
     rev_out: dict[str, WindowScores] = {}
-    if rc:
+    if rc and lm_columns:
         rev = [reverse_complement(s) for s in fwd]
-        rev_out = dict(zip(fwd, run(rev, sites=None, pooled=False)))
+        rev_out = dict(zip(fwd, run(lm, rev, sites=None, pooled=False)))
+    columns = list(SCORE_COLUMNS) + (head.columns if head is not None else [])
     if scored:
         ref_pooled = np.stack([fwd_out[pv.ref_seq].pooled for pv in scored])
         alt_pooled = np.stack([fwd_out[pv.alt_seq].pooled for pv in scored])
         cosine, l2 = embedding_distances(ref_pooled, alt_pooled)
-        finetuned = head.score(ref_pooled, alt_pooled) if head is not None else None
+        classes = head.scores(ref_pooled, alt_pooled) if head is not None else {}
     rows, k = [], 0
     for pv in planned:
         row = _base_row(pv, model.model_id)
+        row.update(dict.fromkeys(head.columns if head is not None else ()))
         if pv.status == "ok":
-            r, a = fwd_out[pv.ref_seq], fwd_out[pv.alt_seq]
-            row["llr_fwd"] = a.loglik - r.loglik
-            if rc:
-                row["llr_rev"] = rev_out[pv.alt_seq].loglik - rev_out[pv.ref_seq].loglik
-                row["llr"] = 0.5 * (row["llr_fwd"] + row["llr_rev"])
-            else:
-                row["llr"] = row["llr_fwd"]
+            if lm_columns:
+                _lm_scores(row, pv, lm_out, rev_out, rc=rc, site_probs=site_probs)
             row["emb_cosine"], row["emb_l2"] = float(cosine[k]), float(l2[k])
-            if finetuned is not None:
-                row["finetuned_score"] = float(finetuned[k])
-            if site_probs and pv.variant.kind == "snv" and pv.offset in r.site_logp:
-                row["p_ref"] = math.exp(r.site_logp[pv.offset])
-                row["p_alt"] = math.exp(a.site_logp[pv.offset])
+            row.update({c: float(p[k]) for c, p in classes.items()})
             row["nonfinite"] = any(row[c] is not None and not math.isfinite(row[c])
-                                   for c in SCORE_COLUMNS)
+                                   for c in columns)
             if row["nonfinite"] and not keep_nonfinite:
                 v = pv.variant
                 raise InputError(
@@ -294,6 +307,21 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
     return rows
 
 
+def _lm_scores(row: dict[str, Any], pv: PlannedVariant, fwd: dict[str, WindowScores],
+               rev: dict[str, WindowScores], *, rc: bool, site_probs: bool) -> None:
+    """Fill the LM-derived columns of one scored variant's row."""
+    r, a = fwd[pv.ref_seq], fwd[pv.alt_seq]
+    row["llr_fwd"] = a.loglik - r.loglik
+    if rc:
+        row["llr_rev"] = rev[pv.alt_seq].loglik - rev[pv.ref_seq].loglik
+        row["llr"] = 0.5 * (row["llr_fwd"] + row["llr_rev"])
+    else:
+        row["llr"] = row["llr_fwd"]
+    if site_probs and pv.variant.kind == "snv" and pv.offset in r.site_logp:
+        row["p_ref"] = math.exp(r.site_logp[pv.offset])
+        row["p_alt"] = math.exp(a.site_logp[pv.offset])
+
+
 def _unique(seqs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(seqs))
 
@@ -304,8 +332,7 @@ def _base_row(pv: PlannedVariant, model_id: str) -> dict[str, Any]:
             "status": pv.status, "ref_match": pv.ref_match, "window_start": pv.window_start,
             "window_end": pv.window_end, "llr_fwd": None, "llr_rev": None, "llr": None,
             "emb_cosine": None, "emb_l2": None, "p_ref": None, "p_alt": None,
-            "model": model_id, "contig": pv.contig, "finetuned_score": None,
-            "nonfinite": False}
+            "model": model_id, "contig": pv.contig, "nonfinite": False}
 
 
 def _item_id(chrom: str, pos: int, ref: str, alt: str, occurrence: int) -> str:
@@ -347,12 +374,14 @@ class UnitScorer:
     def __init__(self, *, model: str | None, fasta: str, window: int, rc: bool, site_probs: bool,
                  batch_size: int | None, device: str | None, dtype: str | None, out: str,
                  metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
-                 token: manifest.RunToken | None = None) -> None:
+                 token: manifest.RunToken | None = None, lm: LmPlan | None = None) -> None:
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
         self.model = load(model, device=device)
         self.head = fine_tuned_head(model)
+        self.lm = lm or LmPlan("model")
+        self.lm_model = load(self.lm.base, device=device) if self.lm.source == "base" else None
         self.dtype = runtime.compute_dtype(dtype)
         self.fasta = FastaFile(fasta)
         self.window, self.rc, self.site_probs = window, rc, site_probs
@@ -379,8 +408,11 @@ class UnitScorer:
         planned = [plan_variant(v, self.fasta, self.window, contigs) for v in variants]
         rows = score_planned(self.model, planned, rc=self.rc,
                              site_probs=self.site_probs, batch_size=self.batch_size,
-                             dtype=self.dtype, head=self.head, keep_nonfinite=self.keep_nonfinite)
-        runtime.write_part(pa.Table.from_pylist(rows, schema=schema.VARIANTS), self.out, unit_id,
+                             dtype=self.dtype, head=self.head, lm_model=self.lm_model,
+                             lm_columns=self.lm.source != "none",
+                             keep_nonfinite=self.keep_nonfinite)
+        table_schema = schema.variants_schema(self.head.columns if self.head is not None else ())
+        runtime.write_part(pa.Table.from_pylist(rows, schema=table_schema), self.out, unit_id,
                            self.metadata, self.token)
         renamed = {c: r for c, r in contigs.items() if r is not None and r != c}
         return {"unit_id": unit_id, "rows": len(rows),
@@ -388,13 +420,68 @@ class UnitScorer:
                 "renamed": json.dumps(renamed)}
 
 
-def fine_tuned_head(model: str | None) -> Any:
+def fine_tuned_head(model: str | None) -> VariantHead | None:
     """The head saved by `genomeconv finetune` in a model directory, or None."""
     if model is None or not Path(model).is_dir():
         return None
-    from genomeconv.pipelines.train import load_head
+    from genomeconv.models.heads import load_head
 
     return load_head(model)
+
+
+@dataclass(frozen=True)
+class LmPlan:
+    """Where a run's LM-derived columns (llr, llr_fwd, llr_rev, p_ref, p_alt) come from:
+    "model" (the scored model), "base" (`base`, the model a fine-tune started from) or "none"
+    (left null); `reason` says why, for the file metadata and the user."""
+
+    source: str
+    base: str | None = None
+    base_weights_sha256: str | None = None
+    reason: str = ""
+
+
+LM_COLUMNS = "llr, llr_fwd, llr_rev, p_ref and p_alt"
+
+
+def plan_lm_columns(head: VariantHead | None) -> LmPlan:
+    """The LmPlan of a model with this fine-tuned head (None: not fine-tuned)."""
+    if head is None:
+        return LmPlan("model")
+    if head.legacy:
+        return LmPlan("model", reason=f"fine-tuned before genomeconv recorded the base model and "
+                      f"--freeze: {LM_COLUMNS} come from the fine-tuned backbone, whose "
+                      "language-model head may no longer match it")
+    freeze = head.meta["freeze"]
+    if freeze == "all":
+        return LmPlan("model", reason=f"backbone frozen during fine-tuning (--freeze all): "
+                      f"{LM_COLUMNS} come from this model")
+    base = head.meta["base_model"]
+    changed = f"the backbone was fine-tuned (--freeze {freeze})"
+    try:
+        now = manifest.model_fingerprint(base["load"], base["model_config_sha256"])
+    except (GenomeconvError, OSError, ValueError) as exc:
+        return LmPlan("none", reason=f"{changed} and its base model {base['model']} cannot be "
+                      f"loaded ({' '.join(str(exc).split())[:200]}): {LM_COLUMNS} left null")
+    if now["model_weights_sha256"] != base["model_weights_sha256"]:
+        return LmPlan("none", reason=f"{changed} and its base model {base['model']} has other "
+                      f"weights now than when it was fine-tuned: {LM_COLUMNS} left null")
+    return LmPlan("base", base["load"], base["model_weights_sha256"],
+                  reason=f"{changed}: {LM_COLUMNS} come from its base model {base['model']}")
+
+
+def finetuned_metadata(head: VariantHead, lm: LmPlan) -> dict[bytes, bytes]:
+    """schema.KEY_FINETUNED of a fine-tuned model's output files: label, classes, positive
+    class and probability columns of the head, and where the LM-derived columns came from."""
+    meta = head.meta
+    value = {"label": meta.get("label"), "classes": head.classes,
+             "positive_label": head.classes[-1] if len(head.classes) == 2 else None,
+             "columns": head.columns, "lm_columns": lm.source,
+             "lm_model": lm.base if lm.source == "base" else None, "note": lm.reason}
+    if "positive_label" not in meta and len(head.classes) == 2:
+        value["note"] += ("; positive class: the label sorting last (fine-tuned before "
+                          "--positive-label existed)")
+    return {schema.KEY_FINETUNED: json.dumps(value).encode()}
 
 
 def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: int) -> str | None:
@@ -421,12 +508,15 @@ def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: in
 
 def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
                       rc: bool, site_probs: bool, dtype: str | None,
-                      device_type: str) -> manifest.Manifest:
+                      device_type: str, lm: LmPlan | None = None) -> manifest.Manifest:
     """The settings and inputs a `score-variants` folder's values depend on (not which
-    variants, nor --keep-nonfinite: it only adds marked rows)."""
+    variants, nor --keep-nonfinite: it only adds marked rows); `lm`: a fine-tuned model's."""
     settings = {**manifest.model_fingerprint(model, config_sha256), "window": window, "rc": rc,
                 "site_probs": site_probs, "dtype": dtype or "float32",
                 "device_type": device_type}
+    if lm is not None:
+        settings["lm_columns"] = {"source": lm.source, "base": lm.base,
+                                  "base_weights_sha256": lm.base_weights_sha256}
     return manifest.Manifest("variants", settings, {"fasta": manifest.file_fingerprint(fasta)})
 
 
@@ -474,6 +564,9 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     head = fine_tuned_head(model)
     window = window or (head.window if head is not None
                         else default_window(probe.max_seq_len, device))
+    lm = plan_lm_columns(head)
+    if lm.reason:
+        manifest.note(lm.reason)
     if window < 2:
         raise ValueError(f"--window must be at least 2 (got {window})")
     fasta, out = Path(fasta).resolve(), Path(out).resolve()
@@ -487,9 +580,11 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     run_manifest = variants_manifest(
         model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
         site_probs=site_probs, dtype=dtype,
-        device_type=runtime.device_type(device))
+        device_type=runtime.device_type(device), lm=lm if head is not None else None)
     metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
     unit_alleles = default_unit_size(probe, window, rc)
+    if head is not None:
+        metadata.update(finetuned_metadata(head, lm))
     del probe
     by_id = dict(zip(item_ids(found), found))
     results: list[dict[str, Any]] = []
@@ -514,7 +609,7 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                                            site_probs=site_probs, batch_size=batch_size,
                                            device=device, dtype=dtype, out=str(out),
                                            metadata=metadata, keep_nonfinite=keep_nonfinite,
-                                           token=run.token))
+                                           token=run.token, lm=lm))
             for row in ds.iter_rows():
                 runtime.raise_failure(row["error"])
                 results.append(row)
