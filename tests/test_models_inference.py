@@ -97,8 +97,8 @@ def test_low_precision_within_twice_plain_torch(rng, dtype, B, chunk, piece):
     model = random_model(seed=4)
     ids = random_ids(rng, B, 200)
     ws = inference._Workspace(model, B, 200, chunk, piece or 10**6, dtype)
-    assert ws.v.dtype == ws.proj.dtype == ws.low.wide.dtype == torch.float32
-    assert ws.low.norm.dtype == ws.low.gated.dtype == dtype
+    assert ws.v.dtype == ws.proj.dtype == ws.mm.wide.dtype == torch.float32
+    assert ws.mm.norm.dtype == ws.mm.gated.dtype == dtype
     ref = reference_hidden(model, ids)
     low = inference.hidden_states(model, ids, chunk_size=chunk, piece_size=piece, dtype=dtype)
     fp32 = inference.hidden_states(model, ids, chunk_size=chunk, piece_size=piece)
@@ -109,6 +109,18 @@ def test_low_precision_within_twice_plain_torch(rng, dtype, B, chunk, piece):
     _, ll32 = inference.hidden_and_loglik(model, ids)
     _, ll16 = inference.hidden_and_loglik(model, ids, dtype=dtype)
     assert (ll16 - ll32).abs().max().item() < 5e-2
+
+
+def test_float64_model_runs_float64_work_buffers(rng):
+    """Float64 matmuls: v', the short conv and the gates in float64 too, the residual float32;
+    the outputs reach the float64 reference at float32 rounding."""
+    model = random_model(seed=3).double()
+    ids = random_ids(rng, 1, 90)
+    ws = inference._Workspace(model, 1, 90, 16, 10**6, torch.float64)
+    assert ws.v.dtype == ws.proj.dtype == torch.float64 and ws.mm.wide.dtype == torch.float32
+    hidden = inference.hidden_states(model, ids, chunk_size=16)
+    assert hidden.dtype == torch.float32
+    assert_close_ref(hidden, reference_hidden(model, ids), tol=1e-5)
 
 
 def test_single_position_and_pool_names(rng):

@@ -140,15 +140,15 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 
 def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                low: "_LowBuffers | None") -> None:
+                mm: "_MatmulBuffers | None") -> None:
     """r += x @ weight.T + bias in place (r float32; x, weight, bias in the matmul dtype).
-    In r's dtype the matmul accumulates into r; in a lower one (`low`) its output is cast
-    into low.wide and added: one pass more than the float32 path's bias pass."""
-    if low is None:
+    In r's dtype the matmul accumulates into r; in another (`mm`) its output is cast into
+    mm.wide and added: one pass more than the float32 path's bias pass."""
+    if mm is None:
         torch.addmm(r, x, weight.T, out=r)
         r += bias
     else:
-        r += low.wide[:len(r)].copy_(_linear(x, weight, bias, low.out))
+        r += mm.wide[:len(r)].copy_(_linear(x, weight, bias, mm.out))
 
 
 class _LayerWeights:
@@ -177,8 +177,8 @@ class _Workspace:
     buffers, and the filter features, taps and decay window of one channel group.
 
     `work` is the dtype of everything but the matmuls: float32 (float64 for float64 matmuls).
-    With a lower matmul dtype, `low` holds the matmul inputs and outputs in that dtype (None
-    when the matmul dtype is `work`). fc1's output (`hidden`) is in the matmul dtype: GELU
+    With matmuls in another dtype than the float32 residual's, `mm` holds their inputs and
+    outputs in that dtype (None for float32). fc1's output (`hidden`) is in the matmul dtype: GELU
     runs in place there and fc2 reads it; with fused epilogues (`_fused_epilogues`) oneDNN
     returns it and `hidden` is None."""
 
@@ -209,23 +209,25 @@ class _Workspace:
         self.carry0 = empty(B, d, K - 1, dtype=work)
         fused = _fused_epilogues(dtype, device)
         self.hidden = None if fused else empty(self.chunk, cfg.d_inner)
-        self.low = _LowBuffers(d, self.chunk, empty, work, fused) if dtype != work else None
+        self.mm = (None if dtype == torch.float32 else
+                   _MatmulBuffers(d, self.chunk, empty, fused))
         self.features = empty(self.length, cfg.filter_order, dtype=fdtype)
         self.taps = empty(self.group, self.length, dtype=fdtype)
         self.window = empty(self.group, self.length, dtype=fdtype)
 
 
-class _LowBuffers:
-    """Matmul-dtype chunk buffers of a low-precision call: `norm` (chunk, d) a LayerNorm's
-    output, `proj` (2 d, chunk) in_proj's output (channel-major, as `_Workspace.proj`),
-    `gated` (d, chunk) x0 * y, `out` (chunk, d) out_proj's or fc2's output (None with fused
-    epilogues: `_linear` returns it), and `wide` (chunk, d, work dtype) that output cast back
-    for the residual."""
+class _MatmulBuffers:
+    """Chunk buffers in the matmul dtype where it is not the residual's float32: `norm`
+    (chunk, d) a LayerNorm's output, `proj` (2 d, chunk) in_proj's output (channel-major, as
+    `_Workspace.proj`), `gated` (d, chunk) x0 * y, `out` (chunk, d) out_proj's or fc2's output
+    (None with fused epilogues: `_linear` returns it), and `wide` (chunk, d, float32) that
+    output cast for the residual. For float64 matmuls (work dtype float64 too) the first three
+    are never written: `_cast` finds the dtypes equal."""
 
-    def __init__(self, d: int, chunk: int, empty, work: torch.dtype, fused: bool):
+    def __init__(self, d: int, chunk: int, empty, fused: bool):
         self.norm, self.proj = empty(chunk, d), empty(2 * d, chunk)
         self.gated, self.out = empty(d, chunk), None if fused else empty(chunk, d)
-        self.wide = empty(chunk, d, dtype=work)
+        self.wide = empty(chunk, d, dtype=torch.float32)
 
 
 def _pieces(L: int, history: int, size: int) -> list[slice]:
@@ -256,15 +258,15 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
     the gates run along contiguous rows and v' lands in the (B, d, positions) convolution
     buffer without a transposition.
 
-    With a low-precision matmul dtype (`ws.low`), each matmul reads its input from a `_cast`
-    into a low buffer and writes its output there; `_cast` back into the work buffer that the
-    float32 path's matmul writes directly, so the work in between is the float32 path's. On the
-    float32 path `lo` is None, `(lo or ws).proj` is `ws.proj` and every `_cast` returns its
-    input."""
+    With a low-precision matmul dtype (`ws.mm`), each matmul reads its input from a `_cast`
+    into a matmul-dtype buffer and writes its output there; `_cast` back into the work buffer
+    that the float32 path's matmul writes directly, so the work in between is the float32
+    path's. On the float32 path `mm` is None, `(mm or ws).proj` is `ws.proj` and every `_cast`
+    returns its input."""
     mixer, d = block.mixer, block.mixer.d_model
     B, L, _ = residual.shape
     w = _LayerWeights(block, ws.dtype, ws.work)
-    lo = ws.low
+    mm = ws.mm
     filt = mixer.filter_fn
     feats = filt.features(ws.length, ws.features)
     ws.carry12.zero_()
@@ -278,8 +280,8 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
             for s in _chunks(n, ws.chunk):
                 l = s.stop - s.start
                 r = residual[b, p.start + s.start:p.start + s.stop]
-                a = _cast(_norm(block.norm1, r, ws.work), lo and lo.norm[:l])
-                x = torch.addmm(w.in12[1][:, None], w.in12[0], a.T, out=(lo or ws).proj[:, :l])
+                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
+                x = torch.addmm(w.in12[1][:, None], w.in12[0], a.T, out=(mm or ws).proj[:, :l])
                 z = _short_conv(_cast(x, ws.proj[:, :l]), ws.carry12[b], *w.sf12,
                                 out=ws.conv[:, :l])
                 torch.mul(z[:d], z[d:], out=vbuf[b, :, held + s.start:held + s.stop])
@@ -306,13 +308,13 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
             for s in _chunks(n, ws.chunk):
                 l = s.stop - s.start
                 r = residual[b, p.start + s.start:p.start + s.stop]
-                a = _cast(_norm(block.norm1, r, ws.work), lo and lo.norm[:l])
-                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], a.T, out=(lo or ws).proj[:d, :l])
+                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
+                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], a.T, out=(mm or ws).proj[:d, :l])
                 x0 = _short_conv(_cast(x0, x0buf[:, :l]), ws.carry0[b], *w.sf0, out=g[:, :l])
                 x0 *= y[b, :, s]
-                _add_linear(r, _cast(x0, lo and lo.gated[:, :l]).T, *w.out, lo)
-                a = _cast(_norm(block.norm2, r, ws.work), lo and lo.norm[:l])
-                _add_linear(r, _linear(a, *w.fc1, ws.hidden, gelu=True), *w.fc2, lo)
+                _add_linear(r, _cast(x0, mm and mm.gated[:, :l]).T, *w.out, mm)
+                a = _cast(_norm(block.norm2, r, ws.work), mm and mm.norm[:l])
+                _add_linear(r, _linear(a, *w.fc1, ws.hidden, gelu=True), *w.fc2, mm)
 
         if free > 0 and p.stop < L:
             _shift_left(ws.v, free, keep)
