@@ -3,18 +3,30 @@ random weights): genomeconv's bounded-memory path in float32 and bfloat16 agains
 re-implementation of the public forward pass (torch.fft with 2L padding over full-length
 tensors), in the same run, alternating repeats. Reports bp/s, peak RSS and errors vs float32.
 
+Every timed call runs under torch.profiler, which splits its seconds into matmuls (the aten
+matmul ops, their bias copies included, and oneDNN's linear with bias and GELU fused in the
+bf16 path) and everything else (long and short convolutions, gates, GELU, LayerNorms, casts,
+copies), medians over the repeats: bf16 pays only where its non-matmul time stays at the
+float32 path's. The bf16 error against float32 is reported beside
+that of a plain PyTorch bf16 forward (`model.to(torch.bfloat16)(ids)`, run once, untimed).
+
     python benchmarks/bench_model.py                   # L = 131,072 (public too) and 1,000,000
     python benchmarks/bench_model.py --lengths 131072 4000000 --public-max 131072
     python benchmarks/bench_model.py --quick           # L = 16,384, a small smoke run
+    python benchmarks/bench_model.py --lengths 131072 --repeats 2 --public-repeats 1  # loaded CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -23,6 +35,10 @@ from genomeconv.models import HyenaConfig, HyenaDNA, inference  # noqa: E402
 from genomeconv.pipelines.runtime import native_half  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PUBLIC = "public fp32 (torch.fft 2L)"
+# matmul ops, none of which calls another: oneDNN's linear carries the bf16 path's bias and GELU
+# in its epilogue (inference._linear), so they count as matmul time there
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
 LARGE_1M = HyenaConfig(d_model=256, n_layer=8, d_inner=1024, max_seq_len=1_000_002)
 
 
@@ -60,8 +76,23 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def profiled(fn, record: dict[str, list[float]]):
+    """fn wrapped to run under torch.profiler and append its wall seconds and the seconds of
+    its matmul ops (total CPU time of MATMUL_OPS events, which run on the calling thread) to
+    record["total"] and record["matmul"]."""
+    def call():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            result = fn()
+            record["total"].append(time.perf_counter() - t0)
+        record["matmul"].append(sum(e.cpu_time_total for e in prof.key_averages()
+                                    if e.key in MATMUL_OPS) / 1e6)
+        return result
+    return call
+
+
 def bench_length(model: HyenaDNA, L: int, public_max: int, repeats: int, warmup: int,
-                 chunk: int | None, dtypes: list[str]) -> list[dict]:
+                 chunk: int | None, dtypes: list[str], public_repeats: int) -> list[dict]:
     gen = torch.Generator().manual_seed(L)
     ids = torch.randint(7, 12, (1, L), generator=gen)
     outs: dict[str, torch.Tensor] = {}
@@ -75,19 +106,39 @@ def bench_length(model: HyenaDNA, L: int, public_max: int, repeats: int, warmup:
         model, ids, chunk_size=chunk, dtype=dt)) for name in dtypes}
     if L <= min(public_max, model.max_seq_len):
         public = run("public", lambda: public_forward(model, ids))
-        contenders = {"public fp32 (torch.fft 2L)": public, **contenders}
+        contenders = {PUBLIC: public, **contenders}
+    records = {name: {"total": [], "matmul": []} for name in contenders}
+    contenders = {name: profiled(fn, records[name]) for name, fn in contenders.items()}
     base = PeakRSS.current()
-    stats = interleaved(contenders, repeats=repeats, warmup=warmup)
-    public = stats.get("public fp32 (torch.fft 2L)")
+    stats = {}
+    if public_repeats != repeats and PUBLIC in contenders:  # first, alone: it costs the most
+        stats = interleaved({PUBLIC: contenders.pop(PUBLIC)}, repeats=public_repeats,
+                            warmup=warmup)
+    stats.update(interleaved(contenders, repeats=repeats, warmup=warmup))
+    for rec in records.values():  # the timed repeats only
+        del rec["total"][:warmup], rec["matmul"][:warmup]
+    seconds = {name: statistics.median(rec["total"]) for name, rec in records.items()}
+    public = seconds.get(PUBLIC)
+    fp32 = records.get("genomeconv fp32")
+    other = {name: statistics.median(t - m for t, m in zip(rec["total"], rec["matmul"]))
+             for name, rec in records.items()}
     rows = []
     for name, st in stats.items():
-        row = {"L": L, "contender": name, "seconds": st["median_s"],
-               "kbp_per_s": L / st["median_s"] / 1e3,
+        rec = records[name]
+        row = {"L": L, "contender": name, "seconds": seconds[name],
+               "matmul_s": statistics.median(rec["matmul"]), "non_matmul_s": other[name],
+               "non_matmul_vs_fp32": other[name] / other["genomeconv fp32"] if fp32 else "",
+               "kbp_per_s": L / seconds[name] / 1e3,
                "peak_rss_gb": (base + st["peak_extra_bytes"]) / 2**30,
-               "speedup_vs_public": public["median_s"] / st["median_s"] if public else ""}
+               "speedup_vs_public": public / seconds[name] if public else "",
+               "repeat_seconds": rec["total"], "repeat_matmul_s": rec["matmul"]}
         key = "public" if name.startswith("public") else name.split()[-1]
         if key != "fp32" and "fp32" in outs:
             row["rel_err_vs_genomeconv_fp32"] = rel_err(outs[key], outs["fp32"])
+            if key in DTYPES:  # the same precision's plain PyTorch forward, for scale
+                with torch.no_grad():
+                    plain = copy.deepcopy(model).to(DTYPES[key])(ids)
+                row["plain_torch_rel_err_vs_genomeconv_fp32"] = rel_err(plain, outs["fp32"])
         rows.append(row)
     return rows
 
@@ -99,6 +150,9 @@ def main() -> None:
                     help="run the public re-implementation only up to this length "
                          "(measured here: 660 s and 20.5 GB at 1 Mbp)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--public-repeats", type=int, default=None,
+                    help="repeats of the public contender (default --repeats); when different, "
+                         "it runs first, alone, before the alternating genomeconv repeats")
     ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
@@ -117,9 +171,12 @@ def main() -> None:
     rows = []
     for L in args.lengths:
         rows += bench_length(model, L, args.public_max, args.repeats, args.warmup,
-                             args.chunk_size, args.dtypes)
-        print_table(rows, ["L", "contender", "seconds", "kbp_per_s", "peak_rss_gb",
-                           "speedup_vs_public", "rel_err_vs_genomeconv_fp32"])
+                             args.chunk_size, args.dtypes,
+                             args.public_repeats or args.repeats)
+        print_table(rows, ["L", "contender", "seconds", "matmul_s", "non_matmul_s",
+                           "non_matmul_vs_fp32", "kbp_per_s", "peak_rss_gb",
+                           "speedup_vs_public", "rel_err_vs_genomeconv_fp32",
+                           "plain_torch_rel_err_vs_genomeconv_fp32"])
     write_result(args.name, rows, config=config.to_dict(), threads=torch.get_num_threads(),
                  native_bf16=native_half("bfloat16"),
                  flop_per_bp_matmul=2 * config.n_layer * config.d_model * (

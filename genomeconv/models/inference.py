@@ -27,12 +27,19 @@ Every buffer is allocated once per call (`_Workspace`) and written with out=: a 
 above glibc's mmap threshold costs a page fault per 4 KiB each time, which measured here made
 an elementwise pass several times slower than the pass itself.
 Memory is the float32 residual (B L d 4 bytes), the v' buffer (B d min(L, max_seq_len +
-piece) elements of the compute dtype), one channel group's filter and convolution output
-(~GROUP_BYTES) and chunk-sized buffers.
-`dtype=torch.bfloat16` runs the matmuls, the short conv and the v' buffer in bfloat16
-(LayerNorms, the residual stream and the filter stay float32); it pays off only where bf16
-matmuls are native (GPUs, CPUs with AVX512-BF16 or AMX): on an AVX2-only CPU torch emulates
-them and they run several times slower than float32.
+piece) float32 elements, float64 for float64 matmuls), one channel group's filter and
+convolution output (~GROUP_BYTES) and chunk-sized buffers.
+`dtype=torch.bfloat16` (or float16) runs only the block matmuls (in_proj, out_proj, fc1,
+fc2) in that dtype; everything else (LayerNorms, the short conv, the gates, v', the long
+convolution, the residual stream, the filter) runs in float32 on the same float32 buffers as
+the float32 path, so it costs what it costs there. The casts sit at the matmuls' edges: into
+a low-precision input buffer before each matmul, out of its low-precision output into a float32
+buffer after it (preallocated, `_Workspace`); GELU runs in place on fc1's low-precision output
+(torch computes it in float32 inside the kernel, no extra pass) because fc2 reads it there.
+For bfloat16 on a CPU whose oneDNN has it, fc1, out_proj and fc2 are oneDNN linears with the
+bias and GELU in the matmul's epilogue (`_linear`): no pass of their own at all.
+This pays off only where the dtype's matmuls are native (GPUs; CPUs with AVX512-BF16 or AMX
+for bfloat16): on an AVX2-only CPU torch emulates them, several times slower than float32.
 """
 
 from __future__ import annotations
@@ -40,7 +47,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from genomeconv.kernels import SpectrumCache, fftconv
 
@@ -100,6 +106,13 @@ def _norm(ln: torch.nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.
     return ln(x.to(ln.weight.dtype)).to(dtype)
 
 
+def _cast(x: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
+    """x in buf's dtype: x itself when buf is None or of x's dtype (the float32 path), else x
+    copied into buf (x's shape): a low-precision matmul's input or output changing precision,
+    in a preallocated buffer."""
+    return x if buf is None or buf.dtype == x.dtype else buf.copy_(x)
+
+
 def _short_conv(x: torch.Tensor, carry: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Causal depthwise conv along rows of one chunk x (C, l), given the previous K-1 inputs
@@ -118,25 +131,50 @@ def _short_conv(x: torch.Tensor, carry: torch.Tensor, weight: torch.Tensor,
     return out
 
 
-def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor) -> None:
-    """r += x @ weight.T + bias in place (r float32; x in the compute dtype)."""
-    if x.dtype == r.dtype:
+def _fused_epilogues(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `_linear` runs matmuls in `dtype` as oneDNN linears with the bias (and GELU) in
+    the epilogue: bfloat16 on a CPU whose oneDNN supports it."""
+    return (device.type == "cpu" and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            out: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    """x @ weight.T + bias, then GELU (tanh) when `gelu`, in the matmul dtype: by addmm into
+    out[:len(x)] (GELU in place: for bfloat16 torch computes it in float32 inside the
+    kernel), or, with `out` None (`_fused_epilogues`), one oneDNN linear with bias and GELU
+    in its epilogue, sparing their passes over memory. That op has no out= form: its output is
+    fresh, a block that glibc hands back chunk after chunk (as for the LayerNorm outputs)."""
+    if out is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none",
+                                                  [], "tanh" if gelu else "")
+    y = torch.addmm(bias, x, weight.T, out=out[:len(x)])
+    return torch.ops.aten.gelu_(y, approximate="tanh") if gelu else y
+
+
+def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                mm: "_MatmulBuffers | None") -> None:
+    """r += x @ weight.T + bias in place (r float32; x, weight, bias in the matmul dtype).
+    In r's dtype the matmul accumulates into r; in another (`mm`) its output is cast into
+    mm.wide and added: one pass more than the float32 path's bias pass."""
+    if mm is None:
         torch.addmm(r, x, weight.T, out=r)
         r += bias
     else:
-        r += F.linear(x, weight, bias).float()
+        r += mm.wide[:len(r)].copy_(_linear(x, weight, bias, mm.out))
 
 
 class _LayerWeights:
-    """One block's weights in the compute dtype, split into the x0 and (x1, v) parts; short
-    conv weights as (channels, K)."""
+    """One block's matmul weights in the matmul dtype, split into the x0 and (x1, v) parts;
+    short conv weights as (channels, K) in the work dtype (the conv runs there)."""
 
-    def __init__(self, block: "Block", dtype: torch.dtype):
+    def __init__(self, block: "Block", dtype: torch.dtype, work: torch.dtype):
         mixer, d = block.mixer, block.mixer.d_model
-        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        cast = lambda t, to=dtype: None if t is None else t.detach().to(to)  # noqa: E731
         w_in, b_in = cast(mixer.in_proj.weight), cast(mixer.in_proj.bias)
-        w_sf, b_sf = cast(mixer.short_filter.weight)[:, 0], cast(mixer.short_filter.bias)
+        w_sf, b_sf = cast(mixer.short_filter.weight, work)[:, 0], cast(mixer.short_filter.bias,
+                                                                      work)
         self.in0, self.in12 = (w_in[:d], b_in[:d]), (w_in[d:], b_in[d:])
         self.sf0, self.sf12 = (w_sf[:d], b_sf[:d]), (w_sf[d:], b_sf[d:])
         self.out = (cast(mixer.out_proj.weight), cast(mixer.out_proj.bias))
@@ -150,7 +188,13 @@ class _Workspace:
     work done in them. v' of one piece and the history before it (B, d, history + piece; the
     whole sequence when it is one piece), one channel group's convolution output when there
     are several pieces (else v' is convolved in place), the short convs' carries, chunk
-    buffers, and the filter features, taps and decay window of one channel group."""
+    buffers, and the filter features, taps and decay window of one channel group.
+
+    `work` is the dtype of everything but the matmuls: float32 (float64 for float64 matmuls).
+    With matmuls in another dtype than the float32 residual's, `mm` holds their inputs and
+    outputs in that dtype (None for float32). fc1's output (`hidden`) is in the matmul dtype: GELU
+    runs in place there and fc2 reads it; with fused epilogues (`_fused_epilogues`) oneDNN
+    returns it and `hidden` is None."""
 
     def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, piece: int,
                  dtype: torch.dtype):
@@ -169,14 +213,35 @@ class _Workspace:
             return torch.empty(*shape, dtype=dtype, device=device)
 
         fdtype = model.backbone.layers[0].mixer.filter_fn.bias.dtype
-        self.v = empty(B, d, width)
-        self.y = empty(B, self.group, piece) if streamed else None
-        self.proj, self.conv = empty(2 * d, self.chunk), empty(2 * d, self.chunk)
-        self.carry12, self.carry0 = empty(B, 2 * d, K - 1), empty(B, d, K - 1)
-        self.hidden = empty(self.chunk, cfg.d_inner)
+        self.dtype = dtype
+        self.work = work = torch.promote_types(dtype, torch.float32)
+        self.v = empty(B, d, width, dtype=work)
+        self.y = empty(B, self.group, piece, dtype=work) if streamed else None
+        self.proj = empty(2 * d, self.chunk, dtype=work)
+        self.conv = empty(2 * d, self.chunk, dtype=work)
+        self.carry12 = empty(B, 2 * d, K - 1, dtype=work)
+        self.carry0 = empty(B, d, K - 1, dtype=work)
+        fused = _fused_epilogues(dtype, device)
+        self.hidden = None if fused else empty(self.chunk, cfg.d_inner)
+        self.mm = (None if dtype == torch.float32 else
+                   _MatmulBuffers(d, self.chunk, empty, fused))
         self.features = empty(self.length, cfg.filter_order, dtype=fdtype)
         self.taps = empty(self.group, self.length, dtype=fdtype)
         self.window = empty(self.group, self.length, dtype=fdtype)
+
+
+class _MatmulBuffers:
+    """Chunk buffers in the matmul dtype where it is not the residual's float32: `norm`
+    (chunk, d) a LayerNorm's output, `proj` (2 d, chunk) in_proj's output (channel-major, as
+    `_Workspace.proj`), `gated` (d, chunk) x0 * y, `out` (chunk, d) out_proj's or fc2's output
+    (None with fused epilogues: `_linear` returns it), and `wide` (chunk, d, float32) that
+    output cast for the residual. For float64 matmuls (work dtype float64 too) the first three
+    are never written: `_cast` finds the dtypes equal."""
+
+    def __init__(self, d: int, chunk: int, empty, fused: bool):
+        self.norm, self.proj = empty(chunk, d), empty(2 * d, chunk)
+        self.gated, self.out = empty(d, chunk), None if fused else empty(chunk, d)
+        self.wide = empty(chunk, d, dtype=torch.float32)
 
 
 def _pieces(L: int, history: int, size: int) -> list[slice]:
@@ -196,7 +261,7 @@ def _shift_left(buf: torch.Tensor, start: int, count: int) -> None:
         buf[..., i:j].copy_(buf[..., start + i:start + j])
 
 
-def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.dtype) -> None:
+def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
     """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
 
     Piece by piece along the sequence (one piece unless the sequence is far longer than the
@@ -205,10 +270,17 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.
     at the piece's positions. Chunk results are written with out= into the workspace; the
     x0/x1/v projections are computed channel-major (channels, positions), so the short conv and
     the gates run along contiguous rows and v' lands in the (B, d, positions) convolution
-    buffer without a transposition."""
+    buffer without a transposition.
+
+    With a low-precision matmul dtype (`ws.mm`), each matmul reads its input from a `_cast`
+    into a matmul-dtype buffer and writes its output there; `_cast` back into the work buffer
+    that the float32 path's matmul writes directly, so the work in between is the float32
+    path's. On the float32 path `mm` is None, `(mm or ws).proj` is `ws.proj` and every `_cast`
+    returns its input."""
     mixer, d = block.mixer, block.mixer.d_model
     B, L, _ = residual.shape
-    w = _LayerWeights(block, dtype)
+    w = _LayerWeights(block, ws.dtype, ws.work)
+    mm = ws.mm
     filt = mixer.filter_fn
     feats = filt.features(ws.length, ws.features)
     ws.carry12.zero_()
@@ -222,9 +294,10 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.
             for s in _chunks(n, ws.chunk):
                 l = s.stop - s.start
                 r = residual[b, p.start + s.start:p.start + s.stop]
-                x = torch.addmm(w.in12[1][:, None], w.in12[0], _norm(block.norm1, r, dtype).T,
-                                out=ws.proj[:, :l])
-                z = _short_conv(x, ws.carry12[b], *w.sf12, out=ws.conv[:, :l])
+                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
+                x = torch.addmm(w.in12[1][:, None], w.in12[0], a.T, out=(mm or ws).proj[:, :l])
+                z = _short_conv(_cast(x, ws.proj[:, :l]), ws.carry12[b], *w.sf12,
+                                out=ws.conv[:, :l])
                 torch.mul(z[:d], z[d:], out=vbuf[b, :, held + s.start:held + s.stop])
 
         # the history kept for the next piece is the last `keep` positions of vbuf; the conv
@@ -249,14 +322,13 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.
             for s in _chunks(n, ws.chunk):
                 l = s.stop - s.start
                 r = residual[b, p.start + s.start:p.start + s.stop]
-                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], _norm(block.norm1, r, dtype).T,
-                                 out=x0buf[:, :l])
-                x0 = _short_conv(x0, ws.carry0[b], *w.sf0, out=g[:, :l])
+                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
+                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], a.T, out=(mm or ws).proj[:d, :l])
+                x0 = _short_conv(_cast(x0, x0buf[:, :l]), ws.carry0[b], *w.sf0, out=g[:, :l])
                 x0 *= y[b, :, s]
-                _add_linear(r, x0.T, *w.out)
-                h = torch.addmm(w.fc1[1], _norm(block.norm2, r, dtype), w.fc1[0].T,
-                                out=ws.hidden[:l])
-                _add_linear(r, torch.ops.aten.gelu_(h, approximate="tanh"), *w.fc2)
+                _add_linear(r, _cast(x0, mm and mm.gated[:, :l]).T, *w.out, mm)
+                a = _cast(_norm(block.norm2, r, ws.work), mm and mm.norm[:l])
+                _add_linear(r, _linear(a, *w.fc1, ws.hidden, gelu=True), *w.fc2, mm)
 
         if free > 0 and p.stop < L:
             _shift_left(ws.v, free, keep)
@@ -269,12 +341,12 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
                   ) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
     rounding, in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
-    itemsize(dtype) bytes (v') plus channel-group and chunk-sized temporaries.
+    4 bytes (v', 8 for float64) plus channel-group and chunk-sized temporaries.
 
     chunk_size: positions per pointwise chunk (default 4096); piece_size: positions per piece
     of the streamed long convolution for sequences longer than max_seq_len + 2 pieces
-    (default 2^20); dtype: compute dtype of matmuls and the convolution input (default: the
-    model's parameter dtype).
+    (default 2^20); dtype: compute dtype of the block matmuls (default: the model's parameter
+    dtype); below float32 everything else still runs in float32 (module docstring).
     """
     bb = model.backbone
     device = bb.ln_f.weight.device
@@ -287,7 +359,7 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
         residual[:, s] = bb.embeddings.word_embeddings(ids[:, s]).float()
     ws = _Workspace(model, B, L, chunk, max(1, piece_size or DEFAULT_PIECE), dtype)
     for block in bb.layers:
-        _layer(block, residual, ws, dtype)
+        _layer(block, residual, ws)
     del ws
     for s in _chunks(L, chunk):
         residual[:, s] = _norm(bb.ln_f, residual[:, s], torch.float32)
