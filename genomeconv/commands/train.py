@@ -77,6 +77,10 @@ def pretrain(
     save_every: int = typer.Option(100, "--save-every", min=1),
     kmer_baseline: int = typer.Option(0, "--kmer-baseline", min=0, help="Compare with Markov "
                                       "models of order up to K (0: off)."),
+    family: str = typer.Option("hyena", "--family", help="hyena, or kmer: count an order --k "
+                               "Markov model on both strands of GENOME into OUT/model (no "
+                               "training; load it with --model OUT/model)."),
+    k: int = typer.Option(6, "--k", min=0, help="Markov order of --family kmer."),
     deepspeed_config: DeepSpeedConfig = "zero0_fp32",
     resume: Resume = False,
     seed: Seed = 0,
@@ -84,6 +88,14 @@ def pretrain(
     num_workers: NumWorkers = 1,
 ) -> None:
     """Next-token pretraining of a new HyenaDNA on random windows of GENOME (both strands)."""
+    if family == "kmer":
+        from genomeconv.pipelines.baselines import fit_kmer
+
+        fit_kmer(genome, k, out / "model")
+        typer.echo(f"order-{k} k-mer model in {out / 'model'}")
+        return
+    if family != "hyena":
+        raise typer.BadParameter(f"--family must be hyena or kmer (got {family!r})")
     from genomeconv.cli import command_line
     from genomeconv.pipelines.train import PretrainOptions
     from genomeconv.pipelines.train import pretrain as run

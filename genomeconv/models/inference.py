@@ -1,4 +1,4 @@
-"""Megabase HyenaDNA inference in bounded memory, pooling and per-base log-likelihoods.
+"""Megabase HyenaDNA inference in bounded memory and per-base log-likelihoods.
 
 `hidden_states` gives the same numbers as `model(ids)` (within float32 rounding) without ever
 holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer, piece by piece along the sequence
@@ -37,32 +37,18 @@ them and they run several times slower than float32.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
 
-if TYPE_CHECKING:
-    from genomeconv.models.hyena import Block, HyenaDNA
-
+# `model` below is a models.hyena.HyenaDNA and `block` one of its Blocks: typed as nn.Module
+# because hyena.py imports this module (its LanguageModel methods run these functions).
 DEFAULT_CHUNK = 4096
 DEFAULT_PIECE = 1 << 20  # positions per piece of the streamed long convolution
 GROUP_BYTES = 256 * 2**20  # working-set target for one channel group's long convolution
-POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
-
-
-def pool(hidden: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """(B, L, d) -> (B, d) by "mean", "max" or "last" over positions."""
-    if pooling == "mean":
-        return hidden.mean(dim=1)
-    if pooling == "max":
-        return hidden.amax(dim=1)
-    if pooling == "last":
-        return hidden[:, -1]
-    raise ValueError(f"pooling must be one of {POOLINGS} (got {pooling!r})")
 
 
 def token_loglik(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -118,7 +104,7 @@ class _LayerWeights:
     """One block's weights in the compute dtype, split into the x0 and (x1, v) parts; short
     conv weights as (channels, K)."""
 
-    def __init__(self, block: "Block", dtype: torch.dtype):
+    def __init__(self, block: nn.Module, dtype: torch.dtype):
         mixer, d = block.mixer, block.mixer.d_model
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         w_in, b_in = cast(mixer.in_proj.weight), cast(mixer.in_proj.bias)
@@ -138,7 +124,7 @@ class _Workspace:
     are several pieces (else v' is convolved in place), the short convs' carries, chunk
     buffers, and the filter features, taps and decay window of one channel group."""
 
-    def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, piece: int,
+    def __init__(self, model: nn.Module, B: int, L: int, chunk: int, piece: int,
                  dtype: torch.dtype):
         cfg, device = model.config, model.backbone.ln_f.weight.device
         d, K = cfg.d_model, cfg.short_filter_order
@@ -182,7 +168,7 @@ def _shift_left(buf: torch.Tensor, start: int, count: int) -> None:
         buf[..., i:j].copy_(buf[..., start + i:start + j])
 
 
-def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.dtype) -> None:
+def _layer(block: nn.Module, residual: torch.Tensor, ws: _Workspace, dtype: torch.dtype) -> None:
     """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
 
     Piece by piece along the sequence (one piece unless the sequence is far longer than the
@@ -250,7 +236,7 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace, dtype: torch.
 
 
 @torch.no_grad()
-def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | None = None,
+def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None = None,
                   piece_size: int | None = None, dtype: torch.dtype | None = None
                   ) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
@@ -281,7 +267,7 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
 
 
 @torch.no_grad()
-def hidden_and_loglik(model: "HyenaDNA", ids: torch.Tensor, **options
+def hidden_and_loglik(model: nn.Module, ids: torch.Tensor, **options
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (B, L, d), log p(x_t | x_<t) (B, L-1)); options as for `hidden_states`."""
     hidden = hidden_states(model, ids, **options)

@@ -8,9 +8,9 @@ items, and only then groups the rest into work units (`plan_units`; items longer
 alone), so another --batch-size, a subset or a superset of the items resumes with every item
 written exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the
 FASTA or read file and loads the model once, fetches each item's bases, reverse-complements
-minus-strand items, runs the model's bounded-memory path (`inference.hidden_states`), pools, and
-writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit whose embeddings
-part exists is complete. A unit is done when its embeddings part counts (manifest.read_part_keys)
+minus-strand items, runs the model's bounded-memory path (`LanguageModel.hidden_states`), pools
+(models.pool), and writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit
+whose embeddings part exists is complete. A unit is done when its embeddings part counts (manifest.read_part_keys)
 and, with --per-base, its per-base part of the same name counts and holds one row per base of the
 unit's items; otherwise the unit's parts are moved aside (damaged) or removed (a per-base part
 whose embeddings part never came: its run was killed between the two commits).
@@ -39,11 +39,11 @@ from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
     from genomeconv.io.annotations import Feature
+    from genomeconv.models.base import LanguageModel
 
 LONG_ITEM_BP = 65_536  # longer items are a work unit of their own
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
 PER_BASE_ROWS = 16_384  # rows per per-base row group (bounds the writer's memory)
-POOLINGS = ("mean", "max", "last")
 PER_BASE_DTYPES = ("float32", "float16")
 EMBEDDINGS_DIR, PER_BASE_DIR = "embeddings", "per_base"
 
@@ -237,7 +237,7 @@ class EmbedActor:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.cfg = config
-        self.model = load(config.model, device=config.device)
+        self.model: LanguageModel = load(config.model, device=config.device)
         self.dtype = runtime.compute_dtype(config.dtype)
         if config.reads:
             from genomeconv.io.reads import ReadFile
@@ -325,14 +325,13 @@ class EmbedActor:
         import torch
 
         from genomeconv.models import tokenize
-        from genomeconv.models.inference import hidden_states
         from genomeconv.models.tokenizer import PAD_ID
 
         lengths = [len(s) for s in seqs]
         ids = torch.full((len(seqs), max(lengths)), PAD_ID, dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = tokenize(s)
-        hidden = hidden_states(self.model, ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
+        hidden = self.model.hidden_states(ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
         return [hidden[i, :n].cpu() for i, n in enumerate(lengths)]
 
     def row(self, item: Item, seq: str, hidden) -> dict[str, Any]:
@@ -340,7 +339,7 @@ class EmbedActor:
         or with keep_nonfinite a row marked nonfinite)."""
         import torch
 
-        from genomeconv.models.inference import pool
+        from genomeconv.models import pool
 
         nonfinite = not bool(torch.isfinite(hidden).all())
         if nonfinite and not self.cfg.keep_nonfinite:
@@ -506,9 +505,13 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     import ray.data
 
     from genomeconv.io.fasta import readable_fasta
-    from genomeconv.models import load
+    from genomeconv.models import POOLINGS, load
+    from genomeconv.models.kmer import parse_spec
 
     t0 = time.perf_counter()
+    if parse_spec(model) is not None:
+        raise InputError(f"embed needs embeddings (hidden states); --model {model} is a k-mer "
+                         "model, which has none: use a neural model (e.g. the bundled HyenaDNA)")
     if pooling not in POOLINGS:
         raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if per_base_dtype not in PER_BASE_DTYPES:
@@ -519,6 +522,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
                     gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
     probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
+    probe.require_embeddings("embed")
     # Workers may run in another directory (or on another node): hand them absolute paths.
     input_path, out = Path(input_path).resolve(), Path(out).resolve()
     bam = Path(bam).resolve() if bam is not None else None
