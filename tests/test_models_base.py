@@ -134,3 +134,18 @@ def test_every_saved_model_names_its_family(tmp_path):
             (folder / "config.json").write_text(json.dumps(
                 {"format": base.folder_format(name), "format_version": 1, "family": name}))
             load(str(folder))
+
+
+def test_freeze_for_fine_tuning(hyena, tmp_path):
+    """The interface's freeze (what fine-tuning calls): embedding and the first blocks stop
+    learning; too many blocks, or a family without trainable weights, is one InputError."""
+    hyena.freeze(1)
+    frozen = {n for n, p in hyena.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.embeddings.", "backbone.layers.0."))
+                          for n in frozen)
+    assert all(p.requires_grad for n, p in hyena.named_parameters()
+               if n.startswith("backbone.layers.1."))
+    with pytest.raises(InputError, match="has 2 blocks"):
+        hyena.freeze(3)
+    with pytest.raises(InputError, match="cannot be fine-tuned"):
+        Uniform().freeze(0)

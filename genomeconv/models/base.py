@@ -104,6 +104,11 @@ class LanguageModel(ABC):
         """(log p(x_t | x_<t) for t = 1..L-1 as (B, L-1), hidden states (B, L, d) when
         with_hidden else None); options as for `hidden_states`. No autograd."""
 
+    def freeze(self, blocks: int) -> None:
+        """Fine-tuning: stop gradients to the input embedding and the first `blocks` blocks
+        (InputError for families that cannot be fine-tuned, or too many blocks)."""
+        raise InputError(f"{self.model_id}: the {self.family} family cannot be fine-tuned")
+
     def require_embeddings(self, command: str) -> None:
         """A one-line NoEmbeddingsError when this family has no hidden states."""
         if not self.has_embeddings:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genomeconv.errors import InputError
 from genomeconv.kernels import fftconv
 from genomeconv.models import inference
 from genomeconv.models.base import LanguageModel, config_sha256, pool
@@ -339,7 +340,9 @@ class HyenaDNA(nn.Module, LanguageModel):
         return pooled[0] if single else pooled
 
     def freeze(self, blocks: int) -> None:
-        """Stop gradients to the token embedding and the first `blocks` blocks (fine-tuning)."""
+        if blocks > self.config.n_layer:
+            raise InputError(f"--freeze {blocks}: {self.model_id} has {self.config.n_layer} "
+                             "blocks")
         self.backbone.embeddings.requires_grad_(False)
         for block in self.backbone.layers[:blocks]:
             block.requires_grad_(False)
