@@ -131,7 +131,7 @@ class LanguageModel(ABC):
             (directory / "MODEL_CARD.md").write_text(card)
 
 
-# A family's loader: (config values, tensors, path of config.json, model id, device, dtype).
+# A family's loader: (config values, tensors, the model folder, model id, device, dtype).
 Loader = Callable[[dict[str, Any], dict[str, torch.Tensor], Path, str, Any, Any], LanguageModel]
 FAMILIES: dict[str, Loader] = {}
 

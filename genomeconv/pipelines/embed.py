@@ -10,10 +10,11 @@ written exactly once. The units stream through a Ray Data actor pool. Each `Embe
 FASTA or read file and loads the model once, fetches each item's bases, reverse-complements
 minus-strand items, runs the model's bounded-memory path (`LanguageModel.hidden_states`), pools
 (models.pool), and writes the unit's part(s): OUT/per_base/ first, then OUT/embeddings/, so a unit
-whose embeddings part exists is complete. A unit is done when its embeddings part counts (manifest.read_part_keys)
-and, with --per-base, its per-base part of the same name counts and holds one row per base of the
-unit's items; otherwise the unit's parts are moved aside (damaged) or removed (a per-base part
-whose embeddings part never came: its run was killed between the two commits).
+whose embeddings part exists is complete. A unit is done when its embeddings part counts
+(manifest.read_part_keys) and, with --per-base, its per-base part of the same name counts and holds
+one row per base of the unit's items; otherwise the unit's parts are moved aside (damaged) or
+removed (a per-base part whose embeddings part never came: its run was killed between the two
+commits).
 
 Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error
 naming it (a model that produces NaN is broken), unless --keep-nonfinite, which writes such rows

@@ -192,9 +192,9 @@ def default_batch_size(window: int) -> int:
     return max(1, TOKENS_PER_BATCH // window)
 
 
-def run_windows(model: LanguageModel, seqs: Sequence[str], *, sites: Sequence[Iterable[int]] | None,
-                pooled: bool, batch_size: int | None = None, dtype: Any = None
-                ) -> list[WindowScores]:
+def run_windows(model: LanguageModel, seqs: Sequence[str], *,
+                sites: Sequence[Iterable[int]] | None, pooled: bool,
+                batch_size: int | None = None, dtype: Any = None) -> list[WindowScores]:
     """Run sequences through the model, those of one length batched together (one
     bounded-memory forward per batch); one WindowScores per sequence, in order.
 
@@ -341,8 +341,9 @@ class UnitScorer:
     """Ray Data actor: loads the model and opens the FASTA once, then scores whole work units
     (one row of the input batch each) and writes each as one Parquet part."""
 
-    def __init__(self, *, model: str | None, model_id: str | None, fasta: str, window: int, rc: bool, site_probs: bool,
-                 batch_size: int | None, device: str | None, dtype: str | None, out: str,
+    def __init__(self, *, model: str | None, model_id: str | None, fasta: str, window: int,
+                 rc: bool, site_probs: bool, batch_size: int | None, device: str | None,
+                 dtype: str | None, out: str,
                  metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
                  token: manifest.RunToken | None = None) -> None:
         from genomeconv.io.fasta import FastaFile
@@ -456,7 +457,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here); resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
+    once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here); resumes:
+    alleles already written under `out` (same manifest) are skipped; `overwrite`
     removes the folder's earlier outputs first.
     """
     import ray.data
@@ -512,7 +514,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                 UnitScorer, batch_size=1, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
                 num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-                fn_constructor_kwargs=dict(model=model, model_id=model_id, fasta=readable_fasta(fasta),
+                fn_constructor_kwargs=dict(model=model, model_id=model_id,
+                                           fasta=readable_fasta(fasta),
                                            window=window, rc=rc,
                                            site_probs=site_probs, batch_size=batch_size,
                                            device=device, dtype=dtype, out=str(out),
