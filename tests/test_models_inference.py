@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from genomeconv.models import HyenaConfig, inference
+from genomeconv.models import HyenaConfig, inference, pool
 from test_models import TINY, assert_close_ref, random_ids, random_model, reference_hidden
 
 
@@ -129,5 +129,5 @@ def test_single_position_and_pool_names(rng):
     hidden, loglik = inference.hidden_and_loglik(model, ids)
     assert hidden.shape == (1, 1, TINY.d_model) and loglik.shape == (1, 0)
     x = torch.from_numpy(rng.normal(size=(2, 5, 3)))
-    assert torch.equal(inference.pool(x, "max"), x.amax(1))
-    np.testing.assert_allclose(inference.pool(x, "mean").numpy(), x.numpy().mean(1))
+    assert torch.equal(pool(x, "max"), x.amax(1))
+    np.testing.assert_allclose(pool(x, "mean").numpy(), x.numpy().mean(1))

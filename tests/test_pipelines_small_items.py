@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fixtures import random_seq
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
-from genomeconv.models.inference import pool
+from genomeconv.models import pool
 from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import (FORWARD_TOKENS, PER_BASE_ROWS, EmbedActor, WorkerConfig,
                                         _forward_groups, default_unit_bp, embed, plan_read_items,

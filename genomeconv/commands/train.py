@@ -80,6 +80,10 @@ def pretrain(
     save_every: int = typer.Option(_P.save_every, "--save-every", min=1),
     kmer_baseline: int = typer.Option(_P.kmer_baseline, "--kmer-baseline", min=0, help="Compare "
                                       "with Markov models of order up to K (0: off)."),
+    family: str = typer.Option("hyena", "--family", help="hyena, or kmer: count an order --k "
+                               "Markov model on both strands of GENOME into OUT/model (no "
+                               "training; load it with --model OUT/model)."),
+    k: int = typer.Option(6, "--k", min=0, help="Markov order of --family kmer."),
     deepspeed_config: DeepSpeedConfig = _P.deepspeed_config,
     resume: Resume = _P.resume,
     seed: Seed = _P.seed,
@@ -87,6 +91,14 @@ def pretrain(
     num_workers: NumWorkers = 1,
 ) -> None:
     """Next-token pretraining of a new HyenaDNA on random windows of GENOME (both strands)."""
+    if family == "kmer":
+        from genomeconv.pipelines.baselines import fit_kmer
+
+        fit_kmer(genome, k, out / "model")
+        typer.echo(f"order-{k} k-mer model in {out / 'model'}")
+        return
+    if family != "hyena":
+        raise typer.BadParameter(f"--family must be hyena or kmer (got {family!r})")
     from genomeconv.cli import command_line
     from genomeconv.pipelines.train import check_pretrain as check
     from genomeconv.pipelines.train import pretrain as run

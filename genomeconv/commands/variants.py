@@ -15,7 +15,8 @@ def score_variants(
                                "GenBank/EMBL or GFF3 with ##FASTA (then also the --genes "
                                "annotation)."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
-                                        "(default: the bundled model)."),
+                                        "(default: the bundled model), or kmer:K: an order-K "
+                                        "Markov baseline fitted on --fasta (both strands)."),
     out: Path = typer.Option(Path("variant_scores"), "--out", help="Output Parquet directory "
                              "(one part per work unit; rerun to resume)."),
     window: Optional[int] = typer.Option(None, "--window", help="Window in bp (default: the "

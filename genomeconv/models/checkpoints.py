@@ -1,4 +1,5 @@
-"""Load and save HyenaDNA weights: the original release layout, the -hf layout, our own format.
+"""Load models: HyenaDNA's original release layout and -hf layout, and genomeconv's own folders
+of any family (dispatched on config.json's "family"; see models/base.py, which writes them).
 
 - original: config.json (with a nested "layer" dict) + weights.ckpt, a Lightning checkpoint whose
   state_dict keys start with `model.backbone.` (gradient-checkpointed runs add `.mixer.layer.` /
@@ -8,8 +9,9 @@
   The residual risk is that of torch's restricted unpickler itself; prefer safetensors.
 - -hf: config.json (flat) + model.safetensors with `hyena.backbone.*` and `lm_head.weight`
   (the shared Sin `freq` may be stored once or three times; the z/t buffers are stored too).
-- genomeconv: config.json ({"format": "genomeconv-hyena", "config": ...}) + model.safetensors
-  with our module names (freq stored once) + optional MODEL_CARD.md.
+- genomeconv: config.json ({"format": "genomeconv-<family>", "family", "config": ...}) +
+  model.safetensors (HyenaDNA: our module names, freq stored once) + optional MODEL_CARD.md;
+  folders without "family" (written before families existed) are HyenaDNA.
 
 Hub ids ("owner/name") are downloaded with huggingface_hub (weights and config only); code
 from a hub repository is never downloaded or run. A string is a local path, never a hub id, when
@@ -34,18 +36,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from genomeconv.errors import InputError
-from genomeconv.models.hyena import HyenaConfig, HyenaDNA
-from genomeconv.models.tokenizer import VOCAB
+from genomeconv.models import kmer
+from genomeconv.models.base import FORMAT_VERSION, LanguageModel, family_loader, register
+from genomeconv.models.hyena import SHARED_FREQ, HyenaConfig, HyenaDNA
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_ID = "genomeconv/bundled"
-FORMAT = "genomeconv-hyena"
-FORMAT_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_FREQ = re.compile(r"^(.*\.implicit_filter\.)(\d+)\.freq$")
 _HUB_FILES = ["config.json", "model.safetensors", "weights.ckpt"]
 _LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 # Bounds that catch mistyped config values before a model is allocated from them.
@@ -212,8 +211,8 @@ def _normalize(state: dict[str, torch.Tensor], model: HyenaDNA) -> dict[str, tor
     """Fill the shared Sin freq, drop z/t after checking them, tie a missing lm_head."""
     state = dict(state)
     freqs: dict[str, dict[int, torch.Tensor]] = {}
-    for key in [k for k in state if _FREQ.match(k)]:
-        prefix, idx = _FREQ.match(key).groups()
+    for key in [k for k in state if SHARED_FREQ.match(k)]:
+        prefix, idx = SHARED_FREQ.match(key).groups()
         freqs.setdefault(prefix, {})[int(idx)] = state.pop(key)
     for prefix, found in freqs.items():
         first = next(iter(found.values()))
@@ -296,7 +295,18 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _load_directory(directory: Path, model_id: str, device, dtype) -> HyenaDNA:
+def _load_hyena(values: dict, state: dict[str, torch.Tensor], directory: Path, model_id: str,
+                device, dtype) -> HyenaDNA:
+    """The "hyena" family's loader: config values checked, then the weights."""
+    config = _config(values, directory / "config.json")
+    return _build(config, state, model_id, device, dtype, directory / "model.safetensors")
+
+
+register("hyena", _load_hyena)
+register("kmer", kmer.load_saved)
+
+
+def _load_directory(directory: Path, model_id: str, device, dtype) -> LanguageModel:
     """Detect the layout of a local checkpoint directory and load it."""
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -305,16 +315,16 @@ def _load_directory(directory: Path, model_id: str, device, dtype) -> HyenaDNA:
                                  path=config_path)
     cfg = _read_config(config_path)
     safetensors, lightning = directory / "model.safetensors", directory / "weights.ckpt"
-    if cfg.get("format") == FORMAT:
+    family = cfg.get("family", "hyena" if cfg.get("format") == "genomeconv-hyena" else None)
+    if family is not None:
         if cfg.get("format_version") != FORMAT_VERSION:
             raise InputError(f"format_version {cfg.get('format_version')} is not supported "
                              f"(expected {FORMAT_VERSION})", path=config_path)
         values = cfg.get("config")
         if not isinstance(values, dict):
             raise InputError("no 'config' object", path=config_path)
-        config = _config(values, config_path)
-        return _build(config, _read_safetensors(safetensors), model_id, device, dtype,
-                      safetensors)
+        loader = family_loader(family, config_path)
+        return loader(values, _read_safetensors(safetensors), directory, model_id, device, dtype)
     if safetensors.is_file():
         config = _config_from_hf(cfg, config_path)
         return _build(config, _rename_hf(_read_safetensors(safetensors)), model_id, device,
@@ -365,14 +375,6 @@ def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]
         "component)"), path=path)
 
 
-def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> HyenaDNA:
-    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
-    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
-    directory, model_id = checkpoint_dir(path_or_hub_id)
-    return _load_directory(directory, model_id, device, dtype)
-
-
 def is_hub_id(name: str | Path) -> bool:
     """Whether `name` means a hub repository rather than a local path: owner/name in form, not
     starting with ./, ../, / or ~, and its first component ("owner") not present here."""
@@ -382,30 +384,14 @@ def is_hub_id(name: str | Path) -> bool:
 
 
 def load(path_or_hub_id: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> HyenaDNA:
-    """A HyenaDNA model in eval mode from the bundled model (None or "bundled"), a local
-    directory (original, -hf or genomeconv layout) or a hub id ("owner/name")."""
-    directory, model_id = checkpoint_dir(path_or_hub_id)
-    return _load_directory(directory, model_id, device, dtype)
+         dtype: torch.dtype | None = None, model_id: str | None = None) -> LanguageModel:
+    """A model in eval mode from the bundled model (None or "bundled"), a local directory
+    (HyenaDNA's original or -hf layout, or a genomeconv folder of any family) or a hub id
+    ("owner/name"). model_id: the id outputs report (default: what was passed)."""
+    directory, default_id = checkpoint_dir(path_or_hub_id)
+    return _load_directory(directory, model_id or default_id, device, dtype)
 
 
-def save(model: HyenaDNA, directory: str | Path, *, card: str | None = None) -> None:
-    """Write config.json + model.safetensors (+ MODEL_CARD.md) in the genomeconv format."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        match = _FREQ.match(key)
-        if match and match.group(1) in seen:
-            continue  # the shared Sin freq: stored once
-        if match:
-            seen.add(match.group(1))
-        state[key] = tensor.detach().to("cpu").contiguous()
-    save_file(state, str(directory / "model.safetensors"))
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-            "config_sha256": model.config_sha256,
-            "tokenizer": {"vocab": VOCAB, "uppercase": True, "iupac_to": "N",
-                          "padding_side": "left"}}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if card is not None:
-        (directory / "MODEL_CARD.md").write_text(card)
+def save(model: LanguageModel, directory: str | Path, *, card: str | None = None) -> None:
+    """Write `model` as a genomeconv folder (LanguageModel.save)."""
+    model.save(directory, card=card)

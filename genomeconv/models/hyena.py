@@ -11,18 +11,24 @@ ran HyenaDNA at 4M). The official code cannot take such inputs at all.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genomeconv.errors import InputError
 from genomeconv.kernels import fftconv
 from genomeconv.models import inference
-from genomeconv.models.tokenizer import tokenize
+from genomeconv.models.base import LanguageModel, config_sha256, pool
+from genomeconv.models.tokenizer import VOCAB, tokenize
+
+# The filter MLP's Sin layers share one frequency vector: stored once per filter as the first
+# Sin's `freq`, expanded to every Sin when loading (checkpoints.py).
+SHARED_FREQ = re.compile(r"^(.*\.implicit_filter\.)(\d+)\.freq$")
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,7 @@ class HyenaConfig:
     @property
     def sha256(self) -> str:
         """Stable hash of the config (sorted-key JSON)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return config_sha256(self.to_dict())
 
 
 FEATURE_CHUNK = 1 << 15  # positions per chunk of the filter features in inference
@@ -240,8 +245,12 @@ class Backbone(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
 
 
-class HyenaDNA(nn.Module):
-    """HyenaDNA language model; `model(ids)` returns the hidden states after ln_f."""
+class HyenaDNA(nn.Module, LanguageModel):
+    """HyenaDNA language model; `model(ids)` returns the hidden states after ln_f (autograd);
+    the `LanguageModel` methods run the bounded-memory path of models/inference.py."""
+
+    family = "hyena"
+    has_embeddings = True
 
     def __init__(self, config: HyenaConfig):
         super().__init__()
@@ -275,6 +284,21 @@ class HyenaDNA(nn.Module):
     def config_sha256(self) -> str:
         return self.config.sha256
 
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The state dict on CPU with each filter's shared Sin freq stored once."""
+        state, seen = {}, set()
+        for key, tensor in self.state_dict().items():
+            match = SHARED_FREQ.match(key)
+            if match and match.group(1) in seen:
+                continue
+            if match:
+                seen.add(match.group(1))
+            state[key] = tensor.detach().to("cpu").contiguous()
+        return state
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> hidden states (B, L, d_model) after ln_f (float32 residual stream)."""
         bb = self.backbone
@@ -288,8 +312,19 @@ class HyenaDNA(nn.Module):
         return self.lm_head(self(input_ids))
 
     def log_likelihood(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32."""
+        """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32 (autograd)."""
         return inference.next_token_loglik(self.logits(input_ids), input_ids)
+
+    def hidden_states(self, ids: torch.Tensor, *, chunk_size: int | None = None,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        return inference.hidden_states(self, ids, chunk_size=chunk_size, dtype=dtype)
+
+    def log_likelihoods(self, ids: torch.Tensor, *, with_hidden: bool = False,
+                        chunk_size: int | None = None, dtype: torch.dtype | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, loglik = inference.hidden_and_loglik(self, ids, chunk_size=chunk_size,
+                                                     dtype=dtype)
+        return loglik, hidden if with_hidden else None
 
     @torch.no_grad()
     def embed(self, seq_or_ids: str | bytes | torch.Tensor, pooling: str = "mean",
@@ -301,11 +336,20 @@ class HyenaDNA(nn.Module):
         ids = tokenize(seq_or_ids) if isinstance(seq_or_ids, (str, bytes)) else seq_or_ids
         single = ids.dim() == 1
         ids = ids[None] if single else ids
-        pooled = inference.pool(inference.hidden_states(self, ids, **inference_options), pooling)
+        pooled = pool(self.hidden_states(ids, **inference_options), pooling)
         return pooled[0] if single else pooled
 
-    def save(self, directory, *, card: str | None = None) -> None:
-        """Write config.json + model.safetensors (+ MODEL_CARD.md when `card` is given)."""
-        from genomeconv.models.checkpoints import save
+    def freeze(self, blocks: int) -> None:
+        if blocks > self.config.n_layer:
+            raise InputError(f"--freeze {blocks}: {self.model_id} has {self.config.n_layer} "
+                             "blocks")
+        self.backbone.embeddings.requires_grad_(False)
+        for block in self.backbone.layers[:blocks]:
+            block.requires_grad_(False)
 
-        save(self, directory, card=card)
+    def save(self, directory, *, card: str | None = None,
+             extra: dict[str, Any] | None = None) -> None:
+        """Write config.json + model.safetensors (+ MODEL_CARD.md when `card` is given), with
+        the tokenizer's vocabulary recorded in config.json."""
+        tokenizer = {"vocab": VOCAB, "uppercase": True, "iupac_to": "N", "padding_side": "left"}
+        super().save(directory, card=card, extra={"tokenizer": tokenizer, **(extra or {})})

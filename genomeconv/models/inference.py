@@ -1,4 +1,4 @@
-"""Megabase HyenaDNA inference in bounded memory, pooling and per-base log-likelihoods.
+"""Megabase HyenaDNA inference in bounded memory and per-base log-likelihoods.
 
 `hidden_states` gives the same numbers as `model(ids)` (within float32 rounding) without ever
 holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer, piece by piece along the sequence
@@ -44,45 +44,17 @@ for bfloat16): on an AVX2-only CPU torch emulates them, several times slower tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
 
-if TYPE_CHECKING:
-    from genomeconv.models.hyena import Block, HyenaDNA
-
+# `model` below is a models.hyena.HyenaDNA and `block` one of its Blocks: typed as nn.Module
+# because hyena.py imports this module (its LanguageModel methods run these functions).
 DEFAULT_CHUNK = 4096
 DEFAULT_PIECE = 1 << 20  # positions per piece of the streamed long convolution
 GROUP_BYTES = 256 * 2**20  # working-set target for one channel group's long convolution
-POOLINGS = ("mean", "max", "last")
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters are recomputed per call: caching only holds memory
-
-
-def pool(hidden: torch.Tensor, pooling: str = "mean",
-         lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, L, d) -> (B, d) by "mean", "max" or "last" over positions; with `lengths` (B,), over
-    each row's first lengths[b] positions only, so right padding never enters a pooled vector."""
-    if lengths is not None and pooling in POOLINGS:
-        return _pool_masked(hidden, pooling, lengths.to(hidden.device))
-    if pooling == "mean":
-        return hidden.mean(dim=1)
-    if pooling == "max":
-        return hidden.amax(dim=1)
-    if pooling == "last":
-        return hidden[:, -1]
-    raise ValueError(f"pooling must be one of {POOLINGS} (got {pooling!r})")
-
-
-def _pool_masked(hidden: torch.Tensor, pooling: str, lengths: torch.Tensor) -> torch.Tensor:
-    """`pool` over each row's first lengths[b] positions (a masked sum, max or gather)."""
-    if pooling == "last":
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-    valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-    if pooling == "max":
-        return hidden.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
-    return torch.bmm(valid[:, None, :].to(hidden.dtype), hidden)[:, 0] / lengths[:, None]
 
 
 def token_loglik(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -169,7 +141,7 @@ class _LayerWeights:
     """One block's matmul weights in the matmul dtype, split into the x0 and (x1, v) parts;
     short conv weights as (channels, K) in the work dtype (the conv runs there)."""
 
-    def __init__(self, block: "Block", dtype: torch.dtype, work: torch.dtype):
+    def __init__(self, block: nn.Module, dtype: torch.dtype, work: torch.dtype):
         mixer, d = block.mixer, block.mixer.d_model
         cast = lambda t, to=dtype: None if t is None else t.detach().to(to)  # noqa: E731
         w_in, b_in = cast(mixer.in_proj.weight), cast(mixer.in_proj.bias)
@@ -196,7 +168,7 @@ class _Workspace:
     runs in place there and fc2 reads it; with fused epilogues (`_fused_epilogues`) oneDNN
     returns it and `hidden` is None."""
 
-    def __init__(self, model: "HyenaDNA", B: int, L: int, chunk: int, piece: int,
+    def __init__(self, model: nn.Module, B: int, L: int, chunk: int, piece: int,
                  dtype: torch.dtype):
         cfg, device = model.config, model.backbone.ln_f.weight.device
         d, K = cfg.d_model, cfg.short_filter_order
@@ -261,7 +233,7 @@ def _shift_left(buf: torch.Tensor, start: int, count: int) -> None:
         buf[..., i:j].copy_(buf[..., start + i:start + j])
 
 
-def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
+def _layer(block: nn.Module, residual: torch.Tensor, ws: _Workspace) -> None:
     """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
 
     Piece by piece along the sequence (one piece unless the sequence is far longer than the
@@ -336,7 +308,7 @@ def _layer(block: "Block", residual: torch.Tensor, ws: _Workspace) -> None:
 
 
 @torch.no_grad()
-def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | None = None,
+def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None = None,
                   piece_size: int | None = None, dtype: torch.dtype | None = None
                   ) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
@@ -367,7 +339,7 @@ def hidden_states(model: "HyenaDNA", ids: torch.Tensor, *, chunk_size: int | Non
 
 
 @torch.no_grad()
-def hidden_and_loglik(model: "HyenaDNA", ids: torch.Tensor, **options
+def hidden_and_loglik(model: nn.Module, ids: torch.Tensor, **options
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (B, L, d), log p(x_t | x_<t) (B, L-1)); options as for `hidden_states`."""
     hidden = hidden_states(model, ids, **options)

@@ -10,8 +10,8 @@ so another --batch-size, a subset or a superset of the items resumes with every 
 exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the FASTA
 or read file and loads the model once; per unit it fetches every item's bases in file order,
 reverse-complements minus-strand items, runs them sorted by length in right-padded batches
-through the model's bounded-memory path (`inference.hidden_states`), pools each item over its
-own positions only (so its embedding does not depend on its batch), and writes the unit's
+through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
+(models.pool) over its own positions only (so its embedding does not depend on its batch), and writes the unit's
 part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items thus cost one
 Ray task and one Parquet part per few Mbp, not per item. A unit is done when its embeddings
 part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the same name
@@ -43,11 +43,11 @@ from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
     from genomeconv.io.annotations import Feature
+    from genomeconv.models.base import LanguageModel
 
 FORWARD_TOKENS = 1 << 17  # right-padded tokens per model call when batching short items
 PER_BASE_ROWS = 65_536  # rows per per-base row group (bounds the writer's buffer)
 PER_BASE_PART_BYTES = 1 << 29  # per-base embedding bytes per unit (caps the unit's bases)
-POOLINGS = ("mean", "max", "last")
 PER_BASE_DTYPES = ("float32", "float16")
 EMBEDDINGS_DIR, PER_BASE_DIR = "embeddings", "per_base"
 
@@ -255,7 +255,7 @@ class EmbedActor:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.cfg = config
-        self.model = load(config.model, device=config.device)
+        self.model: LanguageModel = load(config.model, device=config.device)
         self.dtype = runtime.compute_dtype(config.dtype)
         if config.reads:
             from genomeconv.io.reads import ReadFile
@@ -327,7 +327,7 @@ class EmbedActor:
         (its forward and the pooling)."""
         import numpy as np
 
-        from genomeconv.models.inference import pool
+        from genomeconv.models import pool
 
         seqs = self.sequences(items)
         pooled = np.empty((len(items), self.model.d_model), dtype=np.float32)
@@ -362,14 +362,13 @@ class EmbedActor:
         import torch
 
         from genomeconv.models import tokenize
-        from genomeconv.models.inference import hidden_states
         from genomeconv.models.tokenizer import PAD_ID
 
         lengths = torch.tensor([len(s) for s in seqs])
         valid = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
         ids = torch.full(valid.shape, PAD_ID, dtype=torch.long)
         ids[valid] = tokenize("".join(seqs))  # row-major: the sequences one after the other
-        hidden = hidden_states(self.model, ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
+        hidden = self.model.hidden_states(ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
         return hidden, lengths
 
     def table(self, items: Sequence[Item], seqs: Sequence[str], pooled: Any,
@@ -580,9 +579,13 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     import ray.data
 
     from genomeconv.io.fasta import readable_fasta
-    from genomeconv.models import load
+    from genomeconv.models import POOLINGS, load
+    from genomeconv.models.kmer import parse_spec
 
     t0 = time.perf_counter()
+    if parse_spec(model) is not None:
+        raise InputError(f"embed needs embeddings (hidden states); --model {model} is a k-mer "
+                         "model, which has none: use a neural model (e.g. the bundled HyenaDNA)")
     if pooling not in POOLINGS:
         raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if per_base_dtype not in PER_BASE_DTYPES:
@@ -593,6 +596,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
                     gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
     probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
+    probe.require_embeddings("embed")
     # Workers may run in another directory (or on another node): hand them absolute paths.
     input_path, out = Path(input_path).resolve(), Path(out).resolve()
     bam = Path(bam).resolve() if bam is not None else None

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ALPHABET = 5  # A C G T N
-FIRST_BASE_ID = 7  # token id of A (genomeconv.models.tokenizer)
+from genomeconv.models.kmer import ALPHABET
+from genomeconv.models.kmer import kmer_codes as _kmer_codes
+from genomeconv.models.kmer import symbols as _symbols
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -63,25 +64,6 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
     prc = [average_precision(labels == c, probs[:, c]) for c in present]
     return {"accuracy": accuracy, "auroc": float(np.nanmean(roc)) if roc else float("nan"),
             "auprc": float(np.nanmean(prc)) if prc else float("nan")}
-
-
-def _symbols(ids: np.ndarray) -> np.ndarray:
-    """Token ids (A7 C8 G9 T10 N11) -> symbols 0..4 as int64."""
-    sym = np.asarray(ids, dtype=np.int64) - FIRST_BASE_ID
-    if sym.size and (sym.min() < 0 or sym.max() >= ALPHABET):
-        raise ValueError("the Markov baseline takes base token ids 7..11 only")
-    return sym
-
-
-def _kmer_codes(sym: np.ndarray, n: int) -> np.ndarray:
-    """Base-5 codes of every n-mer of `sym` (length len(sym) - n + 1)."""
-    m = len(sym) - n + 1
-    if m <= 0:
-        return np.empty(0, dtype=np.int64)
-    codes = np.zeros(m, dtype=np.int64)
-    for i in range(n):
-        codes = codes * ALPHABET + sym[i:i + m]
-    return codes
 
 
 class MarkovBaseline:

@@ -327,6 +327,11 @@ def nearest_neighbors(paths: Sequence[str | Path], item: str, k: int = 10, *,
     """
     if k < 1:
         raise InputError(f"-k must be >= 1 (got {k})")
+    if pooling is not None:
+        from genomeconv.models import POOLINGS
+
+        if pooling not in POOLINGS:
+            raise InputError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     files = discover(paths).get("embeddings")
     if not files:
         raise InputError("no embeddings output among the given paths")

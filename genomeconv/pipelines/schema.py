@@ -14,6 +14,7 @@ infinite; they exist only when a run was asked to keep them (--keep-nonfinite).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ KEY_SCHEMA = b"genomeconv.schema_version"
 KEY_KIND = b"genomeconv.kind"
 KEY_MANIFEST = b"genomeconv.manifest_sha256"  # the run manifest a part was written under
 KEY_FINETUNED = b"genomeconv.finetuned"  # JSON: a fine-tuned model's classes and LM columns
+KEY_EMPTY_COLUMNS = b"genomeconv.empty_columns"  # JSON {column: why it is null in every row}
 
 ITEM_KEYS = pa.schema([
     ("item_id", pa.string()),
@@ -94,12 +96,13 @@ def variants_schema(probability_columns: Sequence[str] = ()) -> pa.Schema:
     return pa.schema([*VARIANTS, *((c, pa.float64()) for c in probability_columns)])
 
 
-def file_metadata(model: Any, command: str, kind: str,
-                  manifest_sha256: str | None = None) -> dict[bytes, bytes]:
+def file_metadata(model: Any, command: str, kind: str, manifest_sha256: str | None = None, *,
+                  empty_columns: dict[str, str] | None = None) -> dict[bytes, bytes]:
     """Metadata for one output file: version, model id and config hash, command, schema, kind,
-    and the hash of the run manifest it belongs to (a rerun counts a part only when it matches).
+    the hash of the run manifest it belongs to (a rerun counts a part only when it matches), and
+    `empty_columns` ({column: reason}) for columns the model cannot fill.
 
-    `model` is a genomeconv HyenaDNA (anything with `model_id` and `config_sha256`).
+    `model` is a genomeconv models.LanguageModel (anything with `model_id` and `config_sha256`).
     """
     import genomeconv
 
@@ -113,4 +116,6 @@ def file_metadata(model: Any, command: str, kind: str,
     }
     if manifest_sha256 is not None:
         meta[KEY_MANIFEST] = manifest_sha256.encode()
+    if empty_columns:
+        meta[KEY_EMPTY_COLUMNS] = json.dumps(empty_columns, sort_keys=True).encode()
     return meta

@@ -26,7 +26,9 @@ Scores (natural log):
   llr_fwd of the reverse-complemented variant on the reverse-complemented genome); llr = the mean
   of the two (llr_fwd when the reverse strand is turned off);
 - emb_cosine = 1 - cos(a, b) and emb_l2 = |a - b| between the mean-pooled final hidden states
-  (after ln_f) of the forward ref and alt windows;
+  (after ln_f) of the forward ref and alt windows; null for a model without embeddings (the k-mer
+  family, `--model kmer:K`: fitted once on the FASTA, see pipelines/baselines.py), the reason
+  in the file metadata (schema.KEY_EMPTY_COLUMNS);
 - p_ref, p_alt (with site_probs): the model's probabilities of the REF and ALT base at the site
   given the window's bases before it (W//2 unless shifted; SNVs not at a contig's first base).
 - p_<class> (a model fine-tuned by `genomeconv finetune`): the head's class probabilities from
@@ -83,6 +85,7 @@ from genomeconv.pipelines import manifest, preflight, runtime, schema
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
     from genomeconv.models.heads import VariantHead
+    from genomeconv.models.base import LanguageModel
 
 CPU_WINDOW_CAP = 32_768
 CUDA_WINDOW_CAP = 131_072
@@ -208,36 +211,34 @@ def default_batch_size(window: int) -> int:
     return max(1, TOKENS_PER_BATCH // window)
 
 
-def run_windows(model: Any, seqs: Sequence[str], *, sites: Sequence[Iterable[int]] | None,
-                pooled: bool, batch_size: int | None = None, dtype: Any = None
-                ) -> list[WindowScores]:
+def run_windows(model: LanguageModel, seqs: Sequence[str], *,
+                sites: Sequence[Iterable[int]] | None, pooled: bool,
+                batch_size: int | None = None, dtype: Any = None) -> list[WindowScores]:
     """Run sequences through the model, those of one length batched together (one
     bounded-memory forward per batch); one WindowScores per sequence, in order.
 
     sites: per sequence, the token indices whose log-probability to keep (index 0 has none), or
     None. pooled: keep the mean of the final hidden states. batch_size: sequences per forward
-    (None: about TOKENS_PER_BATCH tokens). dtype: the compute dtype of
-    `inference.hidden_and_loglik` (None: the model's).
+    (None: about TOKENS_PER_BATCH tokens). dtype: the model's compute dtype (None: its own).
     """
     import torch
 
-    from genomeconv.models import inference, tokenize
+    from genomeconv.models import pool, tokenize
 
     out: list[WindowScores | None] = [None] * len(seqs)
     by_length: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
         by_length.setdefault(len(s), []).append(i)
-    device = next(model.parameters()).device
     with torch.inference_mode():
         for length, index in by_length.items():
             step = batch_size or default_batch_size(length)
             for b in range(0, len(index), step):
                 rows = index[b:b + step]
-                ids = torch.stack([tokenize(seqs[i]) for i in rows]).to(device)
-                hidden, loglik = inference.hidden_and_loglik(model, ids, dtype=dtype)
+                ids = torch.stack([tokenize(seqs[i]) for i in rows])
+                loglik, hidden = model.log_likelihoods(ids, with_hidden=pooled, dtype=dtype)
                 loglik = loglik.double().cpu()
                 sums = loglik.sum(dim=1).numpy()
-                means = (inference.pool(hidden, "mean").double().cpu().numpy() if pooled
+                means = (pool(hidden, "mean").double().cpu().numpy() if pooled
                          else [None] * len(rows))
                 for k, i in enumerate(rows):
                     wanted = [t for t in (sites[i] if sites is not None else ()) if t >= 1]
@@ -246,7 +247,7 @@ def run_windows(model: Any, seqs: Sequence[str], *, sites: Sequence[Iterable[int
     return out  # type: ignore[return-value]
 
 
-def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = True,
+def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc: bool = True,
                   site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
                   head: Any = None, lm_model: Any = None, lm_columns: bool = True,
                   keep_nonfinite: bool = False) -> list[dict[str, Any]]:
@@ -258,7 +259,8 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
     (llr*, p_ref, p_alt) come from `lm_model` when given (the base model of a fine-tuned
     backbone), else from `model`; `lm_columns=False` leaves them null. A NaN or infinite score
     raises InputError naming the variant, unless keep_nonfinite (the row is then marked
-    nonfinite).
+    nonfinite). A model without embeddings (the k-mer family) leaves emb_cosine and emb_l2
+    null.
     """
     scored = [pv for pv in planned if pv.status == "ok"]
     fwd = _unique(s for pv in scored for s in (pv.ref_seq, pv.alt_seq))
@@ -270,8 +272,9 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
     site_list = [sites[s] for s in fwd] if lm_columns else None
     lm = lm_model if lm_model is not None else model
     run = functools.partial(run_windows, batch_size=batch_size, dtype=dtype)
+    embeddings = model.has_embeddings
     fwd_out = dict(zip(fwd, run(model, fwd, sites=site_list if lm is model else None,
-                                pooled=True)))
+                                pooled=embeddings)))
     lm_out = fwd_out if lm is model else (
         dict(zip(fwd, run(lm, fwd, sites=site_list, pooled=False))) if lm_columns else {})
     rev_out: dict[str, WindowScores] = {}
@@ -279,7 +282,7 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
         rev = [reverse_complement(s) for s in fwd]
         rev_out = dict(zip(fwd, run(lm, rev, sites=None, pooled=False)))
     columns = list(SCORE_COLUMNS) + (head.columns if head is not None else [])
-    if scored:
+    if scored and embeddings:
         ref_pooled = np.stack([fwd_out[pv.ref_seq].pooled for pv in scored])
         alt_pooled = np.stack([fwd_out[pv.alt_seq].pooled for pv in scored])
         cosine, l2 = embedding_distances(ref_pooled, alt_pooled)
@@ -291,8 +294,9 @@ def score_planned(model: Any, planned: Sequence[PlannedVariant], *, rc: bool = T
         if pv.status == "ok":
             if lm_columns:
                 _lm_scores(row, pv, lm_out, rev_out, rc=rc, site_probs=site_probs)
-            row["emb_cosine"], row["emb_l2"] = float(cosine[k]), float(l2[k])
-            row.update({c: float(p[k]) for c, p in classes.items()})
+            if embeddings:
+                row["emb_cosine"], row["emb_l2"] = float(cosine[k]), float(l2[k])
+                row.update({c: float(p[k]) for c, p in classes.items()})
             row["nonfinite"] = any(row[c] is not None and not math.isfinite(row[c])
                                    for c in columns)
             if row["nonfinite"] and not keep_nonfinite:
@@ -371,14 +375,15 @@ class UnitScorer:
     """Ray Data actor: loads the model and opens the FASTA once, then scores whole work units
     (one row of the input batch each) and writes each as one Parquet part."""
 
-    def __init__(self, *, model: str | None, fasta: str, window: int, rc: bool, site_probs: bool,
-                 batch_size: int | None, device: str | None, dtype: str | None, out: str,
+    def __init__(self, *, model: str | None, model_id: str | None, fasta: str, window: int,
+                 rc: bool, site_probs: bool, batch_size: int | None, device: str | None,
+                 dtype: str | None, out: str,
                  metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
                  token: manifest.RunToken | None = None, lm: LmPlan | None = None) -> None:
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
-        self.model = load(model, device=device)
+        self.model = load(model, device=device, model_id=model_id)
         self.head = fine_tuned_head(model)
         self.lm = lm or LmPlan("model")
         self.lm_model = load(self.lm.base, device=device) if self.lm.source == "base" else None
@@ -508,10 +513,16 @@ def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: in
 
 def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
                       rc: bool, site_probs: bool, dtype: str | None,
-                      device_type: str, lm: LmPlan | None = None) -> manifest.Manifest:
+                      device_type: str, lm: LmPlan | None = None,
+                      model_id: str | None = None) -> manifest.Manifest:
     """The settings and inputs a `score-variants` folder's values depend on (not which
-    variants, nor --keep-nonfinite: it only adds marked rows); `lm`: a fine-tuned model's."""
-    settings = {**manifest.model_fingerprint(model, config_sha256), "window": window, "rc": rc,
+    variants, nor --keep-nonfinite: it only adds marked rows); `lm`: a fine-tuned model's;
+    model_id: the id reported for a model fitted on the run's FASTA (its folder is in the cache;
+    its weights are hashed)."""
+    fingerprint = manifest.model_fingerprint(model, config_sha256)
+    if model_id is not None:
+        fingerprint["model"] = model_id
+    settings = {**fingerprint, "window": window, "rc": rc,
                 "site_probs": site_probs, "dtype": dtype or "float32",
                 "device_type": device_type}
     if lm is not None:
@@ -546,21 +557,24 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once, `unit_size` alleles per work unit and part (default `default_unit_size`, fewer when
-    that leaves a worker idle); resumes: alleles already written under `out` (same manifest) are
-    skipped; `overwrite` removes the folder's earlier outputs first.
+    once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here), `unit_size`
+    alleles per work unit and part (default `default_unit_size`, fewer when that leaves a worker
+    idle); resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
+    removes the folder's earlier outputs first.
     """
     import ray.data
 
     from genomeconv.io.fasta import readable_fasta
     from genomeconv.io.seqrecords import is_record_file
     from genomeconv.models import load
+    from genomeconv.pipelines.baselines import resolve_model
 
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
     preflight.check(out, fasta=fasta, variants=variants, window=window, device=device,
                     num_workers=num_workers, address=address)
-    probe = load(model, device="cpu")
+    model, model_id = resolve_model(model, fasta)
+    probe = load(model, device="cpu", model_id=model_id)
     head = fine_tuned_head(model)
     window = window or (head.window if head is not None
                         else default_window(probe.max_seq_len, device))
@@ -580,8 +594,13 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
     run_manifest = variants_manifest(
         model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
         site_probs=site_probs, dtype=dtype,
-        device_type=runtime.device_type(device), lm=lm if head is not None else None)
-    metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256)
+        device_type=runtime.device_type(device), lm=lm if head is not None else None,
+        model_id=model_id)
+    empty = None if probe.has_embeddings else {
+        c: f"the {probe.family} model {probe.model_id} has no embeddings"
+        for c in ("emb_cosine", "emb_l2")}
+    metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256,
+                                    empty_columns=empty)
     unit_alleles = default_unit_size(probe, window, rc)
     if head is not None:
         metadata.update(finetuned_metadata(head, lm))
@@ -604,7 +623,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                 UnitScorer, batch_size=1, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
                 num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-                fn_constructor_kwargs=dict(model=model, fasta=readable_fasta(fasta),
+                fn_constructor_kwargs=dict(model=model, model_id=model_id,
+                                           fasta=readable_fasta(fasta),
                                            window=window, rc=rc,
                                            site_probs=site_probs, batch_size=batch_size,
                                            device=device, dtype=dtype, out=str(out),

@@ -1,0 +1,164 @@
+"""The model interface every pipeline uses, the family registry, and pooling.
+
+A pipeline holds a `LanguageModel` and calls only what is declared here: hidden states in
+bounded memory (families with embeddings), next-token log-likelihoods, the sizes that plan the
+work (d_model, max_seq_len), the identity written into outputs (model_id, config_sha256) and
+`save`. Which class a saved folder becomes is decided by the "family" its config.json names
+(`checkpoints.load` dispatches through `FAMILIES`), so a new family is one module that subclasses
+`LanguageModel` and calls `register`, with no edit in any pipeline.
+
+Saved folders in genomeconv's own layout: config.json ({"format": "genomeconv-<family>",
+"format_version": 1, "family", "config", "config_sha256", ...}) + model.safetensors (+ an
+optional MODEL_CARD.md). Folders written before families existed have no "family": HyenaDNA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import save_file
+
+from genomeconv.errors import InputError
+
+FORMAT_VERSION = 1
+POOLINGS = ("mean", "max", "last")
+
+
+def folder_format(family: str) -> str:
+    """The config.json "format" of a family's folders ("genomeconv-hyena", "genomeconv-kmer")."""
+    return f"genomeconv-{family}"
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """Stable hash of a config dict (sorted-key compact JSON)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pool(hidden: torch.Tensor, pooling: str = "mean",
+         lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, d) -> (B, d) by "mean", "max" or "last" over positions: the one definition used
+    by `embed`, score-variants' embedding distances and fine-tuning heads. With `lengths` (B,),
+    over each row's first lengths[b] positions only, so right padding never enters a pooled
+    vector (an item's embedding does not depend on what it was batched with)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+    if lengths is not None:
+        return _pool_masked(hidden, pooling, lengths.to(hidden.device))
+    if pooling == "mean":
+        return hidden.mean(dim=1)
+    if pooling == "max":
+        return hidden.amax(dim=1)
+    return hidden[:, -1]
+
+
+def _pool_masked(hidden: torch.Tensor, pooling: str, lengths: torch.Tensor) -> torch.Tensor:
+    """`pool` over each row's first lengths[b] positions (a masked sum, max or gather)."""
+    if pooling == "last":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+    if pooling == "max":
+        return hidden.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
+    return torch.bmm(valid[:, None, :].to(hidden.dtype), hidden)[:, 0] / lengths[:, None]
+
+
+class NoEmbeddingsError(InputError):
+    """A command that needs hidden states was given a family that has none (e.g. k-mer)."""
+
+
+class LanguageModel(ABC):
+    """What pipelines may use of a DNA language model (token ids from models.tokenizer).
+
+    `has_embeddings` says whether `hidden_states` exists (a k-mer model has none); commands that
+    need embeddings check it before any work starts (`require_embeddings`).
+    """
+
+    family: ClassVar[str]
+    has_embeddings: ClassVar[bool]
+    model_id: str
+
+    @property
+    @abstractmethod
+    def d_model(self) -> int:
+        """Width of the hidden states (0 without embeddings)."""
+
+    @property
+    @abstractmethod
+    def max_seq_len(self) -> int:
+        """The longest input the model was built for (the default window of score-variants)."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The family's config as plain JSON values (what config.json stores)."""
+
+    @property
+    def config_sha256(self) -> str:
+        """Hash of the config, written into every output file's metadata."""
+        return config_sha256(self.config_dict())
+
+    @abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors `save` writes to model.safetensors (CPU, contiguous)."""
+
+    def hidden_states(self, ids: torch.Tensor, *, chunk_size: int | None = None,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        """ids (B, L) -> final hidden states (B, L, d_model) float32 in bounded memory;
+        chunk_size: positions per pointwise chunk; dtype: compute dtype (None: the model's)."""
+        raise NoEmbeddingsError(f"{self.model_id}: the {self.family} family has no embeddings")
+
+    @abstractmethod
+    def log_likelihoods(self, ids: torch.Tensor, *, with_hidden: bool = False,
+                        chunk_size: int | None = None, dtype: torch.dtype | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log p(x_t | x_<t) for t = 1..L-1 as (B, L-1), hidden states (B, L, d) when
+        with_hidden else None); options as for `hidden_states`. No autograd."""
+
+    def freeze(self, blocks: int) -> None:
+        """Fine-tuning: stop gradients to the input embedding and the first `blocks` blocks
+        (InputError for families that cannot be fine-tuned, or too many blocks)."""
+        raise InputError(f"{self.model_id}: the {self.family} family cannot be fine-tuned")
+
+    def require_embeddings(self, command: str) -> None:
+        """A one-line NoEmbeddingsError when this family has no hidden states."""
+        if not self.has_embeddings:
+            raise NoEmbeddingsError(
+                f"{command} needs embeddings (hidden states), which the {self.family} model "
+                f"{self.model_id} does not have; use a neural model (e.g. the bundled HyenaDNA)")
+
+    def save(self, directory: str | Path, *, card: str | None = None,
+             extra: dict[str, Any] | None = None) -> None:
+        """Write config.json (naming the family) + model.safetensors (+ MODEL_CARD.md when
+        `card` is given); `extra`: further top-level config.json entries."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_tensors(), str(directory / "model.safetensors"))
+        meta = {"format": folder_format(self.family), "format_version": FORMAT_VERSION,
+                "family": self.family, "config": self.config_dict(),
+                "config_sha256": self.config_sha256, **(extra or {})}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if card is not None:
+            (directory / "MODEL_CARD.md").write_text(card)
+
+
+# A family's loader: (config values, tensors, the model folder, model id, device, dtype).
+Loader = Callable[[dict[str, Any], dict[str, torch.Tensor], Path, str, Any, Any], LanguageModel]
+FAMILIES: dict[str, Loader] = {}
+
+
+def register(family: str, loader: Loader) -> None:
+    """Make folders whose config.json names `family` load through `loader`."""
+    FAMILIES[family] = loader
+
+
+def family_loader(family: Any, path: Path) -> Loader:
+    """The loader of a saved folder's family (InputError naming the known ones)."""
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise InputError(f"unknown model family {family!r} (known: {', '.join(sorted(FAMILIES))})",
+                         path=path)
+    return FAMILIES[family]

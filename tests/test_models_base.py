@@ -1,0 +1,151 @@
+"""The model interface (models/base.py): HyenaDNA behind it (bounded-memory path and bf16
+included), load() dispatching on the saved family, old folders without a family, pooling, and a
+new family added through `register` alone being scored by the variants pipeline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from genomeconv.errors import InputError
+from genomeconv.io.fasta import FastaFile
+from genomeconv.io.variants import Variant
+from genomeconv.models import (POOLINGS, HyenaConfig, HyenaDNA, LanguageModel, inference, load,
+                               pool, tokenize)
+from genomeconv.models import base
+from genomeconv.pipelines.variants import plan_variant, score_planned
+from fixtures import random_seq, write_fasta
+
+TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=48, filter_order=8)
+
+
+@pytest.fixture
+def hyena(rng) -> HyenaDNA:
+    torch.manual_seed(5)
+    model = HyenaDNA(TINY).eval()
+    with torch.no_grad():  # non-zero biases: the public init leaves them at zero
+        for p in model.parameters():
+            p.add_(torch.from_numpy(rng.normal(0, 0.02, size=p.shape)).float())
+    return model
+
+
+def test_hyena_behind_the_interface(hyena, rng):
+    assert isinstance(hyena, LanguageModel) and hyena.family == "hyena" and hyena.has_embeddings
+    assert (hyena.d_model, hyena.max_seq_len) == (16, 48)
+    ids = torch.stack([tokenize(random_seq(rng, 40)) for _ in range(2)])
+    hidden = hyena.hidden_states(ids, chunk_size=7)
+    assert torch.equal(hidden, inference.hidden_states(hyena, ids, chunk_size=7))
+    loglik, none = hyena.log_likelihoods(ids, chunk_size=7)
+    loglik2, hidden2 = hyena.log_likelihoods(ids, with_hidden=True, chunk_size=7)
+    assert none is None and torch.equal(loglik, loglik2) and torch.equal(hidden2, hidden)
+    with torch.no_grad():
+        direct = hyena.log_likelihood(ids)  # the autograd forward, float32
+    np.testing.assert_allclose(loglik.numpy(), direct.numpy(), rtol=1e-4, atol=1e-5)
+    bf16, _ = hyena.log_likelihoods(ids, dtype=torch.bfloat16)  # the bf16 arrangement
+    ref_bf16 = inference.hidden_and_loglik(hyena, ids, dtype=torch.bfloat16)[1]
+    assert torch.equal(bf16, ref_bf16) and bf16.dtype == torch.float32
+
+
+def test_pool_matches_numpy(rng):
+    x = torch.from_numpy(rng.normal(size=(3, 7, 5)))
+    want = {"mean": x.numpy().mean(1), "max": x.numpy().max(1), "last": x.numpy()[:, -1]}
+    assert set(POOLINGS) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(pool(x, name).numpy(), value, rtol=1e-12)
+    with pytest.raises(ValueError, match="mean, max, last"):
+        pool(x, "median")
+
+
+def test_load_dispatches_on_family(hyena, tmp_path):
+    hyena.save(tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert meta["family"] == "hyena" and meta["format"] == "genomeconv-hyena"
+    assert meta["tokenizer"]["vocab"]["A"] == 7
+    loaded = load(str(tmp_path / "new"))
+    assert isinstance(loaded, HyenaDNA) and loaded.config_sha256 == hyena.config_sha256
+    for key, value in hyena.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    old = tmp_path / "old"  # a folder written before families existed
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((tmp_path / "new" / "model.safetensors").read_bytes())
+    (old / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "family"}))
+    assert isinstance(load(str(old)), HyenaDNA)
+    (old / "config.json").write_text(json.dumps({**meta, "family": "mamba"}))
+    with pytest.raises(InputError, match="unknown model family 'mamba' .*hyena, kmer"):
+        load(str(old))
+    assert load(str(tmp_path / "new"), model_id="renamed").model_id == "renamed"
+
+
+class Uniform(LanguageModel):
+    """A family defined outside the package: every base equally likely (log 1/5)."""
+
+    family = "uniform-test"
+    has_embeddings = False
+
+    def __init__(self, model_id: str = "uniform") -> None:
+        self.model_id = model_id
+
+    @property
+    def d_model(self) -> int:
+        return 0
+
+    @property
+    def max_seq_len(self) -> int:
+        return 1000
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"bases": 5}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"dummy": torch.ones(1)}
+
+    def log_likelihoods(self, ids, *, with_hidden=False, chunk_size=None, dtype=None):
+        return torch.full((ids.shape[0], ids.shape[1] - 1), float(np.log(0.2)),
+                          dtype=torch.float64), None
+
+
+def test_a_registered_family_loads_and_scores(tmp_path, rng, monkeypatch):
+    monkeypatch.setitem(base.FAMILIES, Uniform.family,
+                        lambda values, state, folder, model_id, device, dtype: Uniform(model_id))
+    Uniform().save(tmp_path / "u")
+    model = load(str(tmp_path / "u"))
+    assert isinstance(model, Uniform) and model.model_id == str(tmp_path / "u")
+    genome = random_seq(rng, 120)
+    fasta = FastaFile(write_fasta(tmp_path / "ref.fa", {"c": genome}))
+    alt = "ACGT".replace(genome[59], "")[0]
+    planned = [plan_variant(Variant("c", 60, genome[59], alt, None, "t", 0), fasta, 21, {})]
+    (row,) = score_planned(model, planned, site_probs=True)
+    assert row["llr"] == 0.0 and row["emb_l2"] is None and row["p_alt"] == pytest.approx(0.2)
+    assert row["model"] == str(tmp_path / "u")
+
+
+def test_every_saved_model_names_its_family(tmp_path):
+    """Folders this version writes always carry "family"; FAMILIES knows both built-ins."""
+    assert {"hyena", "kmer"} <= set(base.FAMILIES)
+    assert base.folder_format("kmer") == "genomeconv-kmer"
+    for name in ("hyena", "kmer"):
+        with pytest.raises(InputError, match="no 'config' object"):
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / "config.json").write_text(json.dumps(
+                {"format": base.folder_format(name), "format_version": 1, "family": name}))
+            load(str(folder))
+
+
+def test_freeze_for_fine_tuning(hyena, tmp_path):
+    """The interface's freeze (what fine-tuning calls): embedding and the first blocks stop
+    learning; too many blocks, or a family without trainable weights, is one InputError."""
+    hyena.freeze(1)
+    frozen = {n for n, p in hyena.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.embeddings.", "backbone.layers.0."))
+                          for n in frozen)
+    assert all(p.requires_grad for n, p in hyena.named_parameters()
+               if n.startswith("backbone.layers.1."))
+    with pytest.raises(InputError, match="has 2 blocks"):
+        hyena.freeze(3)
+    with pytest.raises(InputError, match="cannot be fine-tuned"):
+        Uniform().freeze(0)
