@@ -103,16 +103,16 @@ def test_embed_units_use_item_lengths_and_model_size(reads):
     units = plan_units(items, total // 3)
     assert len(units) in (3, 4) and sum(len(u.item_ids) for u in units) == len(items)
     bundled = load(None)
-    assert runtime.unit_bases(bundled.d_model, bundled.config.n_layer) == 8 * 2**20
-    assert runtime.unit_bases(256, 8) == 2**19  # a larger model: fewer bases per unit
+    assert runtime.unit_bases(bundled.work_per_base) == 8 * 2**20
+    assert runtime.unit_bases(256 * 8) == 2**19  # a larger model: fewer bases per unit
 
 
 def test_small_jobs_keep_every_worker_busy(reads, tiny_model):
     items = plan_read_items(reads[1])
-    config = load(tiny_model).config
-    assert len(plan_units(items, default_unit_bp(config, items))) == 1  # a small job: one part
-    assert len(plan_units(items, default_unit_bp(config, items, workers=4))) == 4
-    assert default_unit_bp(config, items, per_base=True) == default_unit_bp(config, items)
+    model = load(tiny_model)
+    assert len(plan_units(items, default_unit_bp(model, items))) == 1  # a small job: one part
+    assert len(plan_units(items, default_unit_bp(model, items, workers=4))) == 4
+    assert default_unit_bp(model, items, per_base=True) == default_unit_bp(model, items)
     assert runtime.per_worker(2048, 11, 2) == 6 and runtime.per_worker(5, 11, 2) == 5
     assert runtime.per_worker(2048, 0, 3) == 1
 

@@ -93,6 +93,12 @@ class LanguageModel(ABC):
     def max_seq_len(self) -> int:
         """The longest input the model was built for (the default window of score-variants)."""
 
+    @property
+    def work_per_base(self) -> int:
+        """Relative compute per base, so that pipelines size work units by work whatever the
+        model (runtime.unit_bases): HyenaDNA's d_model x n_layer; cheap families keep 1."""
+        return 1
+
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """The family's config as plain JSON values (what config.json stores)."""

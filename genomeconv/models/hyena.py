@@ -281,6 +281,10 @@ class HyenaDNA(nn.Module, LanguageModel):
         return self.config.max_seq_len
 
     @property
+    def work_per_base(self) -> int:
+        return self.config.d_model * self.config.n_layer
+
+    @property
     def config_sha256(self) -> str:
         return self.config.sha256
 

@@ -198,17 +198,17 @@ def _unique(items: list[Item]) -> list[Item]:
     return list(seen.values())
 
 
-def default_unit_bp(config: Any, items: Sequence[Item], workers: int = 1, per_base: bool = False,
-                    per_base_dtype: str = "float32") -> int:
-    """Bases per work unit: `runtime.unit_bases` of the model (its HyenaConfig `config`); with
+def default_unit_bp(model: LanguageModel, items: Sequence[Item], workers: int = 1,
+                    per_base: bool = False, per_base_dtype: str = "float32") -> int:
+    """Bases per work unit: `runtime.unit_bases` of the model; with
     per-base output also at most
     PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file; and
     at most the items' bases over `workers`, so that no worker of a small job stays idle."""
     import numpy as np
 
-    bp = runtime.unit_bases(config.d_model, config.n_layer)
+    bp = runtime.unit_bases(model.work_per_base)
     if per_base:
-        bp = min(bp, PER_BASE_PART_BYTES // (config.d_model * np.dtype(per_base_dtype).itemsize))
+        bp = min(bp, PER_BASE_PART_BYTES // (model.d_model * np.dtype(per_base_dtype).itemsize))
     return runtime.per_worker(bp, sum(it.length for it in items), workers)
 
 
@@ -621,8 +621,6 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
         per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
         device_type=runtime.device_type(device))
-    shape = probe.config  # sizes the work units
-    del probe
     items_done = bp_done = peak_rss = 0
     model_s = 0.0
     with manifest.open_run(out, run_manifest, part_dirs=[out / EMBEDDINGS_DIR, out / PER_BASE_DIR],
@@ -631,7 +629,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         todo_items = [it for it in items if it.item_id not in done]
         by_id = {it.item_id: it for it in todo_items}
         todo = plan_units(todo_items, unit_bp or default_unit_bp(
-            shape, todo_items, num_workers, per_base, per_base_dtype))
+            probe, todo_items, num_workers, per_base, per_base_dtype))
+        del probe  # the workers load their own copies
         if on_plan is not None:
             on_plan(sum(it.length for it in todo_items), len(todo))
         if todo:

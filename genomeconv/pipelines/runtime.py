@@ -177,14 +177,16 @@ UNIT_WORK = 1 << 30  # bases x d_model x layers per work unit (8 Mbp for the bun
 UNIT_MAX_ITEMS = 65_536  # items per work unit: bounds a unit's rows held in a worker
 
 
-def unit_bases(d_model: int, n_layer: int) -> int:
-    """Bases per work unit for a model of this width and depth (UNIT_WORK / (d_model n_layer)).
+def unit_bases(work_per_base: int) -> int:
+    """Bases per work unit for a model of this work per base (UNIT_WORK / work_per_base; see
+    LanguageModel.work_per_base, d_model x n_layer for HyenaDNA).
 
     Sized by work so that per-unit costs (a Ray task, a Parquet part and its metadata) vanish
     beside the model's time, while a killed run loses about a minute of a 2-core CPU's work
-    (bundled model: 8 Mbp per unit) and a bigger model gets proportionally fewer bases.
+    (bundled model: 8 Mbp per unit) and a bigger model gets proportionally fewer bases; a cheap
+    model is capped at UNIT_MAX_ITEMS items per unit instead.
     """
-    return max(1, UNIT_WORK // (max(1, d_model) * max(1, n_layer)))
+    return max(1, UNIT_WORK // max(1, work_per_base))
 
 
 def per_worker(unit_size: int, total: int, workers: int) -> int:

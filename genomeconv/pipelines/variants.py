@@ -198,11 +198,11 @@ class WindowScores:
     site_logp: dict[int, float]
 
 
-def default_unit_size(model: Any, window: int, rc: bool) -> int:
+def default_unit_size(model: LanguageModel, window: int, rc: bool) -> int:
     """ALT alleles per work unit: `runtime.unit_bases` of the model in window tokens, at two
     windows (ref, alt) per allele and strand, so a unit is the same work whatever the window."""
     per_allele = 2 * window * (2 if rc else 1)
-    bases = runtime.unit_bases(model.d_model, model.config.n_layer)
+    bases = runtime.unit_bases(model.work_per_base)
     return max(1, min(runtime.UNIT_MAX_ITEMS, bases // per_allele))
 
 
