@@ -425,7 +425,7 @@ def test_cli_defaults_are_the_options_defaults():
     import inspect
 
     from genomeconv.commands import train as commands
-    from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
+    from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions
 
     for command, options in ((commands.pretrain, PretrainOptions()),
                              (commands.finetune, FinetuneOptions())):

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from genomeconv.pipelines.options import EMBED
+
 
 def embed(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="FASTA (plain, gzip or bgzip), "
@@ -28,17 +30,17 @@ def embed(
                                        "column honoured)."),
     bam: Optional[Path] = typer.Option(None, "--bam", help="Reads to embed, one item per read "
                                        "(INPUT is then the reference, needed for CRAM)."),
-    min_mapq: int = typer.Option(0, "--min-mapq", min=0, help="Reads: minimum MAPQ of aligned "
+    min_mapq: int = typer.Option(EMBED.min_mapq, "--min-mapq", min=0, help="Reads: minimum MAPQ of aligned "
                                  "records."),
-    min_length: int = typer.Option(0, "--min-length", min=0, help="Reads: minimum length."),
+    min_length: int = typer.Option(EMBED.min_length, "--min-length", min=0, help="Reads: minimum length."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint path or hub id "
                                         "(default: the bundled model)."),
     out: Path = typer.Option(Path("embeddings_out"), "--out", help="Output folder: "
                              "embeddings/ (and per_base/) Parquet parts; rerun to resume."),
-    pooling: str = typer.Option("mean", "--pooling", help="mean, max or last."),
+    pooling: str = typer.Option(EMBED.pooling, "--pooling", help="mean, max or last."),
     per_base: bool = typer.Option(False, "--per-base", help="Also write one row per nucleotide."),
-    per_base_dtype: str = typer.Option("float32", "--per-base-dtype", help="float32 or float16."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Items per model call "
+    per_base_dtype: str = typer.Option(EMBED.per_base_dtype, "--per-base-dtype", help="float32 or float16."),
+    batch_size: int = typer.Option(EMBED.batch_size, "--batch-size", min=1, help="Items per model call "
                                    "(sorted by length; at most 131,072 padded tokens)."),
     unit_bp: Optional[int] = typer.Option(None, "--unit-bp", min=1, help="Bases per work unit "
                                           "and Parquet part (default: sized by the model)."),
@@ -46,8 +48,8 @@ def embed(
                                              "chunk in the bounded-memory path."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
                                           "(default: RAY_ADDRESS, else a local instance)."),
-    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Model actors."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per "
+    num_workers: int = typer.Option(EMBED.num_workers, "--num-workers", min=1, help="Model actors."),
+    gpus_per_worker: float = typer.Option(EMBED.gpus_per_worker, "--gpus-per-worker", min=0.0, help="GPUs per "
                                           "actor (> 0 places actors on GPUs)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),

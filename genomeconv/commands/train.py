@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
+from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions
 
 _P, _F = PretrainOptions(), FinetuneOptions()  # the option defaults, stated once there
 _DS_HELP = ("DeepSpeed config: a name shipped in genomeconv/data/deepspeed/ (zero0_fp32, "

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from genomeconv.pipelines.options import VARIANTS
+
 
 def score_variants(
     variants: Path = typer.Argument(..., help="VCF/BCF (plain, bgzip, BCF) or a Parquet/TSV/CSV "
@@ -30,7 +32,7 @@ def score_variants(
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="GTF/GFF3 annotation for --genes."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address "
                                           "(default: RAY_ADDRESS, else a local instance)."),
-    num_workers: int = typer.Option(1, "--num-workers", min=1, help="Model actors."),
+    num_workers: int = typer.Option(VARIANTS.num_workers, "--num-workers", min=1, help="Model actors."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
     site_probs: bool = typer.Option(False, "--site-probs", help="Also write p_ref and p_alt, the "

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import Interval, format_region, parse_region, reverse_complement
 from genomeconv.pipelines import manifest, preflight, runtime, schema
+from genomeconv.pipelines.options import EMBED
 
 if TYPE_CHECKING:
     from genomeconv.io.annotations import Feature
@@ -555,13 +556,15 @@ class EmbedSummary:
 
 def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
           gtf: str | Path | None = None, genes: Sequence[str] | None = None,
-          bed: str | Path | None = None, bam: str | Path | None = None, min_mapq: int = 0,
-          min_length: int = 0, features: Sequence[str] | None = None, spliced: bool = False,
-          model: str | None = None, pooling: str = "mean",
-          per_base: bool = False, per_base_dtype: str = "float32", batch_size: int = 16,
+          bed: str | Path | None = None, bam: str | Path | None = None,
+          min_mapq: int = EMBED.min_mapq, min_length: int = EMBED.min_length,
+          features: Sequence[str] | None = None, spliced: bool = False,
+          model: str | None = None, pooling: str = EMBED.pooling,
+          per_base: bool = False, per_base_dtype: str = EMBED.per_base_dtype,
+          batch_size: int = EMBED.batch_size,
           unit_bp: int | None = None, chunk_size: int | None = None,
-          address: str | None = None, num_workers: int = 1,
-          gpus_per_worker: float = 0, device: str | None = None, dtype: str | None = None,
+          address: str | None = None, num_workers: int = EMBED.num_workers,
+          gpus_per_worker: float = EMBED.gpus_per_worker, device: str | None = None, dtype: str | None = None,
           overwrite: bool = False, keep_nonfinite: bool = False,
           command: str = "genomeconv embed",
           on_plan: Callable[[int, int], None] | None = None,

@@ -2,7 +2,7 @@
 
 Both run on the DeepSpeed plumbing of pipelines/deepspeed_engine.py (processes, configs, the
 shared optimizer step, checkpoints, export, Ray Train) with options from
-pipelines/train_options.py; the classification head and its files are models/heads.py.
+pipelines/options.py; the classification head and its files are models/heads.py.
 
 Checkpoints: `save_checkpoint` into OUT/checkpoints every `save_every` steps (pretrain) or epoch
 (finetune), with the step/epoch and history as client state; `resume=True` loads the latest and
@@ -35,7 +35,7 @@ from genomeconv.pipelines import metrics, preflight, training_data
 from genomeconv.pipelines.deepspeed_engine import (build_engine, export_model,
                                                    init_distributed, load_deepspeed_config,
                                                    optimizer_step, resume_state, world_size)
-from genomeconv.pipelines.train_options import FinetuneOptions, PretrainOptions
+from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions
 
 # ------------------------------------------------------------------------------- pretrain
 class NextTokenLoss(nn.Module):

@@ -81,6 +81,7 @@ from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
 from genomeconv.pipelines import manifest, preflight, runtime, schema
+from genomeconv.pipelines.options import VARIANTS
 
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
@@ -549,8 +550,8 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
                    model: str | None = None, window: int | None = None,
                    region: str | None = None, genes: Sequence[str] | None = None,
                    gtf: str | Path | None = None, address: str | None = None,
-                   num_workers: int = 1, device: str | None = None, dtype: str | None = None,
-                   site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
+                   num_workers: int = VARIANTS.num_workers, device: str | None = None,
+                   dtype: str | None = None, site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
                    unit_size: int | None = None, overwrite: bool = False,
                    keep_nonfinite: bool = False, command: str = "genomeconv score-variants"
                    ) -> RunSummary:

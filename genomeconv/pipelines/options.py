@@ -1,7 +1,7 @@
-"""Options of `genomeconv pretrain` and `genomeconv finetune`, with their defaults.
+"""Options of the jobs (`embed`, `score-variants`, `pretrain`, `finetune`) and their defaults.
 
-Kept free of torch imports: the command line reads its option defaults from these dataclasses
-at startup, so they are stated once.
+Kept free of heavy imports: the command line reads its option defaults from these dataclasses at
+startup, and the pipeline functions take theirs from the same place, so each is stated once.
 """
 
 from __future__ import annotations
@@ -55,3 +55,26 @@ class FinetuneOptions:
     resume: bool = False
     seed: int = 0
     command: str = ""
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Defaults of `genomeconv embed` options that have one (see the command's help)."""
+
+    pooling: str = "mean"
+    per_base_dtype: str = "float32"
+    batch_size: int = 16  # items per model call
+    min_mapq: int = 0
+    min_length: int = 0
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """Defaults of `genomeconv score-variants` options that have one (see the command's help)."""
+
+    num_workers: int = 1
+
+
+EMBED, VARIANTS = EmbedOptions(), VariantOptions()
