@@ -23,16 +23,21 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# CPU features that change what these benchmarks measure (SIMD width, native bf16/fp16, AMX).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_fp16")
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core count, memory and library versions for the JSON record."""
-    cpu = platform.processor()
+    """CPU model and the flags in CPU_FLAGS it has, core count, memory and library versions
+    for the JSON record (machines differ between sessions: compare only within one run)."""
+    cpu, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -40,7 +45,8 @@ def machine_info() -> dict[str, Any]:
 
     env = describe_environment()
     env.pop("ray status", None)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+    return {"cpu": cpu, "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
             "platform": platform.platform(), "versions": env}
 
 
