@@ -130,6 +130,11 @@ class LanguageModel(ABC):
         (InputError for families that cannot be fine-tuned, or too many blocks)."""
         raise InputError(f"{self.model_id}: the {self.family} family cannot be fine-tuned")
 
+    def checkpoint_activations(self) -> None:
+        """Training: recompute each block's activations in the backward pass instead of storing
+        them (InputError for families that cannot be trained)."""
+        raise InputError(f"{self.model_id}: the {self.family} family cannot be trained")
+
     def require_embeddings(self, command: str) -> None:
         """A one-line NoEmbeddingsError when this family has no hidden states."""
         if not self.has_embeddings:

@@ -351,6 +351,16 @@ class HyenaDNA(nn.Module, LanguageModel):
         for block in self.backbone.layers[:blocks]:
             block.requires_grad_(False)
 
+    def checkpoint_activations(self) -> None:
+        import functools
+        import types
+
+        from torch.utils.checkpoint import checkpoint
+
+        for block in self.backbone.layers:
+            bound = types.MethodType(type(block).forward, block)
+            block.forward = functools.partial(checkpoint, bound, use_reentrant=False)
+
     def save(self, directory, *, card: str | None = None,
              extra: dict[str, Any] | None = None) -> None:
         """Write config.json + model.safetensors (+ MODEL_CARD.md when `card` is given), with

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import socket
-import types
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -92,15 +91,6 @@ def load_deepspeed_config(name_or_path: str | Path, *, batch_size: int,
     return cfg
 
 
-def enable_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each HyenaDNA block in the backward pass instead of storing its activations."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.backbone.layers:
-        bound = types.MethodType(type(block).forward, block)
-        block.forward = functools.partial(checkpoint, bound, use_reentrant=False)
-
-
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Linear warm-up to 1 over warmup_steps, then cosine decay to 0.1 at total_steps."""
     def factor(step: int) -> float:
@@ -114,11 +104,12 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 def build_engine(module: nn.Module, ds_config: dict[str, Any], *, lr: float, total_steps: int,
                  warmup_steps: int) -> Any:
     """deepspeed.initialize with torch AdamW over the trainable parameters and the LR schedule;
-    `module.model` is the backbone (activation checkpointing wraps its blocks)."""
+    `module.model` is the backbone (a models.LanguageModel, whose blocks activation
+    checkpointing wraps)."""
     import deepspeed
 
     if "activation_checkpointing" in ds_config:
-        enable_activation_checkpointing(module.model)
+        module.model.checkpoint_activations()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
     schedule = functools.partial(torch.optim.lr_scheduler.LambdaLR,

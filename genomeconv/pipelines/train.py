@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from genomeconv.errors import InputError
+from genomeconv.models.base import LanguageModel
 from genomeconv.models.heads import (VariantClassifier, classification_loss, order_classes,
                                      probabilities, probability_columns)
 from genomeconv.pipelines import metrics, preflight, training_data
@@ -225,18 +226,15 @@ def pretrain_card(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def freeze(model: nn.Module, spec: str) -> None:
+def freeze(model: LanguageModel, spec: str) -> None:
     """"none": train everything; "all": train only the head; N: freeze the embedding and the
-    first N blocks."""
+    first N blocks (LanguageModel.freeze)."""
     if spec == "none":
         return
     if spec == "all":
         model.requires_grad_(False)
         return
-    n = int(spec)
-    model.backbone.embeddings.requires_grad_(False)
-    for block in model.backbone.layers[:n]:
-        block.requires_grad_(False)
+    model.freeze(int(spec))
 
 
 
