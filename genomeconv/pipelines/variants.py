@@ -376,11 +376,12 @@ class UnitScorer:
     """Ray Data actor: loads the model and opens the FASTA once, then scores whole work units
     (one row of the input batch each) and writes each as one Parquet part."""
 
-    def __init__(self, *, model: str | None, model_id: str | None, fasta: str, window: int,
+    def __init__(self, *, model: str | None, fasta: str, window: int,
                  rc: bool, site_probs: bool, batch_size: int | None, device: str | None,
                  dtype: str | None, out: str,
                  metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
-                 token: manifest.RunToken | None = None, lm: LmPlan | None = None) -> None:
+                 token: manifest.RunToken | None = None, lm: LmPlan | None = None,
+                 model_id: str | None = None) -> None:
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
