@@ -62,14 +62,8 @@ def test_fetch_matches_source_and_builds_index(tmp_path, rng, records, packed):
         assert fa.length("chrM") == 321
 
 
-def test_fetch_padded_past_both_ends(tmp_path, records):
+def test_fetch_outside_the_record_is_an_error(tmp_path, records):
     with FastaFile(write_fasta(tmp_path / "g.fa", records, index=False)) as fa:
-        seq, left, right = fa.fetch_padded("chrM", -5, 326)
-        assert (left, right) == (5, 5)
-        assert seq == "N" * 5 + records["chrM"].upper() + "N" * 5
-        assert fa.fetch_padded("chrM", 400, 410) == ("N" * 10, 0, 10)
-        assert fa.fetch_padded("chrM", -10, -2) == ("N" * 8, 8, 0)
-        assert fa.fetch_padded("chrM", 10, 20) == (records["chrM"][10:20].upper(), 0, 0)
         with pytest.raises(ValueError, match="outside"):
             fa.fetch("chrM", 300, 400)
 

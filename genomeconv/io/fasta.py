@@ -248,19 +248,6 @@ class FastaFile:
                              f"(length {size}) in {self.path}")
         return self._fa.fetch(contig, start, end).upper()
 
-    def fetch_padded(self, chrom: str, start: int, end: int) -> tuple[str, int, int]:
-        """Sequence of [start, end), padded with N where it runs past either end of the record.
-
-        Returns (sequence, n_pad_left, n_pad_right); len(sequence) == end - start.
-        """
-        if end < start:
-            raise ValueError(f"end {end} < start {start}")
-        size = self.length(chrom)
-        left = min(max(0, -start), end - start)
-        right = min(max(0, end - size), end - start - left)
-        inner = self.fetch(chrom, start + left, end - right) if end - right > start + left else ""
-        return "N" * left + inner + "N" * right, left, right
-
     def close(self) -> None:
         """Close the underlying pysam handle."""
         self._fa.close()
