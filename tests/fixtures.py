@@ -54,3 +54,16 @@ def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) 
     for text in texts:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+def save_tiny_model(path: str | Path, *, seed: int, max_seq_len: int, d_inner: int = 32) -> str:
+    """A random HyenaDNA (d_model 16, 2 layers) saved in genomeconv's layout at `path`: small
+    enough to run hundreds of items in seconds; `seed` makes its weights reproducible."""
+    import torch
+
+    from genomeconv.models import HyenaConfig, HyenaDNA
+
+    torch.manual_seed(seed)
+    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=d_inner,
+                         max_seq_len=max_seq_len)).save(path)
+    return str(path)

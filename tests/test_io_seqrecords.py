@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqFeature import CompoundLocation, SeqFeature, SimpleLocation
@@ -26,9 +25,8 @@ from genomeconv.errors import InputError
 from genomeconv.io.annotations import select_features
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.seqrecords import features_of, genes_of, record_format
-from genomeconv.models import HyenaConfig, HyenaDNA
 from genomeconv.pipelines.embed import plan_fasta_items
-from fixtures import random_seq, write_fasta
+from fixtures import random_seq, save_tiny_model, write_fasta
 
 # (type, parts as (start, end, strand) in biological order, qualifiers); record "R1.1"
 FEATURES = [
@@ -210,10 +208,7 @@ def test_pretrain_genome_from_gzip_and_genbank_equals_fasta(genome, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=1024)).save(path)
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", seed=11, max_seq_len=1024)
 
 
 def run_cli(args: list[str]) -> str:

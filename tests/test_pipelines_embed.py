@@ -26,7 +26,7 @@ from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
-from fixtures import random_seq
+from fixtures import random_seq, save_tiny_model
 
 IUPAC_RC = dict(zip("ACGTN", "TGCAN"))
 
@@ -48,10 +48,7 @@ def write_bgzip_fasta(path: Path, records: dict[str, str], width: int = 60) -> s
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512)).save(path)
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", seed=7, max_seq_len=512)
 
 
 @pytest.fixture(scope="module")

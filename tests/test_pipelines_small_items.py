@@ -16,10 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures import random_seq
+from fixtures import random_seq, save_tiny_model
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
-from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
-from genomeconv.models import pool
+from genomeconv.models import load, pool, tokenize
 from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import (FORWARD_TOKENS, PER_BASE_ROWS, EmbedActor, WorkerConfig,
                                         _forward_groups, default_unit_bp, embed, plan_read_items,
@@ -40,10 +39,7 @@ def write_ubam(path, seqs: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     """A random HyenaDNA small enough to embed hundreds of reads in seconds."""
-    torch.manual_seed(11)
-    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=512))
-    model.save(path := tmp_path_factory.mktemp("model") / "tiny")
-    return str(path)
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", seed=11, max_seq_len=512)
 
 
 @pytest.fixture(scope="module")

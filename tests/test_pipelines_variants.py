@@ -29,7 +29,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)
-from fixtures import random_seq, write_fasta
+from fixtures import random_seq, save_tiny_model, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
 MAX_LEN = 66
@@ -42,10 +42,8 @@ def other_base(base: str, k: int = 0) -> str:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random HyenaDNA saved in genomeconv's layout (config.json + model.safetensors)."""
-    torch.manual_seed(7)
-    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=64, max_seq_len=MAX_LEN))
     path = tmp_path_factory.mktemp("tiny_model")
-    model.save(path)
+    save_tiny_model(path, seed=7, max_seq_len=MAX_LEN, d_inner=64)
     return path
 
 
