@@ -107,6 +107,10 @@ class Uniform(LanguageModel):
         return torch.full((ids.shape[0], ids.shape[1] - 1), float(np.log(0.2)),
                           dtype=torch.float64), None
 
+    def base_log_probs(self, ids, *, chunk_size=None, dtype=None):
+        return torch.full((ids.shape[0], ids.shape[1] - 1, 4), float(np.log(0.2)),
+                          dtype=torch.float64)
+
 
 def test_a_registered_family_loads_and_scores(tmp_path, rng, monkeypatch):
     monkeypatch.setitem(base.FAMILIES, Uniform.family,

@@ -28,6 +28,7 @@ from genomeconv.errors import InputError
 
 FORMAT_VERSION = 1
 POOLINGS = ("mean", "max", "last")
+TRACK_BASES = "ACGT"  # the bases of `base_log_probs`, in its column order
 
 
 def folder_format(family: str) -> str:
@@ -124,6 +125,15 @@ class LanguageModel(ABC):
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log p(x_t | x_<t) for t = 1..L-1 as (B, L-1), hidden states (B, L, d) when
         with_hidden else None); options as for `hidden_states`. No autograd."""
+
+    @abstractmethod
+    def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The next-base distribution at every predicted position: log p(x_t = b | x_<t) for
+        t = 1..L-1 and b in A, C, G, T (TRACK_BASES), as (B, L-1, 4); the entries of the
+        model's full next-token distribution (mass on N or special tokens is not renormalized
+        away), so column `ids[:, t]` of it is `log_likelihoods` at t. Per-base tracks and site
+        scores read it; options as for `hidden_states`. No autograd."""
 
     def freeze(self, blocks: int) -> None:
         """Fine-tuning: stop gradients to the input embedding and the first `blocks` blocks

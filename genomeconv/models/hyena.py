@@ -330,6 +330,10 @@ class HyenaDNA(nn.Module, LanguageModel):
                                                      dtype=dtype)
         return loglik, hidden if with_hidden else None
 
+    def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+        return inference.base_log_probs(self, ids, chunk_size=chunk_size, dtype=dtype)
+
     @torch.no_grad()
     def embed(self, seq_or_ids: str | bytes | torch.Tensor, pooling: str = "mean",
               **inference_options) -> torch.Tensor:

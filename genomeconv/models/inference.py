@@ -351,3 +351,23 @@ def hidden_and_loglik(model: nn.Module, ids: torch.Tensor, **options
         logits = model.lm_head(hidden[:, s].to(model.lm_head.weight.dtype))
         loglik[:, s] = token_loglik(logits, ids[:, s.start + 1:s.stop + 1])
     return hidden, loglik
+
+
+@torch.no_grad()
+def base_log_probs(model: nn.Module, ids: torch.Tensor, **options) -> torch.Tensor:
+    """log p(x_t = b | x_<t) for t = 1..L-1 and b in A, C, G, T: (B, L-1, 4) float32 from the
+    full log-softmax over the vocabulary; options as for `hidden_states`. Logits are made chunk
+    by chunk, so memory is the hidden states plus one chunk's (B, chunk, vocab) logits."""
+    from genomeconv.models.base import TRACK_BASES
+    from genomeconv.models.tokenizer import VOCAB
+
+    hidden = hidden_states(model, ids, **options)
+    B, L, _ = hidden.shape
+    chunk = max(1, options.get("chunk_size") or DEFAULT_CHUNK)
+    columns = torch.tensor([VOCAB[b] for b in TRACK_BASES], device=hidden.device)
+    out = torch.empty(B, max(L - 1, 0), len(TRACK_BASES), dtype=torch.float32,
+                      device=hidden.device)
+    for s in _chunks(L - 1, chunk):
+        logits = model.lm_head(hidden[:, s].to(model.lm_head.weight.dtype))
+        out[:, s] = torch.log_softmax(logits.float(), dim=-1).index_select(-1, columns)
+    return out

@@ -128,6 +128,24 @@ class KmerModel(LanguageModel):
             out[:, first - 1:] = self._logp[k][kmer_codes(sym, k + 1)[:, first - k:]]
         return torch.from_numpy(out), None
 
+    def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+        """log p(x_t = b | x_<t) for t = 1..L-1, b in A C G T, (B, L-1, 4) float64 (exact
+        counts; the remaining mass is N's); chunk_size and dtype do not apply."""
+        sym = symbols(ids.cpu().numpy())
+        L, k = sym.shape[1], self.order
+        out = np.empty((sym.shape[0], max(L - 1, 0), 4), dtype=np.float64)
+        bases = np.arange(4)  # A C G T are symbols 0..3
+        for t in range(1, min(k, L)):  # short contexts at the window start: order t
+            context = kmer_codes(sym[:, :t], t)[:, 0]
+            out[:, t - 1] = self._logp[t][context[:, None] * ALPHABET + bases]
+        first = max(k, 1)  # positions k..L-1 see k bases (order 0: no context)
+        if L > first:
+            context = kmer_codes(sym[:, first - k:L - 1], k) if k else np.zeros((len(sym), L - 1),
+                                                                              dtype=np.int64)
+            out[:, first - 1:] = self._logp[k][context[..., None] * ALPHABET + bases]
+        return torch.from_numpy(out)
+
 
 def check_order(order: Any, path: Path | None = None) -> int:
     """`order` as an int in 0..MAX_ORDER, else an InputError saying why."""

@@ -10,7 +10,7 @@ variants, embeddings, per_base (then any other kind, alphabetically).
 - `--region chr17:43,044,295-43,125,483` (samtools style, 1-based closed) becomes the 0-based
   half-open [start, end) and keeps rows that OVERLAP it by at least one base: an embedding item
   [start, end) overlaps when start < q_end and end > q_start; a variant occupies
-  [pos - 1, pos - 1 + len(ref)). The contig is matched across conventions (chr17 <-> 17).
+  [pos - 1, pos - 1 + len(ref)), a track row [position, position + 1). The contig is matched across conventions (chr17 <-> 17).
 - `--gene NAME` keeps rows whose gene_name or gene_id equals NAME (exact, case-sensitive); a view
   without gene columns (variants) keeps rows overlapping any embeddings item of that gene, so it
   needs an embeddings output among the paths (variants match on their `contig` column, the FASTA
@@ -422,6 +422,8 @@ def _span(columns: Sequence[str]) -> tuple[str, str] | None:
         return 't."start"', 't."end"'
     if {"chrom", "pos", "ref"} <= set(columns):
         return "t.pos - 1", "t.pos - 1 + length(t.ref)"
+    if {"chrom", "position"} <= set(columns):  # a track: one 0-based position per row
+        return "t.position", "t.position + 1"
     return None
 
 

@@ -6,6 +6,7 @@ Every output is keyed, never row-aligned to an input:
 - per-base embeddings: one row per (item_id, position); position is 0-based on the reference, so a
   minus-strand item's first row is its highest reference position.
 - variants: one row per ALT allele, keyed by (chrom, pos, ref, alt) with VCF's 1-based pos.
+- track: one row per reference position, keyed by (chrom, position), position 0-based.
 Every file carries metadata: genomeconv version, model id and config hash, the command, the
 schema version, the output kind (which `genomeconv query` uses to name its views) and the hash of
 the folder's run manifest (pipelines/manifest.py). `nonfinite` marks rows whose values are NaN or
@@ -87,6 +88,26 @@ VARIANTS = pa.schema([
     ("model", pa.string()),
     ("contig", pa.string()),     # the FASTA contig the variant was matched to (chr1 <-> 1)
     ("nonfinite", pa.bool_()),   # a score is NaN/inf (written only with --keep-nonfinite)
+])
+
+
+TRACK_MEASURES = ("logp_ref", "entropy", "llr_site_A", "llr_site_C", "llr_site_G", "llr_site_T")
+TRACK_STRANDS = ("", "_fwd", "_rev")  # the mean of the strands, forward, reverse
+
+
+def track_columns(strands: Sequence[str] = TRACK_STRANDS) -> list[str]:
+    """The measure columns of a track, by strand suffix ("" the mean, "_fwd", "_rev")."""
+    return [m + s for s in strands for m in TRACK_MEASURES]
+
+
+TRACK = pa.schema([
+    ("chrom", pa.string()),
+    ("position", pa.int64()),    # 0-based
+    ("ref", pa.string()),        # the reference base, upper case
+    ("context_fwd", pa.int32()),  # bases before the position in its forward window
+    ("context_rev", pa.int32()),  # bases after it in its reverse-strand window
+    *((c, pa.float32()) for c in track_columns()),
+    ("nonfinite", pa.bool_()),   # a measure is NaN/inf (written only with --keep-nonfinite)
 ])
 
 
