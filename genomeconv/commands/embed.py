@@ -59,32 +59,12 @@ def embed(
                                         "embeddings (rows marked nonfinite) instead of stopping."),
 ) -> None:
     """Embed regions, genes, BED intervals, whole records or reads of INPUT; write Parquet."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     from genomeconv.cli import command_line, warn_emulated_dtype
+    from genomeconv.commands.progress import bases_progress
     from genomeconv.pipelines.embed import embed as run
 
     warn_emulated_dtype(dtype, device or ("cuda" if gpus_per_worker else None), address)
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,.0f}"
-                        "/{task.total:,.0f} bp"), TextColumn("{task.fields[rate]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    task = progress.add_task("embed", total=None, rate="")
-
-    def on_plan(bp: int, units: int) -> None:
-        progress.update(task, total=bp)
-        if units:
-            progress.start()
-
-    def on_unit(items: int, bp: int) -> None:
-        progress.advance(task, bp)
-        elapsed = progress.tasks[0].elapsed or 0.0
-        done = progress.tasks[0].completed
-        progress.update(task, rate=f"{done / elapsed:,.0f} bp/s" if elapsed > 0 else "")
-
-    try:
+    with bases_progress("embedding") as (on_plan, on_unit):
         summary = run(input_path, out, regions=region or (), gtf=gtf,
                       genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
                       bed=bed, bam=bam, min_mapq=min_mapq, min_length=min_length,
@@ -96,8 +76,6 @@ def embed(
                       dtype=dtype, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
                       unit_bp=unit_bp, command=command_line(), on_plan=on_plan,
                       on_unit=on_unit)
-    finally:
-        progress.stop()
     rate = summary.bp_done / summary.seconds if summary.seconds else 0.0
     typer.echo(f"{summary.items} items, {summary.bp:,} bp ({summary.items_skipped} already "
                f"done); embedded {summary.items_done} items in {summary.units} units, "

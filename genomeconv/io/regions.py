@@ -8,7 +8,7 @@ Contig names are matched across conventions (``chr1`` <-> ``1``, ``chrM`` <-> ``
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 STRANDS = ("+", "-")
@@ -54,6 +54,39 @@ class Interval:
         if self.end is None:
             raise ValueError(f"interval on {self.chrom} has no end")
         return self.end - self.start
+
+
+Span = tuple[int, int]  # 0-based half-open [start, end) on one contig
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, disjoint spans covering the same bases (overlapping or touching ones joined);
+    empty spans dropped."""
+    merged: list[list[int]] = []
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def subtract_spans(spans: Iterable[Span], minus: Iterable[Span]) -> list[Span]:
+    """The bases of `spans` not in `minus`, as sorted disjoint spans."""
+    out: list[Span] = []
+    cut = merge_spans(minus)
+    for start, end in merge_spans(spans):
+        for a, b in cut:
+            if b <= start or a >= end:
+                continue
+            if a > start:
+                out.append((start, a))
+            start = max(start, b)
+            if start >= end:
+                break
+        if start < end:
+            out.append((start, end))
+    return out
 
 
 def parse_region(region: str) -> Interval:

@@ -95,6 +95,14 @@ class LanguageModel(ABC):
         """The longest input the model was built for (the default window of score-variants)."""
 
     @property
+    def receptive_field(self) -> int | None:
+        """How many bases before a position can change the model's prediction there (None:
+        unbounded or unknown). Past it, more context changes nothing, so per-base outputs
+        computed in overlapping pieces with at least this much overlap equal one pass over the
+        whole sequence (pipelines/track.py)."""
+        return None
+
+    @property
     def work_per_base(self) -> int:
         """Relative compute per base, so that pipelines size work units by work whatever the
         model (runtime.unit_bases): HyenaDNA's d_model x n_layer; cheap families keep 1."""

@@ -281,6 +281,14 @@ class HyenaDNA(nn.Module, LanguageModel):
         return self.config.max_seq_len
 
     @property
+    def receptive_field(self) -> int:
+        """Per block, the long convolution looks max_seq_len - 1 positions back (a partial
+        convolution past the trained length) and the short convolution short_filter_order - 1
+        more; the prediction of a position reads the hidden state one before it (+1)."""
+        c = self.config
+        return c.n_layer * (c.max_seq_len - 1 + c.short_filter_order - 1) + 1
+
+    @property
     def work_per_base(self) -> int:
         return self.config.d_model * self.config.n_layer
 

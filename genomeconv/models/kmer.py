@@ -104,6 +104,10 @@ class KmerModel(LanguageModel):
     def max_seq_len(self) -> int:
         return 2 ** 31 - 1  # any length: the window is the caller's choice
 
+    @property
+    def receptive_field(self) -> int:
+        return self.order
+
     def config_dict(self) -> dict[str, Any]:
         return {"order": self.order, "pseudocount": self.pseudocount, "alphabet": "ACGTN",
                 "source": self.source}

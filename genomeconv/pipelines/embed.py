@@ -578,9 +578,6 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     first. `on_plan(items_bp_to_do, units)` is called once planned, `on_unit(items, bp)` after
     each unit (for progress bars).
     """
-    import ray
-    import ray.data
-
     from genomeconv.io.fasta import readable_fasta
     from genomeconv.models import POOLINGS, load
     from genomeconv.models.kmer import parse_spec
@@ -637,11 +634,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         if on_plan is not None:
             on_plan(sum(it.length for it in todo_items), len(todo))
         if todo:
-            resources = runtime.connect(address)
-            workers = max(1, min(num_workers, len(todo)))
-            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]),
-                            default=1)
-            cpus = max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+            workers, cpus = runtime.actor_shape(address, num_workers, len(todo), gpus)
             config = WorkerConfig(
                 model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads,
                 out=str(out), pooling=pooling,
@@ -653,12 +646,8 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                      "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
                     for u in sorted(todo, key=lambda u: -sum(by_id[i].length
                                                              for i in u.item_ids))]
-            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                EmbedActor, batch_size=1, fn_constructor_kwargs={"config": config},
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=0 if gpus else cpus, num_gpus=gpus)
-            for row in ds.iter_rows():
-                runtime.raise_failure(row["error"])
+            for row in runtime.map_units(rows, EmbedActor, {"config": config}, workers=workers,
+                                         cpus=cpus, gpus=gpus):
                 items_done += int(row["items"])
                 bp_done += int(row["bp"])
                 peak_rss = max(peak_rss, int(row["peak_rss"]))

@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,35 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         logs.quiet_libraries()
         _quiet_progress()
     return ray.cluster_resources()
+
+
+def actor_shape(address: str | None, num_workers: int, units: int,
+                gpus: float) -> tuple[int, int]:
+    """(workers, CPUs per worker) for a pool of model actors over `units` work units: no more
+    workers than units, and on CPU the cluster's CPUs shared among them (at most one node's
+    worth each), which each actor then uses as its torch threads."""
+    import ray
+
+    resources = connect(address)
+    workers = max(1, min(num_workers, units))
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    return workers, max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+
+
+def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *, workers: int,
+              cpus: int, gpus: float) -> Iterator[dict[str, Any]]:
+    """Run `actor` (a Ray Data callable class built with `kwargs`) over the work-unit rows, one
+    row per call, on a pool of `workers` actors; yield each unit's summary row as it finishes,
+    raising the error a worker reported (`failure_report`) in the driver."""
+    import ray.data
+
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        actor, batch_size=1, fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0 if gpus else cpus, num_gpus=gpus)
+    for row in ds.iter_rows():
+        raise_failure(row["error"])
+        yield row
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
