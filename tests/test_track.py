@@ -4,6 +4,8 @@ numpy; bigWig read back with pyBigWig; resume by position over sequences of runs
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import numpy as np
 import pytest
@@ -140,6 +142,11 @@ def test_track_equals_one_pass_over_the_contig(ray_local, tmp_path, sharp_model,
     assert [got["context_fwd"][k] for k in c1[60:70]] == list(range(60, 70))
     assert [got["context_fwd"][k] for k in (c1[64], c1[128], c1[191])] == [64, 67, 67 + 63]
     assert not any(got["nonfinite"])
+    meta = pq.read_schema(next((out / "track").glob("part-*.parquet"))).metadata
+    assert json.loads(meta[b"genomeconv.track"]) == {
+        "context": 67, "receptive_field": 67, "piece_bp": 64, "one_pass_values": True,
+        "strands": "both", "log": "natural"}
+    assert meta[b"genomeconv.kind"] == b"track"
 
 
 def test_context_below_the_receptive_field_scores_each_piece_from_its_window(

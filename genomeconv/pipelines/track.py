@@ -74,6 +74,7 @@ MAX_DEFAULT_CONTEXT = 1 << 16  # the receptive field is the default context up t
 STRANDS = ("both", "fwd")
 BIGWIG_CHOICES = ("mean", "all", "none")
 KEY_PIECES = b"genomeconv.track_pieces"  # JSON [[chrom, start, end], ...] of a part's pieces
+KEY_TRACK = b"genomeconv.track"  # JSON: context, receptive field, pieces, strands, log base
 _BASE_CODE = np.full(256, -1, dtype=np.int64)
 for _k, _b in enumerate("ACGT"):
     _BASE_CODE[ord(_b)] = _BASE_CODE[ord(_b.lower())] = _k
@@ -179,6 +180,7 @@ class TrackConfig:
     keep_nonfinite: bool = False
     manifest_sha256: str | None = None
     token: manifest.RunToken | None = None
+    settings: str = "{}"  # KEY_TRACK's JSON
 
 
 class TrackActor:
@@ -224,6 +226,7 @@ class TrackActor:
         meta = schema.file_metadata(self.model, self.cfg.command, "track",
                                     self.cfg.manifest_sha256)
         meta[KEY_PIECES] = json.dumps([[p.chrom, p.start, p.end] for p in pieces]).encode()
+        meta[KEY_TRACK] = self.cfg.settings.encode()
         writer = runtime.PartWriter(Path(self.cfg.out) / TRACK_DIR, unit_id, schema.TRACK, meta,
                                     self.cfg.token)
         model_s = 0.0
@@ -522,6 +525,9 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                                   strands=strands, dtype=dtype,
                                   device_type=runtime.device_type(device), model_id=model_id)
     work_per_base = probe.work_per_base * (2 if strands == "both" else 1)
+    settings = {"context": context, "receptive_field": probe.receptive_field,
+                "piece_bp": piece_bp, "one_pass_values": seamless, "strands": strands,
+                "log": "natural"}
     del probe
     total = sum(e - s for spans in wanted.values() for s, e in spans)
     peak_rss = done_bp = 0
@@ -545,7 +551,8 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                                  strands=strands, chunk_size=chunk_size, device=device,
                                  dtype=dtype, threads=None if gpus else cpus, command=command,
                                  keep_nonfinite=keep_nonfinite,
-                                 manifest_sha256=run_manifest.sha256, token=run.token)
+                                 manifest_sha256=run_manifest.sha256, token=run.token,
+                                 settings=json.dumps(settings))
             rows = [{"unit_id": u.unit_id,
                      "pieces": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
                     for u in units]
