@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import InputError
 from genomeconv.io.regions import Interval, format_region, parse_region, reverse_complement
 from genomeconv.pipelines import manifest, preflight, runtime, schema
 from genomeconv.pipelines.options import EMBED
@@ -245,8 +245,10 @@ class WorkerConfig:
     token: manifest.RunToken | None = None  # commits parts while this run holds OUT
 
 
-class EmbedActor:
+class EmbedActor(runtime.UnitActor):
     """Ray Data actor: opens the inputs and loads the model once, then embeds whole units."""
+
+    item_type = Item
 
     def __init__(self, config: WorkerConfig) -> None:
         import torch
@@ -270,28 +272,6 @@ class EmbedActor:
                                          config.manifest_sha256)
         self.meta_pb = schema.file_metadata(self.model, config.command, "per_base",
                                             config.manifest_sha256)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Embed every unit in the batch; one summary row per unit: unit_id, items, bp,
-        model_s (seconds in the model), peak_rss (this worker's peak resident bytes so far) and
-        error (a GenomeconvError's runtime.failure_report, else empty)."""
-        import resource
-
-        out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
-                                "peak_rss": [], "error": []}
-        for unit_id, payload in zip(batch["unit_id"], batch["items"]):
-            items = [Item(**d) for d in json.loads(payload)]
-            try:
-                out["model_s"].append(self.run_unit(str(unit_id), items))
-                out["error"].append("")
-            except GenomeconvError as exc:
-                out["model_s"].append(0.0)
-                out["error"].append(runtime.failure_report(exc))
-            out["unit_id"].append(str(unit_id))
-            out["items"].append(len(items))
-            out["bp"].append(sum(it.length for it in items))
-            out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return out
 
     def sequence(self, item: Item) -> str:
         """The item's bases in its own orientation (minus strand: reverse complement; a spliced

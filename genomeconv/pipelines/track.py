@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import InputError
 from genomeconv.io.regions import Span, merge_spans, reverse_complement, subtract_spans
 from genomeconv.pipelines import manifest, preflight, runtime, schema
 
@@ -183,8 +183,10 @@ class TrackConfig:
     settings: str = "{}"  # KEY_TRACK's JSON
 
 
-class TrackActor:
+class TrackActor(runtime.UnitActor):
     """Ray Data actor: loads the model and opens the FASTA once, then scores whole units."""
+
+    item_type = Piece
 
     def __init__(self, config: TrackConfig) -> None:
         import torch
@@ -198,27 +200,6 @@ class TrackActor:
         self.model: LanguageModel = load(config.model, device=config.device)
         self.dtype = runtime.compute_dtype(config.dtype)
         self.fasta = FastaFile(config.fasta)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Score every unit in the batch; one summary row per unit: unit_id, bp, model_s,
-        peak_rss (this worker's peak resident bytes) and error (runtime.failure_report)."""
-        import resource
-
-        out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
-                                "peak_rss": [], "error": []}
-        for unit_id, payload in zip(batch["unit_id"], batch["pieces"]):
-            pieces = [Piece(**d) for d in json.loads(payload)]
-            try:
-                out["model_s"].append(self.run_unit(str(unit_id), pieces))
-                out["error"].append("")
-            except GenomeconvError as exc:
-                out["model_s"].append(0.0)
-                out["error"].append(runtime.failure_report(exc))
-            out["unit_id"].append(str(unit_id))
-            out["items"].append(len(pieces))
-            out["bp"].append(sum(p.length for p in pieces))
-            out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return out
 
     def run_unit(self, unit_id: str, pieces: Sequence[Piece]) -> float:
         """Score the unit's pieces into one part (a row group run per piece); return the
@@ -250,7 +231,7 @@ class TrackActor:
 
     def piece_table(self, piece: Piece) -> tuple[pa.Table, float]:
         """The piece's rows and the seconds its windows took in the model."""
-        a, b, n = piece.start, piece.end, piece.length
+        a, b = piece.start, piece.end
         positions = np.arange(a, b, dtype=np.int64)
         ref = self.fasta.fetch(piece.chrom, a, b).upper()
         codes = _BASE_CODE[np.frombuffer(ref.encode("ascii"), dtype=np.uint8)]
@@ -554,7 +535,7 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                                  manifest_sha256=run_manifest.sha256, token=run.token,
                                  settings=json.dumps(settings))
             rows = [{"unit_id": u.unit_id,
-                     "pieces": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
+                     "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
                     for u in units]
             for row in runtime.map_units(rows, TrackActor, {"config": config}, workers=workers,
                                          cpus=cpus, gpus=gpus):
