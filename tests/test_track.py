@@ -19,8 +19,7 @@ from genomeconv.models import load, tokenize
 from genomeconv.models.kmer import KmerModel
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.track import track
-from tests.fixtures import (assert_one_line_error, random_seq, run_cli, save_tiny_model,
-                            write_fasta)
+from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
 
 MAX_LEN = 32  # the tiny model's max_seq_len: receptive field 2 (31 + 2) + 1 = 67
 
@@ -120,12 +119,19 @@ def assert_matches(got: dict, chrom: str, expected: dict[int, dict], atol: float
                 assert have == pytest.approx(value, abs=atol), (name, got["position"][k])
 
 
-def test_track_equals_one_pass_over_the_contig(ray_local, tmp_path, sharp_model, genome):
+@pytest.fixture(scope="module")
+def whole(ray_local, tmp_path_factory, sharp_model, genome):
+    """The whole genome at the default context, in pieces of 64 positions, 3 pieces a unit."""
+    out = tmp_path_factory.mktemp("track_whole") / "t"
+    summary = track(genome[0], out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all")
+    return out, summary
+
+
+def test_track_equals_one_pass_over_the_contig(whole, sharp_model, genome):
     """Default context (the receptive field): every value equals the plain forward over the
     whole contig, each strand, whatever the pieces (64 positions) and units (3 pieces)."""
     fasta, records = genome
-    out = tmp_path / "t"
-    summary = track(fasta, out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all")
+    out, summary = whole
     assert summary.context == load(sharp_model).receptive_field == 67
     assert summary.pieces == 11 + 3 and summary.units > 1
     got = read_track(out)
@@ -180,16 +186,15 @@ def test_forward_strand_only(ray_local, tmp_path, sharp_model, genome):
         f"{c}.bw" for c in schema.track_columns(("", "_fwd")))
 
 
-def test_bigwig_holds_the_parquet_values(ray_local, tmp_path, sharp_model, genome):
+def test_bigwig_holds_the_parquet_values(whole, genome):
     import pyBigWig
 
     fasta, records = genome
-    out = tmp_path / "t"
-    track(fasta, out, model=sharp_model, piece_bp=100, unit_bp=100)
+    out, _ = whole
     got = read_track(out)
     files = sorted(p.name for p in (out / "bigwig").glob("*.bw"))
-    assert files == sorted(f"{c}.bw" for c in schema.track_columns(("",)))
-    for column in ("logp_ref", "entropy", "llr_site_G"):
+    assert files == sorted(f"{c}.bw" for c in schema.track_columns())
+    for column in ("logp_ref", "entropy", "llr_site_G", "entropy_rev"):
         bw = pyBigWig.open(str(out / "bigwig" / f"{column}.bw"))
         assert bw.isBigWig() and bw.chroms() == {c: len(s) for c, s in records.items()}
         for chrom, seq in records.items():
@@ -219,7 +224,7 @@ def test_kmer_track_is_the_markov_model(ray_local, tmp_path, genome):
     np.testing.assert_allclose(have[1:], loglik[0].numpy().astype(np.float32), rtol=0, atol=0)
 
 
-def test_rerun_writes_every_position_once(ray_local, tmp_path, sharp_model, genome):
+def test_rerun_writes_every_position_once(whole, tmp_path, sharp_model, genome):
     """A region, then the whole genome, then a damaged part: each position exactly once, the
     values those of one run; another --context is refused."""
     fasta, records = genome
@@ -232,9 +237,7 @@ def test_rerun_writes_every_position_once(ray_local, tmp_path, sharp_model, geno
     got = read_track(out)
     keys = list(zip(got["chrom"], got["position"]))
     assert len(keys) == len(set(keys)) == 850
-    once = tmp_path / "once"
-    track(fasta, once, model=sharp_model, piece_bp=64)
-    ref = read_track(once)
+    ref = read_track(whole[0])  # the same genome in one run
     np.testing.assert_allclose(np.array(got["logp_ref"], dtype=float),
                                np.array(ref["logp_ref"], dtype=float), atol=2e-5)
     part = sorted((out / "track").glob("part-*.parquet"))[0]
@@ -249,14 +252,20 @@ def test_rerun_writes_every_position_once(ray_local, tmp_path, sharp_model, geno
 
 
 def test_query_and_cli(ray_local, tmp_path, sharp_model, genome):
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+
     fasta, _ = genome
     out = tmp_path / "t"
-    done = run_cli("track", fasta, "--model", sharp_model, "--region", "c2:1-80", "--out", out)
-    assert done.returncode == 0, done.stderr
-    assert "80 positions" in done.stdout
-    q = run_cli("query", out, "--region", "c2:11-20", "--format", "csv")
-    assert q.returncode == 0, q.stderr
-    assert len(q.stdout.strip().splitlines()) == 11 and "logp_ref" in q.stdout.splitlines()[0]
+    done = CliRunner().invoke(app, ["track", fasta, "--model", sharp_model, "--region",
+                                    "c2:1-80", "--bigwig", "none", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "80 positions" in done.output
+    q = CliRunner().invoke(app, ["query", str(out), "--region", "c2:11-20", "--format", "csv"])
+    assert q.exit_code == 0, q.output
+    lines = q.output.strip().splitlines()
+    assert len(lines) == 11 and "logp_ref" in lines[0]
     assert_one_line_error(run_cli("track", fasta, "--model", sharp_model, "--region",
                                   "c2:100-200", "--out", tmp_path / "x"), "c2", "150")
     assert_one_line_error(run_cli("track", fasta, "--strands", "rev", "--out", tmp_path / "y"),
