@@ -232,8 +232,8 @@ def test_rerun_writes_every_position_once(whole, tmp_path, sharp_model, genome):
     first = track(fasta, out, model=sharp_model, regions=["c1:101-300", "c1:250-420"],
                   piece_bp=64)
     assert first.positions == 320
-    whole = track(fasta, out, model=sharp_model, piece_bp=64, unit_bp=128)
-    assert whole.positions_skipped == 320 and whole.positions_done == 850 - 320
+    rest = track(fasta, out, model=sharp_model, piece_bp=64, unit_bp=128)
+    assert rest.positions_skipped == 320 and rest.positions_done == 850 - 320
     got = read_track(out)
     keys = list(zip(got["chrom"], got["position"]))
     assert len(keys) == len(set(keys)) == 850
