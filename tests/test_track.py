@@ -121,15 +121,18 @@ def assert_matches(got: dict, chrom: str, expected: dict[int, dict], atol: float
 
 @pytest.fixture(scope="module")
 def whole(ray_local, tmp_path_factory, sharp_model, genome):
-    """The whole genome at the default context, in pieces of 64 positions, 3 pieces a unit."""
+    """The whole genome at the default context, in pieces of 64 positions, 3 pieces a unit,
+    chunks of 23 positions in the model's bounded-memory path."""
     out = tmp_path_factory.mktemp("track_whole") / "t"
-    summary = track(genome[0], out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all")
+    summary = track(genome[0], out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all",
+                    chunk_size=23)
     return out, summary
 
 
 def test_track_equals_one_pass_over_the_contig(whole, sharp_model, genome):
     """Default context (the receptive field): every value equals the plain forward over the
-    whole contig, each strand, whatever the pieces (64 positions) and units (3 pieces)."""
+    whole contig, each strand, whatever the pieces (64 positions), units (3 pieces) and
+    chunks (23 positions)."""
     fasta, records = genome
     out, summary = whole
     assert summary.context == load(sharp_model).receptive_field == 67
