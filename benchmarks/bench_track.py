@@ -21,14 +21,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_embed import bgzip_copy
+from benchmarks.bench_embed import SOURCE, bgzip_copy
 from benchmarks.harness import interleaved, print_table, write_result
 from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import embed
 from genomeconv.pipelines.track import track
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / \
-    "klebsiella_pneumoniae_MGH78578.fna.gz"
 CHROM = "CP000647.1"
 
 
