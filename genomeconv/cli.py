@@ -104,7 +104,7 @@ def info() -> None:
         typer.echo(f"{key:>14}: {value}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ("embed", "variants", "train", "query", "submit")
+COMMAND_MODULES: tuple[str, ...] = ("embed", "variants", "train", "query", "submit", "plot")
 
 
 def _register_commands() -> None:
