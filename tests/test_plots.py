@@ -259,6 +259,29 @@ def test_track_mean_strand_and_measure_errors(track_out):
         track_plot.track_figure([track_out["out"]], "chr1:1-20", strand="plus")
 
 
+def test_long_regions_are_drawn_as_bin_means(track_out, monkeypatch):
+    monkeypatch.setattr(track_plot, "MAX_POINTS", 60)
+    fig = track_plot.track_figure([track_out["out"]], "chr1:1-298", measures=["logp_ref"],
+                                  strand="fwd")
+    (line,) = fig.axes[0].get_lines()
+    assert fig.axes[0].get_title(loc="left") == "logp_ref (mean of 5-bp bins)"
+    table = track_out["table"]
+    dense = np.full(300, np.nan)
+    dense[table["position"].to_numpy()] = np.array(
+        [np.nan if v is None else v for v in table["logp_ref_fwd"].to_pylist()], dtype=np.float32)
+    xy = line.get_xydata()
+    assert len(xy) == 60
+    for i, (x, y) in enumerate(xy):
+        positions = np.arange(5 * i, min(298, 5 * i + 5))  # the last bin holds 3 positions
+        assert x == pytest.approx(np.mean(positions + 1), rel=1e-15)
+        values = dense[positions]
+        if np.isnan(values).all():
+            assert np.isnan(y)
+        else:
+            assert y == pytest.approx(np.nanmean(values), rel=1e-12)
+    assert np.isnan(xy[20:22, 1]).all() and not np.isnan(xy[0, 1])  # 101..110 empty: a gap
+
+
 # -------------------------------------------------------------------------- mutagenesis
 def test_mutagenesis_heat_map_is_the_scores_with_reference_marked(scored, genome):
     warnings: list[str] = []

@@ -36,14 +36,22 @@ def check_figure_out(out: str | Path, *, force: bool = False) -> Path:
 
 
 def new_figure(rows: int, *, height_ratios: list[float] | None = None,
-               width: float = PANEL_WIDTH, height: float = PANEL_HEIGHT,
-               sharex: bool = True) -> tuple[Figure, list]:
-    """A pyplot-free figure with `rows` stacked axes (no display, no global state to leak)."""
+               width: float = PANEL_WIDTH, height: float = PANEL_HEIGHT) -> tuple[Figure, list]:
+    """A pyplot-free figure with `rows` stacked axes sharing x (no display, no global state)."""
     fig = Figure(figsize=(width, height * sum(height_ratios or [1.0] * rows)),
                  layout="constrained")
-    axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False,
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False,
                         gridspec_kw={"height_ratios": height_ratios} if height_ratios else None)
     return fig, list(axes[:, 0])
+
+
+def new_row(width_ratios: list[float], *, width: float = PANEL_WIDTH,
+            height: float = PANEL_HEIGHT) -> tuple[Figure, list]:
+    """A pyplot-free figure with axes side by side, widths in `width_ratios`."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, len(width_ratios), squeeze=False,
+                        gridspec_kw={"width_ratios": width_ratios})
+    return fig, list(axes[0])
 
 
 def save(fig: Figure, out: str | Path) -> Path:

@@ -3,8 +3,8 @@
 Cell (base b, position p) is the score of the SNV ref -> b at p, from `score-variants` rows (the
 `variants` view: SNVs with status ok); a reference base has no SNV of its own, so its cell is
 empty and marked with a dot; an SNV without a row is an empty cell too. The colour map diverges
-around 0 (symmetric limits), so for llr (log p(alt) - log p(ref), natural log) blue cells are
-alleles the model finds less likely than the reference.
+around 0 (symmetric limits), so for llr (log p(alt) - log p(ref), natural log) red cells are
+alleles the model finds less likely than the reference, blue cells more likely.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from genomeconv.io.regions import format_region
 from genomeconv.plots import figures, inputs
 
 BASES = "ACGT"
-CMAP = "RdBu"  # red positive, blue negative
+CMAP = "RdBu"  # low (negative) red, high blue, white at 0
 
 
 def mutagenesis_matrix(paths: Sequence[str | Path], region: str, score: str = "llr", *,

@@ -3,7 +3,9 @@ models from a GTF/GFF3/GenBank file underneath.
 
 Positions are drawn 1-based (the track's 0-based position + 1, as genome browsers show them). The
 x values are every position of the region, so a position without a value (an N, the first base of
-a contig on the forward strand, a row not written) is NaN in the line: a gap, never a zero.
+a contig on the forward strand, a row not written) is NaN in the line: a gap, never a zero. A
+region longer than MAX_POINTS bases is drawn as means of equal bins (NaN-aware; the panel title
+gives the bin size), so a whole bacterial genome stays a readable, small figure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_MEASURES = ("logp_ref", "entropy")
 UNITS = {"logp_ref": "log p(ref), nats", "entropy": "entropy, nats"}
 EXON_TYPES = ("exon", "CDS")  # boxes: exons, else (prokaryotes, GenBank) coding sequences
 CHEVRONS = 12  # strand marks along a gene
+MAX_POINTS = 20_000  # positions drawn one by one; a longer region is drawn as bin means
 
 
 def track_figure(paths: Sequence[str | Path], region: str, *,
@@ -62,13 +65,16 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
                                    + ([0.5 + 0.35 * max(1, _lanes(genes))] if genes is not None
                                       else []))
     x = np.arange(start, end) + 1  # 1-based display
+    size = -(-(end - start) // MAX_POINTS)  # bases per drawn point
     for ax, measure in zip(axes, measures):
         for suffix in STRANDS[strand]:
             y = np.full(end - start, np.nan)
             y[positions - start] = inputs.floats(table[measure + suffix])
-            ax.plot(x, y, linewidth=0.8, label=STRAND_LABELS[suffix], gid=measure + suffix)
+            ax.plot(*(binned(x, size), binned(y, size)), linewidth=0.8,
+                    label=STRAND_LABELS[suffix], gid=measure + suffix)
         ax.set_ylabel(UNITS.get(measure, f"{measure}, nats"))
-        ax.set_title(measure, loc="left", fontsize="medium")
+        ax.set_title(measure + (f" (mean of {size:,}-bp bins)" if size > 1 else ""), loc="left",
+                     fontsize="medium")
         if len(STRANDS[strand]) > 1 or strand != "mean":
             ax.legend(loc="upper right", fontsize="small")
         ax.grid(alpha=0.3)
@@ -78,6 +84,19 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     axes[-1].set_xlabel(f"{interval.chrom} position (1-based)")
     fig.suptitle(f"{interval.chrom}:{start + 1:,}-{end:,}", fontsize="medium")
     return fig
+
+
+def binned(values: np.ndarray, size: int) -> np.ndarray:
+    """Means of consecutive bins of `size` values (the last bin may be shorter), NaN ignored; a
+    bin with no value is NaN (still a gap)."""
+    if size == 1:
+        return values
+    padded = np.full(-(-len(values) // size) * size, np.nan)
+    padded[:len(values)] = values
+    bins = padded.reshape(-1, size)
+    counts = np.sum(~np.isnan(bins), axis=1)
+    sums = np.nansum(bins, axis=1)
+    return np.divide(sums, counts, out=np.full(len(counts), np.nan), where=counts > 0)
 
 
 def _genes(annotation: str | Path, interval: Interval, start: int, end: int

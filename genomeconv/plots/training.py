@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from genomeconv.plots import figures
 
 SUMMARY = "summary.json"
 FINETUNE_METRICS = ("auroc", "auprc", "accuracy")
+TITLE_WIDTH = 110  # characters a title line (the command that made the run)
 
 
 def read_summary(run: str | Path) -> dict[str, Any]:
@@ -93,5 +95,6 @@ def training_figure(run: str | Path) -> Figure:
         ax.legend(fontsize="small")
     metric_ax.set_xlabel(x)
     kind = "pretraining" if pretrain else "fine-tuning"
-    fig.suptitle(f"{kind}: {summary.get('command', Path(run))}", fontsize="small")
+    title = f"{kind}: {summary.get('command', Path(run))}"
+    fig.suptitle(textwrap.fill(title, TITLE_WIDTH, subsequent_indent="    "), fontsize="small")
     return fig

@@ -131,8 +131,10 @@ def variants_figure(paths: Sequence[str | Path], score: str = "llr", *, by: str 
         raise InputError("--label and --positive go together (the label column or INFO field, "
                          "and its value that marks a positive)")
     data = read_scores(paths, score, by=by, vcf=vcf, info=info, label=label, warn=warn)
-    fig, axes = figures.new_figure(1 if label is None else 2, sharex=False, height=3.2,
-                                   width=10.0 if label is None else 9.0)
+    if label is None:
+        fig, axes = figures.new_figure(1, height=3.6)
+    else:
+        fig, axes = figures.new_row([1.6, 1.0], width=12.0, height=4.4)
     _draw_groups(axes[0], data, score)
     if label is not None:
         lower = score.startswith("llr") if lower_is_positive is None else lower_is_positive
