@@ -243,6 +243,65 @@ def test_track_panels_draw_the_rows_with_gaps_and_gene_models(track_out):
     assert "ALPHA (+)" in texts and "BETA (-)" in texts
 
 
+MODELS = {"ALPHA": ("+", (40, 160), [(40, 70), (120, 160)]),  # 0-based half-open
+          "BETA": ("-", (150, 280), [(150, 200), (240, 280)])}
+
+
+def write_models(path: Path, kind: str) -> Path:
+    """MODELS as a GTF, a GFF3 (exons naming only their transcript) or a GenBank file."""
+    if kind == "gbk":
+        from Bio import SeqIO
+        from Bio.Seq import Seq
+        from Bio.SeqFeature import CompoundLocation, SeqFeature, SimpleLocation
+        from Bio.SeqRecord import SeqRecord
+
+        rec = SeqRecord(Seq(random_seq(np.random.default_rng(1), 300)), id="chr1", name="chr1",
+                        annotations={"molecule_type": "DNA"})
+        for name, (strand, (lo, hi), exons) in MODELS.items():
+            sign = 1 if strand == "+" else -1
+            tags = {"locus_tag": [f"{name}_1"], "gene": [name]}
+            rec.features.append(SeqFeature(SimpleLocation(lo, hi, sign), type="gene",
+                                           qualifiers=tags))
+            parts = [SimpleLocation(s, e, sign) for s, e in exons][::sign]
+            rec.features.append(SeqFeature(CompoundLocation(parts), type="mRNA", qualifiers=tags))
+        SeqIO.write([rec], path, "genbank")
+        return path
+    lines = []
+    for i, (name, (strand, (lo, hi), exons)) in enumerate(MODELS.items()):
+        if kind == "gtf":
+            attrs = f'gene_id "g{i}"; gene_name "{name}";'
+            lines.append(f"chr1\tt\tgene\t{lo + 1}\t{hi}\t.\t{strand}\t.\t{attrs}")
+            lines += [f'chr1\tt\texon\t{s + 1}\t{e}\t.\t{strand}\t.\t{attrs} transcript_id "t{i}";'
+                      for s, e in exons]
+        else:
+            lines.append(f"chr1\tt\tgene\t{lo + 1}\t{hi}\t.\t{strand}\t.\tID=g{i};Name={name}")
+            lines.append(f"chr1\tt\tmRNA\t{lo + 1}\t{hi}\t.\t{strand}\t.\tID=t{i};Parent=g{i}")
+            lines += [f"chr1\tt\texon\t{s + 1}\t{e}\t.\t{strand}\t.\tParent=t{i}"
+                      for s, e in exons]
+    path.write_text(("##gff-version 3\n" if kind == "gff3" else "") + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gtf", "gff3", "gbk"])
+def test_gene_models_from_gtf_gff3_and_genbank_agree(track_out, tmp_path, kind):
+    annotation = write_models(tmp_path / f"models.{kind}", kind)
+    fig = track_plot.track_figure([track_out["out"]], "chr1:1-300", annotation=annotation)
+    genes = fig.axes[-1]
+    boxes: dict[str, list] = {}
+    for patch in genes.patches:
+        boxes.setdefault(patch.get_gid().split(":")[1], []).append(
+            (patch.get_x() - 0.5, patch.get_x() - 0.5 + patch.get_width()))
+    ids = {text.get_text().split(" ")[0]: text for text in genes.texts}
+    assert set(ids) == set(MODELS)
+    lines = {line.get_gid(): line for line in genes.get_lines()}
+    for gene_id, parts in boxes.items():
+        strand_line = lines[f"strand:{gene_id}"]
+        span = tuple(lines[f"gene:{gene_id}"].get_xdata() - 0.5)
+        name = next(n for n, m in MODELS.items() if m[1] == span)
+        assert sorted(parts) == MODELS[name][2], (kind, name)
+        assert strand_line.get_marker() == (">" if MODELS[name][0] == "+" else "<")
+
+
 def test_track_mean_strand_and_measure_errors(track_out):
     fig = track_plot.track_figure([track_out["out"]], "chr1:1-20", measures=["llr_site_G"])
     (line,) = fig.axes[0].get_lines()
@@ -381,7 +440,7 @@ def test_variant_groups_and_roc_draw_the_scores(scored):
     fpr, tpr = roc.get_xydata().T
     assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(want, abs=1e-12)
     legend = [t.get_text() for t in roc_ax.get_legend().get_texts()]
-    assert legend[0] == f"llr: AUROC {want:.3f} (lower = CLNSIG Pathogenic)"
+    assert legend[0] == f"AUROC {want:.3f}: lower llr predicts CLNSIG = Pathogenic"
     assert warnings == [f"1 of {len(llr) + 1} rows have no llr (status not ok) and are left out",
                         f"{len(groups['missing'])} scored rows have no CLNSIG and are left out "
                         "of the ROC"]
@@ -389,7 +448,7 @@ def test_variant_groups_and_roc_draw_the_scores(scored):
                                       label="CLNSIG", positive="Pathogenic",
                                       lower_is_positive=False)
     text = higher.axes[1].get_legend().get_texts()[0].get_text()
-    assert text == f"llr: AUROC {1 - want:.3f} (higher = CLNSIG Pathogenic)"
+    assert text == f"AUROC {1 - want:.3f}: higher llr predicts CLNSIG = Pathogenic"
 
 
 def test_variant_groups_by_column_and_csq(scored):
@@ -456,6 +515,32 @@ def test_embeddings_pca_matches_float64_reference(embedded):
     genes = emb_plot.embeddings_figure([embedded["out"]]).axes[0]
     legend = [t.get_text() for t in genes.get_legend().get_texts()]
     assert legend == ["ALPHA (1)", "BETA (1)", f"missing ({len(names) - 2})"]
+
+
+def test_embeddings_of_several_poolings_or_models(embedded, tmp_path):
+    part = next((embedded["out"] / "embeddings").glob("part-*.parquet"))
+    table = pq.read_table(part)
+    meta = dict(table.schema.metadata)
+    rng = np.random.default_rng(4)
+    other = pa.array(rng.normal(size=(table.num_rows, 16)).astype(np.float32).tolist(),
+                     type=table.schema.field("embedding").type)
+    maxed = table.set_column(table.schema.get_field_index("pooling"), "pooling",
+                             pa.array(["max"] * table.num_rows))
+    maxed = maxed.set_column(maxed.schema.get_field_index("embedding"), "embedding", other)
+    (tmp_path / "max").mkdir()
+    pq.write_table(maxed.replace_schema_metadata(meta), tmp_path / "max" / "part.parquet")
+    both = [embedded["out"], tmp_path / "max"]
+    with pytest.raises(InputError, match=r"several poolings \(max, mean\); choose one"):
+        emb_plot.embeddings_figure(both)
+    fig = emb_plot.embeddings_figure(both, "length", pooling="max")
+    want, _ = reference_pca(np.array(other.to_pylist(), dtype=np.float32))
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), want, rtol=1e-9,
+                               atol=1e-9 * np.abs(want).max())
+    (tmp_path / "other_model").mkdir()
+    pq.write_table(table.replace_schema_metadata({**meta, schema.KEY_MODEL_SHA: b"f" * 64}),
+                   tmp_path / "other_model" / "part.parquet")
+    with pytest.raises(InputError, match="embeddings from different models"):
+        emb_plot.embeddings_figure([embedded["out"], tmp_path / "other_model"])
 
 
 def test_embeddings_errors(embedded, scored):

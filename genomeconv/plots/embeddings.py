@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from genomeconv.errors import InputError
@@ -96,11 +97,13 @@ def embeddings_figure(paths: Sequence[str | Path], color_by: str = "gene_name", 
             counts[n] = counts.get(n, 0) + 1
         pooled = figures.capped_groups(list(counts), counts)
         groups = [pooled[n] for n in names]
-        order = sorted(set(groups), key=lambda g: (g in (figures.MISSING, figures.OTHER), g))
-        for g in order:
+        pooled_names = (figures.MISSING, figures.OTHER)
+        order = sorted(set(groups), key=lambda g: (g in pooled_names, g))
+        palette = colormaps["tab10" if len(order) <= 10 else "tab20"]
+        for i, g in enumerate(order):
             rows = np.array([x == g for x in groups])
             ax.scatter(coords[rows, 0], coords[rows, 1], s=14, label=f"{g} ({int(rows.sum())})",
-                       color="0.6" if g in (figures.MISSING, figures.OTHER) else None,
+                       color="0.6" if g in pooled_names else palette(i % palette.N),
                        gid=f"points:{g}")
         ax.legend(title=color_by, fontsize="small", loc="center left",
                   bbox_to_anchor=(1.01, 0.5), frameon=False)

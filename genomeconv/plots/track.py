@@ -27,7 +27,7 @@ STRANDS = {"mean": ("",), "fwd": ("_fwd",), "rev": ("_rev",), "both": ("_fwd", "
 STRAND_LABELS = {"": "mean of strands", "_fwd": "forward", "_rev": "reverse"}
 DEFAULT_MEASURES = ("logp_ref", "entropy")
 UNITS = {"logp_ref": "log p(ref), nats", "entropy": "entropy, nats"}
-EXON_TYPES = ("exon", "CDS")  # boxes: exons, else (prokaryotes, GenBank) coding sequences
+EXON_TYPES = ("exon", "mRNA", "CDS")  # boxes: exons, else GenBank's joined mRNA, else CDS
 CHEVRONS = 12  # strand marks along a gene
 MAX_POINTS = 20_000  # positions drawn one by one; a longer region is drawn as bin means
 
@@ -45,6 +45,8 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     if unknown:
         raise InputError(f"unknown measure {unknown[0]!r} (measures: "
                          f"{', '.join(schema.TRACK_MEASURES)})")
+    if annotation is not None and not Path(annotation).is_file():
+        raise InputError("no such annotation file", path=annotation)
     view = inputs.open_view(paths, "track")
     columns = [m + s for m in measures for s in STRANDS[strand]]
     view.require(columns)
@@ -57,8 +59,8 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     if len(np.unique(positions)) != len(positions):
         raise InputError(f"the track view has several rows for one position in "
                          f"{format_region(interval)}; pass one track output", path=view.source)
-    start = interval.start if interval.end is not None else int(positions.min())
-    end = interval.end if interval.end is not None else int(positions.max()) + 1
+    start = interval.start
+    end = interval.end if interval.end is not None else int(positions.max()) + 1  # whole contig
     genes = _genes(annotation, interval, start, end) if annotation is not None else None
     rows = len(measures) + (genes is not None)
     fig, axes = figures.new_figure(rows, height_ratios=[1.0] * len(measures)
@@ -70,12 +72,12 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
         for suffix in STRANDS[strand]:
             y = np.full(end - start, np.nan)
             y[positions - start] = inputs.floats(table[measure + suffix])
-            ax.plot(*(binned(x, size), binned(y, size)), linewidth=0.8,
+            ax.plot(binned(x, size), binned(y, size), linewidth=0.8,
                     label=STRAND_LABELS[suffix], gid=measure + suffix)
         ax.set_ylabel(UNITS.get(measure, f"{measure}, nats"))
         ax.set_title(measure + (f" (mean of {size:,}-bp bins)" if size > 1 else ""), loc="left",
                      fontsize="medium")
-        if len(STRANDS[strand]) > 1 or strand != "mean":
+        if strand != "mean":
             ax.legend(loc="upper right", fontsize="small")
         ax.grid(alpha=0.3)
     if genes is not None:
@@ -105,8 +107,6 @@ def _genes(annotation: str | Path, interval: Interval, start: int, end: int
     spelling of the contig; none when the annotation lacks the contig."""
     from genomeconv.io.seqrecords import features_of, genes_of
 
-    if not Path(annotation).is_file():
-        raise InputError("no such annotation file", path=annotation)
     genes = genes_of(annotation)
     try:
         chrom = resolve_contig(interval.chrom, {g.interval.chrom for g in genes})
@@ -119,8 +119,9 @@ def _genes(annotation: str | Path, interval: Interval, start: int, end: int
 
 
 def _parts(gene: Gene, features: list[Feature]) -> list[tuple[int, int]]:
-    """The gene's exon boxes: exon parts inside it on its strand, else CDS parts, else the gene
-    itself (an annotation with gene lines only); overlapping parts merged (a collapsed model)."""
+    """The gene's exon boxes: exon parts inside it on its strand, else mRNA parts (GenBank's
+    join(...)), else CDS parts, else the gene itself (an annotation with gene lines only);
+    overlapping parts of several transcripts merged (a collapsed gene model)."""
     iv = gene.interval
     for kind in EXON_TYPES:
         parts = sorted((max(s, iv.start), min(e, iv.end)) for f in features if f.type == kind

@@ -190,7 +190,7 @@ def _draw_roc(ax, data: Scores, score: str, label: str, positive: str, lower: bo
     area = auroc(truth, ranked)
     direction = "lower" if lower else "higher"
     ax.plot(fpr, tpr, drawstyle="default", gid="roc",
-            label=f"{score}: AUROC {area:.3f} ({direction} = {label} {positive})")
+            label=f"AUROC {area:.3f}: {direction} {score} predicts {label} = {positive}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=0.8, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
