@@ -441,7 +441,8 @@ def test_variant_groups_and_roc_draw_the_scores(scored):
     assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(want, abs=1e-12)
     legend = [t.get_text() for t in roc_ax.get_legend().get_texts()]
     assert legend[0] == f"AUROC {want:.3f}: lower llr predicts CLNSIG = Pathogenic"
-    assert warnings == [f"1 of {len(llr) + 1} rows have no llr (status not ok) and are left out",
+    assert warnings == [f"1 of {len(llr) + 1} rows have no llr (status not ok) or a non-finite "
+                        "one, and are left out",
                         f"{len(groups['missing'])} scored rows have no CLNSIG and are left out "
                         "of the ROC"]
     higher = var_plot.variants_figure([scored["out"]], "llr", vcf=scored["vcf"],
@@ -631,6 +632,8 @@ def test_every_plot_writes_png_svg_pdf_and_guards_its_output(track_out, scored, 
     (["track", "T", "--region", "chr1:5-2"], ["invalid region 'chr1:5-2'"]),
     (["mutagenesis", "S", "--region", "chr1:21-30", "--score", "x"], ["no column 'x'"]),
     (["variants", "S", "--vcf", "V", "--info", "NOPE"], ["V", "no INFO field 'NOPE'"]),
+    (["variants", "S", "--vcf", "V", "--label", "CLNSIG", "--positive", "benign"],
+     ["the ROC needs both classes: 0 of"]),
     (["embeddings", "E", "--color-by", "x"], ["no column 'x' in the embeddings view"]),
     (["training", "S"], ["summary.json", "no summary.json"]),
 ])

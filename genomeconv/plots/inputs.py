@@ -67,7 +67,12 @@ def open_view(paths: Sequence[str | Path], kind: str) -> View:
         raise InputError(f"no {kind} output among {', '.join(map(str, paths))} (found: "
                          f"{', '.join(views)})")
     files = views[kind]
-    schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in files])
+    try:
+        schema = pa.unify_schemas([pq.read_schema(f).remove_metadata() for f in files])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        why = " ".join(str(exc).split())
+        raise InputError(f"the {kind} files disagree on a column's type ({why}); pass one "
+                         "run's output", path=files[0]) from None
     return View(kind, files, schema)
 
 

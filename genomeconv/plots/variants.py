@@ -37,6 +37,8 @@ class Scores:
     groups: list[str]
     labels: list[str] | None
     group_name: str
+    unscored: int  # rows of the view left out: no finite score (status not ok)
+    total: int
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +56,9 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def read_scores(paths: Sequence[str | Path], score: str, *, by: str = "status",
                 vcf: str | Path | None = None, info: str | None = None,
-                label: str | None = None, warn: Callable[[str], None] | None = None) -> Scores:
-    """The rows with a `score`, grouped by the view's column `by`, or by the INFO field `info`
-    of `vcf`; `label` is a view column, else an INFO field of `vcf`."""
+                label: str | None = None) -> Scores:
+    """The rows with a finite `score`, grouped by the view's column `by`, or by the INFO field
+    `info` of `vcf`; `label` is a view column, else an INFO field of `vcf`."""
     view = inputs.open_view(paths, "variants")
     view.require([score])
     if info is not None and vcf is None:
@@ -76,13 +78,10 @@ def read_scores(paths: Sequence[str | Path], score: str, *, by: str = "status",
     if table.num_rows == 0:
         raise InputError("the variants view has no rows", path=view.source)
     values = inputs.floats(table[score])
-    keep = ~np.isnan(values)
+    keep = np.isfinite(values)
     if not keep.any():
-        raise InputError(f"no row has a {score} (all {table.num_rows} are null: status not ok?)",
-                         path=view.source)
-    if warn is not None and not keep.all():
-        warn(f"{int((~keep).sum())} of {table.num_rows} rows have no {score} (status not ok) "
-             "and are left out")
+        raise InputError(f"no row has a finite {score} (all {table.num_rows} are null: status "
+                         "not ok?)", path=view.source)
     keys = [tuple(r.values()) for r in table.select(list(KEYS)).to_pylist()]
     groups = (inputs.labels(table[by], figures.MISSING) if group_info is None
               else _joined(keys, group_info))
@@ -93,7 +92,7 @@ def read_scores(paths: Sequence[str | Path], score: str, *, by: str = "status",
     rows = np.flatnonzero(keep)
     return Scores(values[rows], [groups[i] for i in rows],
                   None if labels is None else [labels[i] for i in rows],
-                  by if info is None else f"INFO {info}")
+                  by if info is None else f"INFO {info}", int((~keep).sum()), table.num_rows)
 
 
 def _info(vcf: str | Path | None, field: str) -> dict[tuple, str | None]:
@@ -130,15 +129,25 @@ def variants_figure(paths: Sequence[str | Path], score: str = "llr", *, by: str 
     if (label is None) != (positive is None):
         raise InputError("--label and --positive go together (the label column or INFO field, "
                          "and its value that marks a positive)")
-    data = read_scores(paths, score, by=by, vcf=vcf, info=info, label=label, warn=warn)
+    data = read_scores(paths, score, by=by, vcf=vcf, info=info, label=label)
+    lower = score.startswith("llr") if lower_is_positive is None else lower_is_positive
+    roc = None
+    if data.labels is not None:
+        roc = _roc_inputs(data.labels, data.values, label, str(positive), lower)
+    if warn is not None and data.unscored:
+        warn(f"{data.unscored} of {data.total} rows have no {score} (status not ok) or a "
+             "non-finite one, and are left out")
+    if warn is not None and roc is not None and roc[2]:
+        warn(f"{roc[2]} scored rows have no {label} and are left out of the ROC")
     if label is None:
         fig, axes = figures.new_figure(1, height=3.6)
     else:
         fig, axes = figures.new_row([1.6, 1.0], width=12.0, height=4.4)
     _draw_groups(axes[0], data, score)
-    if label is not None:
-        lower = score.startswith("llr") if lower_is_positive is None else lower_is_positive
-        _draw_roc(axes[1], data, score, label, str(positive), lower, warn)
+    if roc is not None:
+        truth, ranked, _ = roc
+        direction = "lower" if lower else "higher"
+        _draw_roc(axes[1], truth, ranked, f"{direction} {score} predicts {label} = {positive}")
     return fig
 
 
@@ -172,25 +181,26 @@ def _draw_groups(ax, data: Scores, score: str) -> None:
                  loc="left", fontsize="medium")
 
 
-def _draw_roc(ax, data: Scores, score: str, label: str, positive: str, lower: bool,
-              warn: Callable[[str], None] | None) -> None:
-    """The ROC curve of `score` for label == positive, rows with a missing label left out."""
-    assert data.labels is not None
-    known = np.array([v != figures.MISSING for v in data.labels])
-    truth = np.array([v == positive for v in data.labels])[known]
-    if warn is not None and not known.all():
-        warn(f"{int((~known).sum())} scored rows have no {label} and are left out of the ROC")
+def _roc_inputs(labels: list[str], values: np.ndarray, label: str, positive: str,
+                lower: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """(truth, ranking scores, rows left out) for the rows with a label: truth is label ==
+    positive, the ranking is -score when lower scores predict positives; an InputError unless
+    both classes are present."""
+    known = np.array([v != figures.MISSING for v in labels])
+    truth = np.array([v == positive for v in labels])[known]
     if truth.all() or not truth.any():
-        values = sorted({v for v in data.labels if v != figures.MISSING})[:10]
+        present = sorted({v for v in labels if v != figures.MISSING})[:10]
         raise InputError(f"the ROC needs both classes: {int(truth.sum())} of {len(truth)} "
                          f"labelled rows have {label} == {positive!r} (values: "
-                         f"{', '.join(values) or 'none'})")
-    ranked = -data.values[known] if lower else data.values[known]
+                         f"{', '.join(present) or 'none'})")
+    ranked = -values[known] if lower else values[known]
+    return truth, ranked, int((~known).sum())
+
+
+def _draw_roc(ax, truth: np.ndarray, ranked: np.ndarray, direction: str) -> None:
+    """The ROC curve of `ranked` against `truth` with its AUROC in the legend."""
     fpr, tpr = roc_curve(truth, ranked)
-    area = auroc(truth, ranked)
-    direction = "lower" if lower else "higher"
-    ax.plot(fpr, tpr, drawstyle="default", gid="roc",
-            label=f"AUROC {area:.3f}: {direction} {score} predicts {label} = {positive}")
+    ax.plot(fpr, tpr, gid="roc", label=f"AUROC {auroc(truth, ranked):.3f}: {direction}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=0.8, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
