@@ -1,10 +1,11 @@
 """`genomeconv plot mutagenesis`: a saturation-mutagenesis heat map, position x base.
 
 Cell (base b, position p) is the score of the SNV ref -> b at p, from `score-variants` rows (the
-`variants` view: SNVs with status ok); a reference base has no SNV of its own, so its cell is
-empty and marked with a dot; an SNV without a row is an empty cell too. The colour map diverges
-around 0 (symmetric limits), so for llr (log p(alt) - log p(ref), natural log) red cells are
-alleles the model finds less likely than the reference, blue cells more likely.
+`variants` view: SNVs with status ok). A reference base has no SNV of its own: its cell is empty
+(grey) and marked with a dot; an SNV without a row is an empty grey cell too, so no missing value
+reads as 0. The colour map diverges around 0 (symmetric limits), so for llr (log p(alt) -
+log p(ref), natural log) red cells are alleles the model finds less likely than the reference,
+blue cells more likely.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import format_region
@@ -24,6 +26,7 @@ from genomeconv.plots import figures, inputs
 
 BASES = "ACGT"
 CMAP = "RdBu"  # low (negative) red, high blue, white at 0
+BLANK = "0.8"  # grey: a cell without a score (reference base, or no row for that SNV)
 
 
 def mutagenesis_matrix(paths: Sequence[str | Path], region: str, score: str = "llr", *,
@@ -82,14 +85,17 @@ def mutagenesis_figure(paths: Sequence[str | Path], region: str, score: str = "l
     x_edges = np.arange(first, first + length + 1) - 0.5
     mesh = ax.pcolormesh(x_edges, np.arange(5) - 0.5, np.ma.masked_invalid(matrix), cmap=CMAP,
                          vmin=-limit, vmax=limit, gid="scores")
+    ax.set_facecolor(BLANK)  # cells without a score show the background: never read as 0
+    handles = [Patch(facecolor=BLANK, label="no score")]
     marked = [(first + i, BASES.index(r)) for i, r in enumerate(refs)
               if r is not None and r in BASES]
     if marked:
         xs, ys = np.array(marked, dtype=float).T
-        ax.scatter(xs, ys, s=max(2.0, min(16.0, 600.0 / length)), color="black",
-                   marker="o", label="reference base", gid="reference")
-        ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.25), fontsize="small",
-                  frameon=False)
+        handles.insert(0, ax.scatter(xs, ys, s=max(2.0, min(16.0, 600.0 / length)),
+                                     color="black", marker="o", label="reference base",
+                                     gid="reference"))
+    ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small",
+              frameon=False, ncols=2)
     ax.set_yticks(range(4), list(BASES))
     ax.set_ylim(3.5, -0.5)
     ax.set_xlabel(f"{chrom} position (1-based)")
