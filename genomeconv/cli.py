@@ -104,7 +104,8 @@ def info() -> None:
         typer.echo(f"{key:>14}: {value}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ("embed", "track", "variants", "train", "query", "submit")
+COMMAND_MODULES: tuple[str, ...] = ("embed", "track", "variants", "train", "query", "submit",
+                                     "plot")
 
 
 def _register_commands() -> None:

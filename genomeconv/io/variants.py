@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from genomeconv.errors import InputError
 from genomeconv.io import cache
@@ -205,6 +206,14 @@ def _bgzip_vcf(path: str) -> str:
 
 
 def _iter_vcf(path: str) -> Iterator[Variant]:
+    for rec, line in _vcf_records(path):
+        alts = rec.alts if rec.alts is not None else (".",)
+        yield from _split(rec.chrom, rec.pos, rec.ref or "", alts, rec.id, path, line)
+
+
+def _vcf_records(path: str) -> Iterator[tuple[Any, int]]:
+    """pysam's records of a VCF/BCF with their line (record) numbers; a malformed record raises
+    VariantFormatError naming its line."""
     import pysam
 
     is_bcf = path.endswith(".bcf")
@@ -226,8 +235,73 @@ def _iter_vcf(path: str) -> Iterator[Variant]:
             except (OSError, ValueError) as exc:
                 raise VariantFormatError(
                     f"{_location(path, first + n)}: malformed VCF record ({exc})") from exc
-            alts = rec.alts if rec.alts is not None else (".",)
-            yield from _split(rec.chrom, rec.pos, rec.ref or "", alts, rec.id, path, first + n)
+            yield rec, first + n
+
+
+def info_values(path: str | Path, field: str) -> dict[tuple[str, int, str, str], str | None]:
+    """One INFO value per ALT allele of a VCF/BCF, keyed like its `Variant`s (chrom, pos, ref,
+    alt); None where the record lacks the field.
+
+    Number=A fields give the ALT's own value, Number=R the ALT's (not the REF's), other fields
+    all values joined by ","; a Flag gives "yes" or None. `FIELD:SUB` takes the sub-field SUB of
+    a pipe-delimited annotation (VEP's CSQ, snpEff's ANN: sub-field names from the header's
+    "Format: ..." description) from the entries whose allele is the ALT (all entries when none
+    names it), distinct values joined by ",".
+    """
+    import pysam
+
+    path = str(path)
+    name, _, sub = field.partition(":")
+
+    try:
+        with pysam.VariantFile(path if path.endswith(".bcf") else _bgzip_vcf(path)) as vf:
+            header = {k: (v.number, v.type, v.description or "")
+                      for k, v in vf.header.info.items()}
+    except (OSError, ValueError) as exc:
+        raise VariantFormatError(f"{path}: cannot open as VCF/BCF ({exc})") from exc
+    if name not in header:
+        raise InputError(f"no INFO field {name!r} in the header (fields: "
+                         f"{', '.join(header) or 'none'})", path=path)
+    number, kind, description = header[name]
+    subfield = _subfield_index(path, name, sub, description) if sub else None
+    values: dict[tuple[str, int, str, str], str | None] = {}
+    for rec, line in _vcf_records(path):
+        alts = rec.alts if rec.alts is not None else (".",)
+        raw = rec.info.get(name) if name in rec.info else None
+        for i, variant in enumerate(_split(rec.chrom, rec.pos, rec.ref or "", alts, rec.id,
+                                           path, line)):
+            key = (variant.chrom, variant.pos, variant.ref, variant.alt)
+            values[key] = _info_value(raw, number, kind, i, variant.alt, subfield)
+    return values
+
+
+def _subfield_index(path: str, name: str, sub: str, description: str) -> int:
+    """Index of sub-field `sub` in an annotation's "Format: A|B|C" header description."""
+    fmt = description.split("Format:", 1)[1] if "Format:" in description else ""
+    names = [n.strip().strip("'\"") for n in fmt.split("|")]
+    if sub not in names:
+        raise InputError(f"INFO {name} has no sub-field {sub!r} (its header lists: "
+                         f"{', '.join(n for n in names if n) or 'no Format'})", path=path)
+    return names.index(sub)
+
+
+def _info_value(raw: Any, number: Any, kind: str, index: int, alt: str,
+                subfield: int | None) -> str | None:
+    """The value of one ALT (index `index`) from pysam's INFO value (see `info_values`)."""
+    if raw is None:
+        return None
+    if kind == "Flag":
+        return "yes" if raw else None
+    if not isinstance(raw, tuple):
+        raw = (raw,)
+    if number in ("A", "R"):
+        raw = raw[index + (number == "R"):][:1]
+    if subfield is not None:
+        entries = [str(v).split("|") for v in raw if v is not None]
+        own = [e for e in entries if e[0] == alt] or entries
+        raw = tuple(dict.fromkeys(e[subfield] for e in own if len(e) > subfield and e[subfield]))
+    shown = [str(v) for v in raw if v is not None and v != "."]
+    return ",".join(shown) if shown else None
 
 
 def _column_map(names: list[str], path: str) -> dict[str, int]:
