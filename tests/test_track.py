@@ -286,3 +286,30 @@ def test_span_arithmetic_matches_sets(a, b):
     rest = subtract_spans(a, b)
     assert bases(rest) == bases(a) - bases(b)
     assert rest == merge_spans(rest)
+
+
+def test_plot_track_draws_the_pipeline_output(whole, genome, tmp_path):
+    """End to end: the real track output through `genomeconv plot track` (the figure's line
+    data equal the Parquet rows; nulls are gaps) and the CLI writes the PNG."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+    from genomeconv.plots.track import track_figure
+
+    out, _ = whole
+    got = read_track(out)
+    fig = track_figure([out], "c1:321-400", measures=["logp_ref", "llr_site_C"], strand="both")
+    for ax, measure in zip(fig.axes, ["logp_ref", "llr_site_C"]):
+        for line in ax.get_lines():
+            xy = line.get_xydata()
+            np.testing.assert_array_equal(xy[:, 0], np.arange(321, 401))
+            want = [v if v is not None else np.nan for c, p, v in
+                    zip(got["chrom"], got["position"], got[line.get_gid()])
+                    if c == "c1" and 320 <= p < 400]
+            np.testing.assert_array_equal(xy[:, 1], np.array(want, dtype=np.float32))
+            assert np.isnan(xy[333 - 320:335 - 320, 1]).all()  # the N bases
+    png = tmp_path / "track.png"
+    done = CliRunner().invoke(app, ["plot", "track", str(out), "--region", "c1:1-700", "-o",
+                                    str(png)])
+    assert done.exit_code == 0, done.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
