@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -14,7 +14,7 @@ def score_variants(
     variants: Optional[Path] = typer.Argument(None, help="VCF/BCF (plain, bgzip, BCF) or a "
                                               "Parquet/TSV/CSV table with chrom, pos, ref, "
                                               "alt[, id]; or give --saturate instead."),
-    saturate: Optional[List[str]] = typer.Option(None, "--saturate", help="Instead of VARIANTS: "
+    saturate: Optional[list[str]] = typer.Option(None, "--saturate", help="Instead of VARIANTS: "
                                                  "every SNV of this region (samtools style; "
                                                  "repeatable), three ALTs per position."),
     max_hours: float = typer.Option(VARIANTS.max_hours, "--max-hours", min=0, help="With "
@@ -78,7 +78,7 @@ def score_variants(
                   gtf=gtf, address=address, num_workers=num_workers, device=device,
                   dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
                   unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
-                  max_hours=max_hours if saturate and not force else None,
+                  max_hours=None if force else max_hours,
                   command=command_line())
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")

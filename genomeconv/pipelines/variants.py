@@ -54,8 +54,8 @@ keep_nonfinite, which writes it and marks the row nonfinite = true.
 Saturation mutagenesis (`--saturate REGION`, io/saturation.py): `score_variants` also takes the
 variants themselves (any iterable of io.variants.Variant, such as a `Saturation`) instead of a
 file; they then go through exactly the planning and scoring above, so the SNVs of a region score
-bit-identically to the same SNVs given as a VCF. `max_hours` refuses a run estimated to take
-longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a short
+bit-identically to the same SNVs given as a VCF. `max_hours` refuses a saturation estimated to
+take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a short
 batch of the run's first window is timed in the driver (on the run's device, with one torch
 thread as each Ray actor gets one CPU), per window, times the distinct windows the run scores (per
 position the shared ref window plus one per ALT, per strand, plus the base model's pass for a
@@ -568,28 +568,23 @@ def seconds_per_window(model: LanguageModel, sample: str, *, batch_size: int | N
         torch.set_num_threads(threads)
 
 
-def check_run_time(model: LanguageModel, variants: Saturation | Sequence[Variant],
-                   fasta: FastaFile, *,
+def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFile, *,
                    window: int, passes: int, batch_size: int | None, num_workers: int,
                    dtype: Any, max_hours: float) -> float:
-    """The estimated seconds of scoring `variants` (see the module docstring); InputError naming
-    the allele count and the estimate (h:mm) when above `max_hours`. passes: model windows per
-    distinct window (strands, plus a fine-tuned model's base-model pass)."""
-    if isinstance(variants, Saturation):  # counted without expanding it
-        alleles, positions = len(variants), variants.positions
-    else:
-        alleles, positions = len(variants), len({(v.chrom, v.pos, v.ref) for v in variants})
-    sample = next((pv.ref_seq for pv in (plan_variant(v, fasta, window, {}) for v in variants)
-                   if pv.status == "ok"), None)
-    if sample is None:
+    """The estimated seconds of scoring a saturation (see the module docstring), counted without
+    expanding it; InputError naming the SNV count and the estimate (h:mm) when above
+    `max_hours`. passes: model windows per distinct window (strands, plus a fine-tuned model's
+    base-model pass)."""
+    first = next(iter(saturation), None)
+    if first is None:
         return 0.0
-    windows = (positions + alleles) * passes
+    sample = plan_variant(first, fasta, window, {}).ref_seq
+    windows = (saturation.positions + len(saturation)) * passes
     seconds = seconds_per_window(model, sample, batch_size=batch_size, count=windows,
                                  dtype=dtype) * windows / max(1, num_workers)
     if seconds > max_hours * 3600:
         minutes = round(seconds / 60)
-        what = "SNVs" if isinstance(variants, Saturation) else "ALT alleles"
-        raise InputError(f"{alleles:,} {what} would take about {minutes // 60}:{minutes % 60:02d} "
+        raise InputError(f"{len(saturation):,} SNVs would take about {minutes // 60}:{minutes % 60:02d} "
                          f"(h:mm; {windows:,} model windows of {len(sample):,} bp, "
                          f"{seconds / windows * num_workers * 1e3:.3g} ms each, {num_workers} "
                          f"worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
@@ -619,7 +614,8 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
                    num_workers: int = VARIANTS.num_workers, device: str | None = None,
                    dtype: str | None = None, site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
                    unit_size: int | None = None, overwrite: bool = False,
-                   keep_nonfinite: bool = False, max_hours: float | None = None,
+                   keep_nonfinite: bool = False,
+                   max_hours: float | None = VARIANTS.max_hours,
                    command: str = "genomeconv score-variants") -> RunSummary:
     """Score every ALT allele of a VCF/BCF or table (or the given Variants, e.g. a
     io.saturation.Saturation) against a FASTA; write Parquet parts to `out`.
@@ -628,8 +624,8 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
     once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here), `unit_size`
     alleles per work unit and part (default `default_unit_size`, fewer when that leaves a worker
     idle); resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
-    removes the folder's earlier outputs first; `max_hours`: refuse a run estimated to take
-    longer (`check_run_time`; None: no estimate).
+    removes the folder's earlier outputs first; `max_hours`: refuse a `Saturation` estimated to
+    take longer (`check_run_time`; None: no estimate, like --force).
     """
     import ray.data
 
@@ -661,20 +657,17 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
         model = str(Path(model).resolve())
     if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
         gtf = fasta
-    selected = (iter_variants(variants, region=region, genes=genes, gtf=gtf) if from_file
-                else variants)
-    if max_hours is not None:
-        if not isinstance(selected, Saturation):
-            selected = list(selected)
-        passes = (1 + (lm.source == "base") + (rc and lm.source != "none"))
+    if max_hours is not None and isinstance(variants, Saturation):  # before expanding it
+        passes = 1 + int(lm.source == "base") + int(rc and lm.source != "none")
         timer = probe if runtime.device_type(device) == "cpu" else load(
             model, device=device, model_id=model_id)
         with FastaFile(fasta) as fa:
-            check_run_time(timer, selected, fa, window=window, passes=passes,
+            check_run_time(timer, variants, fa, window=window, passes=passes,
                            batch_size=batch_size, num_workers=num_workers,
                            dtype=runtime.compute_dtype(dtype), max_hours=max_hours)
         del timer
-    found = list(selected)
+    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf) if from_file
+                 else variants)
     if (text := short_contig_note(found, fasta, window)) is not None:
         manifest.note(text)
     run_manifest = variants_manifest(
