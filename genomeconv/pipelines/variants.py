@@ -55,12 +55,12 @@ Saturation mutagenesis (`--saturate REGION`, io/saturation.py): `score_variants`
 variants themselves (any iterable of io.variants.Variant, such as a `Saturation`) instead of a
 file; they then go through exactly the planning and scoring above, so the SNVs of a region score
 bit-identically to the same SNVs given as a VCF. `max_hours` refuses a saturation estimated to
-take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a short
-batch of the run's first window is timed in the driver (on the run's device, with one torch
-thread as each Ray actor gets one CPU), per window, times the distinct windows the run scores (per
-position the shared ref window plus one per ALT, per strand, plus the base model's pass for a
-fine-tuned model), divided by the workers. It counts every allele of the input, also those a
-resumed run has already written, and leaves out Ray's start and model loads.
+take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a
+short batch of the run's first window is timed in the driver (on the run's device, with one
+torch thread as each Ray actor gets one CPU), per window, times the distinct windows the run
+scores (per position the shared ref window plus one per ALT, per strand, plus the base model's
+pass for a fine-tuned model), divided by the workers. It counts every allele of the input, also
+those a resumed run has already written, and leaves out Ray's start and model loads.
 
 Efficiency: identical window sequences (the shared reference window of the ALTs at one position,
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
@@ -584,10 +584,10 @@ def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFil
                                  dtype=dtype) * windows / max(1, num_workers)
     if seconds > max_hours * 3600:
         minutes = round(seconds / 60)
-        raise InputError(f"{len(saturation):,} SNVs would take about {minutes // 60}:{minutes % 60:02d} "
-                         f"(h:mm; {windows:,} model windows of {len(sample):,} bp, "
-                         f"{seconds / windows * num_workers * 1e3:.3g} ms each, {num_workers} "
-                         f"worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
+        raise InputError(f"{len(saturation):,} SNVs would take about {minutes // 60}:"
+                         f"{minutes % 60:02d} (h:mm; {windows:,} model windows of "
+                         f"{len(sample):,} bp, {seconds / windows * num_workers * 1e3:.3g} ms "
+                         f"each, {num_workers} worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
                          f"add workers, or pass --force")
     return seconds
 
