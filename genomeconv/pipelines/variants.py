@@ -587,8 +587,8 @@ def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFil
         raise InputError(f"{len(saturation):,} SNVs would take about {minutes // 60}:"
                          f"{minutes % 60:02d} (h:mm; {windows:,} model windows of "
                          f"{len(sample):,} bp, {seconds / windows * num_workers * 1e3:.3g} ms "
-                         f"each, {num_workers} worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
-                         f"add workers, or pass --force")
+                         f"each, {num_workers} worker(s)), more than --max-hours "
+                         f"{max_hours:g}: narrow the region, add workers, or pass --force")
     return seconds
 
 
