@@ -143,6 +143,8 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
     summary = score_variants(sat, fasta, tmp_path / "ok", model="kmer:2", window=W,
                              max_hours=1.0)  # within the limit: runs
     assert summary.rows_written == 90
+    as_list = score_variants(list(sat), fasta, tmp_path / "list", model="kmer:2", window=W)
+    assert as_list.rows_written == 90 and rows(tmp_path / "list") == rows(tmp_path / "ok")
 
 
 def test_one_line_errors(tiny_model, genome, tmp_path):

@@ -14,9 +14,10 @@ def score_variants(
     variants: Optional[Path] = typer.Argument(None, help="VCF/BCF (plain, bgzip, BCF) or a "
                                               "Parquet/TSV/CSV table with chrom, pos, ref, "
                                               "alt[, id]; or give --saturate instead."),
-    saturate: Optional[list[str]] = typer.Option(None, "--saturate", help="Instead of VARIANTS: "
-                                                 "every SNV of this region (samtools style; "
-                                                 "repeatable), three ALTs per position."),
+    saturate: Optional[list[str]] = typer.Option(None, "--saturate", metavar="REGION",
+                                                 help="Instead of VARIANTS: every SNV of this "
+                                                 "region (samtools style; repeatable), three "
+                                                 "ALTs per position."),
     max_hours: float = typer.Option(VARIANTS.max_hours, "--max-hours", min=0, help="With "
                                     "--saturate: refuse a run estimated (from a timed forward) "
                                     "to take longer than this."),
@@ -63,7 +64,6 @@ def score_variants(
     from genomeconv.cli import command_line, warn_emulated_dtype
     from genomeconv.errors import InputError
     from genomeconv.io.saturation import Saturation
-    from genomeconv.pipelines.manifest import note
     from genomeconv.pipelines.variants import score_variants as run
 
     if (variants is None) == (not saturate):
@@ -71,8 +71,6 @@ def score_variants(
     warn_emulated_dtype(dtype, device, address)
     if saturate:
         variants = Saturation.from_regions(saturate, fasta)
-        if variants.note:
-            note(variants.note)
     summary = run(variants, fasta, out, model=model, window=window, region=region,
                   genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
                   gtf=gtf, address=address, num_workers=num_workers, device=device,

@@ -657,6 +657,8 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
         model = str(Path(model).resolve())
     if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
         gtf = fasta
+    if isinstance(variants, Saturation) and variants.note:
+        manifest.note(variants.note)
     if max_hours is not None and isinstance(variants, Saturation):  # before expanding it
         passes = 1 + int(lm.source == "base") + int(rc and lm.source != "none")
         timer = probe if runtime.device_type(device) == "cpu" else load(
