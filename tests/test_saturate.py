@@ -156,8 +156,9 @@ def test_one_line_errors(tiny_model, genome, tmp_path):
         ([vcf, "--saturate", "chr1:1-5"], ["exactly one of VARIANTS or --saturate"]),
         (["--saturate", "chr1:9-3"], ["--saturate: invalid region 'chr1:9-3'"]),
         (["--saturate", "chr7:1-3"], ["--saturate chr7:1-3: unknown contig 'chr7'", fasta]),
-        (["--saturate", "chr1:190-201"], ["--saturate chr1:190-201", "200 bp", fasta]),
-        (["--saturate", "chr2:101"], ["--saturate chr2:101", "100 bp"]),
+        (["--saturate", "chr1:190-201"], ["--saturate chr1:190-201: runs past the end of chr1 "
+                                          "(200 bp)", fasta]),
+        (["--saturate", "chr2:101"], ["--saturate chr2:101: runs past the end of chr2"]),
         (["--saturate", "chr1:1-5", "--region", "chr1:1-3"], ["--region and --genes"]),
     ]
     for extra, texts in cases:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genomeconv.errors import InputError
+from genomeconv.io.fasta import FastaFile
 from genomeconv.io.regions import Interval, format_region, parse_region
 from genomeconv.io.variants import Variant
 
@@ -57,8 +58,6 @@ class Saturation:
     def from_regions(cls, regions: Sequence[str], fasta: str | Path) -> Saturation:
         """Resolve and merge samtools-style `regions` against `fasta`; InputError (one line, naming
         the region and the FASTA) for a malformed region, an unknown contig or one past its end."""
-        from genomeconv.io.fasta import FastaFile
-
         if not regions:
             raise InputError("--saturate needs a region (samtools style, e.g. chr1:1,000-2,000)")
         spans: dict[str, list[tuple[int, int, str]]] = {}
@@ -75,8 +74,8 @@ class Saturation:
                 size = fa.length(contig)
                 end = size if region.end is None else region.end
                 if end > size or region.start >= size:
-                    raise InputError(f"--saturate {text}: {contig} has {size:,} bp, the region "
-                                     f"ends past it", path=fasta)
+                    raise InputError(f"--saturate {text}: runs past the end of {contig} "
+                                     f"({size:,} bp)", path=fasta)
                 spans.setdefault(contig, []).append((region.start, end, text))
             intervals = [SaturatedInterval(contig, s, e, fa.fetch(contig, s, e), label)
                          for contig, parts in spans.items()
