@@ -128,9 +128,10 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
         with pytest.raises(InputError) as err:
             score_variants(sat, fasta, out, model=model, window=W, rc=rc, max_hours=1e-9)
         text = str(err.value)
-        assert re.search(rf"^90 SNVs would take about \d+:\d\d \(h:mm; {windows} model windows "
-                         rf"of {W} bp, [\d.e+-]+ ms each, 1 worker\(s\)\), more than --max-hours "
-                         r"1e-09: .* pass --force$", text), text
+        assert re.search(rf"^--saturate chr2:1-30: 90 SNVs would take about \d+:\d\d \(h:mm; "
+                         rf"{windows} model windows of {W} bp, [\d.e+-]+ ms each, 1 "
+                         r"worker\(s\)\), more than --max-hours 1e-09: .* pass --force$",
+                         text), text
         assert not out.exists()
     line = assert_one_line_error(run_cli("score-variants", "--saturate", "chr2:1-30", "--fasta",
                                          fasta, "--model", tiny_model, "--window", W, "--out",
@@ -164,3 +165,24 @@ def test_one_line_errors(tiny_model, genome, tmp_path):
     for extra, texts in cases:
         assert_one_line_error(run_cli(*base, *extra), *texts)
     assert not (tmp_path / "o").exists()
+
+
+def test_regions_resolve_merge_and_open_ends(genome, tmp_path):
+    """Ensembl names resolve to the FASTA's; overlapping and adjacent regions merge, so each
+    position is mutated once; `chr2` is the whole contig, `chr2:91` runs to its end; the ALTs of a
+    position come in A, C, G, T order without the reference base."""
+    fasta = write_fasta(tmp_path / "ref.fa", genome)
+    sat = Saturation.from_regions(["2:5-10", "chr2:8-12", "chr2:13-14", "chr1:3-3"], fasta)
+    assert sat.describe() == "chr2:5-14, chr1:3-3"
+    snvs = [(v.chrom, v.pos, v.ref, v.alt, v.id) for v in sat]
+    want = expected_snvs(genome, [("chr2", 5, 14)]) + expected_snvs(genome, [("chr1", 3, 3)])
+    assert snvs == [(*key, None) for key in want]
+    assert [a for _, p, _, a, _ in snvs if p == 5] == [b for b in "ACGT"
+                                                       if b != genome["chr2"][4]]
+    whole = Saturation.from_regions(["chr2"], fasta)
+    assert (whole.positions, len(whole)) == (100, 300)
+    tail = Saturation.from_regions(["chr2:91"], fasta)
+    assert [v.pos for v in tail][::3] == list(range(91, 101))
+    masked = Saturation.from_regions(["chr1:41-90"], fasta)
+    assert (masked.positions, masked.skipped) == (46, 4)
+    assert masked.note.endswith("(the first at chr1:71)")

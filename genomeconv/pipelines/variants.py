@@ -584,11 +584,12 @@ def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFil
                                  dtype=dtype) * windows / max(1, num_workers)
     if seconds > max_hours * 3600:
         minutes = round(seconds / 60)
-        raise InputError(f"{len(saturation):,} SNVs would take about {minutes // 60}:"
-                         f"{minutes % 60:02d} (h:mm; {windows:,} model windows of "
-                         f"{len(sample):,} bp, {seconds / windows * num_workers * 1e3:.3g} ms "
-                         f"each, {num_workers} worker(s)), more than --max-hours "
-                         f"{max_hours:g}: narrow the region, add workers, or pass --force")
+        raise InputError(f"--saturate {saturation.describe()}: {len(saturation):,} SNVs "
+                         f"would take about {minutes // 60}:{minutes % 60:02d} (h:mm; "
+                         f"{windows:,} model windows of {len(sample):,} bp, "
+                         f"{seconds / windows * num_workers * 1e3:.3g} ms each, {num_workers} "
+                         f"worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
+                         f"add workers, or pass --force")
     return seconds
 
 
