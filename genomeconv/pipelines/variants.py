@@ -56,11 +56,12 @@ variants themselves (any iterable of io.variants.Variant, such as a `Saturation`
 file; they then go through exactly the planning and scoring above, so the SNVs of a region score
 bit-identically to the same SNVs given as a VCF. `max_hours` refuses a saturation estimated to
 take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a
-short batch of the run's first window is timed in the driver (on the run's device, with one
-torch thread as each Ray actor gets one CPU), per window, times the distinct windows the run
-scores (per position the shared ref window plus one per ALT, per strand, plus the base model's
-pass for a fine-tuned model), divided by the workers. It counts every allele of the input, also
-those a resumed run has already written, and leaves out Ray's start and model loads.
+short batch of the run's first window is timed in the driver after a warm-up (on the run's
+device, with one torch thread as each Ray actor gets one CPU), per window, times the distinct
+windows the run scores (per position the shared ref window plus one per ALT, per strand, plus
+the base model's pass for a fine-tuned model), divided by the workers. It counts every allele of
+the input, also those a resumed run has already written, and leaves out Ray's start and model
+loads.
 
 Efficiency: identical window sequences (the shared reference window of the ALTs at one position,
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
@@ -549,8 +550,8 @@ def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, wind
 def seconds_per_window(model: LanguageModel, sample: str, *, batch_size: int | None,
                        count: int, dtype: Any = None) -> float:
     """Measured seconds per window of `sample`'s length: one forward of a batch of about
-    TIMING_TOKENS tokens (at most the run's batch and `count` windows) after a one-window
-    warm-up; with one torch thread, as a Ray actor has one CPU."""
+    TIMING_TOKENS tokens (at most the run's batch and `count` windows) after a warm-up forward of
+    the same batch; with one torch thread, as a Ray actor has one CPU."""
     import torch
 
     batch = batch_size or default_batch_size(len(sample))
@@ -560,7 +561,7 @@ def seconds_per_window(model: LanguageModel, sample: str, *, batch_size: int | N
     try:
         run = functools.partial(run_windows, model, sites=None, pooled=model.has_embeddings,
                                 dtype=dtype)
-        run([sample], batch_size=1)
+        run([sample] * k, batch_size=k)  # the first call of a shape is ~3x slower
         t0 = time.perf_counter()
         run([sample] * k, batch_size=k)  # returns float64 numbers: the device has finished
         return (time.perf_counter() - t0) / k
