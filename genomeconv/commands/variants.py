@@ -11,8 +11,18 @@ from genomeconv.pipelines.options import VARIANTS
 
 
 def score_variants(
-    variants: Path = typer.Argument(..., help="VCF/BCF (plain, bgzip, BCF) or a Parquet/TSV/CSV "
-                                    "table with chrom, pos, ref, alt[, id]."),
+    variants: Optional[Path] = typer.Argument(None, help="VCF/BCF (plain, bgzip, BCF) or a "
+                                              "Parquet/TSV/CSV table with chrom, pos, ref, "
+                                              "alt[, id]; or give --saturate instead."),
+    saturate: Optional[list[str]] = typer.Option(None, "--saturate", metavar="REGION",
+                                                 help="Instead of VARIANTS: every SNV of this "
+                                                 "region (samtools style; repeatable), three "
+                                                 "ALTs per position."),
+    max_hours: float = typer.Option(VARIANTS.max_hours, "--max-hours", min=0, help="With "
+                                    "--saturate: refuse a run estimated (from a timed forward) "
+                                    "to take longer than this."),
+    force: bool = typer.Option(False, "--force", help="With --saturate: run however long the "
+                               "estimate."),
     fasta: Path = typer.Option(..., "--fasta", help="Reference: FASTA (plain, gzip or bgzip), "
                                "GenBank/EMBL or GFF3 with ##FASTA (then also the --genes "
                                "annotation)."),
@@ -49,16 +59,24 @@ def score_variants(
     keep_nonfinite: bool = typer.Option(False, "--keep-nonfinite", help="Write NaN/inf scores "
                                         "(rows marked nonfinite) instead of stopping."),
 ) -> None:
-    """Score every ALT allele of VARIANTS with a DNA language model; write keyed Parquet."""
+    """Score every ALT allele of VARIANTS (or every SNV of --saturate regions) with a DNA
+    language model; write keyed Parquet."""
     from genomeconv.cli import command_line, warn_emulated_dtype
+    from genomeconv.errors import InputError
+    from genomeconv.io.saturation import Saturation
     from genomeconv.pipelines.variants import score_variants as run
 
+    if (variants is None) == (not saturate):
+        raise InputError("give exactly one of VARIANTS or --saturate REGION")
     warn_emulated_dtype(dtype, device, address)
+    if saturate:
+        variants = Saturation.from_regions(saturate, fasta)
     summary = run(variants, fasta, out, model=model, window=window, region=region,
                   genes=[g.strip() for g in genes.split(",") if g.strip()] if genes else None,
                   gtf=gtf, address=address, num_workers=num_workers, device=device,
                   dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
                   unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
+                  max_hours=None if force else max_hours,
                   command=command_line())
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")

@@ -75,6 +75,7 @@ class VariantOptions:
     """Defaults of `genomeconv score-variants` options that have one (see the command's help)."""
 
     num_workers: int = 1
+    max_hours: float = 1.0  # --saturate: refuse runs estimated to take longer, unless --force
 
 
 EMBED, VARIANTS = EmbedOptions(), VariantOptions()

@@ -51,6 +51,18 @@ scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with 
 stops the run with an error naming the variant (a model that produces NaN is broken), unless
 keep_nonfinite, which writes it and marks the row nonfinite = true.
 
+Saturation mutagenesis (`--saturate REGION`, io/saturation.py): `score_variants` also takes the
+variants themselves (any iterable of io.variants.Variant, such as a `Saturation`) instead of a
+file; they then go through exactly the planning and scoring above, so the SNVs of a region score
+bit-identically to the same SNVs given as a VCF. `max_hours` refuses a saturation estimated to
+take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a
+short batch of the run's first window is timed in the driver after a warm-up (on the run's
+device, with one torch thread as each Ray actor gets one CPU), per window, times the distinct
+windows the run scores (per position the shared ref window plus one per ALT, per strand, plus
+the base model's pass for a fine-tuned model), divided by the workers. It counts every allele of
+the input, also those a resumed run has already written, and leaves out Ray's start and model
+loads.
+
 Efficiency: identical window sequences (the shared reference window of the ALTs at one position,
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
 Work items are sorted by (chrom, pos), so the ALTs of one position normally fall in one unit;
@@ -79,6 +91,7 @@ import pyarrow as pa
 
 from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
+from genomeconv.io.saturation import Saturation
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
 from genomeconv.pipelines import manifest, preflight, runtime, schema
 from genomeconv.pipelines.options import VARIANTS
@@ -91,6 +104,7 @@ if TYPE_CHECKING:
 CPU_WINDOW_CAP = 32_768
 CUDA_WINDOW_CAP = 131_072
 TOKENS_PER_BATCH = 1 << 17  # default batch size = max(1, this // window)
+TIMING_TOKENS = 1 << 14  # check_run_time times a batch of about this many tokens
 SKIP_STATUS = {"symbolic": "symbolic_alt", "star": "spanning_deletion", "missing": "missing_alt"}
 KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
 SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt")
@@ -533,6 +547,53 @@ def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, wind
     return manifest.Manifest("variants", settings, {"fasta": manifest.file_fingerprint(fasta)})
 
 
+def seconds_per_window(model: LanguageModel, sample: str, *, batch_size: int | None,
+                       count: int, dtype: Any = None) -> float:
+    """Measured seconds per window of `sample`'s length: one forward of a batch of about
+    TIMING_TOKENS tokens (at most the run's batch and `count` windows) after a warm-up forward of
+    the same batch; with one torch thread, as a Ray actor has one CPU."""
+    import torch
+
+    batch = batch_size or default_batch_size(len(sample))
+    k = max(1, min(batch, count, TIMING_TOKENS // len(sample)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = functools.partial(run_windows, model, sites=None, pooled=model.has_embeddings,
+                                dtype=dtype)
+        run([sample] * k, batch_size=k)  # the first call of a shape is ~3x slower
+        t0 = time.perf_counter()
+        run([sample] * k, batch_size=k)  # returns float64 numbers: the device has finished
+        return (time.perf_counter() - t0) / k
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFile, *,
+                   window: int, passes: int, batch_size: int | None, num_workers: int,
+                   dtype: Any, max_hours: float) -> float:
+    """The estimated seconds of scoring a saturation (see the module docstring), counted without
+    expanding it; InputError naming the SNV count and the estimate (h:mm) when above
+    `max_hours`. passes: model windows per distinct window (strands, plus a fine-tuned model's
+    base-model pass)."""
+    first = next(iter(saturation), None)
+    if first is None:
+        return 0.0
+    sample = plan_variant(first, fasta, window, {}).ref_seq
+    windows = (saturation.positions + len(saturation)) * passes
+    seconds = seconds_per_window(model, sample, batch_size=batch_size, count=windows,
+                                 dtype=dtype) * windows / max(1, num_workers)
+    if seconds > max_hours * 3600:
+        minutes = round(seconds / 60)
+        raise InputError(f"--saturate {saturation.describe()}: {len(saturation):,} SNVs "
+                         f"would take about {minutes // 60}:{minutes % 60:02d} (h:mm; "
+                         f"{windows:,} model windows of {len(sample):,} bp, "
+                         f"{seconds / windows * num_workers * 1e3:.3g} ms each, {num_workers} "
+                         f"worker(s)), more than --max-hours {max_hours:g}: narrow the region, "
+                         f"add workers, or pass --force")
+    return seconds
+
+
 @dataclass
 class RunSummary:
     """What a `score_variants` run did."""
@@ -547,34 +608,42 @@ class RunSummary:
     out: str
 
 
-def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
+def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
+                   out: str | Path, *,
                    model: str | None = None, window: int | None = None,
                    region: str | None = None, genes: Sequence[str] | None = None,
                    gtf: str | Path | None = None, address: str | None = None,
                    num_workers: int = VARIANTS.num_workers, device: str | None = None,
                    dtype: str | None = None, site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
                    unit_size: int | None = None, overwrite: bool = False,
-                   keep_nonfinite: bool = False, command: str = "genomeconv score-variants"
-                   ) -> RunSummary:
-    """Score every ALT allele of a VCF/BCF or table against a FASTA; write Parquet parts to `out`.
+                   keep_nonfinite: bool = False,
+                   max_hours: float | None = VARIANTS.max_hours,
+                   command: str = "genomeconv score-variants") -> RunSummary:
+    """Score every ALT allele of a VCF/BCF or table (or the given Variants, e.g. a
+    io.saturation.Saturation) against a FASTA; write Parquet parts to `out`.
 
     Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
     once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here), `unit_size`
     alleles per work unit and part (default `default_unit_size`, fewer when that leaves a worker
     idle); resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
-    removes the folder's earlier outputs first.
+    removes the folder's earlier outputs first; `max_hours`: refuse a `Saturation` estimated to
+    take longer (`check_run_time`; None: no estimate, like --force).
     """
     import ray.data
 
-    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.io.fasta import FastaFile, readable_fasta
     from genomeconv.io.seqrecords import is_record_file
     from genomeconv.models import load
     from genomeconv.pipelines.baselines import resolve_model
 
     t0 = time.perf_counter()
     runtime.compute_dtype(dtype)  # fail before starting Ray
-    preflight.check(out, fasta=fasta, variants=variants, window=window, device=device,
-                    num_workers=num_workers, address=address)
+    from_file = isinstance(variants, (str, Path))
+    if not from_file and (region is not None or genes):
+        raise InputError("--region and --genes select variants from a VARIANTS file; with "
+                         "--saturate give the regions to --saturate")
+    preflight.check(out, fasta=fasta, variants=variants if from_file else None, window=window,
+                    device=device, num_workers=num_workers, address=address)
     model, model_id = resolve_model(model, fasta)
     probe = load(model, device="cpu", model_id=model_id)
     head = fine_tuned_head(model)
@@ -590,7 +659,19 @@ def score_variants(variants: str | Path, fasta: str | Path, out: str | Path, *,
         model = str(Path(model).resolve())
     if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
         gtf = fasta
-    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf))
+    if isinstance(variants, Saturation) and variants.note:
+        manifest.note(variants.note)
+    if max_hours is not None and isinstance(variants, Saturation):  # before expanding it
+        passes = 1 + int(lm.source == "base") + int(rc and lm.source != "none")
+        timer = probe if runtime.device_type(device) == "cpu" else load(
+            model, device=device, model_id=model_id)
+        with FastaFile(fasta) as fa:
+            check_run_time(timer, variants, fa, window=window, passes=passes,
+                           batch_size=batch_size, num_workers=num_workers,
+                           dtype=runtime.compute_dtype(dtype), max_hours=max_hours)
+        del timer
+    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf) if from_file
+                 else variants)
     if (text := short_contig_note(found, fasta, window)) is not None:
         manifest.note(text)
     run_manifest = variants_manifest(

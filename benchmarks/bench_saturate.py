@@ -1,0 +1,123 @@
+"""Saturation mutagenesis throughput (SNVs/s): `score-variants --saturate` over 1 kbp (3,000 SNVs)
+of the bundled lambda sample with the bundled model, next to score-variants on the same SNVs
+given as a VCF, and an exact-equality check of the two outputs.
+
+Both contenders run the real pipeline (pipelines.variants.score_variants: local Ray, one worker,
+the default window and batch, both strands, Parquet written with --overwrite each repeat) and
+alternate repeat by repeat (harness.interleaved), so background load hits both alike. The
+saturation run includes its run-time estimate (one timed forward in the driver); the estimate is
+also reported next to the measured time. Peak memory is the driver's (Ray workers are other
+processes). The max abs difference of every score column between the two outputs must be 0 (and
+every other column equal); the script exits non-zero otherwise.
+
+Usage: python benchmarks/bench_saturate.py [--bp 1000] [--repeats 3] [--name saturate_1kbp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
+from genomeconv.io.fasta import FastaFile  # noqa: E402
+from genomeconv.io.saturation import Saturation  # noqa: E402
+from genomeconv.models import load  # noqa: E402
+from genomeconv.pipelines.variants import (KEY_COLUMNS, SCORE_COLUMNS,  # noqa: E402
+                                           check_run_time, default_window, score_variants)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "genomeconv" / "data" / "sample" / "lambda.fa.gz"
+START = 20_001  # 1-based first position of the region, mid-genome (windows centred)
+
+
+def write_vcf(path: Path, saturation: Saturation, contigs: dict[str, int]) -> Path:
+    """The saturation's SNVs as a text VCF (the comparison input)."""
+    lines = ["##fileformat=VCFv4.2"]
+    lines += [f"##contig=<ID={c},length={n}>" for c, n in contigs.items()]
+    lines.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO")
+    lines += [f"{v.chrom}\t{v.pos}\t.\t{v.ref}\t{v.alt}\t.\t.\t." for v in saturation]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def compare(a: Path, b: Path) -> dict:
+    """Rows matched by key: max abs difference of each score column, other columns equal."""
+    def keyed(folder: Path) -> dict[tuple, dict]:
+        return {tuple(r[k] for k in KEY_COLUMNS): r for r in pq.read_table(folder).to_pylist()}
+
+    ra, rb = keyed(a), keyed(b)
+    assert ra.keys() == rb.keys(), "the two runs wrote different keys"
+    diff = 0.0
+    for key, x in ra.items():
+        y = rb[key]
+        for c in SCORE_COLUMNS:
+            if (x[c] is None) != (y[c] is None):
+                diff = math.inf
+            elif x[c] is not None:
+                diff = max(diff, abs(x[c] - y[c]))
+        others = [c for c in x if c not in SCORE_COLUMNS]
+        assert all(x[c] == y[c] for c in others), f"{key}: non-score columns differ"
+    return {"rows": len(ra), "max_abs_diff": diff}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bp", type=int, default=1000, help="region length (3 SNVs per bp)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="saturate_1kbp", help="results/<name>.json")
+    args = parser.parse_args()
+    with FastaFile(SAMPLE) as fa:
+        contig, size = fa.references[0], fa.lengths[0]
+    region = f"{contig}:{START}-{START + args.bp - 1}"
+    saturation = Saturation.from_regions([region], SAMPLE)
+    probe = load(None)
+    window = default_window(probe.max_seq_len)
+    with FastaFile(SAMPLE) as fa:
+        estimate_s = check_run_time(probe, saturation, fa, window=window, passes=2,
+                                    batch_size=None, num_workers=1, dtype=None,
+                                    max_hours=math.inf)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        vcf = write_vcf(tmp_path / "same.vcf", saturation, {contig: size})
+        outs = {"saturate": tmp_path / "sat", "vcf": tmp_path / "vcf"}
+        inputs = {"saturate": saturation, "vcf": vcf}
+
+        def contender(name: str):
+            return lambda: score_variants(inputs[name], SAMPLE, outs[name], num_workers=1,
+                                          overwrite=True)
+
+        # Ray's start and first imports, outside the timings
+        score_variants(Saturation.from_regions([f"{contig}:1-4"], SAMPLE), SAMPLE,
+                       tmp_path / "warm", num_workers=1)
+        timings = interleaved({k: contender(k) for k in inputs}, repeats=args.repeats, warmup=0)
+        check = compare(outs["saturate"], outs["vcf"])
+    load_after = os.getloadavg()
+    rows = []
+    for name, t in timings.items():
+        rows.append({"input": name, "snvs": len(saturation), "window": window,
+                     "median_s": t["median_s"], "min_s": t["min_s"],
+                     "snvs_per_s": len(saturation) / t["median_s"],
+                     "driver_peak_extra_mib": t["peak_extra_bytes"] / 2**20,
+                     "repeats": t["repeats"]})
+    rows[0]["estimate_s"] = estimate_s
+    print(f"region {region} ({len(saturation):,} SNVs), bundled model, window {window}, "
+          f"1 worker; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print_table(rows, ["input", "snvs", "median_s", "min_s", "snvs_per_s", "estimate_s",
+                       "driver_peak_extra_mib", "repeats"])
+    print(f"outputs: {check['rows']} rows, max abs difference {check['max_abs_diff']:g}")
+    write_result(args.name, rows, region=region, equality=check,
+                 load_average={"before": load_before, "after": load_after})
+    if check["max_abs_diff"] != 0:
+        sys.exit(f"the two outputs differ (max abs difference {check['max_abs_diff']:g})")
+
+
+if __name__ == "__main__":
+    main()
