@@ -16,16 +16,19 @@ import itertools
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_embed import SOURCE, bgzip_copy
-from benchmarks.harness import interleaved, print_table, write_result
-from genomeconv.pipelines import runtime
-from genomeconv.pipelines.embed import embed
-from genomeconv.pipelines.track import track
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_embed import SOURCE, bgzip_copy  # noqa: E402
+from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
+from genomeconv.pipelines import runtime  # noqa: E402
+from genomeconv.pipelines.embed import embed  # noqa: E402
+from genomeconv.pipelines.track import track  # noqa: E402
 
 CHROM = "CP000647.1"
 

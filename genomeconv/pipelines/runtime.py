@@ -311,6 +311,7 @@ class PartWriter:
 
     def __init__(self, out_dir: str | Path, unit_id: str, schema: "pa.Schema",
                  metadata: dict[bytes, bytes], token: "RunToken | None" = None) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
@@ -319,7 +320,11 @@ class PartWriter:
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
         self.token = token
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema)
+        # Dictionary pages only for text (names, bases, statuses): trying them on float columns
+        # cost 3x the write time of a track part and made it 40% larger.
+        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema,
+                                                                 use_dictionary=text)
 
     def write(self, table: "pa.Table") -> None:
         """Append rows (one or more row groups of at most 65,536 rows)."""

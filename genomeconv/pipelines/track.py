@@ -361,18 +361,21 @@ def bigwig_columns(choice: str, strands: str) -> list[str]:
     return schema.track_columns(("", "_fwd", "_rev") if strands == "both" else ("", "_fwd"))
 
 
-def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str]) -> list[Path]:
+def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
+                  address: str | None = None) -> list[Path]:
     """OUT/bigwig/<column>.bw for each column, from every track part under OUT (module
-    docstring): row groups are read one at a time, in genome order, into all files at once."""
+    docstring), one Ray task per file (pyBigWig holds the GIL: files are written in parallel
+    only by processes); each reads the parts' row groups one at a time, in genome order."""
     import pyarrow.parquet as pq
-    import pyBigWig
+    import ray
 
     from genomeconv.io.fasta import FastaFile
 
     folder = Path(out) / BIGWIG_DIR
+    final = [folder / f"{c}.bw" for c in columns]
+    for old in set(folder.glob("*.bw")) - set(final):  # other columns, of earlier parts
+        old.unlink()
     if not columns:
-        for old in folder.glob("*.bw"):
-            old.unlink()
         return []
     with FastaFile(fasta) as fa:
         header = list(zip(fa.references, fa.lengths))
@@ -385,32 +388,37 @@ def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str]) ->
             rg = pf.metadata.row_group(g)
             chrom = rg.column(names.index("chrom")).statistics.min
             first = rg.column(names.index("position")).statistics.min
-            groups.append((rank[chrom], first, part, g))
+            groups.append((rank[chrom], first, str(part), g))
     groups.sort(key=lambda x: (x[0], x[1]))
     folder.mkdir(parents=True, exist_ok=True)
-    final = [folder / f"{c}.bw" for c in columns]
-    tmp = [p.with_name(f".tmp-{p.name}-{os.getpid()}") for p in final]
-    files = [pyBigWig.open(str(p), "w") for p in tmp]
-    try:
-        for bw in files:
-            bw.addHeader(header, maxZooms=10)
-        files_by_part: dict[Path, Any] = {}
-        for _, _, part, g in groups:
-            pf = files_by_part.setdefault(part, pq.ParquetFile(part))
-            rows = pf.read_row_group(g, columns=["chrom", "position", *columns])
-            chrom = rows.column("chrom")[0].as_py()
-            positions = rows.column("position").to_numpy()
-            for bw, c in zip(files, columns):
-                values = rows.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                _add_runs(bw, chrom, positions, values)
-    finally:
-        for bw in files:
-            bw.close()
-    for t, f in zip(tmp, final):
-        os.replace(t, f)
-    for old in set(folder.glob("*.bw")) - set(final):  # other columns, of earlier parts
-        old.unlink()
+    runtime.connect(address)
+    task = ray.remote(num_cpus=1)(write_bigwig)
+    ray.get([task.remote(str(path), header, [(p, g) for _, _, p, g in groups], column)
+             for path, column in zip(final, columns)])
     return final
+
+
+def write_bigwig(path: str, header: list[tuple[str, int]], groups: list[tuple[str, int]],
+                 column: str) -> None:
+    """One bigWig file at `path` (written under a temporary name, then renamed): the finite
+    values of `column` from the (part, row group) list, which is in genome order."""
+    import pyarrow.parquet as pq
+    import pyBigWig
+
+    tmp = Path(path).with_name(f".tmp-{Path(path).name}-{os.getpid()}")
+    bw = pyBigWig.open(str(tmp), "w")
+    try:
+        bw.addHeader(header, maxZooms=10)
+        files: dict[str, Any] = {}
+        for part, g in groups:
+            pf = files.setdefault(part, pq.ParquetFile(part))
+            rows = pf.read_row_group(g, columns=["chrom", "position", column])
+            values = rows.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            _add_runs(bw, rows.column("chrom")[0].as_py(), rows.column("position").to_numpy(),
+                      values)
+    finally:
+        bw.close()
+    os.replace(tmp, path)
 
 
 def stale_bigwigs(out: str | Path, columns: Sequence[str]) -> bool:
@@ -546,7 +554,7 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                     on_unit(int(row["items"]), int(row["bp"]))
         written = bigwig_columns(bigwig, strands)
         if units or overwrite or stale_bigwigs(out, written):
-            write_bigwigs(out, fasta, written)
+            write_bigwigs(out, fasta, written, address)
     outputs = [str(out / TRACK_DIR)] + ([str(out / BIGWIG_DIR)] if written else [])
     return TrackSummary(positions=total, positions_skipped=total - todo_bp,
                         positions_done=done_bp, pieces=len(pieces), units=len(units),
