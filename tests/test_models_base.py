@@ -50,6 +50,31 @@ def test_hyena_behind_the_interface(hyena, rng):
     assert torch.equal(bf16, ref_bf16) and bf16.dtype == torch.float32
 
 
+def test_next_base_distribution_agrees_with_log_likelihoods(hyena, rng):
+    """base_log_probs at the observed base is log_likelihoods, for both families; its four
+    entries are the full softmax's (they sum to at most 1: N and special tokens keep the rest),
+    and it equals the plain forward's log-softmax (float64 reference) over A, C, G, T; the
+    receptive field bounds what earlier bases can change."""
+    from genomeconv.models.kmer import KmerModel
+
+    seqs = [random_seq(rng, 60) for _ in range(2)]
+    ids = torch.stack([tokenize(s) for s in seqs])
+    observed = (ids[:, 1:] - 7)[..., None]  # A C G T are ids 7..10
+    for model in (hyena, KmerModel.fit(seqs, 3)):
+        probs = model.base_log_probs(ids, chunk_size=7)
+        assert probs.shape == (2, 59, 4)
+        loglik, _ = model.log_likelihoods(ids, chunk_size=7)
+        torch.testing.assert_close(probs.gather(-1, observed)[..., 0], loglik, rtol=0, atol=0)
+        assert (probs.exp().sum(-1) <= 1 + 1e-6).all()
+    with torch.no_grad():
+        logits = hyena.double().logits(ids)[:, :-1]
+    want = torch.log_softmax(logits, dim=-1)[..., 7:11]
+    np.testing.assert_allclose(hyena.float().base_log_probs(ids).numpy(), want.numpy(),
+                               atol=2e-5)
+    assert hyena.receptive_field == 2 * (47 + 2) + 1
+    assert KmerModel.fit(seqs, 3).receptive_field == 3
+
+
 def test_pool_matches_numpy(rng):
     x = torch.from_numpy(rng.normal(size=(3, 7, 5)))
     want = {"mean": x.numpy().mean(1), "max": x.numpy().max(1), "last": x.numpy()[:, -1]}
