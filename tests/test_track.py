@@ -46,7 +46,8 @@ def genome(tmp_path_factory):
         c1[k] = "N"
     c1[100] = "R"
     c1[200:260] = [b.lower() for b in c1[200:260]]
-    records = {"c1": "".join(c1), "c2": random_seq(rng, 150)}
+    c2 = random_seq(rng, 150)
+    records = {"c2": c2, "c1": "".join(c1)}  # not in name order: bigWig sorts them
     path = write_fasta(tmp_path_factory.mktemp("track_genome") / "g.fa", records)
     return str(path), records
 
@@ -200,6 +201,7 @@ def test_bigwig_holds_the_parquet_values(whole, genome):
     for column in ("logp_ref", "entropy", "llr_site_G", "entropy_rev"):
         bw = pyBigWig.open(str(out / "bigwig" / f"{column}.bw"))
         assert bw.isBigWig() and bw.chroms() == {c: len(s) for c, s in records.items()}
+        assert list(bw.chroms()) == ["c1", "c2"]  # name order, as UCSC's lookups need
         for chrom, seq in records.items():
             values = np.array(bw.values(chrom, 0, len(seq)))
             want = np.array([v if v is not None else np.nan for c, v in

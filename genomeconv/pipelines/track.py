@@ -42,9 +42,10 @@ whatever the contig's length.
 
 bigWig. After the parts, OUT/bigwig/<column>.bw is written for the chosen columns (`--bigwig
 mean`: the six strand means, `all`: every measure column, `none`), from every part in the folder:
-chromosome sizes from the FASTA index in its order, sorted 0-based half-open intervals of one
-base (fixedStep, span 1), null and non-finite values left out; written under a temporary name
-and renamed.
+chromosome sizes from the FASTA index, chromosomes in name order (UCSC's readers find a
+chromosome by binary search over the names; libBigWig keeps the order it is given), sorted
+0-based half-open intervals of one base (fixedStep, span 1), null and non-finite values left
+out; written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -377,8 +378,8 @@ def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
         old.unlink()
     if not columns:
         return []
-    with FastaFile(fasta) as fa:
-        header = list(zip(fa.references, fa.lengths))
+    with FastaFile(fasta) as fa:  # names sorted: UCSC finds a chromosome by binary search
+        header = sorted(zip(fa.references, fa.lengths))
     rank = {name: k for k, (name, _) in enumerate(header)}
     groups = []  # (rank, first position, part, row group)
     for part in sorted((Path(out) / TRACK_DIR).glob(manifest.PART_GLOB)):
