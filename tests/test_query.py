@@ -302,13 +302,13 @@ def test_sql_attacks_through_the_cli(outputs):
 
 
 def test_out_refuses_output_folders_and_existing_files(outputs):
-    """--out never lands inside an output folder (parts directly, in embeddings/, or beside a
-    manifest) and replaces an existing file only with --force."""
+    """--out never lands inside an output folder (beside parts, in embeddings/, or anywhere
+    under a folder with a run manifest or lock) and replaces an existing file only with
+    --force; a part file copied elsewhere fences off its own folder only."""
     args = ("query", outputs.variants, "--top", "3", "--format", "csv")
     parts = sorted(outputs.variants.glob("*.parquet"))
-    for inside in (outputs.variants / "rows.csv", outputs.variants / "sub" / "rows.csv",
-                   outputs.embed / "embeddings" / "rows.csv", outputs.embed / "rows.csv",
-                   parts[0]):
+    for inside in (outputs.variants / "rows.csv", outputs.embed / "embeddings" / "rows.csv",
+                   outputs.embed / "rows.csv", parts[0]):
         run = run_cli(*args, "--out", inside, "--force")
         assert_one_line_error(run, "genomeconv output folder")
     assert pq.read_table(parts[0]).num_rows == 80  # untouched
@@ -316,8 +316,14 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
         marked = outputs.tmp / f"marked{i}"  # as pipelines/manifest.py names them
         marked.mkdir()
         (marked / marker).write_text("{}")
-        assert_one_line_error(run_cli(*args, "--out", marked / "rows.csv"),
-                              "genomeconv output folder")
+        for target in (marked / "rows.csv", marked / "sub" / "rows.csv"):
+            assert_one_line_error(run_cli(*args, "--out", target), "genomeconv output folder")
+    loose = outputs.tmp / "loose"  # a part copied elsewhere: its own folder only
+    (loose / "figs").mkdir(parents=True)
+    loose.joinpath(parts[0].name).write_bytes(parts[0].read_bytes())
+    assert_one_line_error(run_cli(*args, "--out", loose / "rows.csv"), "genomeconv output folder")
+    below = run_cli(*args, "--out", loose / "figs" / "rows.csv")
+    assert below.returncode == 0, below.stderr
     (outputs.tmp / ".lock").write_text("")  # pytest's and pip's lock files mark nothing
     target = outputs.tmp / "rows.csv"
     target.write_text("keep me\n")

@@ -27,7 +27,8 @@ ATTACH, read_csv('/etc/...'), INSTALL and LOAD fail. The SQL must also parse (Du
 as exactly one SELECT, checked again after any wrapping (`limited`), so closing the wrapper's
 parenthesis cannot smuggle in a second statement. Rows are written out by a separate connection
 that sees only the query's result stream, to a path that `check_out` accepted: never inside a
-genomeconv output folder, never over an existing file unless forced.
+genomeconv output folder (under a folder with a run manifest or lock, or beside parts), never
+over an existing file unless forced.
 """
 
 from __future__ import annotations
@@ -281,19 +282,23 @@ def check_out(out: str | Path, *, force: bool = False) -> Path:
     if path.exists() and not force:
         raise InputError("already exists (pass --force to replace it)", path=out)
     for folder in path.parents:
-        if _is_output_folder(folder):
+        if _is_output_folder(folder, parts=folder == path.parent):
             raise InputError(f"is inside the genomeconv output folder {folder}; write the rows "
                              "elsewhere", path=out)
     return path
 
 
-def _is_output_folder(folder: Path) -> bool:
-    """Whether `folder` holds genomeconv Parquet parts (directly, or in a subfolder named after
-    their kind, as embed's embeddings/ and per_base/) or a run manifest / lock file."""
+def _is_output_folder(folder: Path, *, parts: bool = True) -> bool:
+    """Whether `folder` holds a run manifest / lock file or, with `parts`, genomeconv Parquet
+    parts (directly, or in a subfolder named after their kind, as embed's embeddings/ and
+    per_base/). Folders further up count by their run files only: a part file copied somewhere
+    must not fence off everything below that folder."""
     if not folder.is_dir():
         return False
     if any(p.is_file() for pattern in OUTPUT_MARKERS for p in folder.glob(pattern)):
         return True
+    if not parts:
+        return False
     for file in folder.glob("*.parquet"):
         if _kind_or_none(file) is not None:
             return True
