@@ -579,6 +579,23 @@ def test_training_curves_are_the_recorded_history(trained):
     assert lines["best"][0, 0] == best
 
 
+def test_unfinished_run_is_drawn_from_its_history_log(trained, tmp_path):
+    """A run without summary.json (still going, or killed) is drawn from history.jsonl, which
+    holds the same records as the finished run's summary; a line cut short is left out."""
+    for kind, x in (("pretrain", "step"), ("finetune", "epoch")):
+        history = json.loads((trained[kind] / "summary.json").read_text())["history"]
+        logged = (trained[kind] / "history.jsonl").read_text()
+        assert [json.loads(line) for line in logged.splitlines()] == history
+        run = tmp_path / kind
+        run.mkdir()
+        (run / "history.jsonl").write_text(logged + '{"step": 99, "train_lo')
+        fig = train_plot.training_figure(run)
+        lines = {line.get_gid(): line.get_xydata() for ax in fig.axes for line in ax.get_lines()}
+        np.testing.assert_array_equal(lines["train_loss"],
+                                      [(r[x], r["train_loss"]) for r in history])
+        assert f"unfinished: {len(history)} {x}s so far" in fig.texts[0].get_text()
+
+
 def test_training_errors(tmp_path):
     with pytest.raises(InputError, match="no summary.json"):
         train_plot.training_figure(tmp_path)

@@ -131,6 +131,8 @@ def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
                            warmup_lengths=(16, 32), warmup_steps=2)
     assert resumed["steps"] == 8
     assert resumed["history"][:4] == full["history"][:4]  # restored from the checkpoint
+    logged = (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in logged] == resumed["history"]  # steps 5-8 once
     for a, b in zip(resumed["history"][4:], full["history"][4:]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)

@@ -143,6 +143,7 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
             f"bf16 {engine.bfloat16_enabled()}" + (f"; resumed at step {start}" if client else ""))
     train_seconds = sum(r["seconds"] for r in history)
     train_tokens = sum(r["tokens"] for r in history)
+    logged = history_log(out, history, rank)
     for step in range(start, opts.steps):
         length = length_at(step, opts)
         batch = training_data.sample_windows(split.train, np.random.default_rng([opts.seed, step]),
@@ -159,6 +160,7 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
             record["val_nll"] = evaluate_nll(engine, val_windows, max(1, micro))
             record["val_ppl"] = math.exp(record["val_nll"])
         history.append(record)
+        logged(record)
         if rank == 0:
             log(json.dumps({k: round(v, 5) if isinstance(v, float) else v
                             for k, v in record.items()}))
@@ -174,6 +176,26 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+HISTORY = "history.jsonl"  # one record per step/epoch as it happens; summary.json at the end
+
+
+def history_log(out: Path, history: list[dict], rank: int) -> Callable[[dict], None]:
+    """OUT/history.jsonl for a run that is still going or was stopped (`genomeconv plot
+    training` reads it when summary.json is missing): rewritten on rank 0 with the records the
+    run starts from (a resumed run drops those written after its checkpoint), then one line
+    appended per record by the returned function (a no-op on other ranks)."""
+    if rank != 0:
+        return lambda record: None
+    path = out / HISTORY
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    def append(record: dict) -> None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return append
 
 
 def kmer_baseline(split: training_data.GenomeSplit, val_windows: Sequence[np.ndarray],
@@ -400,6 +422,8 @@ def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: Fin
         log(f"{len(train.labels)} training / {len(val.labels)} validation variants "
             f"(statuses {data.statuses}); classes {data.classes}; freeze {opts.freeze}")
 
+    logged = history_log(out, state["history"], rank)
+
     def loss_of(rows: np.ndarray) -> torch.Tensor:
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a[rows]).to(engine.device)
@@ -420,6 +444,7 @@ def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: Fin
                   "seconds": time.perf_counter() - t0,
                   **metrics.classification_metrics(val.labels, probs)}
         state["history"].append(record)
+        logged(record)
         target = record["auroc"] if not math.isnan(record["auroc"]) else record["accuracy"]
         improved = target > state["best"]
         if improved:

@@ -1,8 +1,10 @@
 """`genomeconv plot training`: loss curves of a `genomeconv pretrain` or `finetune` run.
 
-Both pipelines (pipelines/train.py) write OUT/summary.json when they finish, with `history`: one
-record per step (pretrain: train_loss, and val_nll / val_ppl at each evaluation step) or per epoch
-(finetune: train_loss, and the validation accuracy, auroc and auprc), and for pretraining with
+Both pipelines (pipelines/train.py) write OUT/summary.json when they finish (and, as they go,
+OUT/history.jsonl, read when the summary is missing: a run still going or stopped), with
+`history`: one record per step (pretrain: train_loss, and val_nll / val_ppl at each evaluation
+step) or per epoch (finetune: train_loss, and the validation accuracy, auroc and auprc), and for
+pretraining with
 --kmer-baseline the order-k Markov baseline's held-out NLL and perplexity, drawn as horizontal
 lines. Losses are natural-log cross-entropies (nats per base for pretraining).
 """
@@ -21,22 +23,43 @@ from genomeconv.errors import InputError
 from genomeconv.plots import figures
 
 SUMMARY = "summary.json"
+HISTORY = "history.jsonl"  # pipelines/train.py: records as they happen, for unfinished runs
 FINETUNE_METRICS = ("auroc", "auprc", "accuracy")
 TITLE_WIDTH = 110  # characters a title line (the command that made the run)
 
 
 def read_summary(run: str | Path) -> dict[str, Any]:
-    """The summary of a training output folder (or its summary.json), checked for a history."""
+    """The summary of a training output folder (or its summary.json), checked for a history; for
+    a run still going or stopped (no summary.json yet), its history.jsonl as the history, with
+    `unfinished` set."""
     path = Path(run)
     if path.is_dir():
+        if not (path / SUMMARY).is_file() and (path / HISTORY).is_file():
+            return _read_history(path / HISTORY)
         path = path / SUMMARY
     if not path.is_file():
-        raise InputError(f"no {SUMMARY}: not a genomeconv pretrain/finetune output, or a run "
-                         "that has not finished (the summary is written at the end)", path=path)
+        raise InputError(f"no {SUMMARY} or {HISTORY}: not a genomeconv pretrain/finetune output",
+                         path=path)
     try:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"not JSON ({exc})", path=path) from None
+    return _checked(summary, path)
+
+
+def _read_history(path: Path) -> dict[str, Any]:
+    """The records of history.jsonl (a line cut short by a killed run is left out)."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return _checked({"history": records, "unfinished": True}, path)
+
+
+def _checked(summary: Any, path: Path) -> dict[str, Any]:
+    """`summary` when it holds a history of records with step or epoch and train_loss."""
     history = summary.get("history") if isinstance(summary, dict) else None
     if not isinstance(history, list) or not history or not all(
             isinstance(r, dict) and "train_loss" in r and ("step" in r or "epoch" in r)
@@ -95,6 +118,8 @@ def training_figure(run: str | Path) -> Figure:
         ax.legend(fontsize="small")
     metric_ax.set_xlabel(x)
     kind = "pretraining" if pretrain else "fine-tuning"
+    if summary.get("unfinished"):
+        kind += f" (unfinished: {len(history)} {x}s so far)"
     title = f"{kind}: {summary.get('command', Path(run))}"
     fig.suptitle(textwrap.fill(title, TITLE_WIDTH, subsequent_indent="    "), fontsize="small")
     return fig
