@@ -58,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
 from genomeconv.io.fasta import FastaFile  # noqa: E402
-from genomeconv.models import HyenaConfig, HyenaDNA, load, pool, tokenize  # noqa: E402
+from genomeconv.models import HyenaConfig, HyenaDNA, load, pool  # noqa: E402
+from genomeconv.models.tokenizer import tokenize  # noqa: E402
 from genomeconv.models.inference import hidden_states  # noqa: E402
 from genomeconv.pipelines import runtime  # noqa: E402
 from genomeconv.pipelines.embed import embed  # noqa: E402

@@ -190,6 +190,7 @@ def test_feature_past_record_end_is_refused_like_the_gtf(tmp_path, rng):
 
 
 def test_pretrain_genome_from_gzip_and_genbank_equals_fasta(genome, tmp_path):
+    from genomeconv.models.tokenizer import tokenize_rows
     from genomeconv.pipelines.training_data import load_genome
 
     gz = tmp_path / "genome.fa.gz"
@@ -197,7 +198,7 @@ def test_pretrain_genome_from_gzip_and_genbank_equals_fasta(genome, tmp_path):
         fh.write(Path(genome["fasta"]).read_bytes())
 
     def split(path):
-        s = load_genome(path, val_records=["R2.1"])
+        s = load_genome(path, tokenize_rows, val_records=["R2.1"])
         return [(seg.record, seg.start, seg.ids.tobytes()) for seg in s.train + s.val]
 
     assert split(gz) == split(genome["gbk"]) == split(genome["fasta"])

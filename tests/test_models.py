@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from genomeconv.models import HyenaConfig, HyenaDNA, VOCAB, tokenize
+from genomeconv.models import HyenaConfig, HyenaDNA
+from genomeconv.models.tokenizer import VOCAB, tokenize
 
 TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=48, max_seq_len=40, filter_order=8)
 

@@ -15,7 +15,8 @@ from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.variants import Variant
 from genomeconv.models import (POOLINGS, HyenaConfig, HyenaDNA, LanguageModel, inference, load,
-                               pool, tokenize)
+                               pool)
+from genomeconv.models.tokenizer import VOCAB, tokenize
 from genomeconv.models import base
 from genomeconv.pipelines.variants import plan_variant, score_planned
 from fixtures import random_seq, write_fasta
@@ -55,7 +56,7 @@ def test_next_base_distribution_agrees_with_log_likelihoods(hyena, rng):
     entries are the full softmax's (they sum to at most 1: N and special tokens keep the rest),
     and it equals the plain forward's log-softmax (float64 reference) over A, C, G, T; the
     receptive field bounds what earlier bases can change."""
-    from genomeconv.models.kmer import KmerModel
+    from genomeconv.models.families.kmer import KmerModel
 
     seqs = [random_seq(rng, 60) for _ in range(2)]
     ids = torch.stack([tokenize(s) for s in seqs])
@@ -114,6 +115,9 @@ class Uniform(LanguageModel):
     def __init__(self, model_id: str = "uniform") -> None:
         self.model_id = model_id
 
+    def tokenize(self, seqs):
+        return torch.tensor([[ord(c) for c in s.ljust(max(map(len, seqs)))] for s in seqs])
+
     @property
     def d_model(self) -> int:
         return 0
@@ -138,8 +142,8 @@ class Uniform(LanguageModel):
 
 
 def test_a_registered_family_loads_and_scores(tmp_path, rng, monkeypatch):
-    monkeypatch.setitem(base.FAMILIES, Uniform.family,
-                        lambda values, state, folder, model_id, device, dtype: Uniform(model_id))
+    monkeypatch.setitem(base.FAMILIES, Uniform.family, base.Family(
+        Uniform.family, lambda values, state, folder, model_id, device, dtype: Uniform(model_id)))
     Uniform().save(tmp_path / "u")
     model = load(str(tmp_path / "u"))
     assert isinstance(model, Uniform) and model.model_id == str(tmp_path / "u")
@@ -178,3 +182,29 @@ def test_freeze_for_fine_tuning(hyena, tmp_path):
         hyena.freeze(3)
     with pytest.raises(InputError, match="cannot be fine-tuned"):
         Uniform().freeze(0)
+
+
+def test_hidden_states_of_a_named_layer(hyena, rng):
+    """layer= names a module as the public checkpoints do: a block's output is the residual
+    stream after it (the plain forward's, block by block); the final norm is the default; an
+    unknown name is one InputError listing the valid ones."""
+    ids = hyena.tokenize([random_seq(rng, 300), random_seq(rng, 300)])
+    residual = hyena.backbone.embeddings.word_embeddings(ids).float()
+    with torch.no_grad():
+        for i, block in enumerate(hyena.backbone.layers):
+            residual = block(residual)
+            got = hyena.hidden_states(ids, layer=f"backbone.layers.{i}", chunk_size=70)
+            torch.testing.assert_close(got, residual, rtol=1e-5, atol=1e-5)
+        final = hyena.backbone.ln_f(residual)
+    torch.testing.assert_close(hyena.hidden_states(ids, layer="backbone.ln_f"), final,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hyena.hidden_states(ids), final, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match=r"no such layer \(valid: backbone.layers.0, "):
+        hyena.hidden_states(ids, layer="blocks.0")
+
+
+def test_tokenize_pads_on_the_right_and_base_codes(hyena):
+    ids = hyena.tokenize(["ACGTN", "acg"])
+    assert ids.shape == (2, 5) and ids[1, :3].tolist() == ids[0, :3].tolist()
+    assert ids[1, 3:].tolist() == [VOCAB["[PAD]"]] * 2
+    assert base.base_codes("ACGTacgtNRx").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, -1, -1, -1]

@@ -22,7 +22,8 @@ from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant
-from genomeconv.models import KmerModel, LanguageModel, NoEmbeddingsError, load, tokenize
+from genomeconv.models import KmerModel, LanguageModel, NoEmbeddingsError, load
+from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import manifest, schema
 from genomeconv.pipelines.variants import plan_variant, score_planned
 from fixtures import assert_one_line_error, random_seq, run_cli, write_fasta

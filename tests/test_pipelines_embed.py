@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from genomeconv.cli import app
 from genomeconv.errors import InputError
-from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
+from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
 from fixtures import random_seq, save_tiny_model

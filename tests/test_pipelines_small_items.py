@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from fixtures import random_seq, save_tiny_model
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
-from genomeconv.models import load, pool, tokenize
+from genomeconv.models import load, pool
+from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import (FORWARD_TOKENS, PER_BASE_ROWS, EmbedActor, WorkerConfig,
                                         _forward_groups, default_unit_bp, embed, plan_read_items,

@@ -25,7 +25,8 @@ from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.variants import Variant
-from genomeconv.models import HyenaConfig, HyenaDNA, load, tokenize
+from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import merge_spans, reverse_complement, subtract_spans
-from genomeconv.models import load, tokenize
-from genomeconv.models.kmer import KmerModel
+from genomeconv.models import load
+from genomeconv.models.tokenizer import tokenize
+from genomeconv.models.families.kmer import KmerModel
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.track import track
 from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta

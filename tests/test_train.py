@@ -117,7 +117,7 @@ def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
     assert "Markov" in (tmp_path / "full" / "model" / "MODEL_CARD.md").read_text()
     assert full["kmer_baseline"]["order"] in range(4)
     # the model's validation NLL equals its own log-likelihood on the same windows
-    split = td.load_genome(genome, val_fraction=0.1)
+    split = td.load_genome(genome, model.tokenize, val_fraction=0.1)
     windows = td.tile_windows(split.val, 64, 4)
     with torch.no_grad():
         nll = -np.mean([model.log_likelihood(torch.from_numpy(w)[None]).numpy() for w in windows])
@@ -223,7 +223,7 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
     model, head = load(model_dir), heads.load_head(model_dir)
     assert head.classes == ["0", "1"] and head.window == 32
     data = td.read_labelled_variants(variant_task[1], "label")
-    windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes)
+    windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes, model.tokenize)
     val = tr._subset(windows, np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
     with torch.no_grad():
         ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
@@ -249,7 +249,8 @@ def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_l
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
     # independent: the head on mean-pooled hidden states of the training windows (window 32)
     data = td.read_labelled_variants(variant_task[1], "label")
-    windows, _ = tr.build_windows(data, variant_task[0], head.window, head.classes)
+    windows, _ = tr.build_windows(data, variant_task[0], head.window, head.classes,
+                                     model.tokenize)
     with torch.no_grad():
         ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
         alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()

@@ -1,11 +1,16 @@
 """The model interface every pipeline uses, the family registry, and pooling.
 
-A pipeline holds a `LanguageModel` and calls only what is declared here: hidden states in
-bounded memory (families with embeddings), next-token log-likelihoods, the sizes that plan the
-work (d_model, max_seq_len), the identity written into outputs (model_id, config_sha256) and
-`save`. Which class a saved folder becomes is decided by the "family" its config.json names
-(`checkpoints.load` dispatches through `FAMILIES`), so a new family is one module that subclasses
-`LanguageModel` and calls `register`, with no edit in any pipeline.
+A pipeline holds a `LanguageModel` and calls only what is declared here: tokenization (each
+family has its own vocabulary), hidden states of the final norm or of a named layer in bounded
+memory (families with embeddings), next-token log-likelihoods and the next-base distribution,
+the sizes that plan the work (d_model, max_seq_len, receptive_field), the identity written
+into outputs (model_id, config_sha256) and `save`. No pipeline names a family.
+
+Families register themselves: each is one module (or subpackage) under `models/families/` that
+subclasses `LanguageModel` and calls `register(Family(...))` when imported; `checkpoints.load`
+imports every module there, so adding a family touches one file. A `Family` says how to load
+genomeconv's own folders of it (config.json names the family) and which release layouts and
+hub ids it reads.
 
 Saved folders in genomeconv's own layout: config.json ({"format": "genomeconv-<family>",
 "format_version": 1, "family", "config", "config_sha256", ...}) + model.safetensors (+ an
@@ -17,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -29,6 +36,9 @@ from genomeconv.errors import InputError
 FORMAT_VERSION = 1
 POOLINGS = ("mean", "max", "last")
 TRACK_BASES = "ACGT"  # the bases of `base_log_probs`, in its column order
+_BASE_CODES = np.full(256, -1, dtype=np.int8)
+for _i, _b in enumerate(TRACK_BASES):
+    _BASE_CODES[ord(_b)] = _BASE_CODES[ord(_b.lower())] = _i
 
 
 def folder_format(family: str) -> str:
@@ -69,12 +79,18 @@ def _pool_masked(hidden: torch.Tensor, pooling: str, lengths: torch.Tensor) -> t
     return torch.bmm(valid[:, None, :].to(hidden.dtype), hidden)[:, 0] / lengths[:, None]
 
 
+def base_codes(seq: str) -> np.ndarray:
+    """A, C, G, T (either case) -> 0..3, the column of `base_log_probs` that scores the base;
+    anything else -> -1. The same for every family, whatever its token ids."""
+    return _BASE_CODES[np.frombuffer(seq.encode("ascii", "replace"), dtype=np.uint8)]
+
+
 class NoEmbeddingsError(InputError):
     """A command that needs hidden states was given a family that has none (e.g. k-mer)."""
 
 
 class LanguageModel(ABC):
-    """What pipelines may use of a DNA language model (token ids from models.tokenizer).
+    """What pipelines may use of a DNA language model; token ids come from its own `tokenize`.
 
     `has_embeddings` says whether `hidden_states` exists (a k-mer model has none); commands that
     need embeddings check it before any work starts (`require_embeddings`).
@@ -83,6 +99,25 @@ class LanguageModel(ABC):
     family: ClassVar[str]
     has_embeddings: ClassVar[bool]
     model_id: str
+
+    @abstractmethod
+    def tokenize(self, seqs: Sequence[str]) -> torch.Tensor:
+        """DNA strings -> token ids (B, L) int64 in this family's vocabulary, L the longest;
+        shorter rows are padded on the right (a causal model never reads them from an earlier
+        position; pooling takes the true lengths). InputError naming the first bad character."""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The names `hidden_states(layer=)` accepts (module names as in the family's released
+        checkpoints); empty without embeddings."""
+        return ()
+
+    def check_layer(self, layer: str | None) -> None:
+        """InputError (one line, listing the valid names) when `layer` is not a layer name."""
+        if layer is not None and layer not in self.layers:
+            shown = ", ".join(self.layers[:12]) + (", ..." if len(self.layers) > 12 else "")
+            raise InputError(f"--layer {layer!r}: {self.model_id} has no such layer (valid: "
+                             f"{shown or 'none'})")
 
     @property
     @abstractmethod
@@ -121,10 +156,13 @@ class LanguageModel(ABC):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors `save` writes to model.safetensors (CPU, contiguous)."""
 
-    def hidden_states(self, ids: torch.Tensor, *, chunk_size: int | None = None,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
-        """ids (B, L) -> final hidden states (B, L, d_model) float32 in bounded memory;
-        chunk_size: positions per pointwise chunk; dtype: compute dtype (None: the model's)."""
+    def hidden_states(self, ids: torch.Tensor, *, layer: str | None = None,
+                      chunk_size: int | None = None, dtype: torch.dtype | None = None
+                      ) -> torch.Tensor:
+        """ids (B, L) -> hidden states (B, L, width) float32 in bounded memory: the final norm's
+        output (layer None), or the output of the module named `layer` (one of `layers`; its
+        width may differ from d_model); chunk_size: positions per pointwise chunk; dtype:
+        compute dtype (None: the model's)."""
         raise NoEmbeddingsError(f"{self.model_id}: the {self.family} family has no embeddings")
 
     @abstractmethod
@@ -175,14 +213,41 @@ class LanguageModel(ABC):
             (directory / "MODEL_CARD.md").write_text(card)
 
 
-# A family's loader: (config values, tensors, the model folder, model id, device, dtype).
+# A family's loader of genomeconv folders: (config values, tensors, the model folder, model id,
+# device, dtype).
 Loader = Callable[[dict[str, Any], dict[str, torch.Tensor], Path, str, Any, Any], LanguageModel]
-FAMILIES: dict[str, Loader] = {}
 
 
-def register(family: str, loader: Loader) -> None:
-    """Make folders whose config.json names `family` load through `loader`."""
-    FAMILIES[family] = loader
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout a family reads besides genomeconv's folders (a public release's).
+    `detect(folder)` says whether a folder holds it; `load(folder, model_id, device, dtype)`
+    reads it; `describe` names its files for messages."""
+
+    describe: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path, str, Any, Any], LanguageModel]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its name (config.json's "family"), the loader of its genomeconv folders,
+    the release layouts it reads, and the hub ids it knows with the files to download for each
+    (other hub ids download the files of every layout's generic pattern, see checkpoints)."""
+
+    name: str
+    load_saved: Loader
+    layouts: tuple[Layout, ...] = ()
+    hub_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    """Make folders whose config.json names `family.name` (and its layouts and hub ids) load
+    through it; called once by each family's module when it is imported."""
+    FAMILIES[family.name] = family
 
 
 def family_loader(family: Any, path: Path) -> Loader:
@@ -190,4 +255,4 @@ def family_loader(family: Any, path: Path) -> Loader:
     if not isinstance(family, str) or family not in FAMILIES:
         raise InputError(f"unknown model family {family!r} (known: {', '.join(sorted(FAMILIES))})",
                          path=path)
-    return FAMILIES[family]
+    return FAMILIES[family].load_saved

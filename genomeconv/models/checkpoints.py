@@ -1,320 +1,59 @@
-"""Load models: HyenaDNA's original release layout and -hf layout, and genomeconv's own folders
-of any family (dispatched on config.json's "family"; see models/base.py, which writes them).
+"""Load models: resolve what the user named (the bundled model, a folder, a hub id) to a local
+folder, and dispatch it to the family that reads it.
 
-- original: config.json (with a nested "layer" dict) + weights.ckpt, a Lightning checkpoint whose
-  state_dict keys start with `model.backbone.` (gradient-checkpointed runs add `.mixer.layer.` /
-  `.mlp.layer.`). The public files pickle omegaconf objects, so a plain `weights_only=True` load
-  fails; we then load again with every non-torch global replaced by an inert placeholder class,
-  so no code from the file runs (tensors are rebuilt only by torch's allowlisted functions).
-  The residual risk is that of torch's restricted unpickler itself; prefer safetensors.
-- -hf: config.json (flat) + model.safetensors with `hyena.backbone.*` and `lm_head.weight`
-  (the shared Sin `freq` may be stored once or three times; the z/t buffers are stored too).
-- genomeconv: config.json ({"format": "genomeconv-<family>", "family", "config": ...}) +
-  model.safetensors (HyenaDNA: our module names, freq stored once) + optional MODEL_CARD.md;
-  folders without "family" (written before families existed) are HyenaDNA.
+A folder in genomeconv's own layout names its family in config.json ("family"; folders written
+before families existed are HyenaDNA's); any other folder is offered to each family's release
+layouts in turn (HyenaDNA's original and -hf layouts, Evo 2's config.yml + .pt). The families
+live in `models/families/`, one module each, imported here once (`families`): each registers
+itself (models/base.py), so this module names none of them.
 
-Hub ids ("owner/name") are downloaded with huggingface_hub (weights and config only); code
-from a hub repository is never downloaded or run. A string is a local path, never a hub id, when
-it starts with ./, ../, / or ~, or its first component exists here.
+Hub ids ("owner/name") are downloaded with huggingface_hub (weights and config only: the files
+the family that knows the id asks for, else the generic HyenaDNA layout files); code from a hub
+repository is never downloaded or run. A string is a local path, never a hub id, when it starts
+with ./, ../, / or ~, or its first component exists here.
 
-Every problem with a model folder is one InputError line (naming the file): a missing or partial
-folder, unreadable JSON or weights, config values of the wrong type, out of range or not finite
-(checked before any module is built), weights that disagree with the config, missing or
-unexpected tensors (a few named), non-finite weights.
+Every problem with a model folder is one InputError line naming the file (the families check
+config values, tensor names, shapes and finiteness before a module is built).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import pickle
+import importlib
+import pkgutil
 import re
-import typing
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+import genomeconv.models.families as families_package
 from genomeconv.errors import InputError
-from genomeconv.models import kmer
-from genomeconv.models.base import FORMAT_VERSION, LanguageModel, family_loader, register
-from genomeconv.models.hyena import SHARED_FREQ, HyenaConfig, HyenaDNA
+from genomeconv.models.base import FAMILIES, FORMAT_VERSION, Family, LanguageModel, family_loader
+from genomeconv.models.weights import ModelNotFoundError, read_json, read_safetensors
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_ID = "genomeconv/bundled"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_FILES = ["config.json", "model.safetensors", "weights.ckpt"]
 _LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
-# Bounds that catch mistyped config values before a model is allocated from them.
-_MIN_VALUE = {"num_inner_mlps": 0}  # other int fields: >= 1
-MAX_SEQ_LEN = 2 ** 24  # longer filters than any published HyenaDNA (1M) by 16x
-_NAMED = 3  # tensors named in a missing/unexpected-keys message
 
 
 class CheckpointDownloadError(InputError, OSError):
     """A hub id could not be downloaded (offline, unknown repository, no access)."""
 
 
-class ModelNotFoundError(InputError, FileNotFoundError):
-    """No model folder (or no config/weights in it) where the user pointed."""
-
-
-class _Inert:
-    """Stand-in for every non-torch global in a Lightning pickle: accepts anything, does nothing."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------------------- configs
-def _config(values: dict, path: Path) -> HyenaConfig:
-    """A HyenaConfig from config values, each checked for type, range and finiteness first
-    (a NaN or a string there would otherwise build a model that writes NaN or fails deep
-    inside torch)."""
-    hints = typing.get_type_hints(HyenaConfig)
-    known = {f.name for f in fields(HyenaConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"unknown config keys {unknown} (known: {sorted(known)})", path=path)
-    for name, value in values.items():
-        _check_value(name, value, hints[name], path)
-    if values.get("max_seq_len", 1) > MAX_SEQ_LEN:
-        raise InputError(f"max_seq_len {values['max_seq_len']} is larger than {MAX_SEQ_LEN}: "
-                         "a mistyped value?", path=path)
-    try:
-        return HyenaConfig(**values)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc), path=path) from None
-
-
-def _check_value(name: str, value: Any, kind: type, path: Path) -> None:
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
-        raise InputError(f"config value {name} = {value!r} is not {wanted}", path=path)
-    if kind is float and not math.isfinite(value):
-        raise InputError(f"config value {name} = {value!r} is not finite", path=path)
-    if kind is int and value < _MIN_VALUE.get(name, 1):
-        raise InputError(f"config value {name} = {value} must be >= {_MIN_VALUE.get(name, 1)}",
-                         path=path)
-    if name == "layer_norm_epsilon" and not value > 0:
-        raise InputError(f"config value {name} = {value} must be > 0", path=path)
-
-
-def _required(cfg: dict, key: str, path: Path) -> Any:
-    if key not in cfg:
-        raise InputError(f"no {key!r} in the config", path=path)
-    return cfg[key]
-
-
-def _config_from_hf(cfg: dict, path: Path) -> HyenaConfig:
-    d_model = _required(cfg, "d_model", path)
-    return _config(dict(
-        d_model=d_model, n_layer=_required(cfg, "n_layer", path),
-        d_inner=cfg.get("d_inner") or _times4(d_model),
-        max_seq_len=_required(cfg, "max_seq_len", path),
-        vocab_size=cfg.get("vocab_size", 12),
-        pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
-        emb_dim=cfg.get("emb_dim", 3), filter_order=cfg.get("filter_order", 64),
-        short_filter_order=cfg.get("short_filter_order", 3),
-        num_inner_mlps=cfg.get("num_inner_mlps", 2), hyena_order=cfg.get("hyena_order", 2),
-        activation_freq=cfg.get("activation_freq", 10),
-        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5)), path)
-
-
-def _times4(d_model: Any) -> Any:
-    """The default d_inner; a mistyped d_model is passed on for `_config` to name."""
-    return 4 * d_model if isinstance(d_model, int) and not isinstance(d_model, bool) else d_model
-
-
-def _config_from_original(cfg: dict, path: Path) -> HyenaConfig:
-    layer = _required(cfg, "layer", path)
-    if not isinstance(layer, dict):
-        raise InputError(f"config value layer = {layer!r} is not an object", path=path)
-    d_model = _required(cfg, "d_model", path)
-    return _config(dict(
-        d_model=d_model, n_layer=_required(cfg, "n_layer", path),
-        d_inner=cfg.get("d_inner") or _times4(d_model),
-        max_seq_len=_required(layer, "l_max", path),
-        vocab_size=cfg.get("vocab_size", 12),
-        pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
-        emb_dim=layer.get("emb_dim", 3), filter_order=layer.get("filter_order", 64),
-        num_inner_mlps=layer.get("num_inner_mlps", 2), hyena_order=layer.get("order", 2),
-        activation_freq=layer.get("w", 1), modulate=layer.get("modulate", True),
-        modulation_shift=layer.get("shift", 0.05),  # as served by the standalone/-hf code
-        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5)), path)
-
-
-# ---------------------------------------------------------------------------------- weights
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelNotFoundError("not found (a genomeconv model folder holds config.json and "
-                                 "model.safetensors)", path=path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise InputError(f"unreadable safetensors file ({' '.join(str(exc).split())}); "
-                         "copy or download it again", path=path) from None
-
-
-def _read_lightning(path: Path) -> dict[str, torch.Tensor]:
-    """state_dict of a Lightning weights.ckpt without running code from the file."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:  # not a torch zip file: truncated, corrupt
-        raise InputError(f"unreadable checkpoint ({' '.join(str(exc).split())})",
-                         path=path) from None
-    except pickle.UnpicklingError:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        try:
-            with torch.serialization.safe_globals([(_Inert, name) for name in names]):
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise InputError(f"refusing to unpickle this checkpoint ({exc}); convert it to "
-                             "safetensors where it came from", path=path) from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise InputError("no 'state_dict' in this Lightning checkpoint", path=path)
-    return state
-
-
-def _rename_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        if not key.startswith(("model.backbone.", "model.lm_head.")):
-            continue  # task heads, optimizer-side extras
-        key = key[len("model."):]
-        key = key.replace(".mixer.layer.", ".mixer.").replace(".mlp.layer.", ".mlp.")
-        out[key] = value
-    return out
-
-
-def _rename_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(k[len("hyena."):] if k.startswith("hyena.") else k): v for k, v in state.items()}
-
-
-def _normalize(state: dict[str, torch.Tensor], model: HyenaDNA) -> dict[str, torch.Tensor]:
-    """Fill the shared Sin freq, drop z/t after checking them, tie a missing lm_head."""
-    state = dict(state)
-    freqs: dict[str, dict[int, torch.Tensor]] = {}
-    for key in [k for k in state if SHARED_FREQ.match(k)]:
-        prefix, idx = SHARED_FREQ.match(key).groups()
-        freqs.setdefault(prefix, {})[int(idx)] = state.pop(key)
-    for prefix, found in freqs.items():
-        first = next(iter(found.values()))
-        if any(not torch.equal(first, f) for f in found.values()):
-            raise InputError(f"{prefix}*.freq differ; HyenaDNA shares one Sin frequency vector")
-        for idx, module in enumerate(model.get_submodule(prefix.rstrip("."))):
-            if hasattr(module, "freq"):
-                state[f"{prefix}{idx}.freq"] = first
-    buffers = dict(model.named_buffers())
-    for key in [k for k in state if k.endswith((".pos_emb.z", ".pos_emb.t"))]:
-        stored, ours = state.pop(key), buffers.get(key)
-        if ours is None or stored[:, :ours.shape[1]].shape != ours.shape or not torch.allclose(
-                stored.float(), ours.float(), atol=1e-4):
-            raise InputError(f"{key} differs from the HyenaDNA positional features for this "
-                             "config (trained positional features are not supported)")
-    if "lm_head.weight" not in state and "backbone.embeddings.word_embeddings.weight" in state:
-        state["lm_head.weight"] = state["backbone.embeddings.word_embeddings.weight"]
-    return state
-
-
-def _check_shapes(config: HyenaConfig, state: dict[str, torch.Tensor], weights: Path) -> None:
-    """d_model and n_layer of the config against the weights, before a model is allocated."""
-    embedding = state.get("backbone.embeddings.word_embeddings.weight")
-    if embedding is not None and embedding.ndim == 2 and embedding.shape[1] != config.d_model:
-        raise InputError(f"the config says d_model {config.d_model} but the weights have "
-                         f"{embedding.shape[1]}", path=weights)
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"backbone\.layers\.(\d+)\.", k))}
-    if layers and max(layers) + 1 != config.n_layer:
-        raise InputError(f"the config says n_layer {config.n_layer} but the weights have "
-                         f"{max(layers) + 1} layers", path=weights)
-
-
-def _check_keys(state: dict[str, torch.Tensor], model: HyenaDNA, weights: Path) -> None:
-    """Missing, unexpected or misshapen tensors (a few named), and non-finite weights."""
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors ({_few(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors ({_few(unexpected)})")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-             if k in state and state[k].shape != v.shape]
-    if wrong:
-        problems.append(f"{len(wrong)} tensors of the wrong shape ({_few(wrong)})")
-    if problems:
-        raise InputError("weights do not match the config: " + "; ".join(problems), path=weights)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise InputError(f"{len(bad)} tensors hold NaN or inf ({_few(bad)}): a broken model",
-                         path=weights)
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:_NAMED]) + (", ..." if len(names) > _NAMED else "")
-
-
-def _build(config: HyenaConfig, state: dict[str, torch.Tensor], model_id: str,
-           device, dtype, weights: Path) -> HyenaDNA:
-    _check_shapes(config, state, weights)
-    model = HyenaDNA(config)
-    state = _normalize(state, model)
-    _check_keys(state, model, weights)
-    model.load_state_dict(state, strict=True)
-    model.model_id = model_id
-    model.eval()
-    return model.to(device=device, dtype=dtype)
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg})", path=path, line=exc.lineno) from None
-    except UnicodeDecodeError:
-        raise InputError("not a text file", path=path) from None
-    if not isinstance(cfg, dict):
-        raise InputError("a model config.json holds one JSON object", path=path)
-    return cfg
-
-
-def _load_hyena(values: dict, state: dict[str, torch.Tensor], directory: Path, model_id: str,
-                device, dtype) -> HyenaDNA:
-    """The "hyena" family's loader: config values checked, then the weights."""
-    config = _config(values, directory / "config.json")
-    return _build(config, state, model_id, device, dtype, directory / "model.safetensors")
-
-
-register("hyena", _load_hyena)
-register("kmer", kmer.load_saved)
+def families() -> dict[str, Family]:
+    """Every registered family, each module under models/families imported once (importing it
+    registers it)."""
+    for info in pkgutil.iter_modules(families_package.__path__):
+        importlib.import_module(f"genomeconv.models.families.{info.name}")
+    return FAMILIES
 
 
 def _load_directory(directory: Path, model_id: str, device, dtype) -> LanguageModel:
-    """Detect the layout of a local checkpoint directory and load it."""
+    """Load a local folder: genomeconv's own layout by its family, else a release layout."""
     config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise ModelNotFoundError("config.json not found (a checkpoint directory holds "
-                                 "config.json and model.safetensors or weights.ckpt)",
-                                 path=config_path)
-    cfg = _read_config(config_path)
-    safetensors, lightning = directory / "model.safetensors", directory / "weights.ckpt"
+    cfg = read_json(config_path) if config_path.is_file() else {}
+    known = families()
     family = cfg.get("family", "hyena" if cfg.get("format") == "genomeconv-hyena" else None)
     if family is not None:
         if cfg.get("format_version") != FORMAT_VERSION:
@@ -324,16 +63,25 @@ def _load_directory(directory: Path, model_id: str, device, dtype) -> LanguageMo
         if not isinstance(values, dict):
             raise InputError("no 'config' object", path=config_path)
         loader = family_loader(family, config_path)
-        return loader(values, _read_safetensors(safetensors), directory, model_id, device, dtype)
-    if safetensors.is_file():
-        config = _config_from_hf(cfg, config_path)
-        return _build(config, _rename_hf(_read_safetensors(safetensors)), model_id, device,
-                      dtype, safetensors)
-    if lightning.is_file():
-        config = _config_from_original(cfg, config_path)
-        return _build(config, _rename_original(_read_lightning(lightning)), model_id, device,
-                      dtype, lightning)
-    raise ModelNotFoundError("neither model.safetensors nor weights.ckpt found", path=directory)
+        return loader(values, read_safetensors(directory / "model.safetensors"), directory,
+                      model_id, device, dtype)
+    layouts = [layout for fam in known.values() for layout in fam.layouts]
+    for layout in layouts:
+        if layout.detect(directory):
+            return layout.load(directory, model_id, device, dtype)
+    what = "; ".join(["config.json + model.safetensors (genomeconv)"]
+                     + [layout.describe for layout in layouts])
+    raise ModelNotFoundError(f"no model files found (a model folder holds one of: {what})",
+                             path=directory)
+
+
+def _hub_files(repo_id: str) -> list[str]:
+    """The files of a hub repository to download: those the family that knows the id asks for,
+    else the HyenaDNA layouts' (config.json, model.safetensors, weights.ckpt)."""
+    for fam in families().values():
+        if repo_id in fam.hub_files:
+            return list(fam.hub_files[repo_id])
+    return _HUB_FILES
 
 
 def _download(repo_id: str) -> Path:
@@ -341,7 +89,7 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=_hub_files(repo_id)))
     except Exception as exc:  # offline, unknown repository, no access: one clear message
         reason = " ".join(str(exc).split())[:200]
         raise CheckpointDownloadError(

@@ -309,10 +309,10 @@ def _layer(block: nn.Module, residual: torch.Tensor, ws: _Workspace) -> None:
 
 @torch.no_grad()
 def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None = None,
-                  piece_size: int | None = None, dtype: torch.dtype | None = None
-                  ) -> torch.Tensor:
+                  piece_size: int | None = None, dtype: torch.dtype | None = None,
+                  blocks: int | None = None) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
-    rounding, in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
+    rounding (with `blocks`, the residual stream after the first `blocks` blocks instead), in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
     4 bytes (v', 8 for float64) plus channel-group and chunk-sized temporaries.
 
     chunk_size: positions per pointwise chunk (default 4096); piece_size: positions per piece
@@ -330,9 +330,11 @@ def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None
     for s in _chunks(L, chunk):
         residual[:, s] = bb.embeddings.word_embeddings(ids[:, s]).float()
     ws = _Workspace(model, B, L, chunk, max(1, piece_size or DEFAULT_PIECE), dtype)
-    for block in bb.layers:
+    for block in bb.layers[:blocks]:
         _layer(block, residual, ws)
     del ws
+    if blocks is not None:
+        return residual
     for s in _chunks(L, chunk):
         residual[:, s] = _norm(bb.ln_f, residual[:, s], torch.float32)
     return residual

@@ -1,4 +1,5 @@
-"""HyenaDNA's character vocabulary, vectorized through a 256-entry lookup table.
+"""HyenaDNA's character vocabulary (also the k-mer family's), vectorized through a 256-entry
+lookup table.
 
 Ids: [CLS]0 [SEP]1 [BOS]2 [MASK]3 [PAD]4 [RESERVED]5 [UNK]6 A7 C8 G9 T10 N11. Soft-masked
 (lowercase) bases are upper-cased first (the original maps lowercase to [UNK]); IUPAC ambiguity
@@ -6,6 +7,8 @@ codes (R Y S W K M B D H V) become N; anything else (including U, gaps and space
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -49,3 +52,13 @@ def tokenize(seq: str | bytes) -> torch.LongTensor:
                          "(expected A, C, G, T, N or an IUPAC code)")
     return torch.from_numpy(ids)
 
+
+
+def tokenize_rows(seqs: Sequence[str]) -> torch.LongTensor:
+    """DNA strings -> (B, longest) ids, shorter rows right-padded with [PAD]; one vectorized
+    lookup over the joined strings (a batch of short reads costs one call, not one per read)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    valid = torch.arange(int(lengths.max()) if len(seqs) else 0)[None, :] < lengths[:, None]
+    ids = torch.full(valid.shape, PAD_ID, dtype=torch.long)
+    ids[valid] = tokenize("".join(seqs))  # row-major: the sequences one after the other
+    return ids

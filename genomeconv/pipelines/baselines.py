@@ -17,7 +17,7 @@ def fit_kmer(fasta: str | Path, order: int, directory: str | Path) -> None:
     """Fit an order-`order` k-mer model on every record of `fasta` and save it to `directory`
     (what `genomeconv pretrain --family kmer` writes)."""
     from genomeconv.io.fasta import FastaFile, readable_fasta
-    from genomeconv.models.kmer import KmerModel
+    from genomeconv.models.families.kmer import KmerModel
 
     with FastaFile(readable_fasta(fasta)) as fa:
         names, sizes = fa.references, fa.lengths
@@ -33,7 +33,7 @@ def resolve_model(model: str | None, fasta: str | Path) -> tuple[str | None, str
     """(the model folder or id to load, the model id outputs report): a `kmer:K` spec becomes
     the cached folder of that model fitted on `fasta` and the id "kmer:K"; anything else is
     returned as it is, with no id of its own."""
-    from genomeconv.models.kmer import parse_spec
+    from genomeconv.models.families.kmer import parse_spec
 
     order = parse_spec(model)
     if order is None:

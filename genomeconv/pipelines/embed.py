@@ -338,17 +338,12 @@ class EmbedActor(runtime.UnitActor):
 
     def hidden(self, seqs: list[str]) -> tuple[Any, Any]:
         """Hidden states of a batch, (B, max length, d) float32, and the lengths (B,): right
-        padding, which a causal model never sees from earlier positions; tokenized in one
-        vectorized call."""
+        padding (`LanguageModel.tokenize`), which a causal model never sees from earlier
+        positions."""
         import torch
 
-        from genomeconv.models import tokenize
-        from genomeconv.models.tokenizer import PAD_ID
-
         lengths = torch.tensor([len(s) for s in seqs])
-        valid = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-        ids = torch.full(valid.shape, PAD_ID, dtype=torch.long)
-        ids[valid] = tokenize("".join(seqs))  # row-major: the sequences one after the other
+        ids = self.model.tokenize(seqs)
         hidden = self.model.hidden_states(ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
         return hidden, lengths
 
@@ -560,7 +555,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     """
     from genomeconv.io.fasta import readable_fasta
     from genomeconv.models import POOLINGS, load
-    from genomeconv.models.kmer import parse_spec
+    from genomeconv.models.families.kmer import parse_spec
 
     t0 = time.perf_counter()
     if parse_spec(model) is not None:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from genomeconv.models.kmer import ALPHABET
-from genomeconv.models.kmer import kmer_codes as _kmer_codes
-from genomeconv.models.kmer import symbols as _symbols
+from genomeconv.models.families.kmer import ALPHABET
+from genomeconv.models.families.kmer import kmer_codes as _kmer_codes
+from genomeconv.models.families.kmer import symbols as _symbols
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -62,7 +62,6 @@ import numpy as np
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import Span, merge_spans, reverse_complement, subtract_spans
-from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import manifest, preflight, runtime, schema
 
 if TYPE_CHECKING:
@@ -222,16 +221,18 @@ class TrackActor(runtime.UnitActor):
 
     def logp(self, seq: str) -> np.ndarray:
         """log p(A, C, G, T) at window indices 1..len-1 of one window, (len - 1, 4)."""
-        ids = tokenize(seq)[None]
+        ids = self.model.tokenize([seq])
         return self.model.base_log_probs(ids, chunk_size=self.cfg.chunk_size,
                                          dtype=self.dtype)[0].cpu().numpy()
 
     def piece_table(self, piece: Piece) -> tuple[pa.Table, float]:
         """The piece's rows and the seconds its windows took in the model."""
+        from genomeconv.models.base import base_codes
+
         a, b = piece.start, piece.end
         positions = np.arange(a, b, dtype=np.int64)
         ref = self.fasta.fetch(piece.chrom, a, b).upper()
-        codes = _base_codes(ref)
+        codes = base_codes(ref)
         t0 = time.perf_counter()
         ws = max(0, a - self.cfg.context)
         context_fwd = positions - ws  # the window index of each position = bases before it
@@ -262,17 +263,6 @@ class TrackActor(runtime.UnitActor):
                              "pass --keep-nonfinite to write such rows marked nonfinite = true",
                              path=self.model.model_id)
         return bad
-
-
-def _base_codes(seq: str) -> np.ndarray:
-    """A0 C1 G2 T3 (the columns of base_log_probs) per base, -1 for N and IUPAC codes: the
-    tokenizer's ids shifted, so the two never disagree on what a base is."""
-    from genomeconv.models.base import TRACK_BASES
-    from genomeconv.models.tokenizer import VOCAB
-
-    codes = tokenize(seq).numpy() - VOCAB[TRACK_BASES[0]]
-    codes[codes >= len(TRACK_BASES)] = -1
-    return codes
 
 
 def _rows(logp: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -120,16 +120,17 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
     check_pretrain(genome, out, opts)
     rank, world = init_distributed()
     out = Path(out)
-    split = training_data.load_genome(genome, val_records=opts.val_records,
-                                      val_fraction=opts.val_fraction)
-    training_data.check_window_fits(split, max((opts.seq_len, *opts.warmup_lengths)))
-    val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     config = HyenaConfig(d_model=opts.d_model, n_layer=opts.n_layer,
                          d_inner=opts.d_inner or 4 * opts.d_model, max_seq_len=opts.seq_len)
     torch.manual_seed(opts.seed)
+    model = HyenaDNA(config)
+    split = training_data.load_genome(genome, model.tokenize, val_records=opts.val_records,
+                                      val_fraction=opts.val_fraction)
+    training_data.check_window_fits(split, max((opts.seq_len, *opts.warmup_lengths)))
+    val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     ds_config = load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                                       world_size=world)
-    engine = build_engine(NextTokenLoss(HyenaDNA(config)), ds_config, lr=opts.lr,
+    engine = build_engine(NextTokenLoss(model), ds_config, lr=opts.lr,
                           total_steps=opts.steps,
                           warmup_steps=opts.lr_warmup or max(1, opts.steps // 20))
     micro = engine.train_micro_batch_size_per_gpu()
@@ -291,11 +292,12 @@ def check_finetune(variants: str | Path, fasta: str | Path, out: str | Path,
 
 
 def build_windows(data: training_data.LabelledVariants, fasta: str | Path, window: int,
-                  classes: Sequence[str]) -> tuple[VariantWindows, dict[str, int]]:
-    """Ref/alt windows from the scoring pipeline's `plan_variant`; returns the usable ("ok")
-    variants and the count of each status."""
+                  classes: Sequence[str], tokenize: Callable[[Sequence[str]], torch.Tensor]
+                  ) -> tuple[VariantWindows, dict[str, int]]:
+    """Ref/alt windows from the scoring pipeline's `plan_variant`, as the model's token ids
+    (`tokenize`: its `LanguageModel.tokenize`); returns the usable ("ok") variants and the
+    count of each status."""
     from genomeconv.io.fasta import FastaFile
-    from genomeconv.models import tokenize
     from genomeconv.pipelines.variants import plan_variant
 
     index = {c: i for i, c in enumerate(classes)}
@@ -306,8 +308,9 @@ def build_windows(data: training_data.LabelledVariants, fasta: str | Path, windo
             pv = plan_variant(v, fa, window, cache)
             statuses[pv.status] = statuses.get(pv.status, 0) + 1
             if pv.status == "ok":
-                ref.append(tokenize(pv.ref_seq).numpy())
-                alt.append(tokenize(pv.alt_seq).numpy())
+                ids = tokenize([pv.ref_seq, pv.alt_seq]).numpy()
+                ref.append(ids[0])
+                alt.append(ids[1])
                 labels.append(index[y])
                 rows.append(i)
     empty = np.empty((0, window), dtype=np.int64)
@@ -344,14 +347,16 @@ class FinetuneData:
     val_chroms: list[str]
 
 
-def finetune_data(variants: str | Path, fasta: str | Path, opts: FinetuneOptions) -> FinetuneData:
-    """Read the labelled variants, order the classes, build and split their windows."""
+def finetune_data(variants: str | Path, fasta: str | Path, opts: FinetuneOptions,
+                  tokenize: Callable[[Sequence[str]], torch.Tensor]) -> FinetuneData:
+    """Read the labelled variants, order the classes, build and split their windows (token ids
+    from `tokenize`, the base model's)."""
     data = training_data.read_labelled_variants(variants, opts.label)
     if len(data.classes) < 2:
         raise InputError(f"label {opts.label!r} has a single value {data.classes}; a classifier "
                          "needs two or more", path=variants)
     classes = order_classes(data.labels, data.classes, opts.positive_label)
-    windows, statuses = build_windows(data, fasta, opts.window, classes)
+    windows, statuses = build_windows(data, fasta, opts.window, classes, tokenize)
     chosen = [data.variants[r] for r in windows.rows]
     train_idx, val_idx = training_data.split_by_chromosome(
         chosen, val_chroms=opts.val_chroms, val_fraction=opts.val_fraction, window=opts.window)
@@ -401,7 +406,7 @@ def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: Fin
     if opts.freeze.isdigit() and int(opts.freeze) > base.config.n_layer:
         raise InputError(f"--freeze {opts.freeze}: the base model has {base.config.n_layer} "
                          "blocks")
-    data = finetune_data(variants, fasta, opts)
+    data = finetune_data(variants, fasta, opts, base.tokenize)
     train, val = data.train, data.val
     meta = head_meta(data.classes, base, opts)
     rank, world = init_distributed()

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import csv
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,17 +62,17 @@ class GenomeSplit:
         return f"train {side(self.train)}; validation {side(self.val)}"
 
 
-def load_genome(path: str | Path, *, val_records: Sequence[str] = (),
-                val_fraction: float = 0.02) -> GenomeSplit:
-    """Read every record of an (indexed or indexable) FASTA and split it (see module doc)."""
+def load_genome(path: str | Path, tokenize: Callable[[Sequence[str]], Any], *,
+                val_records: Sequence[str] = (), val_fraction: float = 0.02) -> GenomeSplit:
+    """Read every record of an (indexed or indexable) FASTA as the model's token ids
+    (`tokenize`: its `LanguageModel.tokenize`) and split it (see module doc)."""
     from genomeconv.io.fasta import FastaFile
-    from genomeconv.models import tokenize
 
     train, val = [], []
     with FastaFile(path) as fa:
         held = {_record(fa, r, path) for r in val_records}
         for name, length in zip(fa.references, fa.lengths):
-            ids = tokenize(fa.fetch(name)).numpy().astype(np.uint8)
+            ids = tokenize([fa.fetch(name)])[0].numpy().astype(np.uint8)
             if held:
                 (val if name in held else train).append(Segment(name, 0, ids))
                 continue

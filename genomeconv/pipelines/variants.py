@@ -238,7 +238,7 @@ def run_windows(model: LanguageModel, seqs: Sequence[str], *,
     """
     import torch
 
-    from genomeconv.models import pool, tokenize
+    from genomeconv.models.base import pool
 
     out: list[WindowScores | None] = [None] * len(seqs)
     by_length: dict[int, list[int]] = {}
@@ -249,7 +249,7 @@ def run_windows(model: LanguageModel, seqs: Sequence[str], *,
             step = batch_size or default_batch_size(length)
             for b in range(0, len(index), step):
                 rows = index[b:b + step]
-                ids = torch.stack([tokenize(seqs[i]) for i in rows])
+                ids = model.tokenize([seqs[i] for i in rows])
                 loglik, hidden = model.log_likelihoods(ids, with_hidden=pooled, dtype=dtype)
                 loglik = loglik.double().cpu()
                 sums = loglik.sum(dim=1).numpy()

@@ -2,7 +2,7 @@
 
 Module names follow the public checkpoints (`backbone.embeddings.word_embeddings`,
 `backbone.layers.{i}.mixer.{in_proj,short_filter,filter_fn,out_proj}`, `norm1`, `norm2`,
-`mlp.fc1/fc2`, `backbone.ln_f`, `lm_head`), so loading is a key rename (see checkpoints.py).
+`mlp.fc1/fc2`, `backbone.ln_f`, `lm_head`), so loading is a key rename (see layouts.py).
 
 Inputs longer than `max_seq_len`: the implicit filter is only defined on `max_seq_len` positions,
 so the long convolution becomes a *partial* convolution with `max_seq_len` taps (as FlashFFTConv
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,12 +23,12 @@ from torch import nn
 
 from genomeconv.errors import InputError
 from genomeconv.kernels import fftconv
-from genomeconv.models import inference
+import genomeconv.models.inference as inference
 from genomeconv.models.base import LanguageModel, config_sha256, pool
-from genomeconv.models.tokenizer import VOCAB, tokenize
+from genomeconv.models.tokenizer import VOCAB, tokenize, tokenize_rows
 
 # The filter MLP's Sin layers share one frequency vector: stored once per filter as the first
-# Sin's `freq`, expanded to every Sin when loading (checkpoints.py).
+# Sin's `freq`, expanded to every Sin when loading (layouts.py).
 SHARED_FREQ = re.compile(r"^(.*\.implicit_filter\.)(\d+)\.freq$")
 
 
@@ -272,6 +273,15 @@ class HyenaDNA(nn.Module, LanguageModel):
             for w in (block.mixer.out_proj.weight, block.mlp.fc2.weight):
                 nn.init.normal_(w, std=std / math.sqrt(2 * self.config.n_layer))
 
+    def tokenize(self, seqs: Sequence[str]) -> torch.Tensor:
+        return tokenize_rows(seqs)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Each block's output ("backbone.layers.{i}", the residual stream after it) and the
+        final norm's ("backbone.ln_f"), as the public checkpoints name the modules."""
+        return (*(f"backbone.layers.{i}" for i in range(self.config.n_layer)), "backbone.ln_f")
+
     @property
     def d_model(self) -> int:
         return self.config.d_model
@@ -327,9 +337,13 @@ class HyenaDNA(nn.Module, LanguageModel):
         """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32 (autograd)."""
         return inference.next_token_loglik(self.logits(input_ids), input_ids)
 
-    def hidden_states(self, ids: torch.Tensor, *, chunk_size: int | None = None,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
-        return inference.hidden_states(self, ids, chunk_size=chunk_size, dtype=dtype)
+    def hidden_states(self, ids: torch.Tensor, *, layer: str | None = None,
+                      chunk_size: int | None = None, dtype: torch.dtype | None = None
+                      ) -> torch.Tensor:
+        self.check_layer(layer)
+        blocks = None if layer in (None, "backbone.ln_f") else int(layer.rsplit(".", 1)[1]) + 1
+        return inference.hidden_states(self, ids, chunk_size=chunk_size, dtype=dtype,
+                                       blocks=blocks)
 
     def log_likelihoods(self, ids: torch.Tensor, *, with_hidden: bool = False,
                         chunk_size: int | None = None, dtype: torch.dtype | None = None

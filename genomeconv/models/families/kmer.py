@@ -15,7 +15,7 @@ states: `has_embeddings` is False and commands that need embeddings refuse it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from genomeconv.errors import InputError
-from genomeconv.models.base import LanguageModel
-from genomeconv.models.tokenizer import VOCAB, tokenize
+from genomeconv.models.base import Family, LanguageModel, register
+from genomeconv.models.tokenizer import VOCAB, tokenize, tokenize_rows
 
 ALPHABET = 5  # A C G T N
 FIRST_BASE_ID = VOCAB["A"]  # ids A7 C8 G9 T10 N11 -> symbols 0..4
@@ -95,6 +95,10 @@ class KmerModel(LanguageModel):
         """Count the sequences (both strands); `source` says what was fitted (config.json)."""
         check_order(order)
         return cls(count_kmers(sequences, order), pseudocount, source)
+
+    def tokenize(self, seqs: Sequence[str]) -> torch.Tensor:
+        """HyenaDNA's ids (models/tokenizer.py): the tables count its A C G T N symbols."""
+        return tokenize_rows(seqs)
 
     @property
     def d_model(self) -> int:
@@ -195,3 +199,6 @@ def load_saved(values: dict[str, Any], state: dict[str, torch.Tensor], directory
                          path=weights)
     source = values.get("source") if isinstance(values.get("source"), dict) else {}
     return KmerModel(counts, float(a), source, model_id)
+
+
+register(Family("kmer", load_saved))
