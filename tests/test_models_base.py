@@ -195,6 +195,7 @@ def test_hidden_states_of_a_named_layer(hyena, rng):
             residual = block(residual)
             got = hyena.hidden_states(ids, layer=f"backbone.layers.{i}", chunk_size=70)
             torch.testing.assert_close(got, residual, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(hyena(ids, layer=f"backbone.layers.{i}"), residual)
         final = hyena.backbone.ln_f(residual)
     torch.testing.assert_close(hyena.hidden_states(ids, layer="backbone.ln_f"), final,
                                rtol=1e-5, atol=1e-5)

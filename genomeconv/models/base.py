@@ -112,6 +112,12 @@ class LanguageModel(ABC):
         checkpoints); empty without embeddings."""
         return ()
 
+    def layer_width(self, layer: str | None = None) -> int:
+        """The last dimension of `hidden_states(layer=layer)` (d_model unless the family's
+        named module is wider), so that heads on a layer's embeddings are sized before a run."""
+        self.check_layer(layer)
+        return self.d_model
+
     def check_layer(self, layer: str | None) -> None:
         """InputError (one line, listing the valid names) when `layer` is not a layer name."""
         if layer is not None and layer not in self.layers:

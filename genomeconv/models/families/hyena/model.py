@@ -321,13 +321,20 @@ class HyenaDNA(nn.Module, LanguageModel):
             state[key] = tensor.detach().to("cpu").contiguous()
         return state
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) -> hidden states (B, L, d_model) after ln_f (float32 residual stream)."""
+    def forward(self, input_ids: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """ids (B, L) -> hidden states (B, L, d_model) after ln_f (float32 residual stream), or
+        of the named `layer` (as `hidden_states`), with autograd: the training path."""
         bb = self.backbone
+        blocks = self._blocks(layer)
         residual = bb.embeddings.word_embeddings(input_ids).float()
-        for block in bb.layers:
+        for block in bb.layers[:blocks]:
             residual = block(residual)
-        return bb.ln_f(residual.to(bb.ln_f.weight.dtype))
+        return residual if blocks is not None else bb.ln_f(residual.to(bb.ln_f.weight.dtype))
+
+    def _blocks(self, layer: str | None) -> int | None:
+        """How many blocks a layer name runs (None: all, then the final norm)."""
+        self.check_layer(layer)
+        return None if layer in (None, "backbone.ln_f") else int(layer.rsplit(".", 1)[1]) + 1
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> next-token logits (B, L, padded_vocab_size)."""
@@ -340,10 +347,8 @@ class HyenaDNA(nn.Module, LanguageModel):
     def hidden_states(self, ids: torch.Tensor, *, layer: str | None = None,
                       chunk_size: int | None = None, dtype: torch.dtype | None = None
                       ) -> torch.Tensor:
-        self.check_layer(layer)
-        blocks = None if layer in (None, "backbone.ln_f") else int(layer.rsplit(".", 1)[1]) + 1
         return inference.hidden_states(self, ids, chunk_size=chunk_size, dtype=dtype,
-                                       blocks=blocks)
+                                       blocks=self._blocks(layer))
 
     def log_likelihoods(self, ids: torch.Tensor, *, with_hidden: bool = False,
                         chunk_size: int | None = None, dtype: torch.dtype | None = None
