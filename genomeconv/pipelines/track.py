@@ -179,6 +179,7 @@ class TrackConfig:
     manifest_sha256: str | None = None
     token: manifest.RunToken | None = None
     settings: str = "{}"  # KEY_TRACK's JSON
+    model_id: str | None = None  # the id outputs report for a model fitted on the FASTA
 
 
 class TrackActor(runtime.UnitActor):
@@ -195,7 +196,8 @@ class TrackActor(runtime.UnitActor):
         if config.threads:
             torch.set_num_threads(config.threads)
         self.cfg = config
-        self.model: LanguageModel = load(config.model, device=config.device)
+        self.model: LanguageModel = load(config.model, device=config.device,
+                                         model_id=config.model_id)
         self.dtype = runtime.compute_dtype(config.dtype)
         self.fasta = FastaFile(config.fasta)
 
@@ -539,7 +541,7 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
                                  dtype=dtype, threads=None if gpus else cpus, command=command,
                                  keep_nonfinite=keep_nonfinite,
                                  manifest_sha256=run_manifest.sha256, token=run.token,
-                                 settings=json.dumps(settings))
+                                 settings=json.dumps(settings), model_id=model_id)
             rows = [{"unit_id": u.unit_id,
                      "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
                     for u in units]
