@@ -15,7 +15,7 @@ from . import fft, paired, partial, sparse
 from .fft import SPECTRA, SpectrumCache
 from .modules import LongConv
 from .partial import StreamingConv
-from .validate import check_conv_args, check_finite, check_out
+from .validate import check_conv_args, check_finite, check_out_tensor
 
 __all__ = ["fftconv", "LongConv", "StreamingConv", "SpectrumCache", "SPECTRA", "METHODS",
            "choose_method"]
@@ -75,7 +75,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     if not isinstance(history, int) or not 0 <= history < L:
         raise ValueError(f"history must be an int in [0, L={L}), got {history!r}")
     if out is not None:
-        check_out(out, u, (*u.shape[:2], L - history), _needs_grad(u, k, D, pregate, postgate))
+        check_out_tensor(out, u, (*u.shape[:2], L - history), _needs_grad(u, k, D, pregate, postgate))
     if k.shape[-1] > L:
         k = k[:, :L]
     if method == "auto":
