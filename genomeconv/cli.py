@@ -21,6 +21,8 @@ from typer.core import TyperGroup
 from genomeconv.commands import embed, plot, query, submit, track, train, variants
 from genomeconv.errors import VERBOSE_ENV, GenomeconvError, verbose
 
+# Usage errors (a bad option): click's, and those of the copy of click newer typers carry.
+USAGE_ERRORS = tuple({click.UsageError, typer.BadParameter.__mro__[1]})
 EXIT_INPUT = 2  # bad input or options, in every command (typer's usage errors use 2 as well)
 # OSErrors that mean a path the user gave is wrong. ValueError and KeyError are still raised for
 # bad input by modules that predate InputError (io readers, pipelines' option checks); they stay
@@ -48,7 +50,7 @@ class BoundaryGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.UsageError as exc:  # a bad option: one line, not click's box
+        except USAGE_ERRORS as exc:  # a bad option: one line, not click's box
             click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
         except USER_ERRORS as exc:

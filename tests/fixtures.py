@@ -56,6 +56,16 @@ def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) 
     return lines[0]
 
 
+def worker_setup(model: str | None, out: str | Path, **fields: object):
+    """A job.WorkerSetup for running an actor in this process (no run, no lock)."""
+    from genomeconv.pipelines.job import WorkerSetup
+
+    base = dict(model=model, model_id=None, device=None, dtype=None, threads=None, out=str(out),
+                command="genomeconv test", keep_nonfinite=False, manifest_sha256=None,
+                token=None)
+    return WorkerSetup(**{**base, **fields})
+
+
 def save_tiny_model(path: str | Path, *, seed: int, max_seq_len: int, d_inner: int = 32) -> str:
     """A random HyenaDNA (d_model 16, 2 layers) saved in genomeconv's layout at `path`: small
     enough to run hundreds of items in seconds; `seed` makes its weights reproducible."""

@@ -30,6 +30,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import random_seq, save_tiny_model, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
@@ -231,7 +232,7 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     assert "contig '1' matched to 'chr1'" in first and f"{n_alts} ALT alleles (0 already done)" \
         in first
     parts = sorted(out.glob("part-*.parquet"))
-    assert len(parts) == 4 and f"wrote {n_alts} rows" in first
+    assert len(parts) == 4 and f"scored {n_alts} in" in first
 
     meta = pq.read_schema(parts[0]).metadata
     assert meta[b"genomeconv.kind"] == b"variants"
@@ -273,13 +274,13 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     parts[1].unlink()
     (out / ".tmp-crashed").write_bytes(b"partial")
     second = run_cli(args)
-    assert f"({n_alts - lost} already done): wrote {lost} rows" in second
+    assert f"({n_alts - lost} already done): scored {lost} in" in second
     for p in parts[:1] + parts[2:]:
         assert p.stat().st_mtime_ns == mtimes[p.name]
     assert table("SELECT count(*), count(DISTINCT (chrom, pos, ref, alt)) FROM T") == [
         (n_alts, n_alts)]
     third = run_cli(args)
-    assert f"({n_alts} already done): wrote 0 rows" in third
+    assert f"({n_alts} already done): scored 0 in" in third
     assert not os.path.exists(out / ".tmp-crashed")  # removed by the next run, never read
     other = CliRunner().invoke(app, ["score-variants", *args[:8], str(W - 2), *args[9:]])
     assert other.exit_code == 2 and f"window: {W} (in the folder) vs {W - 2} (this run)" \
@@ -339,8 +340,8 @@ def test_contig_shorter_than_the_window_is_the_window(ray_local, tiny_model, mod
     picks = [("short", 10), ("short", 80), ("long", 200)]
     table.write_text("chrom\tpos\tref\talt\n" + "".join(
         f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1])}\n" for c, p in picks))
-    summary = score_variants(table, fasta, tmp_path / "out", model=str(tiny_model), window=120)
-    assert summary.rows_written == 3 and summary.statuses == {"ok": 3}
+    summary = score_variants(VariantOptions(variants=table, fasta=fasta, out=tmp_path / "out", model=str(tiny_model), window=120))
+    assert summary.tally["rows"] == 3 and summary.tally["statuses"] == {"ok": 3}
     assert capsys.readouterr().err.count("\n") == 1  # one line names the short contig
     got = {(r["chrom"], r["pos"]): r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert (got[("short", 10)]["window_start"], got[("short", 10)]["window_end"]) == (0, 90)
@@ -427,8 +428,7 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
 
     def refused(**changes) -> str:
         with pytest.raises(InputError) as err:
-            score_variants(table, changes.pop("fasta", fasta), out, model=str(model_dir),
-                           **{"window": W, **changes})
+            score_variants(VariantOptions(variants=table, fasta=changes.pop("fasta", fasta), out=out, model=str(model_dir), **{"window": W, **changes}))
         return str(err.value)
 
     assert f"window: {W} (in the folder) vs {W + 2} (this run)" in refused(window=W + 2)

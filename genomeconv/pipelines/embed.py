@@ -566,8 +566,8 @@ class EmbedJob(Job):
                             per_base_dtype=o.per_base_dtype, batch_size=o.batch_size,
                             chunk_size=o.chunk_size)
 
-    def details(self, tally: dict[str, Any]) -> str:
-        return f"{sum(it.length for it in self.items):,} bp selected"
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"bp selected": sum(it.length for it in self.items)}
 
 
 def embed(opts: EmbedOptions, *, on_plan: Progress | None = None,

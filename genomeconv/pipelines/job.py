@@ -63,8 +63,8 @@ class WorkerSetup:
     out: str
     command: str
     keep_nonfinite: bool
-    manifest_sha256: str
-    token: manifest.RunToken
+    manifest_sha256: str | None
+    token: manifest.RunToken | None  # None: parts are renamed into place without the lock
 
 
 class UnitActor:
@@ -148,7 +148,7 @@ class JobSummary:
     seconds: float
     worker_peak_rss: int  # the largest peak resident memory of any worker (bytes)
     tally: dict[str, Any] = field(default_factory=dict)  # summed from the workers' tallies
-    details: str = ""  # the job's own figures, e.g. "context 2,051"
+    facts: dict[str, Any] = field(default_factory=dict)  # the job's own, e.g. {"context": 2051}
     notes: list[str] = field(default_factory=list)  # lines printed before the summary
     outputs: list[str] = field(default_factory=list)
 
@@ -160,7 +160,8 @@ class JobSummary:
     def lines(self) -> list[str]:
         """The notes, the summary line and the outputs, as the command prints them."""
         rate = self.work_done / self.seconds if self.seconds else 0.0
-        details = f" ({self.details})" if self.details else ""
+        facts = ", ".join(f"{k} {v:,}" for k, v in self.facts.items())
+        details = f" ({facts})" if facts else ""
         return [*self.notes,
                 f"{self.items:,} {self.noun} ({self.items_skipped:,} already done); "
                 f"{self.verb} {self.items_done:,} in {self.units} units{details}, "
@@ -238,9 +239,9 @@ class Job:
     def outputs(self) -> list[str]:
         return [str(d) for d in self.part_dirs()]
 
-    def details(self, tally: dict[str, Any]) -> str:
-        """The job's own figures for the summary line."""
-        return ""
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        """The job's own figures for the summary (`tally`: the workers')."""
+        return {}
 
     def notes(self, tally: dict[str, Any]) -> list[str]:
         """Lines printed before the summary line."""
@@ -278,7 +279,7 @@ def run_job(job: Job, *, on_plan: Progress | None = None,
     return JobSummary(job.kind, job.noun, job.verb, job.work_unit, selected,
                       selected - sum(u.count for u in units), done["count"], done["work"],
                       len(units), time.perf_counter() - t0, done["peak_rss"], done["tally"],
-                      job.details(done["tally"]), job.notes(done["tally"]), job.outputs())
+                      job.facts(done["tally"]), job.notes(done["tally"]), job.outputs())
 
 
 def run_units(job: Job, units: Sequence[Unit], setup: WorkerSetup,

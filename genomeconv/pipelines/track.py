@@ -515,8 +515,8 @@ class TrackJob(Job):
         if ran or self.opts.overwrite or stale_bigwigs(self.out, self.bigwigs()):
             write_bigwigs(self.out, self.readable, self.bigwigs(), self.opts.address)
 
-    def details(self, tally: dict[str, Any]) -> str:
-        return f"{len(self.pieces)} pieces, context {self.context:,}"
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"pieces": len(self.pieces), "context": self.context}
 
 
 def track(opts: TrackOptions, *, on_plan: Progress | None = None,

@@ -704,9 +704,8 @@ class VariantsJob(Job):
                             strands=o.strands, site_probs=o.site_probs,
                             batch_size=o.batch_size, lm=self.lm)
 
-    def details(self, tally: dict[str, Any]) -> str:
-        statuses = ", ".join(f"{k} {v}" for k, v in sorted(tally.get("statuses", {}).items()))
-        return f"window {self.window:,}" + (f"; {statuses}" if statuses else "")
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"window": self.window, **dict(sorted(tally.get("statuses", {}).items()))}
 
     def notes(self, tally: dict[str, Any]) -> list[str]:
         return [f"contig {name!r} matched to {fasta_name!r} in {self.opts.fasta}"
