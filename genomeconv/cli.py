@@ -10,7 +10,6 @@ traceback). Imports of heavy modules (torch, ray) happen inside the commands so 
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 

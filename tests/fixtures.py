@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: object, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The real `genomeconv` command line in a fresh process (see `cli_env`)."""
-    import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) -> str:
+def assert_one_line_error(run: subprocess.CompletedProcess[str], *texts: str) -> str:
     """Exit code 2, and stderr is exactly one line `error: ...` holding each of `texts`."""
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr

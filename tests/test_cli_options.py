@@ -74,11 +74,12 @@ def test_one_name_per_concept_in_every_help(name):
 
 
 def test_each_shared_option_is_declared_once():
-    """Every job takes a shared option from commands/options.py: the same help text. (`submit`
-    and `jobs` take the job server's URL as --address: the same cluster, another port.)"""
+    """Every job (and query) takes a shared option from commands/options.py: the same help
+    text. (`submit` and `jobs` take the job server's URL as --address, another port of the
+    cluster; a plot draws one --region.)"""
     helps: dict[str, set[str]] = {}
     for name, cmd in commands().items():
-        if name == "submit" or name.startswith("jobs "):
+        if name not in (*JOBS, "query"):
             continue
         for p in options_of(cmd):
             for o in p.opts:

@@ -57,7 +57,9 @@ def score(task, model: Path, out: Path) -> tuple[list[dict], dict]:
 
     from genomeconv.pipelines.variants import score_variants
 
-    score_variants(VariantOptions(variants=task[1], fasta=task[0], out=out, model=str(model), site_probs=True))
+    score_variants(
+        VariantOptions(variants=task[1], fasta=task[0], out=out, model=str(model), site_probs=True)
+    )
     rows = duckdb.sql(f"SELECT * FROM '{out}/*.parquet' ORDER BY chrom, pos, ref, alt")
     names = rows.columns
     meta = pq.read_schema(next(out.glob("*.parquet"))).metadata or {}

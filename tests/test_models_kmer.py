@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -184,7 +183,18 @@ def test_score_variants_kmer_spec_on_ray(ray_local, genome, rng, tmp_path, monke
     alts = {p: "ACGT".replace(genome[c][p - 1].upper(), "")[p % 3] for c, p in picks}
     table.write_text("chrom\tpos\tref\talt\n" + "".join(
         f"{c}\t{p}\t{genome[c][p - 1].upper()}\t{alts[p]}\n" for c, p in picks))
-    summary = score_variants(VariantOptions(variants=table, fasta=fasta, out=tmp_path / "out", model="kmer:3", window=W, site_probs=True, unit_alleles=2, num_workers=2))
+    summary = score_variants(
+        VariantOptions(
+            variants=table,
+            fasta=fasta,
+            out=tmp_path / "out",
+            model="kmer:3",
+            window=W,
+            site_probs=True,
+            unit_alleles=2,
+            num_workers=2,
+        )
+    )
     assert summary.tally["rows"] == 4 and summary.tally["statuses"] == {"ok": 4}
     counts = reference_counts(list(genome.values()), 3)
     out = pq.read_table(tmp_path / "out")
@@ -204,8 +214,17 @@ def test_score_variants_kmer_spec_on_ray(ray_local, genome, rng, tmp_path, monke
     assert settings["model"] == "kmer:3" and len(settings["model_weights_sha256"]) == 64
     folders = list((tmp_path / "cache").glob("ref.fa.kmer3.*"))
     assert len(folders) == 1 and isinstance(load(str(folders[0])), KmerModel)
-    again = score_variants(VariantOptions(variants=table, fasta=fasta, out=tmp_path / "out", model="kmer:3", window=W, site_probs=True))
-    assert again.variants_skipped == 4 and again.rows_written == 0  # resumed: same manifest
+    again = score_variants(
+        VariantOptions(
+            variants=table,
+            fasta=fasta,
+            out=tmp_path / "out",
+            model="kmer:3",
+            window=W,
+            site_probs=True,
+        )
+    )
+    assert again.variants_skipped == 4 and again.tally["rows"] == 0  # resumed: same manifest
     assert len(list((tmp_path / "cache").glob("ref.fa.kmer3.*"))) == 1  # fitted once
 
 

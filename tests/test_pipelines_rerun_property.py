@@ -137,8 +137,16 @@ def test_embed_interrupted_reruns_end_exactly_once(ray_local, world, clean_embed
         out = Path(tmp) / "out"
         for k, (picks, batch, stop_after) in enumerate(steps):
             _embed_run(world, out, _bed(Path(tmp) / f"s{k}.bed", world, picks), batch, stop_after)
-        summary = E.embed(E.EmbedOptions(fasta=world["fasta"], out=out, bed=_bed(Path(tmp) / "all.bed", world,
-                                                         range(N_ITEMS)), model=world["model"], per_base=True, batch_size=final_batch))
+        summary = E.embed(
+            E.EmbedOptions(
+                fasta=world["fasta"],
+                out=out,
+                bed=_bed(Path(tmp) / "all.bed", world, range(N_ITEMS)),
+                model=world["model"],
+                per_base=True,
+                batch_size=final_batch,
+            )
+        )
         assert summary.items == N_ITEMS
         rows = pq.read_table(out / E.EMBEDDINGS_DIR).to_pylist()
         assert sorted(r["item_id"] for r in rows) == sorted(want)  # each item exactly once
@@ -204,7 +212,17 @@ def test_variants_interrupted_reruns_end_exactly_once(ray_local, world, clean_va
         for k, (picks, unit_size, stop_after) in enumerate(steps):
             _variants_run(world, out, _table(Path(tmp) / f"s{k}.tsv", world, picks), unit_size,
                           stop_after)
-        summary = V.score_variants(V.VariantOptions(variants=_table(Path(tmp) / "all.tsv", world, range(N_ITEMS)), fasta=world["fasta"], out=out, model=world["model"], window=33, site_probs=True, unit_alleles=final_unit))
+        summary = V.score_variants(
+            V.VariantOptions(
+                variants=_table(Path(tmp) / "all.tsv", world, range(N_ITEMS)),
+                fasta=world["fasta"],
+                out=out,
+                model=world["model"],
+                window=33,
+                site_probs=True,
+                unit_alleles=final_unit,
+            )
+        )
         assert summary.items == N_ITEMS
         rows = pq.read_table(out).to_pylist()
         keys = Counter((r["chrom"], r["pos"], r["ref"], r["alt"]) for r in rows)

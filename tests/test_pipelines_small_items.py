@@ -202,7 +202,11 @@ def test_reads_job_writes_few_parts_in_whole_row_groups(ray_local, reads, tiny_m
     seqs, bam = reads
     total = sum(map(len, seqs.values()))
     out = tmp_path / "out"
-    summary = embed(EmbedOptions(fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=32, unit_bp=total // 2))
+    summary = embed(
+        EmbedOptions(
+            fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=32, unit_bp=total // 2
+        )
+    )
     parts = sorted((out / "embeddings").glob("part-*.parquet"))
     assert summary.units == len(parts) in (2, 3) and summary.items_done == len(seqs)
     names = [n for p in parts for n in pq.read_table(p, columns=["read_name"])
@@ -214,8 +218,14 @@ def test_reads_job_writes_few_parts_in_whole_row_groups(ray_local, reads, tiny_m
         assert meta.num_row_groups == math.ceil(meta.num_rows / PER_BASE_ROWS)
     per_base = pq.read_table(out / "per_base")
     assert per_base.num_rows == total
-    again = embed(EmbedOptions(fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=7, unit_bp=total // 2))
+    again = embed(
+        EmbedOptions(
+            fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=7, unit_bp=total // 2
+        )
+    )
     assert again.items_skipped == len(seqs) and again.units == again.items_done == 0
 
-    default = embed(EmbedOptions(fasta=bam, out=tmp_path / "default", model=tiny_model, batch_size=32))
+    default = embed(
+        EmbedOptions(fasta=bam, out=tmp_path / "default", model=tiny_model, batch_size=32)
+    )
     assert default.units == 1  # the whole job is far less than one unit's work

@@ -340,7 +340,11 @@ def test_contig_shorter_than_the_window_is_the_window(ray_local, tiny_model, mod
     picks = [("short", 10), ("short", 80), ("long", 200)]
     table.write_text("chrom\tpos\tref\talt\n" + "".join(
         f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1])}\n" for c, p in picks))
-    summary = score_variants(VariantOptions(variants=table, fasta=fasta, out=tmp_path / "out", model=str(tiny_model), window=120))
+    summary = score_variants(
+        VariantOptions(
+            variants=table, fasta=fasta, out=tmp_path / "out", model=str(tiny_model), window=120
+        )
+    )
     assert summary.tally["rows"] == 3 and summary.tally["statuses"] == {"ok": 3}
     assert capsys.readouterr().err.count("\n") == 1  # one line names the short contig
     got = {(r["chrom"], r["pos"]): r for r in pq.read_table(tmp_path / "out").to_pylist()}
@@ -428,7 +432,15 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
 
     def refused(**changes) -> str:
         with pytest.raises(InputError) as err:
-            score_variants(VariantOptions(variants=table, fasta=changes.pop("fasta", fasta), out=out, model=str(model_dir), **{"window": W, **changes}))
+            score_variants(
+                VariantOptions(
+                    variants=table,
+                    fasta=changes.pop("fasta", fasta),
+                    out=out,
+                    model=str(model_dir),
+                    **{"window": W, **changes},
+                )
+            )
         return str(err.value)
 
     assert f"window: {W} (in the folder) vs {W + 2} (this run)" in refused(window=W + 2)

@@ -127,7 +127,17 @@ def whole(ray_local, tmp_path_factory, sharp_model, genome):
     """The whole genome at the default context, in pieces of 64 positions, 3 pieces a unit,
     chunks of 23 positions in the model's bounded-memory path."""
     out = tmp_path_factory.mktemp("track_whole") / "t"
-    summary = track(TrackOptions(fasta=genome[0], out=out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all", chunk_size=23))
+    summary = track(
+        TrackOptions(
+            fasta=genome[0],
+            out=out,
+            model=sharp_model,
+            piece_bp=64,
+            unit_bp=192,
+            bigwig="all",
+            chunk_size=23,
+        )
+    )
     return out, summary
 
 
@@ -166,7 +176,17 @@ def test_context_below_the_receptive_field_scores_each_piece_from_its_window(
     forward strand and from the reverse complement of [a, b + 9) on the reverse strand."""
     fasta, records = genome
     out = tmp_path / "t"
-    track(TrackOptions(fasta=fasta, out=out, model=sharp_model, context=9, piece_bp=50, regions=["c1:121-480"], bigwig="none"))
+    track(
+        TrackOptions(
+            fasta=fasta,
+            out=out,
+            model=sharp_model,
+            context=9,
+            piece_bp=50,
+            regions=["c1:121-480"],
+            bigwig="none",
+        )
+    )
     seq, n = records["c1"], len(records["c1"])
 
     def windows(p):
@@ -182,7 +202,11 @@ def test_context_below_the_receptive_field_scores_each_piece_from_its_window(
 def test_forward_strand_only(ray_local, tmp_path, sharp_model, genome):
     fasta, records = genome
     out = tmp_path / "t"
-    track(TrackOptions(fasta=fasta, out=out, model=sharp_model, strands="fwd", regions=["c2"], bigwig="all"))
+    track(
+        TrackOptions(
+            fasta=fasta, out=out, model=sharp_model, strands="fwd", regions=["c2"], bigwig="all"
+        )
+    )
     got = read_track(out)
     assert all(v is None for v in got["context_rev"] + got["logp_ref_rev"] + got["entropy_rev"])
     assert got["logp_ref"][1:] == got["logp_ref_fwd"][1:] and got["logp_ref"][0] is None
@@ -218,7 +242,9 @@ def test_bigwig_holds_the_parquet_values(whole, genome):
 def test_kmer_track_is_the_markov_model(ray_local, tmp_path, genome):
     fasta, records = genome
     out = tmp_path / "t"
-    summary = track(TrackOptions(fasta=fasta, out=out, model="kmer:3", strands="fwd", bigwig="none"))
+    summary = track(
+        TrackOptions(fasta=fasta, out=out, model="kmer:3", strands="fwd", bigwig="none")
+    )
     assert summary.facts["context"] == 3
     kmer = KmerModel.fit(list(records.values()), 3)
     got = read_track(out)
@@ -234,7 +260,15 @@ def test_rerun_writes_every_position_once(whole, tmp_path, sharp_model, genome):
     values those of one run; another --context is refused."""
     fasta, records = genome
     out = tmp_path / "t"
-    first = track(TrackOptions(fasta=fasta, out=out, model=sharp_model, regions=["c1:101-300", "c1:250-420"], piece_bp=64))
+    first = track(
+        TrackOptions(
+            fasta=fasta,
+            out=out,
+            model=sharp_model,
+            regions=["c1:101-300", "c1:250-420"],
+            piece_bp=64,
+        )
+    )
     assert first.items == 320
     rest = track(TrackOptions(fasta=fasta, out=out, model=sharp_model, piece_bp=64, unit_bp=128))
     assert rest.items_skipped == 320 and rest.items_done == 850 - 320
@@ -300,7 +334,7 @@ def test_plot_track_draws_the_pipeline_output(whole, genome, tmp_path):
     out, _ = whole
     got = read_track(out)
     fig = track_figure([out], "c1:321-400", measures=["logp_ref", "llr_site_C"], strand="both")
-    for ax, measure in zip(fig.axes, ["logp_ref", "llr_site_C"]):
+    for ax in fig.axes:
         for line in ax.get_lines():
             xy = line.get_xydata()
             np.testing.assert_array_equal(xy[:, 0], np.arange(321, 401))

@@ -245,7 +245,14 @@ def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_l
     run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
     model_dir = tmp_path / "model"
     model, head = load(model_dir), heads.load_head(model_dir)
-    score_variants(VariantOptions(variants=variant_task[1], fasta=variant_task[0], out=tmp_path / "scores", model=str(model_dir)))
+    score_variants(
+        VariantOptions(
+            variants=variant_task[1],
+            fasta=variant_task[0],
+            out=tmp_path / "scores",
+            model=str(model_dir),
+        )
+    )
     got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)

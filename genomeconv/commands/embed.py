@@ -18,8 +18,8 @@ from genomeconv.pipelines.options import EmbedOptions as E
 def embed(
     input_path: Optional[Path] = typer.Argument(
         None, metavar="[INPUT]", show_default=False, help="FASTA (plain, gzip or bgzip), "
-        "GenBank/EMBL (plain or gzip), GFF3 with ##FASTA, or a BAM/CRAM/unaligned BAM to embed "
-        "its reads (then --fasta is its reference)."),
+        "GenBank/EMBL (plain or gzip), GFF3 with ##FASTA (or give --fasta), or a BAM/CRAM/"
+        "unaligned BAM to embed its reads (its reference, needed for CRAM: --fasta)."),
     fasta: Fasta = None,
     regions: Regions = None,
     gtf: Gtf = None,
@@ -55,15 +55,14 @@ def embed(
 ) -> None:
     """Embed regions, genes, BED intervals, whole records or reads; write keyed Parquet to
     OUT/embeddings/ (and OUT/per_base/)."""
-    from genomeconv.pipelines.embed import embed as run, is_read_file
+    from genomeconv.pipelines.embed import embed as run
 
     reads = bam
-    if input_path is not None and is_read_file(input_path):
+    if input_path is not None and fasta is not None:  # INPUT is then the reads
         if bam is not None:
-            raise InputError("give the reads once: as INPUT or as --bam")
+            raise InputError("give the reference once (INPUT or --fasta) and the reads once "
+                             "(INPUT or --bam)")
         reads, input_path = input_path, None
-    if input_path is not None and fasta is not None and input_path != fasta:
-        raise InputError("give the reference once: as INPUT or as --fasta")
     values = {**locals(), "fasta": fasta or input_path, "reads": reads}
     run_job(run, build(E, values), "embedding", "bp")
 

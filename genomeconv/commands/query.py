@@ -139,7 +139,8 @@ def _print_table(table: "pa.Table", *, more: bool) -> None:
         view.add_row(*(_cell(v) for v in row.values()))
     console = Console()
     console.print(view)
-    note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (" shown; more with --limit N or --out FILE" if more else "")
+    note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (
+        " shown; more with --limit N or --out FILE" if more else "")
     console.print(note, style="dim")
 
 

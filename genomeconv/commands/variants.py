@@ -10,8 +10,8 @@ import typer
 from genomeconv.errors import InputError
 from genomeconv.commands.options import (Address, BatchSize, Device, Dtype, Fasta, Genes,
                                          GpusPerWorker, Gtf, KeepNonfinite, Model, NumWorkers,
-                                         OldForce, OldNoRc, OldUnitSize, Out, Overwrite, Regions, Strands,
-                                         UnitBp, build, run_job)
+                                         OldForce, OldNoRc, OldUnitSize, Out, Overwrite,
+                                         Regions, Strands, UnitBp, build, run_job)
 from genomeconv.pipelines.options import VariantOptions as V
 
 

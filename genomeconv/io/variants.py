@@ -91,9 +91,9 @@ def iter_variants(path: str | Path, *,
     path: .vcf, .vcf.gz/.vcf.bgz (bgzip or plain gzip, index optional), .bcf, or a table
     (.parquet/.pq, .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id
     (a leading '#' and upper case in column names are accepted; an alt cell may hold several
-    comma-separated alleles). region (samtools style; or several) and genes (names or ids, looked up in gtf:
-    a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose POS lies
-    inside them; both may be given (union).
+    comma-separated alleles). region (samtools style; or several) and genes (names or ids, looked
+    up in gtf: a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose
+    POS lies inside them; both may be given (union).
     """
     path = str(path)
     keep = _restriction(region, genes, gtf)

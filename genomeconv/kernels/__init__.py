@@ -75,7 +75,9 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     if not isinstance(history, int) or not 0 <= history < L:
         raise ValueError(f"history must be an int in [0, L={L}), got {history!r}")
     if out is not None:
-        check_out_tensor(out, u, (*u.shape[:2], L - history), _needs_grad(u, k, D, pregate, postgate))
+        check_out_tensor(
+            out, u, (*u.shape[:2], L - history), _needs_grad(u, k, D, pregate, postgate)
+        )
     if k.shape[-1] > L:
         k = k[:, :L]
     if method == "auto":

@@ -6,16 +6,16 @@ pool, progress, summary). It plans work items that carry coordinates only (never
 the skeleton drops the items the committed parts hold (`completed_items`), and only then are the
 rest grouped into work units sized by work (`plan_units`: about `default_unit_bp` bases and at
 most runtime.UNIT_MAX_ITEMS items each, an item that long alone), so another --batch-size, a
-subset or a superset of the items resumes with every item written exactly once. Each `EmbedActor` opens the FASTA
-or read file and loads the model once; per unit it fetches every item's bases in file order,
-reverse-complements minus-strand items, runs them sorted by length in right-padded batches
-through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
+subset or a superset of the items resumes with every item written exactly once. Each `EmbedActor`
+opens the FASTA or read file and loads the model once; per unit it fetches every item's bases in
+file order, reverse-complements minus-strand items, runs them sorted by length in right-padded
+batches through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
 (models.pool) over its own positions only (so its embedding does not depend on its batch), and
-writes the unit's part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items thus cost one
-Ray task and one Parquet part per few Mbp, not per item. A unit is done when its embeddings
-part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the same name
-counts and holds one row per base of the unit's items; otherwise the unit's parts are moved
-aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
+writes the unit's part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items
+thus cost one Ray task and one Parquet part per few Mbp, not per item. A unit is done when its
+embeddings part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the
+same name counts and holds one row per base of the unit's items; otherwise the unit's parts are
+moved aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
 killed between the two commits).
 
 Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error

@@ -71,11 +71,11 @@ class UnitActor:
     """Base of the Ray Data actors: loads the model once, then runs whole work units.
 
     A batch row holds a unit's id, its items as JSON (`encode_item` of the job; `decode_item`
-    here), its work and its count (`Unit.count`). `run_unit` writes the unit's part(s) and returns a tally: numbers
-    (`model_s`, the seconds spent in the model, and any counts) are summed over units, dicts of
-    numbers summed key by key, other dicts merged. One output row per unit: unit_id, count,
-    work, peak_rss (the worker's peak resident bytes so far), tally (JSON) and error (a
-    GenomeconvError's `runtime.failure_report`, else empty).
+    here), its work and its count (`Unit.count`). `run_unit` writes the unit's part(s) and returns
+    a tally: numbers (`model_s`, the seconds spent in the model, and any counts) are summed over
+    units, dicts of numbers summed key by key, other dicts merged. One output row per unit:
+    unit_id, count, work, peak_rss (the worker's peak resident bytes so far), tally (JSON) and
+    error (a GenomeconvError's `runtime.failure_report`, else empty).
     """
 
     def __init__(self, setup: WorkerSetup, config: Any) -> None:

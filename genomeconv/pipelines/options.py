@@ -224,6 +224,8 @@ class PretrainOptions(TrainOptions):
 class FinetuneOptions(TrainOptions):
     """`genomeconv finetune` (see the command's help); `model` is the backbone it starts from."""
 
+    variants: Path
+    fasta: Path
     out: Path = Path("finetune_out")
     label: str = "label"
     positive_label: str | None = None  # binary: the class P() is written for; None: minority

@@ -10,11 +10,12 @@ variants, embeddings, per_base (then any other kind, alphabetically).
 - `--region chr17:43,044,295-43,125,483` (samtools style, 1-based closed) becomes the 0-based
   half-open [start, end) and keeps rows that OVERLAP it by at least one base: an embedding item
   [start, end) overlaps when start < q_end and end > q_start; a variant occupies
-  [pos - 1, pos - 1 + len(ref)), a track row [position, position + 1). The contig is matched across conventions (chr17 <-> 17).
-- `--genes NAME[,NAME...]` keeps rows whose gene_name or gene_id equals a NAME (exact, case-sensitive); a view
-  without gene columns (variants) keeps rows overlapping any embeddings item of that gene, so it
-  needs an embeddings output among the paths (variants match on their `contig` column, the FASTA
-  name, when present, else on chrom).
+  [pos - 1, pos - 1 + len(ref)), a track row [position, position + 1). The contig is matched across
+  conventions (chr17 <-> 17).
+- `--genes NAME[,NAME...]` keeps rows whose gene_name or gene_id equals a NAME (exact,
+  case-sensitive); a view without gene columns (variants) keeps rows overlapping any embeddings
+  item of that gene, so it needs an embeddings output among the paths (variants match on their
+  `contig` column, the FASTA name, when present, else on chrom).
 - `--top N --by COLUMN` orders by the raw column value, no absolute value: descending, except
   log-likelihood-ratio columns (llr, llr_fwd, llr_rev) ascending, so the most damaging variants
   (alt least likely) come first; `ascending` overrides; NULLs (unscored rows) last. Without
@@ -26,8 +27,8 @@ install/autoload is off and the configuration is locked before any user SQL runs
 ATTACH, read_csv('/etc/...'), INSTALL and LOAD fail. The SQL must also parse (DuckDB's own parser)
 as exactly one SELECT, checked again after any wrapping (`limited`), so closing the wrapper's
 parenthesis cannot smuggle in a second statement. Rows are written out by a separate connection
-that sees only the query's result stream, to a path that `check_output_file` accepted: never inside a
-genomeconv output folder (under a folder with a run manifest or lock, or beside parts), never
+that sees only the query's result stream, to a path that `check_output_file` accepted: never inside
+a genomeconv output folder (under a folder with a run manifest or lock, or beside parts), never
 over an existing file unless forced.
 """
 

@@ -48,8 +48,8 @@ FASTA, ref_match = false); unknown_contig; out_of_contig (REF runs past the cont
 symbolic_alt (<DEL>, breakends); spanning_deletion (*); missing_alt (.). Only "ok" rows have
 scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with `contig` (the
 FASTA name a variant was matched to, chr1 <-> 1 resolved automatically) and `nonfinite`. Scores
-are finite: a NaN or infinite score stops the run with an error naming the variant (a model that produces NaN is broken), unless
-keep_nonfinite, which writes it and marks the row nonfinite = true.
+are finite: a NaN or infinite score stops the run with an error naming the variant (a model that
+produces NaN is broken), unless keep_nonfinite, which writes it and marks the row nonfinite = true.
 
 Saturation mutagenesis (`--saturate REGION`, io/saturation.py): `score_variants` also takes the
 variants themselves (any iterable of io.variants.Variant, such as a `Saturation`) instead of a
