@@ -411,14 +411,14 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
     out = tmp_path / "out"
     run = functools.partial(score_variants, table, fasta, out, model=str(model_dir), window=W)
     first = run(region="chr1:1-100", unit_size=1)
-    assert (first.variants, first.variants_skipped, first.rows_written) == (4, 0, 4)
+    assert (first.items, first.items_skipped, first.tally["rows"]) == (4, 0, 4)
     parts = sorted(out.glob("part-*.parquet"))
     parts[0].write_bytes(b"")
     parts[1].write_bytes(parts[1].read_bytes()[:100])
     capsys.readouterr()
     second = run(unit_size=3)
     assert capsys.readouterr().err.count("not counted as done") == 2
-    assert (second.variants, second.variants_skipped, second.rows_written) == (9, 2, 7)
+    assert (second.items, second.items_skipped, second.tally["rows"]) == (9, 2, 7)
     rows = pq.read_table(out).to_pylist()
     keys = sorted((r["chrom"], r["pos"]) for r in rows)
     assert keys == sorted(picks + [picks[1]])  # each allele as often as listed
@@ -456,5 +456,5 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
     text = refused()
     assert "model_weights_sha256: " in text and "model_config_sha256" not in text
     fresh = run(unit_size=4, overwrite=True)
-    assert (fresh.variants_skipped, fresh.rows_written) == (0, 9)
+    assert (fresh.items_skipped, fresh.tally["rows"]) == (0, 9)
     assert pq.read_table(out).num_rows == 9 and not list(out.glob(".damaged-*"))

@@ -53,7 +53,7 @@ from itertools import combinations_with_replacement
 
 import torch
 
-from . import paired
+import genomeconv.kernels.paired as paired
 from .fft import SPECTRA, SpectrumCache
 
 TILE = 16                      # factors are multiples of the 16x16 tensor-core tile
