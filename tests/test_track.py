@@ -306,7 +306,7 @@ def test_query_and_cli(ray_local, tmp_path, sharp_model, genome):
     assert len(lines) == 11 and "logp_ref" in lines[0]
     assert_one_line_error(run_cli("track", fasta, "--model", sharp_model, "--region",
                                   "c2:100-200", "--out", tmp_path / "x"), "c2", "150")
-    assert_one_line_error(run_cli("track", fasta, "--strands", "rev", "--out", tmp_path / "y"),
+    assert_one_line_error(run_cli("track", fasta, "--strands", "up", "--out", tmp_path / "y"),
                           "--strands")
 
 
