@@ -112,7 +112,8 @@ def test_small_jobs_keep_every_worker_busy(reads, tiny_model):
     bp = default_unit_bp(model)
     assert len(plan_units(items, runtime.per_worker(bp, total, 1))) == 1  # small: one part
     assert len(plan_units(items, runtime.per_worker(bp, total, 4))) == 4
-    assert default_unit_bp(model, per_base=True) == bp
+    assert runtime.per_worker(default_unit_bp(model, per_base=True), total, 1) == \
+        runtime.per_worker(bp, total, 1)
     assert runtime.per_worker(2048, 11, 2) == 6 and runtime.per_worker(5, 11, 2) == 5
     assert runtime.per_worker(2048, 0, 3) == 1
 

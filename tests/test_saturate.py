@@ -74,7 +74,7 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     sat = tmp_path / "sat"
     args = [a for r in regions for a in ("--saturate", r)] + opts + ["--out", sat]
     first = cli(*args)
-    assert f"{len(snvs)} ALT alleles (0 already done): scored {len(snvs)} in" in first
+    assert f"{len(snvs)} ALT alleles (0 already done); scored {len(snvs)} in" in first
     assert "genomeconv: --saturate: 4 of 76 positions skipped, their reference base being N " \
         "or another IUPAC code (the first at chr1:71)" in first
 
@@ -105,13 +105,13 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     parts[1].unlink()
     (sat / ".tmp-crashed").write_bytes(b"partial")
     again = cli(*args)
-    assert f"({len(snvs) - lost} already done): scored {lost} in" in again
+    assert f"({len(snvs) - lost} already done); scored {lost} in" in again
     assert rows(sat) == want and not (sat / ".tmp-crashed").exists()
     wider = cli(*args[:-2], "--saturate", "chr2:90-100", "--out", sat)
     more = expected_snvs(genome, [("chr2", 90, 92)])
-    assert f"({len(snvs)} already done): scored {len(more)} in" in wider
+    assert f"({len(snvs)} already done); scored {len(more)} in" in wider
     # the same manifest, whichever input: the VCF finds its alleles written already
-    assert f"({len(snvs)} already done): scored 0 in" in cli(vcf, *opts, "--out", sat)
+    assert f"({len(snvs)} already done); scored 0 in" in cli(vcf, *opts, "--out", sat)
     assert len(rows(sat)) == len(snvs) + len(more)
 
 

@@ -502,6 +502,8 @@ class EmbedJob(Job):
     kind, actor, verb = "embed", EmbedActor, "embedded"
 
     def __init__(self, opts: EmbedOptions) -> None:
+        from genomeconv.models.families.kmer import parse_spec
+
         super().__init__(opts)
         self.opts: EmbedOptions = opts
         reads = opts.reads if opts.reads is not None else (
@@ -510,19 +512,18 @@ class EmbedJob(Job):
         self.reads = str(Path(reads).resolve()) if reads is not None else None
         self.fasta = str(Path(fasta).resolve()) if fasta is not None else None
         self.unit_bp = 0  # the model's (`prepare`)
+        if parse_spec(opts.model) is not None:
+            raise InputError(f"embed needs embeddings (hidden states); --model {opts.model} is "
+                             "a k-mer model, which has none: use a neural model (e.g. the "
+                             "bundled HyenaDNA)")
 
     def check_inputs(self) -> dict[str, Any]:
         return {"fasta": self.fasta}
 
     def prepare(self, probe: LanguageModel) -> manifest.Manifest:
         from genomeconv.io.fasta import readable_fasta
-        from genomeconv.models.families.kmer import parse_spec
 
         o = self.opts
-        if parse_spec(o.model) is not None:
-            raise InputError(f"embed needs embeddings (hidden states); --model {o.model} is a "
-                             "k-mer model, which has none: use a neural model (e.g. the bundled "
-                             "HyenaDNA)")
         probe.require_embeddings("embed")
         if self.reads is not None:
             self.items = plan_read_items(self.reads, regions=o.regions, min_mapq=o.min_mapq,
