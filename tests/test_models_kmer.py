@@ -224,7 +224,7 @@ def test_score_variants_kmer_spec_on_ray(ray_local, genome, rng, tmp_path, monke
             site_probs=True,
         )
     )
-    assert again.items_skipped == 4 and again.tally["rows"] == 0  # resumed: same manifest
+    assert again.items_skipped == 4 and again.items_done == 0  # resumed: same manifest
     assert len(list((tmp_path / "cache").glob("ref.fa.kmer3.*"))) == 1  # fitted once
 
 
