@@ -201,7 +201,8 @@ def _pretrain_summary(genome, split, config, opts: PretrainOptions, history: lis
                       world: int, tokens_per_s: float, n_val_windows: int) -> dict[str, Any]:
     last_eval = next(r for r in reversed(history) if "val_nll" in r)
     return {"genome": str(genome), "split": split.describe(), "config": config.to_dict(),
-            "options": {k: v for k, v in asdict(opts).items() if k != "command"},
+            "options": {k: str(v) if isinstance(v, Path) else v
+                        for k, v in asdict(opts).items() if k != "command"},
             "command": opts.command, "processes": world, "steps": len(history),
             "train_tokens": int(sum(r["tokens"] for r in history)),
             "tokens_per_s": tokens_per_s, "final_train_loss": history[-1]["train_loss"],
