@@ -10,10 +10,10 @@ repeat (harness.interleaved) so background load hits all alike:
   and model load, fetching, the model, pooling and the Parquet write.
 Pipeline overhead = embed / model - 1; also each embed run against its own model time, measured
 inside the workers (`workers_model_s`, per worker; median over repeats of the per-run ratio),
-which cancels load differences between repeats and between the driver process and the actors. The fixed per-run cost (actor start, model load) is also
-measured alone on one 1 kbp item (`embed_1w_startup`) and reported subtracted, since it does
-not grow with the input. `--big` runs one 2.3 Mbp item instead (time and the worker's peak RSS;
-results/embed_big.json).
+which cancels load differences between repeats and between the driver process and the actors. The
+fixed per-run cost (actor start, model load) is also measured alone on one 1 kbp item
+(`embed_1w_startup`) and reported subtracted, since it does not grow with the input. `--big` runs
+one 2.3 Mbp item instead (time and the worker's peak RSS; results/embed_big.json).
 
 Model: a random HyenaDNA of the HyenaDNA tiny shape (d_model 128, 2 layers) with filters as long
 as the items (max_seq_len ITEM_BP + 2; 2.3 Mbp + 2 for --big): the pipeline code path does not
@@ -277,8 +277,15 @@ def main() -> None:
                            "overhead_pct_vs_own_model", "worker_peak_rss_gib"])
         name = "embed" if not args.big else (
             "embed_big" if args.big_bp == BIG_BP else f"embed_big_{args.big_bp}")
-        write_result(name, rows, model_shape=SHAPE, item_bp=args.big_bp if args.big else ITEM_BP, repeats=args.repeats,
-                     source=str(SOURCE.name), chrom=CHROM)
+        write_result(
+            name,
+            rows,
+            model_shape=SHAPE,
+            item_bp=args.big_bp if args.big else ITEM_BP,
+            repeats=args.repeats,
+            source=str(SOURCE.name),
+            chrom=CHROM,
+        )
     finally:
         import ray
 

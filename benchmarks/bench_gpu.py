@@ -178,7 +178,7 @@ def bench_conv(N: int, L: int, dtype_name: str, device: torch.device, args) -> l
         if r["contender"] in outputs and r is not base and base.get("contender") in outputs:
             r["max_rel_diff_vs_torch_fft"] = rel_err(outputs[r["contender"]],
                                                      outputs[base["contender"]])
-    del u, pre, post, k, outputs
+    u = pre = post = k = outputs = None  # free the device memory (the closures hold them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -1,4 +1,5 @@
-"""`genomeconv track` over a whole bacterial chromosome next to `embed --per-base` on the same bases.
+"""`genomeconv track` over a whole bacterial chromosome next to `embed --per-base` on the same
+bases.
 
 Both run through their pipelines (local Ray, one worker, the bundled model, float32) on the
 Klebsiella pneumoniae MGH 78578 chromosome (CP000647.1, 5,315,120 bp) from ../shared/data,

@@ -48,7 +48,8 @@ def main() -> None:
                 engine.step()
             contenders[f"{shape} threads={threads}"] = step
     results = interleaved(contenders, repeats=args.repeats)
-    rows = [{"case": name, "median_s": r["median_s"], "tokens_per_s": BATCH * LENGTH / r["median_s"],
+    rows = [{"case": name, "median_s": r["median_s"],
+             "tokens_per_s": BATCH * LENGTH / r["median_s"],
              "peak_extra_mb": r["peak_extra_bytes"] / 2**20} for name, r in results.items()]
     print_table(rows, ["case", "median_s", "tokens_per_s", "peak_extra_mb"])
     write_result("train", rows, length=LENGTH, batch=BATCH, deepspeed_config="zero0_fp32")

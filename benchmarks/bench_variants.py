@@ -51,7 +51,7 @@ def make_variants(genome: str, positions: list[int], shared: bool) -> list[Varia
     for p in positions:
         ref = genome[p - 1]
         alts = [b for b in "ACGT" if b != ref]
-        for k, alt in enumerate(alts if shared else alts[:1]):
+        for alt in alts if shared else alts[:1]:
             out.append(Variant("chr1", p, ref, alt, None, "bench", 0))
     return out
 

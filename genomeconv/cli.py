@@ -10,7 +10,6 @@ traceback). Imports of heavy modules (torch, ray) happen inside the commands so 
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 
@@ -18,8 +17,11 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from genomeconv.commands import embed, plot, query, submit, track, train, variants
 from genomeconv.errors import VERBOSE_ENV, GenomeconvError, verbose
 
+# Usage errors (a bad option): click's, and those of the copy of click newer typers carry.
+USAGE_ERRORS = tuple({click.UsageError, typer.BadParameter.__mro__[1]})
 EXIT_INPUT = 2  # bad input or options, in every command (typer's usage errors use 2 as well)
 # OSErrors that mean a path the user gave is wrong. ValueError and KeyError are still raised for
 # bad input by modules that predate InputError (io readers, pipelines' option checks); they stay
@@ -47,6 +49,9 @@ class BoundaryGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except USAGE_ERRORS as exc:  # a bad option: one line, not click's box
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            raise typer.Exit(EXIT_INPUT) from None
         except USER_ERRORS as exc:
             if verbose():
                 traceback.print_exc()
@@ -80,21 +85,6 @@ def main() -> None:
     app(prog_name="genomeconv")
 
 
-def command_line() -> str:
-    """The command as typed, recorded in every output file's metadata."""
-    return " ".join(["genomeconv", *sys.argv[1:]])
-
-
-def warn_emulated_dtype(dtype: str | None, device: str | None, address: str | None) -> None:
-    """Warn on stderr when a local job's --dtype would run emulated on this CPU (see
-    runtime.emulated_dtype_warning; a cluster's workers may have other CPUs: no warning)."""
-    from genomeconv.pipelines.runtime import emulated_dtype_warning
-
-    message = emulated_dtype_warning(dtype, device)
-    if message and address is None and not os.environ.get("RAY_ADDRESS"):
-        typer.secho(f"warning: {message}", err=True, fg="yellow")
-
-
 @app.command()
 def info() -> None:
     """Print versions, devices and the Ray status."""
@@ -104,19 +94,8 @@ def info() -> None:
         typer.echo(f"{key:>14}: {value}")
 
 
-COMMAND_MODULES: tuple[str, ...] = ("embed", "track", "variants", "train", "query", "submit",
-                                     "plot")
-
-
-def _register_commands() -> None:
-    """Add each command group from genomeconv.commands (kept light: heavy imports are lazy)."""
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"genomeconv.commands.{name}").register(app)
-
-
-_register_commands()
+for _commands in (embed, track, variants, train, query, submit, plot):
+    _commands.register(app)  # each module keeps its heavy imports inside its commands
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: object, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The real `genomeconv` command line in a fresh process (see `cli_env`)."""
-    import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) -> str:
+def assert_one_line_error(run: subprocess.CompletedProcess[str], *texts: str) -> str:
     """Exit code 2, and stderr is exactly one line `error: ...` holding each of `texts`."""
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr
@@ -54,6 +54,16 @@ def assert_one_line_error(run: "subprocess.CompletedProcess[str]", *texts: str) 
     for text in texts:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+def worker_setup(model: str | None, out: str | Path, **fields: object):
+    """A job.WorkerSetup for running an actor in this process (no run, no lock)."""
+    from genomeconv.pipelines.job import WorkerSetup
+
+    base = dict(model=model, model_id=None, device=None, dtype=None, threads=None, out=str(out),
+                command="genomeconv test", keep_nonfinite=False, manifest_sha256=None,
+                token=None)
+    return WorkerSetup(**{**base, **fields})
 
 
 def save_tiny_model(path: str | Path, *, seed: int, max_seq_len: int, d_inner: int = 32) -> str:

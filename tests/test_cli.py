@@ -119,25 +119,3 @@ def test_every_command_ends_bad_input_with_one_line_and_exit_2(tmp_path):
         assert proc.returncode == 2, (name, stderr)
         assert "Traceback" not in stderr and len(lines) == 1, (name, stderr)
         assert lines[0].startswith("error: "), (name, stderr)
-
-
-def test_embed_and_score_variants_defaults_are_stated_once():
-    """The CLI and the pipeline functions both take their defaults from pipelines/options.py."""
-    import dataclasses
-    import inspect
-
-    from genomeconv.commands import embed as embed_cmd
-    from genomeconv.commands import variants as variants_cmd
-    from genomeconv.pipelines import embed as embed_job
-    from genomeconv.pipelines import variants as variants_job
-    from genomeconv.pipelines.options import EMBED, VARIANTS
-
-    for options, command, job in ((EMBED, embed_cmd.embed, embed_job.embed),
-                                  (VARIANTS, variants_cmd.score_variants,
-                                   variants_job.score_variants)):
-        cli = inspect.signature(command).parameters
-        api = inspect.signature(job).parameters
-        for field in dataclasses.fields(options):
-            expected = getattr(options, field.name)
-            assert getattr(cli[field.name].default, "default", None) == expected, field.name
-            assert api[field.name].default == expected, field.name

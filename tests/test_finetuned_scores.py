@@ -22,6 +22,7 @@ import torch
 from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import schema
 from genomeconv.pipelines import train as tr
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import assert_one_line_error, run_cli
 from test_train import make_variant_task
 
@@ -42,10 +43,11 @@ def task(tmp_path_factory):
 
 def finetune(task, out: Path, base: Path | None = None, **overrides) -> Path:
     fasta, table, task_base = task
-    opts = tr.FinetuneOptions(**{"base_model": str(base or task_base), "window": 32,
+    opts = tr.FinetuneOptions(**{"variants": table, "fasta": fasta, "out": out,
+                                 "model": str(base or task_base), "window": 32,
                                  "head_hidden": 8, "epochs": 1, "batch_size": 8, "lr": 2e-2,
                                  "val_chroms": ("chr3",), **overrides})
-    tr.finetune(table, fasta, out, opts, log=lambda line: None)
+    tr.finetune(opts, log=lambda line: None)
     return out / "model"
 
 
@@ -55,7 +57,9 @@ def score(task, model: Path, out: Path) -> tuple[list[dict], dict]:
 
     from genomeconv.pipelines.variants import score_variants
 
-    score_variants(task[1], task[0], out, model=str(model), site_probs=True)
+    score_variants(
+        VariantOptions(variants=task[1], fasta=task[0], out=out, model=str(model), site_probs=True)
+    )
     rows = duckdb.sql(f"SELECT * FROM '{out}/*.parquet' ORDER BY chrom, pos, ref, alt")
     names = rows.columns
     meta = pq.read_schema(next(out.glob("*.parquet"))).metadata or {}
@@ -141,7 +145,7 @@ def test_old_fine_tuned_folders_still_score_with_a_note(task, tmp_path, ray_loca
 
 def test_positive_label_through_the_cli(task, tmp_path):
     fasta, table, base = task
-    args = ["finetune", table, "--fasta", fasta, "--base-model", base, "--window", "32",
+    args = ["finetune", table, "--fasta", fasta, "--model", base, "--window", "32",
             "--val-chroms", "chr3", "--epochs", "1", "--head-hidden", "0",
             "--out", tmp_path / "o"]
     assert_one_line_error(run_cli(*args, "--positive-label", "nope"),

@@ -37,7 +37,7 @@ def test_interval_validates():
     with pytest.raises(ValueError):
         Interval("c", 0, 5, strand=".")
     with pytest.raises(ValueError):
-        Interval("c", 3, None).length
+        _ = Interval("c", 3, None).length
 
 
 def test_reverse_complement_against_pairing_rules(rng):

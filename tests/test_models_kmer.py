@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ from genomeconv.models import KmerModel, LanguageModel, NoEmbeddingsError, load
 from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import manifest, schema
 from genomeconv.pipelines.variants import plan_variant, score_planned
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import assert_one_line_error, random_seq, run_cli, write_fasta
 
 W = 41
@@ -183,9 +183,19 @@ def test_score_variants_kmer_spec_on_ray(ray_local, genome, rng, tmp_path, monke
     alts = {p: "ACGT".replace(genome[c][p - 1].upper(), "")[p % 3] for c, p in picks}
     table.write_text("chrom\tpos\tref\talt\n" + "".join(
         f"{c}\t{p}\t{genome[c][p - 1].upper()}\t{alts[p]}\n" for c, p in picks))
-    summary = score_variants(table, fasta, tmp_path / "out", model="kmer:3", window=W,
-                             site_probs=True, unit_size=2, num_workers=2)
-    assert summary.rows_written == 4 and summary.statuses == {"ok": 4}
+    summary = score_variants(
+        VariantOptions(
+            variants=table,
+            fasta=fasta,
+            out=tmp_path / "out",
+            model="kmer:3",
+            window=W,
+            site_probs=True,
+            unit_alleles=2,
+            num_workers=2,
+        )
+    )
+    assert summary.tally["rows"] == 4 and summary.tally["statuses"] == {"ok": 4}
     counts = reference_counts(list(genome.values()), 3)
     out = pq.read_table(tmp_path / "out")
     for row in out.to_pylist():
@@ -204,15 +214,23 @@ def test_score_variants_kmer_spec_on_ray(ray_local, genome, rng, tmp_path, monke
     assert settings["model"] == "kmer:3" and len(settings["model_weights_sha256"]) == 64
     folders = list((tmp_path / "cache").glob("ref.fa.kmer3.*"))
     assert len(folders) == 1 and isinstance(load(str(folders[0])), KmerModel)
-    again = score_variants(table, fasta, tmp_path / "out", model="kmer:3", window=W,
-                           site_probs=True)
-    assert again.variants_skipped == 4 and again.rows_written == 0  # resumed: same manifest
+    again = score_variants(
+        VariantOptions(
+            variants=table,
+            fasta=fasta,
+            out=tmp_path / "out",
+            model="kmer:3",
+            window=W,
+            site_probs=True,
+        )
+    )
+    assert again.items_skipped == 4 and again.items_done == 0  # resumed: same manifest
     assert len(list((tmp_path / "cache").glob("ref.fa.kmer3.*"))) == 1  # fitted once
 
 
 def test_pretrain_family_kmer_and_embed_refuses(tmp_path, genome):
     fasta = write_fasta(tmp_path / "ref.fa", genome)
-    run = run_cli("pretrain", fasta, "--family", "kmer", "--k", "2", "--out", tmp_path / "p")
+    run = run_cli("pretrain", fasta, "--model", "kmer:2", "--out", tmp_path / "p")
     assert run.returncode == 0, run.stderr
     model = load(str(tmp_path / "p" / "model"))
     assert isinstance(model, KmerModel) and model.order == 2

@@ -27,6 +27,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
+from genomeconv.pipelines.options import EmbedOptions
 from fixtures import random_seq, save_tiny_model
 
 IUPAC_RC = dict(zip("ACGTN", "TGCAN"))
@@ -88,9 +89,20 @@ def read_dataset(folder: Path):
 def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path):
     out = tmp_path / "out"
     recs = genome["records"]
-    summary = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
-                    regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True,
-                    batch_size=2, unit_bp=1500, command="genomeconv embed test")
+    summary = embed(
+        EmbedOptions(
+            fasta=genome["fasta"],
+            out=out,
+            gtf=genome["gtf"],
+            bed=genome["bed"],
+            regions=["chr1:1,001-1,200"],
+            model=tiny_model,
+            per_base=True,
+            batch_size=2,
+            unit_bp=1500,
+            command="genomeconv embed test",
+        )
+    )
     expected = {  # seq_name -> (chrom, start, end, strand, gene_id, gene_name)
         "PLUS": ("chr1", 100, 1300, "+", "G1", "PLUS"),
         "MINUS": ("chr1", 500, 2100, "-", "G2", "MINUS"),
@@ -134,9 +146,19 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     # soft-masked bases embed as their upper-case selves; an N-rich item is embedded as is
     assert 0.45 < next(r for r in rows if r["seq_name"] == "chr2:1-1500")["n_fraction"] < 0.7
 
-    again = embed(genome["fasta"], out, gtf=genome["gtf"], bed=genome["bed"],
-                  regions=["chr1:1,001-1,200"], model=tiny_model, per_base=True, batch_size=2,
-                  unit_bp=1500)
+    again = embed(
+        EmbedOptions(
+            fasta=genome["fasta"],
+            out=out,
+            gtf=genome["gtf"],
+            bed=genome["bed"],
+            regions=["chr1:1,001-1,200"],
+            model=tiny_model,
+            per_base=True,
+            batch_size=2,
+            unit_bp=1500,
+        )
+    )
     assert again.items_skipped == again.items == 6 and again.units == again.items_done == 0
     assert sorted(files) == read_dataset(out / "embeddings")[0]
 
@@ -237,7 +259,9 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     written = {p: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     assert 0 < len(written) < 16, "the run was not interrupted mid-way"
 
-    summary = embed(fasta, out, model=str(model_dir), batch_size=1, unit_bp=8000)
+    summary = embed(
+        EmbedOptions(fasta=fasta, out=out, model=str(model_dir), batch_size=1, unit_bp=8000)
+    )
     assert summary.items_skipped == len(written) and summary.items_done == 16 - len(written)
     _, rows = read_dataset(parts)
     assert sorted(r["seq_name"] for r in rows) == sorted(f"c{i}" for i in range(16))
@@ -311,8 +335,16 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
     full = _bed(tmp_path / "full.bed", intervals)
     subset = _bed(tmp_path / "subset.bed", intervals[:5])
     out = tmp_path / "out"
-    first = embed(genome["fasta"], out, bed=subset, model=str(model_dir), batch_size=2,
-                  unit_bp=180)  # units of 1, 2 and 2 items
+    first = embed(
+        EmbedOptions(
+            fasta=genome["fasta"],
+            out=out,
+            bed=subset,
+            model=str(model_dir),
+            batch_size=2,
+            unit_bp=180,
+        )
+    )  # units of 1, 2 and 2 items
     assert (first.items, first.items_skipped, first.items_done, first.units) == (5, 0, 5, 3)
     parts = sorted((out / "embeddings").glob("part-*.parquet"))
     rows_in = {p: pq.read_table(p).num_rows for p in parts}
@@ -323,7 +355,9 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
     (out / ".genomeconv.lock").write_text(json.dumps({"pid": 2**22 + 7, "host": "gone",
                                                       "command": "genomeconv embed (killed)"}))
     capsys.readouterr()
-    second = embed(genome["fasta"], out, bed=full, model=str(model_dir), batch_size=3)
+    second = embed(
+        EmbedOptions(fasta=genome["fasta"], out=out, bed=full, model=str(model_dir), batch_size=3)
+    )
     err = capsys.readouterr().err
     assert "taking over a stale lock" in err and "genomeconv embed (killed)" in err
     assert err.count("not counted as done because") == 2 and "zero bytes" in err
@@ -342,7 +376,7 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
     def refused(**changes) -> str:
         args = {"bed": full, "model": str(model_dir), "batch_size": 4, **changes}
         with pytest.raises(InputError) as exc:
-            embed(genome["fasta"], out, **args)
+            embed(EmbedOptions(fasta=genome["fasta"], out=out, **args))
         return str(exc.value)
 
     assert "pooling: 'mean' (in the folder) vs 'max' (this run)" in refused(pooling="max")
@@ -371,8 +405,17 @@ def test_reruns_resume_by_key_refuse_other_settings_and_overwrite(ray_local, gen
         holder.kill()
         holder.wait()
     assert sorted(p.name for p in (out / "embeddings").glob("part-*")) == before  # untouched
-    fresh = embed(genome["fasta"], out, bed=full, model=str(model_dir), batch_size=4,
-                  pooling="max", overwrite=True)
+    fresh = embed(
+        EmbedOptions(
+            fasta=genome["fasta"],
+            out=out,
+            bed=full,
+            model=str(model_dir),
+            batch_size=4,
+            pooling="max",
+            overwrite=True,
+        )
+    )
     assert (fresh.items_skipped, fresh.items_done) == (0, 9)
     files, rows = read_dataset(out / "embeddings")
     assert len(rows) == 9 and {r["pooling"] for r in rows} == {"max"}
@@ -397,4 +440,6 @@ def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path
     result = CliRunner().invoke(app, args + ["--keep-nonfinite"])  # resumes: no --overwrite
     assert result.exit_code == 0, result.output
     _, rows = read_dataset(tmp_path / "o" / "embeddings")
-    assert len(rows) == 1 and rows[0]["nonfinite"] is True and not np.isfinite(rows[0]["embedding"][3])
+    assert (
+        len(rows) == 1 and rows[0]["nonfinite"] is True and not np.isfinite(rows[0]["embedding"][3])
+    )

@@ -4,7 +4,7 @@ run on real Ray, with each key exactly once and the values of one clean run.
 
 An interrupted run is simulated honestly and cheaply: the driver's own steps (manifest, lock,
 completed keys, grouping with `plan_units`) and the worker's own code (`EmbedActor.run_unit`,
-`UnitScorer.score_unit`, committing under the run's token) run in this process for the first k
+`UnitScorer.run_unit`, committing under the run's token) run in this process for the first k
 units, then the run "dies" leaving what a SIGKILL leaves: its committed parts, the per-base part of
 a unit whose embeddings part never came, a stray temporary file and a lock file naming a process
 that no longer exists.
@@ -30,7 +30,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import embed as E
 from genomeconv.pipelines import manifest, runtime
 from genomeconv.pipelines import variants as V
-from fixtures import random_seq, write_fasta
+from fixtures import random_seq, worker_setup, write_fasta
 
 N_ITEMS = 7
 PROPERTY = settings(max_examples=3, deadline=None, derandomize=True,
@@ -100,16 +100,18 @@ def _embed_run(world, out: Path, bed: str, batch_size: int, stop_after: int | No
         todo = [it for it in items if it.item_id not in done]
         by_id = {it.item_id: it for it in todo}
         units = E.plan_units(todo, 60 * batch_size)  # bases per unit: another grouping each run
-        config = E.WorkerConfig(model=world["model"], fasta=world["fasta"], reads=None,
-                                out=str(out), per_base=True, batch_size=batch_size,
-                                manifest_sha256=run_manifest.sha256, token=run.token)
-        actor = E.EmbedActor(config)
+        config = E.WorkerConfig(fasta=world["fasta"], reads=None, per_base=True,
+                                batch_size=batch_size)
+        setup = worker_setup(world["model"], out, manifest_sha256=run_manifest.sha256,
+                             token=run.token)
+        actor = E.EmbedActor(setup, config)
         for unit in units[:stop_after]:
             actor.run_unit(unit.unit_id, [by_id[i] for i in unit.item_ids])
         if stop_after is not None and len(units) > stop_after:  # killed between two commits
             unit = units[stop_after]
             unit_items = [by_id[i] for i in unit.item_ids]
-            writer = E._PerBaseWriter(config, unit.unit_id, actor.model.d_model, actor.meta_pb)
+            writer = E._PerBaseWriter(config, setup, unit.unit_id, actor.model.d_model,
+                                      actor.meta_pb)
             hidden, lengths = actor.hidden([actor.sequence(i) for i in unit_items])
             for j, it in enumerate(unit_items):
                 writer.write(it, hidden[j, :int(lengths[j])])
@@ -135,9 +137,16 @@ def test_embed_interrupted_reruns_end_exactly_once(ray_local, world, clean_embed
         out = Path(tmp) / "out"
         for k, (picks, batch, stop_after) in enumerate(steps):
             _embed_run(world, out, _bed(Path(tmp) / f"s{k}.bed", world, picks), batch, stop_after)
-        summary = E.embed(world["fasta"], out, bed=_bed(Path(tmp) / "all.bed", world,
-                                                         range(N_ITEMS)),
-                          model=world["model"], per_base=True, batch_size=final_batch)
+        summary = E.embed(
+            E.EmbedOptions(
+                fasta=world["fasta"],
+                out=out,
+                bed=_bed(Path(tmp) / "all.bed", world, range(N_ITEMS)),
+                model=world["model"],
+                per_base=True,
+                batch_size=final_batch,
+            )
+        )
         assert summary.items == N_ITEMS
         rows = pq.read_table(out / E.EMBEDDINGS_DIR).to_pylist()
         assert sorted(r["item_id"] for r in rows) == sorted(want)  # each item exactly once
@@ -174,15 +183,15 @@ def _variants_run(world, out: Path, table: str, unit_size: int, stop_after: int 
     run_manifest = V.variants_manifest(
         world["model"], load(world["model"]).config_sha256, fasta=world["fasta"], window=33,
         rc=True, site_probs=True, dtype=None, device_type="cpu")
-    meta = V.schema.file_metadata(load(world["model"]), "test", "variants", run_manifest.sha256)
     with manifest.open_run(out, run_manifest, part_dirs=[out], command="test") as run:
         done = V.completed_variants(out, run_manifest.sha256)
         units = runtime.plan_units([i for i in by_id if i not in done], unit_size)
-        scorer = V.UnitScorer(model=world["model"], fasta=world["fasta"], window=33, rc=True,
-                              site_probs=True, batch_size=None, device=None, dtype=None,
-                              out=str(out), metadata=meta, token=run.token)
+        setup = worker_setup(world["model"], out, manifest_sha256=run_manifest.sha256,
+                             token=run.token)
+        scorer = V.UnitScorer(setup, V.ScorerConfig(fasta=world["fasta"], window=33,
+                                                    site_probs=True))
         for unit in units[:stop_after]:
-            scorer.score_unit(unit.unit_id, [by_id[i] for i in unit.item_ids])
+            scorer.run_unit(unit.unit_id, [by_id[i] for i in unit.item_ids])
     if stop_after is not None:
         _killed(out, run, world["dead_pid"], out)
 
@@ -203,10 +212,18 @@ def test_variants_interrupted_reruns_end_exactly_once(ray_local, world, clean_va
         for k, (picks, unit_size, stop_after) in enumerate(steps):
             _variants_run(world, out, _table(Path(tmp) / f"s{k}.tsv", world, picks), unit_size,
                           stop_after)
-        summary = V.score_variants(_table(Path(tmp) / "all.tsv", world, range(N_ITEMS)),
-                                   world["fasta"], out, model=world["model"], window=33,
-                                   site_probs=True, unit_size=final_unit)
-        assert summary.variants == N_ITEMS
+        summary = V.score_variants(
+            V.VariantOptions(
+                variants=_table(Path(tmp) / "all.tsv", world, range(N_ITEMS)),
+                fasta=world["fasta"],
+                out=out,
+                model=world["model"],
+                window=33,
+                site_probs=True,
+                unit_alleles=final_unit,
+            )
+        )
+        assert summary.items == N_ITEMS
         rows = pq.read_table(out).to_pylist()
         keys = Counter((r["chrom"], r["pos"], r["ref"], r["alt"]) for r in rows)
         assert keys == Counter(world["alleles"])  # each allele as often as the input lists it

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures import random_seq, save_tiny_model
+from fixtures import random_seq, save_tiny_model, worker_setup
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
 from genomeconv.models import load, pool
 from genomeconv.models.tokenizer import tokenize
@@ -24,7 +24,8 @@ from genomeconv.pipelines import runtime
 from genomeconv.pipelines.embed import (FORWARD_TOKENS, PER_BASE_ROWS, EmbedActor, WorkerConfig,
                                         _forward_groups, default_unit_bp, embed, plan_read_items,
                                         plan_units)
-from genomeconv.pipelines.variants import default_unit_size
+from genomeconv.pipelines.variants import alleles_per_unit
+from genomeconv.pipelines.options import EmbedOptions
 
 
 def write_ubam(path, seqs: dict[str, str]) -> str:
@@ -107,19 +108,23 @@ def test_embed_units_use_item_lengths_and_model_size(reads):
 def test_small_jobs_keep_every_worker_busy(reads, tiny_model):
     items = plan_read_items(reads[1])
     model = load(tiny_model)
-    assert len(plan_units(items, default_unit_bp(model, items))) == 1  # a small job: one part
-    assert len(plan_units(items, default_unit_bp(model, items, workers=4))) == 4
-    assert default_unit_bp(model, items, per_base=True) == default_unit_bp(model, items)
+    total = sum(it.length for it in items)
+    bp = default_unit_bp(model)
+    assert len(plan_units(items, runtime.per_worker(bp, total, 1))) == 1  # small: one part
+    assert len(plan_units(items, runtime.per_worker(bp, total, 4))) == 4
+    assert runtime.per_worker(default_unit_bp(model, per_base=True), total, 1) == \
+        runtime.per_worker(bp, total, 1)
     assert runtime.per_worker(2048, 11, 2) == 6 and runtime.per_worker(5, 11, 2) == 5
     assert runtime.per_worker(2048, 0, 3) == 1
 
 
 def test_variant_units_are_sized_by_window(tiny_model):
     model = load(tiny_model)
-    small, large = (default_unit_size(model, w, rc=True) for w in (1024, 4096))
-    assert small == 4 * large and default_unit_size(model, 1024, rc=False) == 2 * small
-    assert default_unit_size(model, 1 << 30, rc=True) == 1
-    assert default_unit_size(model, 2, rc=False) == runtime.UNIT_MAX_ITEMS
+    bases = runtime.unit_bases(model.work_per_base)
+    small, large = (alleles_per_unit(bases, w, rc=True) for w in (1024, 4096))
+    assert small == 4 * large and alleles_per_unit(bases, 1024, rc=False) == 2 * small
+    assert alleles_per_unit(bases, 1 << 30, rc=True) == 1
+    assert alleles_per_unit(bases, 2, rc=False) == runtime.UNIT_MAX_ITEMS
 
 
 def test_forward_groups_sort_by_length_and_bound_padding():
@@ -160,9 +165,8 @@ def test_pooled_read_does_not_depend_on_its_batch(pooling, reads, tiny_model, tm
     seqs = {it.read_name: seqs[it.read_name] for it in items}
     tables = {}
     for batch in (1, 7, 64):
-        cfg = WorkerConfig(model=tiny_model, fasta=None, reads=bam, out=str(tmp_path / str(batch)),
-                           pooling=pooling, batch_size=batch)
-        EmbedActor(cfg).run_unit("u", items)
+        cfg = WorkerConfig(fasta=None, reads=bam, pooling=pooling, batch_size=batch)
+        EmbedActor(worker_setup(tiny_model, tmp_path / str(batch)), cfg).run_unit("u", items)
         table = pq.read_table(tmp_path / str(batch) / "embeddings" / "part-u.parquet")
         tables[batch] = {r["read_name"]: np.asarray(r["embedding"]) for r in table.to_pylist()}
     model = load(tiny_model)
@@ -199,8 +203,11 @@ def test_reads_job_writes_few_parts_in_whole_row_groups(ray_local, reads, tiny_m
     seqs, bam = reads
     total = sum(map(len, seqs.values()))
     out = tmp_path / "out"
-    summary = embed(bam, out, model=tiny_model, per_base=True, batch_size=32,
-                    unit_bp=total // 2)
+    summary = embed(
+        EmbedOptions(
+            fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=32, unit_bp=total // 2
+        )
+    )
     parts = sorted((out / "embeddings").glob("part-*.parquet"))
     assert summary.units == len(parts) in (2, 3) and summary.items_done == len(seqs)
     names = [n for p in parts for n in pq.read_table(p, columns=["read_name"])
@@ -212,8 +219,14 @@ def test_reads_job_writes_few_parts_in_whole_row_groups(ray_local, reads, tiny_m
         assert meta.num_row_groups == math.ceil(meta.num_rows / PER_BASE_ROWS)
     per_base = pq.read_table(out / "per_base")
     assert per_base.num_rows == total
-    again = embed(bam, out, model=tiny_model, per_base=True, batch_size=7, unit_bp=total // 2)
+    again = embed(
+        EmbedOptions(
+            fasta=bam, out=out, model=tiny_model, per_base=True, batch_size=7, unit_bp=total // 2
+        )
+    )
     assert again.items_skipped == len(seqs) and again.units == again.items_done == 0
 
-    default = embed(bam, tmp_path / "default", model=tiny_model, batch_size=32)
+    default = embed(
+        EmbedOptions(fasta=bam, out=tmp_path / "default", model=tiny_model, batch_size=32)
+    )
     assert default.units == 1  # the whole job is far less than one unit's work

@@ -7,7 +7,6 @@ Fixtures are generated per test: a random reference written as text and indexed 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import random_seq, save_tiny_model, write_fasta
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
@@ -231,7 +231,7 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     assert "contig '1' matched to 'chr1'" in first and f"{n_alts} ALT alleles (0 already done)" \
         in first
     parts = sorted(out.glob("part-*.parquet"))
-    assert len(parts) == 4 and f"wrote {n_alts} rows" in first
+    assert len(parts) == 4 and f"scored {n_alts} in" in first
 
     meta = pq.read_schema(parts[0]).metadata
     assert meta[b"genomeconv.kind"] == b"variants"
@@ -273,13 +273,13 @@ def test_cli_ray_end_to_end_duckdb_and_resume(ray_local, tiny_model, model, rng,
     parts[1].unlink()
     (out / ".tmp-crashed").write_bytes(b"partial")
     second = run_cli(args)
-    assert f"({n_alts - lost} already done): wrote {lost} rows" in second
+    assert f"({n_alts - lost} already done); scored {lost} in" in second
     for p in parts[:1] + parts[2:]:
         assert p.stat().st_mtime_ns == mtimes[p.name]
     assert table("SELECT count(*), count(DISTINCT (chrom, pos, ref, alt)) FROM T") == [
         (n_alts, n_alts)]
     third = run_cli(args)
-    assert f"({n_alts} already done): wrote 0 rows" in third
+    assert f"({n_alts} already done); scored 0 in" in third
     assert not os.path.exists(out / ".tmp-crashed")  # removed by the next run, never read
     other = CliRunner().invoke(app, ["score-variants", *args[:8], str(W - 2), *args[9:]])
     assert other.exit_code == 2 and f"window: {W} (in the folder) vs {W - 2} (this run)" \
@@ -339,8 +339,12 @@ def test_contig_shorter_than_the_window_is_the_window(ray_local, tiny_model, mod
     picks = [("short", 10), ("short", 80), ("long", 200)]
     table.write_text("chrom\tpos\tref\talt\n" + "".join(
         f"{c}\t{p}\t{genome[c][p - 1]}\t{other_base(genome[c][p - 1])}\n" for c, p in picks))
-    summary = score_variants(table, fasta, tmp_path / "out", model=str(tiny_model), window=120)
-    assert summary.rows_written == 3 and summary.statuses == {"ok": 3}
+    summary = score_variants(
+        VariantOptions(
+            variants=table, fasta=fasta, out=tmp_path / "out", model=str(tiny_model), window=120
+        )
+    )
+    assert summary.tally["rows"] == 3 and summary.tally["statuses"] == {"ok": 3}
     assert capsys.readouterr().err.count("\n") == 1  # one line names the short contig
     got = {(r["chrom"], r["pos"]): r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert (got[("short", 10)]["window_start"], got[("short", 10)]["window_end"]) == (0, 90)
@@ -404,16 +408,19 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
     table = tmp_path / "v.tsv"
     table.write_text("chrom\tpos\tref\talt\n" + "".join(lines))
     out = tmp_path / "out"
-    run = functools.partial(score_variants, table, fasta, out, model=str(model_dir), window=W)
-    first = run(region="chr1:1-100", unit_size=1)
-    assert (first.variants, first.variants_skipped, first.rows_written) == (4, 0, 4)
+    def run(**changes):
+        return score_variants(VariantOptions(variants=table, fasta=fasta, out=out,
+                                             model=str(model_dir), window=W, **changes))
+
+    first = run(regions=("chr1:1-100",), unit_alleles=1)
+    assert (first.items, first.items_skipped, first.tally["rows"]) == (4, 0, 4)
     parts = sorted(out.glob("part-*.parquet"))
     parts[0].write_bytes(b"")
     parts[1].write_bytes(parts[1].read_bytes()[:100])
     capsys.readouterr()
-    second = run(unit_size=3)
+    second = run(unit_alleles=3)
     assert capsys.readouterr().err.count("not counted as done") == 2
-    assert (second.variants, second.variants_skipped, second.rows_written) == (9, 2, 7)
+    assert (second.items, second.items_skipped, second.tally["rows"]) == (9, 2, 7)
     rows = pq.read_table(out).to_pylist()
     keys = sorted((r["chrom"], r["pos"]) for r in rows)
     assert keys == sorted(picks + [picks[1]])  # each allele as often as listed
@@ -427,12 +434,19 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
 
     def refused(**changes) -> str:
         with pytest.raises(InputError) as err:
-            score_variants(table, changes.pop("fasta", fasta), out, model=str(model_dir),
-                           **{"window": W, **changes})
+            score_variants(
+                VariantOptions(
+                    variants=table,
+                    fasta=changes.pop("fasta", fasta),
+                    out=out,
+                    model=str(model_dir),
+                    **{"window": W, **changes},
+                )
+            )
         return str(err.value)
 
     assert f"window: {W} (in the folder) vs {W + 2} (this run)" in refused(window=W + 2)
-    assert "rc: True (in the folder) vs False (this run)" in refused(rc=False)
+    assert "rc: True (in the folder) vs False (this run)" in refused(strands="fwd")
     assert "site_probs: False (in the folder) vs True (this run)" in refused(site_probs=True)
     other_fasta = write_fasta(tmp_path / "other.fa", genome)
     assert f"fasta.path: '{Path(fasta).resolve()}' (in the folder) vs " in refused(
@@ -443,6 +457,6 @@ def test_reruns_resume_by_allele_and_refuse_other_settings(ray_local, tiny_model
     changed.save(model_dir)
     text = refused()
     assert "model_weights_sha256: " in text and "model_config_sha256" not in text
-    fresh = run(unit_size=4, overwrite=True)
-    assert (fresh.variants_skipped, fresh.rows_written) == (0, 9)
+    fresh = run(unit_alleles=4, overwrite=True)
+    assert (fresh.items_skipped, fresh.tally["rows"]) == (0, 9)
     assert pq.read_table(out).num_rows == 9 and not list(out.glob(".damaged-*"))

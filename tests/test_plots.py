@@ -34,6 +34,7 @@ from genomeconv.plots import mutagenesis as mut_plot
 from genomeconv.plots import track as track_plot
 from genomeconv.plots import training as train_plot
 from genomeconv.plots import variants as var_plot
+from genomeconv.pipelines.options import EmbedOptions, VariantOptions
 
 W = 33
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<svg"}
@@ -97,8 +98,18 @@ def scored(genome, ray_local) -> dict:
 
     vcf, truth = write_info_vcf(genome["work"] / "calls.vcf", genome)
     out = genome["work"] / "scores"
-    score_variants(vcf, genome["fasta"], out, model=genome["model"], window=W, site_probs=True,
-                   num_workers=1, command="genomeconv score-variants test")
+    score_variants(
+        VariantOptions(
+            variants=vcf,
+            fasta=genome["fasta"],
+            out=out,
+            model=genome["model"],
+            window=W,
+            site_probs=True,
+            num_workers=1,
+            command="genomeconv score-variants test",
+        )
+    )
     return {"out": out, "vcf": vcf, "truth": truth}
 
 
@@ -118,8 +129,18 @@ def embedded(genome, ray_local) -> dict:
     bed.write_text("".join(f"chr1\t{s}\t{s + rng.integers(20, 70)}\tb{i}\n"
                            for i, s in enumerate(starts)))
     out = work / "embed"
-    embed(genome["fasta"], out, gtf=gtf, bed=bed, model=genome["model"], batch_size=8,
-          num_workers=1, command="genomeconv embed test")
+    embed(
+        EmbedOptions(
+            fasta=genome["fasta"],
+            out=out,
+            gtf=gtf,
+            bed=bed,
+            model=genome["model"],
+            batch_size=8,
+            num_workers=1,
+            command="genomeconv embed test",
+        )
+    )
     return {"out": out, "gtf": gtf}
 
 
@@ -136,15 +157,29 @@ def trained(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("trained")
     rng = np.random.default_rng(2)
     fasta = write_fasta(work / "g.fa", {"r1": markov_genome(rng, 3000)})
-    tr.pretrain(fasta, work / "pre", tr.PretrainOptions(
-        d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3, val_windows=4,
-        val_fraction=0.1, steps=8, eval_every=4, save_every=8, kmer_baseline=2),
+    tr.pretrain(tr.PretrainOptions(
+        fasta=fasta, out=work / "pre", d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3,
+        val_windows=4, val_fraction=0.1, steps=8, eval_every=4, save_every=8, kmer_baseline=2),
         log=lambda line: None)
     (work / "task").mkdir()
     ref, table, base, _ = make_variant_task(work / "task", 99, 600, 20)
-    tr.finetune(table, ref, work / "ft", tr.FinetuneOptions(
-        base_model=str(base), window=32, head_hidden=16, epochs=3, batch_size=8, lr=1e-2,
-        val_chroms=("chr3",), freeze="1", positive_label="1"), log=lambda line: None)
+    tr.finetune(
+        tr.FinetuneOptions(
+            variants=table,
+            fasta=ref,
+            out=work / "ft",
+            model=str(base),
+            window=32,
+            head_hidden=16,
+            epochs=3,
+            batch_size=8,
+            lr=1e-2,
+            val_chroms=("chr3",),
+            freeze="1",
+            positive_label="1",
+        ),
+        log=lambda line: None,
+    )
     torch.set_num_threads(threads)
     return {"pretrain": work / "pre", "finetune": work / "ft"}
 
@@ -314,7 +349,7 @@ def test_track_mean_strand_and_measure_errors(track_out):
     with pytest.raises(InputError, match=r"no track rows in chr1:101-110 \(the view has "
                                          r"chr1:1-300\)"):
         track_plot.track_figure([track_out["out"]], "chr1:101-110")
-    with pytest.raises(InputError, match="--strand must be one of"):
+    with pytest.raises(InputError, match="--strands must be one of"):
         track_plot.track_figure([track_out["out"]], "chr1:1-20", strand="plus")
 
 

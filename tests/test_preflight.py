@@ -40,17 +40,17 @@ def inputs(tmp_path_factory):
 
 
 def test_out_must_be_a_writable_folder(tmp_path):
-    preflight.check_out(tmp_path / "new" / "deeper")  # creatable: fine, and not created
+    preflight.check_out_folder(tmp_path / "new" / "deeper")  # creatable: fine, and not created
     assert not (tmp_path / "new").exists()
     assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(InputError, match="--out is a file"):
-        preflight.check_out(afile)
+        preflight.check_out_folder(afile)
     with pytest.raises(InputError, match=f"{afile} is a file"):
-        preflight.check_out(afile / "sub")
+        preflight.check_out_folder(afile / "sub")
     with pytest.raises(InputError, match="--out is not writable"):
-        preflight.check_out(READ_ONLY / "genomeconv_out")
+        preflight.check_out_folder(READ_ONLY / "genomeconv_out")
 
 
 def test_devices_this_machine_does_not_have():

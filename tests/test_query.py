@@ -135,10 +135,10 @@ def test_region_boundaries_are_exact(tmp_path):
 
 
 def test_gene_on_embeddings_and_on_variants(outputs):
-    rows = _json_rows(invoke("query", outputs.embed, "--gene", "G7", "--format", "json"))
+    rows = _json_rows(invoke("query", outputs.embed, "--genes", "G7", "--format", "json"))
     assert sorted(r["item_id"] for r in rows) == ["item0014", "item0015"]
     gene_items = [r for r in outputs.emb if r["gene_name"] == "G10" and r["chrom"] == "chr17"]
-    rows = _json_rows(invoke("query", outputs.embed, outputs.variants, "--gene", "G10",
+    rows = _json_rows(invoke("query", outputs.embed, outputs.variants, "--genes", "G10",
                              "--format", "json"))
     expected = {v["id"] for v in outputs.var for g in gene_items
                 if v["pos"] - 1 < g["end"] and v["pos"] - 1 + len(v["ref"]) > g["start"]}
@@ -148,10 +148,10 @@ def test_gene_on_embeddings_and_on_variants(outputs):
     with_contig = pa.schema([*schema.VARIANTS, pa.field("contig", pa.string())])
     _write([dict(v, contig="chr17") for v in renamed], with_contig, outputs.tmp / "vcf17", "u",
            "variants")
-    rows = _json_rows(invoke("query", outputs.embed, outputs.tmp / "vcf17", "--gene", "G10",
+    rows = _json_rows(invoke("query", outputs.embed, outputs.tmp / "vcf17", "--genes", "G10",
                              "--format", "json"))
     assert {r["id"] for r in rows} == expected and expected
-    alone = invoke("query", outputs.variants, "--gene", "G10")
+    alone = invoke("query", outputs.variants, "--genes", "G10")
     assert alone.exit_code != 0 and "embeddings output" in alone.output
 
 
@@ -188,7 +188,7 @@ def test_csv_and_parquet_files(outputs):
     for row in back:
         np.testing.assert_array_equal(np.float32(row["embedding"]),
                                       np.float32(by_id[row["item_id"]]))
-    table = CliRunner().invoke(app, ["query", str(outputs.embed), "--gene", "G3"],
+    table = CliRunner().invoke(app, ["query", str(outputs.embed), "--genes", "G3"],
                                env={"COLUMNS": "160"})  # wide enough for all 14 columns
     assert table.exit_code == 0 and "(8)" in table.output  # embeddings abbreviated on screen
 

@@ -20,6 +20,7 @@ from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.io.saturation import Saturation
 from genomeconv.pipelines import schema
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
 
 W = 33
@@ -73,7 +74,7 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     sat = tmp_path / "sat"
     args = [a for r in regions for a in ("--saturate", r)] + opts + ["--out", sat]
     first = cli(*args)
-    assert f"{len(snvs)} ALT alleles (0 already done): wrote {len(snvs)} rows" in first
+    assert f"{len(snvs)} ALT alleles (0 already done); scored {len(snvs)} in" in first
     assert "genomeconv: --saturate: 4 of 76 positions skipped, their reference base being N " \
         "or another IUPAC code (the first at chr1:71)" in first
 
@@ -104,13 +105,13 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     parts[1].unlink()
     (sat / ".tmp-crashed").write_bytes(b"partial")
     again = cli(*args)
-    assert f"({len(snvs) - lost} already done): wrote {lost} rows" in again
+    assert f"({len(snvs) - lost} already done); scored {lost} in" in again
     assert rows(sat) == want and not (sat / ".tmp-crashed").exists()
     wider = cli(*args[:-2], "--saturate", "chr2:90-100", "--out", sat)
     more = expected_snvs(genome, [("chr2", 90, 92)])
-    assert f"({len(snvs)} already done): wrote {len(more)} rows" in wider
+    assert f"({len(snvs)} already done); scored {len(more)} in" in wider
     # the same manifest, whichever input: the VCF finds its alleles written already
-    assert f"({len(snvs)} already done): wrote 0 rows" in cli(vcf, *opts, "--out", sat)
+    assert f"({len(snvs)} already done); scored 0 in" in cli(vcf, *opts, "--out", sat)
     assert len(rows(sat)) == len(snvs) + len(more)
 
 
@@ -126,7 +127,17 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
     out = tmp_path / "out"
     for model, rc, windows in ((tiny_model, True, 8 * 30), ("kmer:2", False, 4 * 30)):
         with pytest.raises(InputError) as err:
-            score_variants(sat, fasta, out, model=model, window=W, rc=rc, max_hours=1e-9)
+            score_variants(
+                VariantOptions(
+                    variants=sat,
+                    fasta=fasta,
+                    out=out,
+                    model=model,
+                    window=W,
+                    strands="both" if rc else "fwd",
+                    max_hours=1e-9,
+                )
+            )
         text = str(err.value)
         assert re.search(rf"^--saturate chr2:1-30: 90 SNVs would take about \d+:\d\d \(h:mm; "
                          rf"{windows} model windows of {W} bp, [\d.e+-]+ ms each, 1 "
@@ -139,13 +150,20 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
                                  "90 SNVs would take about", "pass --force")
     assert "240 model windows" in line and not out.exists()
     forced = cli("--saturate", "chr2:1-30", "--fasta", fasta, "--model", tiny_model, "--window",
-                 W, "--out", out, "--max-hours", "1e-9", "--force")
-    assert "wrote 90 rows" in forced and pq.read_table(out).num_rows == 90
-    summary = score_variants(sat, fasta, tmp_path / "ok", model="kmer:2", window=W,
-                             max_hours=1.0)  # within the limit: runs
-    assert summary.rows_written == 90
-    as_list = score_variants(list(sat), fasta, tmp_path / "list", model="kmer:2", window=W)
-    assert as_list.rows_written == 90 and rows(tmp_path / "list") == rows(tmp_path / "ok")
+                 W, "--out", out, "--max-hours", "0")
+    assert "scored 90 in" in forced and pq.read_table(out).num_rows == 90
+    summary = score_variants(
+        VariantOptions(
+            variants=sat, fasta=fasta, out=tmp_path / "ok", model="kmer:2", window=W, max_hours=1.0
+        )
+    )  # within the limit: runs
+    assert summary.tally["rows"] == 90
+    as_list = score_variants(
+        VariantOptions(
+            variants=list(sat), fasta=fasta, out=tmp_path / "list", model="kmer:2", window=W
+        )
+    )
+    assert as_list.tally["rows"] == 90 and rows(tmp_path / "list") == rows(tmp_path / "ok")
 
 
 def test_one_line_errors(tiny_model, genome, tmp_path):

@@ -20,6 +20,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.models.families.kmer import KmerModel
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.track import track
+from genomeconv.pipelines.options import TrackOptions
 from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
 
 MAX_LEN = 32  # the tiny model's max_seq_len: receptive field 2 (31 + 2) + 1 = 67
@@ -126,8 +127,17 @@ def whole(ray_local, tmp_path_factory, sharp_model, genome):
     """The whole genome at the default context, in pieces of 64 positions, 3 pieces a unit,
     chunks of 23 positions in the model's bounded-memory path."""
     out = tmp_path_factory.mktemp("track_whole") / "t"
-    summary = track(genome[0], out, model=sharp_model, piece_bp=64, unit_bp=192, bigwig="all",
-                    chunk_size=23)
+    summary = track(
+        TrackOptions(
+            fasta=genome[0],
+            out=out,
+            model=sharp_model,
+            piece_bp=64,
+            unit_bp=192,
+            bigwig="all",
+            chunk_size=23,
+        )
+    )
     return out, summary
 
 
@@ -137,8 +147,8 @@ def test_track_equals_one_pass_over_the_contig(whole, sharp_model, genome):
     chunks (23 positions)."""
     fasta, records = genome
     out, summary = whole
-    assert summary.context == load(sharp_model).receptive_field == 67
-    assert summary.pieces == 11 + 3 and summary.units > 1
+    assert summary.facts["context"] == load(sharp_model).receptive_field == 67
+    assert summary.facts["pieces"] == 11 + 3 and summary.units > 1
     got = read_track(out)
     model = load(sharp_model)
     for chrom, seq in records.items():
@@ -166,8 +176,17 @@ def test_context_below_the_receptive_field_scores_each_piece_from_its_window(
     forward strand and from the reverse complement of [a, b + 9) on the reverse strand."""
     fasta, records = genome
     out = tmp_path / "t"
-    track(fasta, out, model=sharp_model, context=9, piece_bp=50, regions=["c1:121-480"],
-          bigwig="none")
+    track(
+        TrackOptions(
+            fasta=fasta,
+            out=out,
+            model=sharp_model,
+            context=9,
+            piece_bp=50,
+            regions=["c1:121-480"],
+            bigwig="none",
+        )
+    )
     seq, n = records["c1"], len(records["c1"])
 
     def windows(p):
@@ -183,7 +202,11 @@ def test_context_below_the_receptive_field_scores_each_piece_from_its_window(
 def test_forward_strand_only(ray_local, tmp_path, sharp_model, genome):
     fasta, records = genome
     out = tmp_path / "t"
-    track(fasta, out, model=sharp_model, strands="fwd", regions=["c2"], bigwig="all")
+    track(
+        TrackOptions(
+            fasta=fasta, out=out, model=sharp_model, strands="fwd", regions=["c2"], bigwig="all"
+        )
+    )
     got = read_track(out)
     assert all(v is None for v in got["context_rev"] + got["logp_ref_rev"] + got["entropy_rev"])
     assert got["logp_ref"][1:] == got["logp_ref_fwd"][1:] and got["logp_ref"][0] is None
@@ -219,8 +242,10 @@ def test_bigwig_holds_the_parquet_values(whole, genome):
 def test_kmer_track_is_the_markov_model(ray_local, tmp_path, genome):
     fasta, records = genome
     out = tmp_path / "t"
-    summary = track(fasta, out, model="kmer:3", strands="fwd", bigwig="none")
-    assert summary.context == 3
+    summary = track(
+        TrackOptions(fasta=fasta, out=out, model="kmer:3", strands="fwd", bigwig="none")
+    )
+    assert summary.facts["context"] == 3
     kmer = KmerModel.fit(list(records.values()), 3)
     got = read_track(out)
     seq = records["c2"]
@@ -235,11 +260,18 @@ def test_rerun_writes_every_position_once(whole, tmp_path, sharp_model, genome):
     values those of one run; another --context is refused."""
     fasta, records = genome
     out = tmp_path / "t"
-    first = track(fasta, out, model=sharp_model, regions=["c1:101-300", "c1:250-420"],
-                  piece_bp=64)
-    assert first.positions == 320
-    rest = track(fasta, out, model=sharp_model, piece_bp=64, unit_bp=128)
-    assert rest.positions_skipped == 320 and rest.positions_done == 850 - 320
+    first = track(
+        TrackOptions(
+            fasta=fasta,
+            out=out,
+            model=sharp_model,
+            regions=["c1:101-300", "c1:250-420"],
+            piece_bp=64,
+        )
+    )
+    assert first.items == 320
+    rest = track(TrackOptions(fasta=fasta, out=out, model=sharp_model, piece_bp=64, unit_bp=128))
+    assert rest.items_skipped == 320 and rest.items_done == 850 - 320
     got = read_track(out)
     keys = list(zip(got["chrom"], got["position"]))
     assert len(keys) == len(set(keys)) == 850
@@ -248,13 +280,13 @@ def test_rerun_writes_every_position_once(whole, tmp_path, sharp_model, genome):
                                np.array(ref["logp_ref"], dtype=float), atol=2e-5)
     part = sorted((out / "track").glob("part-*.parquet"))[0]
     part.write_bytes(part.read_bytes()[:200])  # cut short
-    again = track(fasta, out, model=sharp_model, piece_bp=64)
-    assert 0 < again.positions_done < 850
+    again = track(TrackOptions(fasta=fasta, out=out, model=sharp_model, piece_bp=64))
+    assert 0 < again.items_done < 850
     got = read_track(out)
     assert len(set(zip(got["chrom"], got["position"]))) == len(got["position"]) == 850
     assert list((out / "track").glob(".damaged-*"))
     with pytest.raises(InputError, match="context"):
-        track(fasta, out, model=sharp_model, context=10)
+        track(TrackOptions(fasta=fasta, out=out, model=sharp_model, context=10))
 
 
 def test_query_and_cli(ray_local, tmp_path, sharp_model, genome):
@@ -274,7 +306,7 @@ def test_query_and_cli(ray_local, tmp_path, sharp_model, genome):
     assert len(lines) == 11 and "logp_ref" in lines[0]
     assert_one_line_error(run_cli("track", fasta, "--model", sharp_model, "--region",
                                   "c2:100-200", "--out", tmp_path / "x"), "c2", "150")
-    assert_one_line_error(run_cli("track", fasta, "--strands", "rev", "--out", tmp_path / "y"),
+    assert_one_line_error(run_cli("track", fasta, "--strands", "up", "--out", tmp_path / "y"),
                           "--strands")
 
 
@@ -302,7 +334,7 @@ def test_plot_track_draws_the_pipeline_output(whole, genome, tmp_path):
     out, _ = whole
     got = read_track(out)
     fig = track_figure([out], "c1:321-400", measures=["logp_ref", "llr_site_C"], strand="both")
-    for ax, measure in zip(fig.axes, ["logp_ref", "llr_site_C"]):
+    for ax in fig.axes:
         for line in ax.get_lines():
             xy = line.get_xydata()
             np.testing.assert_array_equal(xy[:, 0], np.arange(321, 401))

@@ -27,6 +27,7 @@ from genomeconv.models import heads
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
+from genomeconv.pipelines.options import VariantOptions
 from fixtures import assert_one_line_error, run_cli, write_fasta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,9 +102,9 @@ def test_markov_baseline_matches_counting(rng):
 
 # ------------------------------------------------------------------------------ pretrain
 def run_pretrain(genome: Path, out: Path, **overrides) -> dict:
-    opts = tr.PretrainOptions(**{**TINY, "steps": 8, "eval_every": 4, "save_every": 4,
-                                 **overrides})
-    return tr.pretrain(genome, out, opts, log=lambda line: None)
+    opts = tr.PretrainOptions(**{**TINY, "fasta": genome, "out": out, "steps": 8,
+                                 "eval_every": 4, "save_every": 4, **overrides})
+    return tr.pretrain(opts, log=lambda line: None)
 
 
 def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
@@ -205,10 +206,11 @@ def variant_task(tmp_path_factory):
 
 def run_finetune(task, out: Path, **overrides) -> dict:
     fasta, table, base, _ = task
-    opts = tr.FinetuneOptions(**{"base_model": str(base), "window": 32, "head_hidden": 16,
+    opts = tr.FinetuneOptions(**{"variants": table, "fasta": fasta, "out": out,
+                                 "model": str(base), "window": 32, "head_hidden": 16,
                                  "epochs": 3, "batch_size": 8, "lr": 1e-2, "val_chroms": ("chr3",),
                                  **overrides})
-    return tr.finetune(table, fasta, out, opts, log=lambda line: None)
+    return tr.finetune(opts, log=lambda line: None)
 
 
 def test_finetune_binary_round_trip(variant_task, tmp_path):
@@ -243,7 +245,14 @@ def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_l
     run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
     model_dir = tmp_path / "model"
     model, head = load(model_dir), heads.load_head(model_dir)
-    score_variants(variant_task[1], variant_task[0], tmp_path / "scores", model=str(model_dir))
+    score_variants(
+        VariantOptions(
+            variants=variant_task[1],
+            fasta=variant_task[0],
+            out=tmp_path / "scores",
+            model=str(model_dir),
+        )
+    )
     got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
@@ -362,7 +371,7 @@ def test_finetune_input_errors(variant_task, tmp_path, case, extra, want):
         table.write_text("chrom\tpos\tref\talt\tlabel\n")
     if case == "missing_fasta":
         fasta = tmp_path / "none.fa"
-    args = ["finetune", table, "--fasta", fasta, "--base-model", base, "--window", "32",
+    args = ["finetune", table, "--fasta", fasta, "--model", base, "--window", "32",
             "--out", tmp_path / "o", "--val-chroms", "chr3", *extra]
     if case == "window":  # typer's own usage error for an option value it validates
         from typer.testing import CliRunner
@@ -430,8 +439,8 @@ def test_cli_defaults_are_the_options_defaults():
     from genomeconv.commands import train as commands
     from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions
 
-    for command, options in ((commands.pretrain, PretrainOptions()),
-                             (commands.finetune, FinetuneOptions())):
+    for command, options in ((commands.pretrain, PretrainOptions),
+                             (commands.finetune, FinetuneOptions)):
         for name, param in inspect.signature(command).parameters.items():
             default = getattr(param.default, "default", param.default)
             if hasattr(options, name) and name not in ("warmup_lengths", "val_records",
@@ -443,9 +452,10 @@ def test_pretrain_as_ray_train_workers(genome, tmp_path, ray_local):
     """--address: one Ray Train worker follows the same curve as this process."""
     from genomeconv.pipelines.deepspeed_engine import run_on_ray
 
-    opts = tr.PretrainOptions(**{**TINY, "steps": 2, "eval_every": 2, "save_every": 2})
-    on_ray = run_on_ray(tr.pretrain, tr.check_pretrain, (str(genome), str(tmp_path / "ray"), opts),
-                        out=tmp_path / "ray", address=None, num_workers=1)
+    opts = tr.PretrainOptions(**{**TINY, "fasta": genome, "out": tmp_path / "ray", "steps": 2,
+                                 "eval_every": 2, "save_every": 2})
+    on_ray = run_on_ray(tr.pretrain, tr.check_pretrain, (opts,), out=tmp_path / "ray",
+                        address=None, num_workers=1)
     here = run_pretrain(genome, tmp_path / "here", steps=2, eval_every=2, save_every=2)
     assert [r["train_loss"] for r in on_ray["history"]] == \
         pytest.approx([r["train_loss"] for r in here["history"]], rel=1e-5)

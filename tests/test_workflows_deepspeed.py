@@ -1,6 +1,6 @@
 """The DeepSpeed configs shipped in genomeconv/data/deepspeed/: parsed by DeepSpeed's own config
-parser once genomeconv has filled in the batch sizes, and each one trains a tiny HyenaDNA for a few steps on CPU (ZeRO 0-3, bf16,
-CPU offload, gradient accumulation with activation checkpointing)."""
+parser once genomeconv has filled in the batch sizes, and each one trains a tiny HyenaDNA for a few
+steps on CPU (ZeRO 0-3, bf16, CPU offload, gradient accumulation with activation checkpointing)."""
 
 from __future__ import annotations
 
@@ -68,10 +68,22 @@ def genome(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c != "zero0_fp32"])
 def test_config_trains_a_tiny_model(name, genome, tmp_path):
-    opts = tr.PretrainOptions(d_model=16, n_layer=2, seq_len=32, steps=2, batch_size=4,
-                              lr=1e-3, val_windows=2, val_fraction=0.1, eval_every=2,
-                              save_every=2, deepspeed_config=name)
-    summary = tr.pretrain(genome, tmp_path, opts, log=lambda line: None)
+    opts = tr.PretrainOptions(
+        fasta=genome,
+        out=tmp_path,
+        d_model=16,
+        n_layer=2,
+        seq_len=32,
+        steps=2,
+        batch_size=4,
+        lr=1e-3,
+        val_windows=2,
+        val_fraction=0.1,
+        eval_every=2,
+        save_every=2,
+        deepspeed_config=name,
+    )
+    summary = tr.pretrain(opts, log=lambda line: None)
     assert all(math.isfinite(r["train_loss"]) for r in summary["history"])
     assert math.isfinite(summary["val_nll"])
     model = load(tmp_path / "model")  # exported whole (ZeRO-3 gathered) and in float32

@@ -8,12 +8,13 @@ from typing import Optional
 
 import typer
 
+from genomeconv.commands.options import Force, OldStrand, new_spellings, split
+
 plot_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="Figures of genomeconv outputs: PNG, SVG or PDF by the -o extension.")
 
 OUT = typer.Option(..., "--out", "-o", help="Figure file: .png, .svg or .pdf (never inside a "
                    "genomeconv output folder).")
-FORCE = typer.Option(False, "--force", help="Replace an existing figure file.")
 OUTPUTS = typer.Argument(..., metavar="OUTPUT...", help="genomeconv output files or folders.")
 
 
@@ -46,20 +47,21 @@ def track(
     measures: str = typer.Option("logp_ref,entropy", "--measures", help="Comma-separated: "
                                  "logp_ref, entropy, llr_site_A, llr_site_C, llr_site_G, "
                                  "llr_site_T (one panel each)."),
-    strand: str = typer.Option("mean", "--strand", help="mean (of both strands), fwd, rev, "
-                               "or both (fwd and rev lines)."),
+    strands: str = typer.Option("mean", "--strands", help="mean (of both strands), fwd, rev, "
+                                "or both (fwd and rev lines)."),
+    old_strand: OldStrand = None,
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="Gene models underneath: GTF, GFF3 "
                                        "or GenBank/EMBL."),
     out: Path = OUT,
-    force: bool = FORCE,
+    force: Force = False,
 ) -> None:
     """Per-base track measures over a region, with gene models."""
     from genomeconv.plots.track import track_figure
 
+    strands = new_spellings(locals()).get("strands", strands)
     target = _out(out, force)
-    _save(track_figure(outputs, region, measures=[m.strip() for m in measures.split(",")
-                                                  if m.strip()],
-                       strand=strand, annotation=gtf), target)
+    _save(track_figure(outputs, region, measures=list(split(measures) or ()), strand=strands,
+                       annotation=gtf), target)
 
 
 @plot_app.command("mutagenesis")
@@ -68,7 +70,7 @@ def mutagenesis(
     region: str = typer.Option(..., "--region", help="Region, samtools style: chr1:1-200."),
     score: str = typer.Option("llr", "--score", help="Score column of the variants view."),
     out: Path = OUT,
-    force: bool = FORCE,
+    force: Force = False,
 ) -> None:
     """Heat map of every SNV's score, position x base, reference bases marked."""
     from genomeconv.plots.mutagenesis import mutagenesis_figure
@@ -95,7 +97,7 @@ def variants(
         None, "--lower-is-positive/--higher-is-positive", help="Which scores predict a "
         "positive (default: lower for llr columns, higher otherwise)."),
     out: Path = OUT,
-    force: bool = FORCE,
+    force: Force = False,
 ) -> None:
     """Score distributions by group; a ROC curve with AUROC for a binary label."""
     from genomeconv.plots.variants import variants_figure
@@ -114,7 +116,7 @@ def embeddings(
     pooling: Optional[str] = typer.Option(None, "--pooling", help="Only embeddings with this "
                                           "pooling (needed when the outputs hold several)."),
     out: Path = OUT,
-    force: bool = FORCE,
+    force: Force = False,
 ) -> None:
     """2-D PCA of pooled embeddings, coloured by a column."""
     from genomeconv.plots.embeddings import embeddings_figure
@@ -128,7 +130,7 @@ def training(
     run: Path = typer.Argument(..., help="A pretrain or finetune output folder (or its "
                                "summary.json)."),
     out: Path = OUT,
-    force: bool = FORCE,
+    force: Force = False,
 ) -> None:
     """Loss and validation curves of a pretrain or finetune run."""
     from genomeconv.plots.training import training_figure

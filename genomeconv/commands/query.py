@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from genomeconv.commands.options import Force, Genes, OldGene, Regions, build
+from genomeconv.errors import InputError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -24,9 +27,9 @@ def query(
     args: list[str] = typer.Argument(..., metavar="PATH... [SQL]",
                                      help="Output files or directories, then optionally SQL over "
                                           "the views embeddings, per_base, variants, ..."),
-    gene: Optional[str] = typer.Option(None, help="Rows of this gene_name or gene_id."),
-    region: Optional[str] = typer.Option(None, help="Rows overlapping a samtools-style region, "
-                                                    "e.g. chr17:43,044,295-43,125,483."),
+    genes: Genes = None,
+    old_gene: OldGene = None,
+    regions: Regions = None,
     top: Optional[int] = typer.Option(None, min=0, help="The N first rows by --by."),
     by: Optional[str] = typer.Option(None, help="Ranking column (default llr: most negative "
                                                 "first; other columns largest first)."),
@@ -39,7 +42,7 @@ def query(
                                                       "or parquet."),
     out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet); "
                                                   "never inside a genomeconv output folder."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    force: Force = False,
 ) -> None:
     """Query genomeconv outputs with DuckDB: one view per output kind.
 
@@ -49,10 +52,9 @@ def query(
     from genomeconv.pipelines import query as pipeline
 
     paths, sql = _split_sql(args)
-    shortcuts = pipeline.Shortcuts(view=view, gene=gene, region=region, top=top, by=by,
-                                   ascending=ascending)
+    shortcuts = build(pipeline.Shortcuts, locals())
     if sql is not None and shortcuts.any():
-        raise typer.BadParameter("give either SQL or the --gene/--region/--top/--by shortcuts")
+        raise InputError("give either SQL or the --genes/--region/--top/--by shortcuts")
     target = _target(fmt, out, force)
     con, views = pipeline.open_views(paths)
     params: list[object] = []
@@ -75,7 +77,7 @@ def neighbors(
     fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
     out: Optional[Path] = typer.Option(None, help="Write the rows here (needed for parquet); "
                                                   "never inside a genomeconv output folder."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    force: Force = False,
 ) -> None:
     """Cosine nearest neighbours of one item among pooled embeddings."""
     from genomeconv.pipelines import query as pipeline
@@ -98,12 +100,12 @@ def _target(fmt: str, out: Optional[Path], force: bool) -> Optional[Path]:
     from genomeconv.pipelines import query as pipeline
 
     if fmt != "table" and fmt not in pipeline.FORMATS:
-        raise typer.BadParameter(f"--format must be table, {', '.join(pipeline.FORMATS)}")
+        raise InputError(f"--format must be table, {', '.join(pipeline.FORMATS)}")
     if fmt == "table" and out is not None:
-        raise typer.BadParameter("--out needs --format csv, json or parquet")
+        raise InputError("--out needs --format csv, json or parquet")
     if fmt == "parquet" and out is None:
-        raise typer.BadParameter("--format parquet needs --out FILE")
-    return None if out is None else pipeline.check_out(out, force=force)
+        raise InputError("--format parquet needs --out FILE")
+    return None if out is None else pipeline.check_output_file(out, force=force)
 
 
 def _emit(con, sql: str, params: list[object], fmt: str, out: Optional[Path],
@@ -137,7 +139,8 @@ def _print_table(table: "pa.Table", *, more: bool) -> None:
         view.add_row(*(_cell(v) for v in row.values()))
     console = Console()
     console.print(view)
-    note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (" shown; more with --limit N or --out FILE" if more else "")
+    note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (
+        " shown; more with --limit N or --out FILE" if more else "")
     console.print(note, style="dim")
 
 

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from genomeconv.errors import InputError
+
 ADDRESS_HELP = ("Ray job server URL (default: RAY_ADDRESS if http(s), else "
                 "http://127.0.0.1:8265; tunnel to remote clusters).")
 
@@ -116,5 +118,5 @@ def jobs_stop(job_id: str, address: Optional[str] = typer.Option(None, help=ADDR
 def _pair(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise typer.BadParameter(f"--env expects KEY=VALUE, got {item!r}")
+        raise InputError(f"--env expects KEY=VALUE, got {item!r}")
     return key, value

@@ -17,7 +17,7 @@ import csv
 import gzip
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,8 @@ def _is_parquet(path: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
 
-def iter_variants(path: str | Path, *, region: str | Interval | None = None,
+def iter_variants(path: str | Path, *,
+                  region: str | Interval | Sequence[str | Interval] | None = None,
                   genes: Iterable[str] | None = None, gtf: str | Path | None = None
                   ) -> Iterator[Variant]:
     """Yield one `Variant` per ALT allele of a VCF/BCF or a table, in file order.
@@ -90,9 +91,9 @@ def iter_variants(path: str | Path, *, region: str | Interval | None = None,
     path: .vcf, .vcf.gz/.vcf.bgz (bgzip or plain gzip, index optional), .bcf, or a table
     (.parquet/.pq, .tsv/.txt[.gz], .csv[.gz]) with columns chrom, pos, ref, alt and optionally id
     (a leading '#' and upper case in column names are accepted; an alt cell may hold several
-    comma-separated alleles). region (samtools style) and genes (names or ids, looked up in gtf:
-    a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose POS lies
-    inside them; both may be given (union).
+    comma-separated alleles). region (samtools style; or several) and genes (names or ids, looked
+    up in gtf: a GTF/GFF3 or a GenBank/EMBL/GFF3+FASTA file) restrict the output to variants whose
+    POS lies inside them; both may be given (union).
     """
     path = str(path)
     keep = _restriction(region, genes, gtf)
@@ -110,12 +111,12 @@ def iter_variants(path: str | Path, *, region: str | Interval | None = None,
             yield variant
 
 
-def _restriction(region: str | Interval | None, genes: Iterable[str] | None,
-                 gtf: str | Path | None):
+def _restriction(region: str | Interval | Sequence[str | Interval] | None,
+                 genes: Iterable[str] | None, gtf: str | Path | None):
     """A predicate on variants for --region/--genes, or None when nothing restricts."""
     intervals: list[Interval] = []
-    if region is not None:
-        intervals.append(parse_region(region) if isinstance(region, str) else region)
+    for r in [region] if isinstance(region, (str, Interval)) else region or ():
+        intervals.append(parse_region(r) if isinstance(r, str) else r)
     if genes is not None:
         names = list(genes)
         if gtf is None:
@@ -123,7 +124,7 @@ def _restriction(region: str | Interval | None, genes: Iterable[str] | None,
                              "annotation the gene names come from)")
         intervals.extend(g.interval for g in select_genes(genes_of(gtf), names,
                                                           source=str(gtf)))
-    if region is None and genes is None:
+    if not intervals and genes is None:
         return None
     by_chrom: dict[str, list[tuple[int, float]]] = {}
     for iv in intervals:

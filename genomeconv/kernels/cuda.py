@@ -27,7 +27,7 @@ from types import ModuleType
 
 import torch
 
-from . import tiles
+import genomeconv.kernels.tiles as tiles
 from .fft import SPECTRA
 
 _EXT: ModuleType | None = None

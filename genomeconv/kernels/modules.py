@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .conv import fftconv
 from .fft import SpectrumCache
 
 
@@ -34,8 +35,6 @@ class LongConv(nn.Module):
 
     def forward(self, u: torch.Tensor, pregate: torch.Tensor | None = None,
                 postgate: torch.Tensor | None = None) -> torch.Tensor:
-        from . import fftconv
-
         return fftconv(u, self.k, self.D, pregate=pregate, postgate=postgate,
                        method=self.method, cache=self.cache)
 

@@ -53,7 +53,7 @@ from itertools import combinations_with_replacement
 
 import torch
 
-from . import paired
+import genomeconv.kernels.paired as paired
 from .fft import SPECTRA, SpectrumCache
 
 TILE = 16                      # factors are multiples of the 16x16 tensor-core tile
@@ -106,7 +106,7 @@ def plan_for(n: int, p: int) -> Plan:
         raise ValueError(f"p must be one of {STAGES}, got {p}")
     if n < 1:
         raise ValueError(f"transform length must be >= 1, got {n}")
-    need = -(-(-(-n // 2)) // TILE**p)  # ceil(ceil(n / 2) / 16^p)
+    need = -(-(-(-n // 2)) // TILE**p)  # noqa: B002 (ceil(ceil(n / 2) / 16^p))
     for prod, a in _multiples(p):
         if prod >= need:
             return Plan(tuple(TILE * ai for ai in a))

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fft
-from .validate import compute_dtype
+import genomeconv.kernels.fft as fft
 
 
 SEGMENT_COST = 60_000  # per transform pair (Python, copies): ~14 us here, in n log n units
@@ -151,45 +150,3 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     L, Lk = u.shape[-1], k.shape[-1]
     plan = OverlapSavePlan(L, Lk, resolve_block(L, Lk, block))
     return fft.BlockConv.apply(u, k, D, pregate, postgate, plan, fft.select_cache(k, D, cache))
-
-
-class StreamingConv:
-    """Causal conv over an input fed in chunks (B, H, l), in order; state = the last Lk - 1
-    gated inputs. `step(chunk)` (or calling the object) returns that chunk's outputs, equal to
-    the one-shot output.
-
-    k (H, Lk), D (H,) or None, method: passed to fftconv for each chunk (with the carried state
-    prepended). Gates are given per chunk. `reset()` starts a new sequence.
-    """
-
-    def __init__(self, k: torch.Tensor, D: torch.Tensor | None = None, *, method: str = "auto"):
-        self.k, self.D, self.method = k, D, method
-        self.state: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        """Forget the carried inputs (the next chunk starts a new sequence)."""
-        self.state = None
-
-    def step(self, u: torch.Tensor, *, pregate: torch.Tensor | None = None,
-             postgate: torch.Tensor | None = None) -> torch.Tensor:
-        """Outputs for the chunk u (B, H, l), continuing the previous chunks."""
-        from . import fftconv
-
-        if not isinstance(u, torch.Tensor) or u.dim() != 3:
-            raise ValueError("u must be a (B, H, l) tensor chunk")
-        cdt = compute_dtype(u.dtype)
-        x = u.to(cdt) if pregate is None else u.to(cdt) * pregate.to(cdt)
-        keep = self.k.shape[-1] - 1
-        if self.state is None:
-            self.state = x.new_zeros(*x.shape[:2], keep)
-        elif self.state.shape[:2] != x.shape[:2]:
-            raise ValueError(f"u chunk has (B, H) = {tuple(x.shape[:2])}, the stream has "
-                             f"{tuple(self.state.shape[:2])}; call reset() to start anew")
-        xx = torch.cat([self.state, x], dim=-1)
-        y = fftconv(xx, self.k, self.D, method=self.method, history=keep)
-        self.state = xx[..., xx.shape[-1] - keep:]
-        if postgate is not None:
-            y = y * postgate.to(cdt)
-        return y.to(u.dtype)
-
-    __call__ = step

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from . import fft
+import genomeconv.kernels.fft as fft
 from .validate import check_finite, compute_dtype
 
 

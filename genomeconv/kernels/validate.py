@@ -72,7 +72,9 @@ def check_finite(k: torch.Tensor | None, D: torch.Tensor | None) -> None:
             raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
 
 
-def check_out(out: object, u: torch.Tensor, shape: tuple[int, ...], needs_grad: bool) -> None:
+def check_out_tensor(
+    out: object, u: torch.Tensor, shape: tuple[int, ...], needs_grad: bool
+) -> None:
     """Validate fftconv's `out`: a tensor of the output's `shape` and u's dtype and device,
     either u itself (an in-place convolution) or not sharing memory with u, and no autograd
     (out= writes cannot be differentiated)."""

@@ -312,8 +312,9 @@ def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None
                   piece_size: int | None = None, dtype: torch.dtype | None = None,
                   blocks: int | None = None) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
-    rounding (with `blocks`, the residual stream after the first `blocks` blocks instead), in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
-    4 bytes (v', 8 for float64) plus channel-group and chunk-sized temporaries.
+    rounding (with `blocks`, the residual stream after the first `blocks` blocks instead), in
+    memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece) 4 bytes (v', 8 for
+    float64) plus channel-group and chunk-sized temporaries.
 
     chunk_size: positions per pointwise chunk (default 4096); piece_size: positions per piece
     of the streamed long convolution for sequences longer than max_seq_len + 2 pieces

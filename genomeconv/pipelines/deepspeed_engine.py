@@ -40,12 +40,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "deepspeed"  # packa
 WEIGHT_DECAY = 0.01
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join (or start, as a 1-process group) the process group; returns (rank, world_size)."""
+def on_cuda(device: str | None) -> bool:
+    """Whether training runs on CUDA: --device, else whether this machine has it."""
+    return str(device).startswith("cuda") if device is not None else torch.cuda.is_available()
+
+
+def init_distributed(device: str | None = None) -> tuple[int, int]:
+    """Join (or start, as a 1-process group) the process group on `device` (--device; None:
+    CUDA when present); returns (rank, world_size)."""
     import torch.distributed as dist
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not on_cuda(device):
+        os.environ["DS_ACCELERATOR"] = "cpu"  # read when deepspeed is first imported
     if not dist.is_initialized():
         for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                            "MASTER_ADDR": "127.0.0.1"}.items():
@@ -56,7 +62,7 @@ def init_distributed() -> tuple[int, int]:
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if on_cuda(device) else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -65,9 +71,11 @@ def world_size(world: int | None = None) -> int:
     return world if world is not None else int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_deepspeed_config(name_or_path: str | Path, *, batch_size: int,
-                          world_size: int) -> dict[str, Any]:
-    """The config file with batch sizes filled in for a global batch of `batch_size`."""
+def load_deepspeed_config(name_or_path: str | Path, *, batch_size: int, world_size: int,
+                          dtype: str | None = None) -> dict[str, Any]:
+    """The config file with batch sizes filled in for a global batch of `batch_size`, and
+    with `dtype` (--dtype) its mixed precision: bfloat16 or float16 turn on DeepSpeed's bf16 or
+    fp16, float32 turns both off (None: the file's choice)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.json"
@@ -88,6 +96,9 @@ def load_deepspeed_config(name_or_path: str | Path, *, batch_size: int,
                          f"{gas} x {world_size} processes")
     cfg.update(train_batch_size=batch_size, gradient_accumulation_steps=gas,
                train_micro_batch_size_per_gpu=batch_size // (gas * world_size))
+    if dtype is not None:
+        for key, name in (("bf16", "bfloat16"), ("fp16", "float16")):
+            cfg[key] = {**cfg.get(key, {}), "enabled": dtype == name}
     return cfg
 
 
@@ -203,6 +214,7 @@ def run_on_ray(fn: Callable[..., dict[str, Any]], check: Callable[..., None], ar
 
     check(*args, world=num_workers)
     connect(address)
+    cuda = on_cuda(args[0].device)
     out = Path(out).resolve()
 
     def loop(config: dict[str, Any]) -> None:
@@ -211,8 +223,8 @@ def run_on_ray(fn: Callable[..., dict[str, Any]], check: Callable[..., None], ar
     trainer = TorchTrainer(
         loop, train_loop_config={"args": args},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers,
-                                               use_gpu=torch.cuda.is_available()),
-        torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() else "gloo"),
+                                               use_gpu=cuda),
+        torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
         run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="genomeconv-train"))
     trainer.fit()
     return json.loads((out / "summary.json").read_text())

@@ -1,22 +1,21 @@
 """`genomeconv embed`: pooled (and optionally per-base) embeddings of regions, genes, BED
 intervals, whole records or reads, on Ray, written as keyed, resumable Parquet parts.
 
-The driver plans work items that carry coordinates only (never sequences), locks OUT and checks its
-run manifest (pipelines/manifest.py: a rerun with other value-changing settings or inputs is
-refused, `overwrite` starts afresh), reads the item ids of the parts already committed, drops those
-items, and only then groups the rest into work units sized by work (`plan_units`: about
-`default_unit_bp` bases and at most runtime.UNIT_MAX_ITEMS items each, an item that long alone),
-so another --batch-size, a subset or a superset of the items resumes with every item written
-exactly once. The units stream through a Ray Data actor pool. Each `EmbedActor` opens the FASTA
-or read file and loads the model once; per unit it fetches every item's bases in file order,
-reverse-complements minus-strand items, runs them sorted by length in right-padded batches
-through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
-(models.pool) over its own positions only (so its embedding does not depend on its batch), and writes the unit's
-part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items thus cost one
-Ray task and one Parquet part per few Mbp, not per item. A unit is done when its embeddings
-part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the same name
-counts and holds one row per base of the unit's items; otherwise the unit's parts are moved
-aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
+`EmbedJob` is an instance of the job skeleton (pipelines/job.py: manifest, lock, resume, actor
+pool, progress, summary). It plans work items that carry coordinates only (never sequences);
+the skeleton drops the items the committed parts hold (`completed_items`), and only then are the
+rest grouped into work units sized by work (`plan_units`: about `default_unit_bp` bases and at
+most runtime.UNIT_MAX_ITEMS items each, an item that long alone), so another --batch-size, a
+subset or a superset of the items resumes with every item written exactly once. Each `EmbedActor`
+opens the FASTA or read file and loads the model once; per unit it fetches every item's bases in
+file order, reverse-complements minus-strand items, runs them sorted by length in right-padded
+batches through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
+(models.pool) over its own positions only (so its embedding does not depend on its batch), and
+writes the unit's part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items
+thus cost one Ray task and one Parquet part per few Mbp, not per item. A unit is done when its
+embeddings part counts (manifest.read_part_keys) and, with --per-base, its per-base part of the
+same name counts and holds one row per base of the unit's items; otherwise the unit's parts are
+moved aside (damaged) or removed (a per-base part whose embeddings part never came: its run was
 killed between the two commits).
 
 Outputs are finite: an item whose hidden states hold NaN or infinity stops the run with an error
@@ -30,17 +29,18 @@ highest position); for reads it is the offset in the read as sequenced.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import Interval, format_region, parse_region, reverse_complement
-from genomeconv.pipelines import manifest, preflight, runtime, schema
-from genomeconv.pipelines.options import EMBED
+from genomeconv.pipelines import manifest, runtime, schema
+from genomeconv.pipelines.job import (Job, JobSummary, Progress, Unit, UnitActor, WorkerSetup,
+                                      run_job)
+from genomeconv.pipelines.options import EmbedOptions
 
 if TYPE_CHECKING:
     from genomeconv.io.annotations import Feature
@@ -199,18 +199,17 @@ def _unique(items: list[Item]) -> list[Item]:
     return list(seen.values())
 
 
-def default_unit_bp(model: LanguageModel, items: Sequence[Item], workers: int = 1,
-                    per_base: bool = False, per_base_dtype: str = "float32") -> int:
-    """Bases per work unit: `runtime.unit_bases` of the model; with
-    per-base output also at most
-    PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file; and
-    at most the items' bases over `workers`, so that no worker of a small job stays idle."""
+def default_unit_bp(model: LanguageModel, per_base: bool = False,
+                    per_base_dtype: str = "float32") -> int:
+    """Bases per work unit: `runtime.unit_bases` of the model; with per-base output also at most
+    PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file (a
+    small job then cuts it further, `runtime.per_worker`, so that no worker stays idle)."""
     import numpy as np
 
     bp = runtime.unit_bases(model.work_per_base)
     if per_base:
         bp = min(bp, PER_BASE_PART_BYTES // (model.d_model * np.dtype(per_base_dtype).itemsize))
-    return runtime.per_worker(bp, sum(it.length for it in items), workers)
+    return bp
 
 
 def plan_units(items: Sequence[Item], unit_bp: int) -> list[runtime.WorkUnit]:
@@ -225,41 +224,22 @@ def plan_units(items: Sequence[Item], unit_bp: int) -> list[runtime.WorkUnit]:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Everything an EmbedActor needs (small and picklable)."""
+    """What an EmbedActor needs beyond job.WorkerSetup (small and picklable)."""
 
-    model: str | None
     fasta: str | None
     reads: str | None
-    out: str
     pooling: str = "mean"
     per_base: bool = False
     per_base_dtype: str = "float32"
     batch_size: int = 16
     chunk_size: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    threads: int | None = None
-    command: str = "genomeconv embed"
-    keep_nonfinite: bool = False
-    manifest_sha256: str | None = None
-    token: manifest.RunToken | None = None  # commits parts while this run holds OUT
 
 
-class EmbedActor(runtime.UnitActor):
+class EmbedActor(UnitActor):
     """Ray Data actor: opens the inputs and loads the model once, then embeds whole units."""
 
-    item_type = Item
-
-    def __init__(self, config: WorkerConfig) -> None:
-        import torch
-
-        from genomeconv.models import load
-
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        self.cfg = config
-        self.model: LanguageModel = load(config.model, device=config.device)
-        self.dtype = runtime.compute_dtype(config.dtype)
+    def __init__(self, setup: WorkerSetup, config: WorkerConfig) -> None:
+        super().__init__(setup, config)
         if config.reads:
             from genomeconv.io.reads import ReadFile
 
@@ -268,10 +248,12 @@ class EmbedActor(runtime.UnitActor):
             from genomeconv.io.fasta import FastaFile
 
             self.source = FastaFile(config.fasta)
-        self.meta = schema.file_metadata(self.model, config.command, "embeddings",
-                                         config.manifest_sha256)
-        self.meta_pb = schema.file_metadata(self.model, config.command, "per_base",
-                                            config.manifest_sha256)
+        self.meta = self.metadata("embeddings")
+        self.meta_pb = self.metadata("per_base")
+
+    @staticmethod
+    def decode_item(data: dict[str, Any]) -> Item:
+        return Item(**data)
 
     def sequence(self, item: Item) -> str:
         """The item's bases in its own orientation (minus strand: reverse complement; a spliced
@@ -303,7 +285,7 @@ class EmbedActor(runtime.UnitActor):
             seqs[k] = self.sequence(items[k])
         return seqs
 
-    def run_unit(self, unit_id: str, items: list[Item]) -> float:
+    def run_unit(self, unit_id: str, items: list[Item]) -> dict[str, Any]:
         """Embed one unit's items and write its part(s); return the seconds spent in the model
         (its forward and the pooling)."""
         import numpy as np
@@ -314,8 +296,8 @@ class EmbedActor(runtime.UnitActor):
         pooled = np.empty((len(items), self.model.d_model), dtype=np.float32)
         nonfinite = np.zeros(len(items), dtype=bool)
         model_s = 0.0
-        writer = _PerBaseWriter(self.cfg, unit_id, self.model.d_model, self.meta_pb) \
-            if self.cfg.per_base else None
+        writer = _PerBaseWriter(self.cfg, self.setup, unit_id, self.model.d_model,
+                                self.meta_pb) if self.cfg.per_base else None
         try:
             for group in _forward_groups([len(s) for s in seqs], self.cfg.batch_size):
                 t0 = time.perf_counter()
@@ -333,8 +315,9 @@ class EmbedActor(runtime.UnitActor):
             if writer is not None:
                 writer.discard()
         runtime.write_part(self.table(items, seqs, pooled, nonfinite),
-                           Path(self.cfg.out) / EMBEDDINGS_DIR, unit_id, self.meta, self.cfg.token)
-        return model_s
+                           Path(self.setup.out) / EMBEDDINGS_DIR, unit_id, self.meta,
+                           self.setup.token)
+        return {"model_s": model_s}
 
     def hidden(self, seqs: list[str]) -> tuple[Any, Any]:
         """Hidden states of a batch, (B, max length, d) float32, and the lengths (B,): right
@@ -371,7 +354,7 @@ class EmbedActor(runtime.UnitActor):
         valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] \
             < lengths.to(hidden.device)[:, None]
         bad = ((~torch.isfinite(hidden)).any(-1) & valid).any(-1).cpu().numpy()
-        if bad.any() and not self.cfg.keep_nonfinite:
+        if bad.any() and not self.setup.keep_nonfinite:
             item = items[int(bad.argmax())]
             raise InputError(f"the model gives non-finite (NaN or infinite) embeddings for item "
                              f"{describe_item(item)}: a model that produces NaN is broken; pass "
@@ -405,13 +388,13 @@ class _PerBaseWriter:
     """Streams one unit's per-base rows through runtime.PartWriter in row groups of
     PER_BASE_ROWS rows, buffering small items' rows (a read is not a row group of its own)."""
 
-    def __init__(self, cfg: WorkerConfig, unit_id: str, d_model: int,
+    def __init__(self, cfg: WorkerConfig, setup: WorkerSetup, unit_id: str, d_model: int,
                  metadata: dict[bytes, bytes]) -> None:
         self.np_dtype = cfg.per_base_dtype
         self.d = d_model
-        self.part = runtime.PartWriter(Path(cfg.out) / PER_BASE_DIR, unit_id,
+        self.part = runtime.PartWriter(Path(setup.out) / PER_BASE_DIR, unit_id,
                                        schema.per_base_schema(d_model, cfg.per_base_dtype),
-                                       metadata, cfg.token)
+                                       metadata, setup.token)
         self.pending: list[Any] = []  # tables not yet written, fewer than PER_BASE_ROWS rows
         self.rows = 0
         self.discard = self.part.discard
@@ -512,127 +495,84 @@ def embed_manifest(model: str | None, config_sha256: str, *, fasta: str | None,
     return manifest.Manifest("embed", settings, inputs)
 
 
-@dataclass
-class EmbedSummary:
-    """What an `embed` run did."""
+class EmbedJob(Job):
+    """`embed` as an instance of the job skeleton: items are intervals or reads, a unit's
+    work is its items' bases, its parts embeddings/ (and per_base/) keyed by item_id."""
 
-    items: int
-    bp: int
-    units: int  # units run by this run (the items not done yet, grouped)
-    items_skipped: int  # already written by an earlier run
-    items_done: int  # embedded by this run
-    bp_done: int
-    seconds: float
-    model_seconds: float  # spent in the model's forward by the workers (summed over workers)
-    worker_peak_rss: int  # the largest peak resident memory of any worker (bytes)
-    out: str
-    outputs: list[str] = field(default_factory=list)
+    kind, actor, verb = "embed", EmbedActor, "embedded"
+
+    def __init__(self, opts: EmbedOptions) -> None:
+        from genomeconv.models.families.kmer import parse_spec
+
+        super().__init__(opts)
+        self.opts: EmbedOptions = opts
+        reads = opts.reads if opts.reads is not None else (
+            opts.fasta if opts.fasta is not None and is_read_file(opts.fasta) else None)
+        fasta = None if reads is not None and reads == opts.fasta else opts.fasta
+        self.reads = str(Path(reads).resolve()) if reads is not None else None
+        self.fasta = str(Path(fasta).resolve()) if fasta is not None else None
+        self.unit_bp = 0  # the model's (`prepare`)
+        if parse_spec(opts.model) is not None:
+            raise InputError(f"embed needs embeddings (hidden states); --model {opts.model} is "
+                             "a k-mer model, which has none: use a neural model (e.g. the "
+                             "bundled HyenaDNA)")
+
+    def check_inputs(self) -> dict[str, Any]:
+        return {"fasta": self.fasta}
+
+    def prepare(self, probe: LanguageModel) -> manifest.Manifest:
+        from genomeconv.io.fasta import readable_fasta
+
+        o = self.opts
+        probe.require_embeddings("embed")
+        if self.reads is not None:
+            self.items = plan_read_items(self.reads, regions=o.regions, min_mapq=o.min_mapq,
+                                         min_length=o.min_length, reference=readable_fasta(
+                                             self.fasta) if self.fasta else None)
+        else:
+            self.items = plan_fasta_items(self.fasta, regions=o.regions, gtf=o.gtf,
+                                          genes=o.genes, bed=o.bed, features=o.features,
+                                          spliced=o.spliced)
+        self.unit_bp = default_unit_bp(probe, o.per_base, o.per_base_dtype)
+        model, _ = self.model_spec
+        return embed_manifest(model, probe.config_sha256, fasta=self.fasta, reads=self.reads,
+                              pooling=o.pooling, per_base=o.per_base,
+                              per_base_dtype=o.per_base_dtype, dtype=o.dtype,
+                              device_type=runtime.device_type(o.worker_device))
+
+    def part_dirs(self) -> list[Path]:
+        return [self.out / EMBEDDINGS_DIR, self.out / PER_BASE_DIR]
+
+    def outputs(self) -> list[str]:
+        return [str(d) for d in self.part_dirs()[:1 + self.opts.per_base]]
+
+    def completed(self, manifest_sha256: str) -> set[str]:
+        return completed_items(self.out, self.opts.per_base, manifest_sha256)
+
+    def plan_units(self, done: set[str], workers: int) -> list[Unit]:
+        todo = [it for it in self.items if it.item_id not in done]
+        by_id = {it.item_id: it for it in todo}
+        bp = self.opts.unit_bp or runtime.per_worker(self.unit_bp,
+                                                     sum(it.length for it in todo), workers)
+        units = [Unit(u.unit_id, [by_id[i] for i in u.item_ids],
+                      sum(by_id[i].length for i in u.item_ids)) for u in plan_units(todo, bp)]
+        return sorted(units, key=lambda u: -u.work)  # the longest first
+
+    def worker_config(self) -> WorkerConfig:
+        from genomeconv.io.fasta import readable_fasta
+
+        o = self.opts
+        return WorkerConfig(fasta=readable_fasta(self.fasta) if self.fasta else None,
+                            reads=self.reads, pooling=o.pooling, per_base=o.per_base,
+                            per_base_dtype=o.per_base_dtype, batch_size=o.batch_size,
+                            chunk_size=o.chunk_size)
+
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"bp selected": sum(it.length for it in self.items)}
 
 
-def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
-          gtf: str | Path | None = None, genes: Sequence[str] | None = None,
-          bed: str | Path | None = None, bam: str | Path | None = None,
-          min_mapq: int = EMBED.min_mapq, min_length: int = EMBED.min_length,
-          features: Sequence[str] | None = None, spliced: bool = False,
-          model: str | None = None, pooling: str = EMBED.pooling,
-          per_base: bool = False, per_base_dtype: str = EMBED.per_base_dtype,
-          batch_size: int = EMBED.batch_size,
-          unit_bp: int | None = None, chunk_size: int | None = None,
-          address: str | None = None, num_workers: int = EMBED.num_workers,
-          gpus_per_worker: float = EMBED.gpus_per_worker, device: str | None = None, dtype: str | None = None,
-          overwrite: bool = False, keep_nonfinite: bool = False,
-          command: str = "genomeconv embed",
-          on_plan: Callable[[int, int], None] | None = None,
-          on_unit: Callable[[int, int], None] | None = None) -> EmbedSummary:
-    """Embed the items selected on `input_path` (a FASTA, or a BAM/CRAM/uBAM of reads; `bam`
-    gives reads with `input_path` as their reference) into Parquet parts under `out`.
-
-    batch_size: items per model call (sorted by length); unit_bp: bases per work unit and
-    Parquet part (default `default_unit_bp`). Resumes: items already written under `out` (by a
-    run with the same manifest) are skipped; `overwrite` removes the folder's earlier outputs
-    first. `on_plan(items_bp_to_do, units)` is called once planned, `on_unit(items, bp)` after
-    each unit (for progress bars).
-    """
-    from genomeconv.io.fasta import readable_fasta
-    from genomeconv.models import POOLINGS, load
-    from genomeconv.models.families.kmer import parse_spec
-
-    t0 = time.perf_counter()
-    if parse_spec(model) is not None:
-        raise InputError(f"embed needs embeddings (hidden states); --model {model} is a k-mer "
-                         "model, which has none: use a neural model (e.g. the bundled HyenaDNA)")
-    if pooling not in POOLINGS:
-        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
-    if per_base_dtype not in PER_BASE_DTYPES:
-        raise ValueError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
-    if batch_size < 1 or num_workers < 1 or (unit_bp is not None and unit_bp < 1):
-        raise ValueError("--batch-size, --unit-bp and --num-workers must be >= 1")
-    runtime.compute_dtype(dtype)
-    preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
-                    gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
-    probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
-    probe.require_embeddings("embed")
-    # Workers may run in another directory (or on another node): hand them absolute paths.
-    input_path, out = Path(input_path).resolve(), Path(out).resolve()
-    bam = Path(bam).resolve() if bam is not None else None
-    if model is not None and Path(model).exists():
-        model = str(Path(model).resolve())
-
-    reads = str(bam) if bam is not None else (str(input_path) if is_read_file(input_path)
-                                              else None)
-    fasta = None if reads == str(input_path) else str(input_path)
-    if reads is not None:
-        if gtf is not None or bed is not None:
-            raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
-        items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
-                                min_length=min_length,
-                                reference=readable_fasta(fasta) if fasta else None)
-    else:
-        items = plan_fasta_items(fasta, regions=regions, gtf=gtf, genes=genes, bed=bed,
-                                 features=features, spliced=spliced)
-    gpus = gpus_per_worker if gpus_per_worker > 0 else 0
-    device = device or ("cuda" if gpus else None)
-    run_manifest = embed_manifest(
-        model, probe.config_sha256, fasta=fasta, reads=reads, pooling=pooling,
-        per_base=per_base, per_base_dtype=per_base_dtype, dtype=dtype,
-        device_type=runtime.device_type(device))
-    items_done = bp_done = peak_rss = 0
-    model_s = 0.0
-    with manifest.open_run(out, run_manifest, part_dirs=[out / EMBEDDINGS_DIR, out / PER_BASE_DIR],
-                           command=command, overwrite=overwrite) as run:
-        done = completed_items(out, per_base, run_manifest.sha256)
-        todo_items = [it for it in items if it.item_id not in done]
-        by_id = {it.item_id: it for it in todo_items}
-        todo = plan_units(todo_items, unit_bp or default_unit_bp(
-            probe, todo_items, num_workers, per_base, per_base_dtype))
-        del probe  # the workers load their own copies
-        if on_plan is not None:
-            on_plan(sum(it.length for it in todo_items), len(todo))
-        if todo:
-            workers, cpus = runtime.actor_shape(address, num_workers, len(todo), gpus)
-            config = WorkerConfig(
-                model=model, fasta=readable_fasta(fasta) if fasta else None, reads=reads,
-                out=str(out), pooling=pooling,
-                per_base=per_base, per_base_dtype=per_base_dtype, batch_size=batch_size,
-                chunk_size=chunk_size, device=device, dtype=dtype,
-                threads=None if gpus else cpus, command=command, keep_nonfinite=keep_nonfinite,
-                manifest_sha256=run_manifest.sha256, token=run.token)
-            rows = [{"unit_id": u.unit_id,
-                     "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
-                    for u in sorted(todo, key=lambda u: -sum(by_id[i].length
-                                                             for i in u.item_ids))]
-            for row in runtime.map_units(rows, EmbedActor, {"config": config}, workers=workers,
-                                         cpus=cpus, gpus=gpus):
-                items_done += int(row["items"])
-                bp_done += int(row["bp"])
-                peak_rss = max(peak_rss, int(row["peak_rss"]))
-                model_s += float(row["model_s"])
-                if on_unit is not None:
-                    on_unit(int(row["items"]), int(row["bp"]))
-    outputs = [str(Path(out) / EMBEDDINGS_DIR)] + ([str(Path(out) / PER_BASE_DIR)]
-                                                   if per_base else [])
-    return EmbedSummary(items=len(items), bp=sum(it.length for it in items), units=len(todo),
-                        items_skipped=len(items) - len(todo_items), items_done=items_done,
-                        bp_done=bp_done, seconds=time.perf_counter() - t0,
-                        model_seconds=model_s, worker_peak_rss=peak_rss, out=str(out),
-                        outputs=outputs)
+def embed(opts: EmbedOptions, *, on_plan: Progress | None = None,
+          on_unit: Progress | None = None) -> JobSummary:
+    """Embed the items `opts` selects on its FASTA or reads into Parquet parts under
+    `opts.out` (the job skeleton, pipelines/job.py, does the rest; resumes by item)."""
+    return run_job(EmbedJob(opts), on_plan=on_plan, on_unit=on_unit)

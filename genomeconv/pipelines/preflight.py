@@ -35,7 +35,7 @@ def check(out: str | Path, *, fasta: str | Path | None = None,
         check_variants(variants)
     check_device(device)
     check_gpus(gpus_per_worker, num_workers, address)
-    check_out(out)
+    check_out_folder(out)
 
 
 def check_fasta(path: str | Path, *, window: int | None = None) -> None:
@@ -113,7 +113,7 @@ def check_gpus(gpus_per_worker: float, num_workers: int, address: str | None) ->
                          "--gpus-per-worker 0 (CPU) or fewer workers")
 
 
-def check_out(out: str | Path) -> None:
+def check_out_folder(out: str | Path) -> None:
     """`out` is (or can become) a folder this process can write to."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():

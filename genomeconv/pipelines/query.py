@@ -10,11 +10,12 @@ variants, embeddings, per_base (then any other kind, alphabetically).
 - `--region chr17:43,044,295-43,125,483` (samtools style, 1-based closed) becomes the 0-based
   half-open [start, end) and keeps rows that OVERLAP it by at least one base: an embedding item
   [start, end) overlaps when start < q_end and end > q_start; a variant occupies
-  [pos - 1, pos - 1 + len(ref)), a track row [position, position + 1). The contig is matched across conventions (chr17 <-> 17).
-- `--gene NAME` keeps rows whose gene_name or gene_id equals NAME (exact, case-sensitive); a view
-  without gene columns (variants) keeps rows overlapping any embeddings item of that gene, so it
-  needs an embeddings output among the paths (variants match on their `contig` column, the FASTA
-  name, when present, else on chrom).
+  [pos - 1, pos - 1 + len(ref)), a track row [position, position + 1). The contig is matched across
+  conventions (chr17 <-> 17).
+- `--genes NAME[,NAME...]` keeps rows whose gene_name or gene_id equals a NAME (exact,
+  case-sensitive); a view without gene columns (variants) keeps rows overlapping any embeddings
+  item of that gene, so it needs an embeddings output among the paths (variants match on their
+  `contig` column, the FASTA name, when present, else on chrom).
 - `--top N --by COLUMN` orders by the raw column value, no absolute value: descending, except
   log-likelihood-ratio columns (llr, llr_fwd, llr_rev) ascending, so the most damaging variants
   (alt least likely) come first; `ascending` overrides; NULLs (unscored rows) last. Without
@@ -26,8 +27,8 @@ install/autoload is off and the configuration is locked before any user SQL runs
 ATTACH, read_csv('/etc/...'), INSTALL and LOAD fail. The SQL must also parse (DuckDB's own parser)
 as exactly one SELECT, checked again after any wrapping (`limited`), so closing the wrapper's
 parenthesis cannot smuggle in a second statement. Rows are written out by a separate connection
-that sees only the query's result stream, to a path that `check_out` accepted: never inside a
-genomeconv output folder (under a folder with a run manifest or lock, or beside parts), never
+that sees only the query's result stream, to a path that `check_output_file` accepted: never inside
+a genomeconv output folder (under a folder with a run manifest or lock, or beside parts), never
 over an existing file unless forced.
 """
 
@@ -71,15 +72,15 @@ class Shortcuts:
     """Query shortcuts that need no SQL (see the module docstring for their semantics)."""
 
     view: str | None = None
-    gene: str | None = None
-    region: str | None = None
+    genes: tuple[str, ...] | None = None
+    regions: tuple[str, ...] | None = None
     top: int | None = None
     by: str | None = None
     ascending: bool | None = None
 
     def any(self) -> bool:
         """Whether any filter or ranking was asked for."""
-        return any(v is not None for v in (self.gene, self.region, self.top, self.by))
+        return any(v is not None for v in (self.genes, self.regions, self.top, self.by))
 
 
 def discover(paths: Sequence[str | Path]) -> dict[str, list[Path]]:
@@ -186,12 +187,12 @@ def shortcut_query(con: duckdb.DuckDBPyConnection, views: dict[str, list[Path]],
     columns = _columns(con, target)
     where: list[str] = []
     params: list[object] = []
-    if shortcuts.region is not None:
-        clause, values = _region_clause(con, target, columns, shortcuts.region)
-        where.append(clause)
-        params += values
-    if shortcuts.gene is not None:
-        clause, values = _gene_clause(target, columns, views, shortcuts.gene)
+    if shortcuts.regions:
+        clauses = [_region_clause(con, target, columns, r) for r in shortcuts.regions]
+        where.append("(" + " OR ".join(c for c, _ in clauses) + ")")
+        params += [v for _, values in clauses for v in values]
+    if shortcuts.genes is not None:
+        clause, values = _gene_clause(target, columns, views, shortcuts.genes)
         where.append(clause)
         params += values
     sql = f"SELECT * FROM {target} AS t"
@@ -240,7 +241,7 @@ def write(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object], ou
     """Write a SELECT's rows to `out` as CSV (header), JSON (one object per line) or Parquet.
 
     The rows stream from the read-only connection into a separate one that only writes them;
-    `out` should have passed `check_out`.
+    `out` should have passed `check_output_file`.
     """
     import duckdb
 
@@ -273,7 +274,7 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str,
         raise InputError(f"SQL: {_one_line(exc)}") from None
 
 
-def check_out(out: str | Path, *, force: bool = False) -> Path:
+def check_output_file(out: str | Path, *, force: bool = False) -> Path:
     """`out` when rows may be written there: not a folder, not an existing file unless `force`,
     and not inside a genomeconv output folder (its parts and manifest are never touched)."""
     path = Path(out).expanduser().resolve()
@@ -455,18 +456,21 @@ def _region_clause(con: duckdb.DuckDBPyConnection, view: str, columns: Sequence[
 
 
 def _gene_clause(view: str, columns: Sequence[str], views: dict[str, list[Path]],
-                 gene: str) -> tuple[str, list[object]]:
+                 genes: Sequence[str]) -> tuple[str, list[object]]:
+    marks = ", ".join("?" * len(genes))
+    names = [*genes, *genes]
     if {"gene_name", "gene_id"} <= set(columns):
-        return "(t.gene_name = ? OR t.gene_id = ?)", [gene, gene]
+        return f"(t.gene_name IN ({marks}) OR t.gene_id IN ({marks}))", names
     span = _span(columns)
     if span is None or "embeddings" not in views:
-        raise InputError(f"--gene on the {view} view needs coordinates and an embeddings output "
+        raise InputError(f"--genes on the {view} view needs coordinates and an embeddings output "
                          "(gene coordinates come from its items)")
     start, end = span
     chrom = ("coalesce(t.contig, t.chrom)" if "contig" in columns  # variants: the FASTA name
              else "t.chrom")
-    return ("EXISTS (SELECT 1 FROM embeddings AS g WHERE (g.gene_name = ? OR g.gene_id = ?) "
-            f'AND g.chrom = {chrom} AND {start} < g."end" AND {end} > g.start)'), [gene, gene]
+    return ("EXISTS (SELECT 1 FROM embeddings AS g WHERE (g.gene_name IN "
+            f"({marks}) OR g.gene_id IN ({marks})) AND g.chrom = {chrom} "
+            f'AND {start} < g."end" AND {end} > g.start)'), names
 
 
 def _literal(text: str) -> str:

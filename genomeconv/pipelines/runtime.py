@@ -79,38 +79,6 @@ def actor_shape(address: str | None, num_workers: int, units: int,
     return workers, max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
 
 
-class UnitActor:
-    """Base of the Ray Data actors that run whole work units (embed, track): a batch row holds
-    a unit's id and its items as JSON (`"items"`, dicts of `item_type`), and `run_unit` writes
-    the unit's part(s) and returns the seconds spent in the model. One summary row per unit:
-    unit_id, items, bp, model_s, peak_rss (the worker's peak resident bytes so far) and error
-    (a GenomeconvError's `failure_report`, else empty)."""
-
-    item_type: type
-
-    def run_unit(self, unit_id: str, items: list[Any]) -> float:
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        import resource
-
-        out: dict[str, list] = {"unit_id": [], "items": [], "bp": [], "model_s": [],
-                                "peak_rss": [], "error": []}
-        for unit_id, payload in zip(batch["unit_id"], batch["items"]):
-            items = [self.item_type(**d) for d in json.loads(payload)]
-            try:
-                out["model_s"].append(self.run_unit(str(unit_id), items))
-                out["error"].append("")
-            except GenomeconvError as exc:
-                out["model_s"].append(0.0)
-                out["error"].append(failure_report(exc))
-            out["unit_id"].append(str(unit_id))
-            out["items"].append(len(items))
-            out["bp"].append(sum(it.length for it in items))
-            out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return out
-
-
 def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *, workers: int,
               cpus: int, gpus: float) -> Iterator[dict[str, Any]]:
     """Run `actor` (a Ray Data callable class built with `kwargs`) over the work-unit rows, one
@@ -127,18 +95,16 @@ def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *
         yield row
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def compute_dtype(name: str | None) -> Any:
+def torch_dtype(name: str | None) -> Any:
     """The torch dtype for a job's --dtype option (None: the model's own).
 
     Weights stay float32; LayerNorms and residuals run in float32 (genomeconv.models.inference).
     """
     if name is None:
         return None
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)} (got {name!r})")
+    from genomeconv.pipelines.options import DTYPES, choice
+
+    choice("--dtype", name, DTYPES)
     import torch
 
     return getattr(torch, name)

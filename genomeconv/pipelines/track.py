@@ -53,8 +53,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,10 @@ import numpy as np
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import Span, merge_spans, reverse_complement, subtract_spans
-from genomeconv.pipelines import manifest, preflight, runtime, schema
+from genomeconv.pipelines import manifest, runtime, schema
+from genomeconv.pipelines.job import (Job, JobSummary, Progress, Unit, UnitActor, WorkerSetup,
+                                      run_job)
+from genomeconv.pipelines.options import TrackOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -72,8 +75,6 @@ if TYPE_CHECKING:
 TRACK_DIR, BIGWIG_DIR = "track", "bigwig"
 PIECE_BP = 1 << 18  # default positions per piece (at least the context: overlap at most 2x)
 MAX_DEFAULT_CONTEXT = 1 << 16  # the receptive field is the default context up to this
-STRANDS = ("both", "fwd")
-BIGWIG_CHOICES = ("mean", "all", "none")
 KEY_PIECES = b"genomeconv.track_pieces"  # JSON [[chrom, start, end], ...] of a part's pieces
 KEY_TRACK = b"genomeconv.track"  # JSON: context, receptive field, pieces, strands, log base
 _COMPLEMENT_COLUMNS = [3, 2, 1, 0]  # reverse-strand columns A C G T -> plus-strand T G C A
@@ -145,16 +146,16 @@ def strand_measures(logp: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
-def piece_columns(fwd: np.ndarray, rev: np.ndarray | None,
+def piece_columns(fwd: np.ndarray | None, rev: np.ndarray | None,
                   codes: np.ndarray) -> dict[str, np.ndarray]:
-    """Every measure column of a piece: `<measure>_fwd`, `_rev` (all NaN without `rev`) and the
-    mean of the strands defined at each position."""
-    f = strand_measures(fwd, codes)
-    r = strand_measures(rev, codes) if rev is not None else None
+    """Every measure column of a piece: `<measure>_fwd`, `_rev` (all NaN for a strand not
+    scored, None) and the mean of the strands defined at each position."""
+    unscored = np.full((len(codes), 4), np.nan)
+    f = strand_measures(unscored if fwd is None else fwd, codes)
+    r = strand_measures(unscored if rev is None else rev, codes)
     columns: dict[str, np.ndarray] = {}
     for m in schema.TRACK_MEASURES:
-        a = f[m]
-        b = r[m] if r is not None else np.full_like(a, np.nan)
+        a, b = f[m], r[m]
         both = ~np.isnan(a) & ~np.isnan(b)
         columns[m] = np.where(both, (a + b) / 2, np.where(np.isnan(a), b, a))
         columns[m + "_fwd"], columns[m + "_rev"] = a, b
@@ -163,51 +164,36 @@ def piece_columns(fwd: np.ndarray, rev: np.ndarray | None,
 
 @dataclass(frozen=True)
 class TrackConfig:
-    """Everything a TrackActor needs (small and picklable)."""
+    """What a TrackActor needs beyond job.WorkerSetup (small and picklable)."""
 
-    model: str | None
     fasta: str
-    out: str
     context: int
     strands: str = "both"
     chunk_size: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    threads: int | None = None
-    command: str = "genomeconv track"
-    keep_nonfinite: bool = False
-    manifest_sha256: str | None = None
-    token: manifest.RunToken | None = None
     settings: str = "{}"  # KEY_TRACK's JSON
 
 
-class TrackActor(runtime.UnitActor):
+class TrackActor(UnitActor):
     """Ray Data actor: loads the model and opens the FASTA once, then scores whole units."""
 
-    item_type = Piece
-
-    def __init__(self, config: TrackConfig) -> None:
-        import torch
-
+    def __init__(self, setup: WorkerSetup, config: TrackConfig) -> None:
         from genomeconv.io.fasta import FastaFile
-        from genomeconv.models import load
 
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        self.cfg = config
-        self.model: LanguageModel = load(config.model, device=config.device)
-        self.dtype = runtime.compute_dtype(config.dtype)
+        super().__init__(setup, config)
         self.fasta = FastaFile(config.fasta)
 
-    def run_unit(self, unit_id: str, pieces: Sequence[Piece]) -> float:
+    @staticmethod
+    def decode_item(data: dict[str, Any]) -> Piece:
+        return Piece(**data)
+
+    def run_unit(self, unit_id: str, pieces: Sequence[Piece]) -> dict[str, Any]:
         """Score the unit's pieces into one part (a row group run per piece); return the
         seconds spent in the model."""
-        meta = schema.file_metadata(self.model, self.cfg.command, "track",
-                                    self.cfg.manifest_sha256)
+        meta = self.metadata("track")
         meta[KEY_PIECES] = json.dumps([[p.chrom, p.start, p.end] for p in pieces]).encode()
         meta[KEY_TRACK] = self.cfg.settings.encode()
-        writer = runtime.PartWriter(Path(self.cfg.out) / TRACK_DIR, unit_id, schema.TRACK, meta,
-                                    self.cfg.token)
+        writer = runtime.PartWriter(Path(self.setup.out) / TRACK_DIR, unit_id, schema.TRACK,
+                                    meta, self.setup.token)
         model_s = 0.0
         try:
             for piece in pieces:
@@ -217,7 +203,7 @@ class TrackActor(runtime.UnitActor):
             writer.commit()
         finally:
             writer.discard()
-        return model_s
+        return {"model_s": model_s}
 
     def logp(self, seq: str) -> np.ndarray:
         """log p(A, C, G, T) at window indices 1..len-1 of one window, (len - 1, 4)."""
@@ -234,11 +220,12 @@ class TrackActor(runtime.UnitActor):
         ref = self.fasta.fetch(piece.chrom, a, b).upper()
         codes = base_codes(ref)
         t0 = time.perf_counter()
-        ws = max(0, a - self.cfg.context)
-        context_fwd = positions - ws  # the window index of each position = bases before it
-        fwd = _rows(self.logp(self.fasta.fetch(piece.chrom, ws, b)), context_fwd)
-        rev = context_rev = None
-        if self.cfg.strands == "both":
+        fwd = rev = context_fwd = context_rev = None
+        if self.cfg.strands != "rev":
+            ws = max(0, a - self.cfg.context)
+            context_fwd = positions - ws  # the window index of each position = bases before it
+            fwd = _rows(self.logp(self.fasta.fetch(piece.chrom, ws, b)), context_fwd)
+        if self.cfg.strands != "fwd":
             we = min(piece.contig_length, b + self.cfg.context)
             context_rev = we - 1 - positions
             window = reverse_complement(self.fasta.fetch(piece.chrom, a, we))
@@ -256,7 +243,7 @@ class TrackActor(runtime.UnitActor):
         bad = np.zeros(len(positions), dtype=bool)
         for values in columns.values():
             bad |= np.isinf(values)
-        if bad.any() and not self.cfg.keep_nonfinite:
+        if bad.any() and not self.setup.keep_nonfinite:
             p = int(positions[int(bad.argmax())])
             raise InputError(f"the model gives non-finite (infinite or NaN) log-probabilities at "
                              f"{piece.chrom}:{p + 1:,}: a model that produces NaN is broken; "
@@ -274,7 +261,7 @@ def _rows(logp: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _table(piece: Piece, positions: np.ndarray, ref: str, context_fwd: np.ndarray,
+def _table(piece: Piece, positions: np.ndarray, ref: str, context_fwd: np.ndarray | None,
            context_rev: np.ndarray | None, columns: dict[str, np.ndarray],
            nonfinite: np.ndarray) -> pa.Table:
     """The piece's rows in schema.TRACK: NaN measures become nulls unless they are the model's
@@ -286,9 +273,9 @@ def _table(piece: Piece, positions: np.ndarray, ref: str, context_fwd: np.ndarra
         "chrom": pa.array([piece.chrom] * n, pa.string()),
         "position": pa.array(positions),
         "ref": pa.array(list(ref), pa.string()),
-        "context_fwd": pa.array(context_fwd.astype(np.int32)),
-        "context_rev": (pa.array(context_rev.astype(np.int32)) if context_rev is not None
-                        else pa.nulls(n, pa.int32())),
+        **{name: (pa.array(values.astype(np.int32)) if values is not None
+                  else pa.nulls(n, pa.int32()))
+           for name, values in (("context_fwd", context_fwd), ("context_rev", context_rev))},
     }
     for name in schema.track_columns():
         values = columns[name]
@@ -356,7 +343,8 @@ def bigwig_columns(choice: str, strands: str) -> list[str]:
         return []
     if choice == "mean":
         return schema.track_columns(("",))
-    return schema.track_columns(("", "_fwd", "_rev") if strands == "both" else ("", "_fwd"))
+    return schema.track_columns(("", "_fwd", "_rev") if strands == "both"
+                                else ("", f"_{strands}"))
 
 
 def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
@@ -436,126 +424,105 @@ def _add_runs(bw: Any, chrom: str, positions: np.ndarray, values: np.ndarray) ->
         bw.addEntries(chrom, int(positions[start]), values=values[start:stop], span=1, step=1)
 
 
-@dataclass
-class TrackSummary:
-    """What a `track` run did."""
+class TrackJob(Job):
+    """`track` as an instance of the job skeleton: the selected positions are cut into pieces
+    on a fixed grid, a unit's work is its pieces' bases, its part lists its pieces (the key:
+    positions); the bigWigs are written after the parts."""
 
-    positions: int  # selected
-    positions_skipped: int  # already written by an earlier run
-    positions_done: int  # scored by this run
-    pieces: int
-    units: int
-    context: int
-    seconds: float
-    model_seconds: float  # in the model, summed over workers
-    worker_peak_rss: int  # the largest peak resident memory of any worker (bytes)
-    out: str
-    outputs: list[str] = field(default_factory=list)
+    kind, actor, noun, work_unit = "track", TrackActor, "positions", "bp"
 
+    def __init__(self, opts: TrackOptions) -> None:
+        from genomeconv.pipelines.embed import is_read_file
 
-def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (),
-          gtf: str | Path | None = None, genes: Sequence[str] | None = None,
-          bed: str | Path | None = None, features: Sequence[str] | None = None,
-          model: str | None = None, context: int | None = None, piece_bp: int | None = None,
-          strands: str = "both", bigwig: str = "mean", unit_bp: int | None = None,
-          chunk_size: int | None = None, address: str | None = None, num_workers: int = 1,
-          gpus_per_worker: float = 0.0, device: str | None = None, dtype: str | None = None,
-          overwrite: bool = False, keep_nonfinite: bool = False,
-          command: str = "genomeconv track",
-          on_plan: Callable[[int, int], None] | None = None,
-          on_unit: Callable[[int, int], None] | None = None) -> TrackSummary:
-    """Write the per-base track of the positions selected on the FASTA `input_path` (regions,
-    GTF/GFF3 genes or features, BED intervals; every record when none is given) under `out`:
-    OUT/track/ Parquet parts and OUT/bigwig/. Resumes by position (module docstring);
-    `overwrite` removes the folder's earlier outputs first. `model` "kmer:K": an order-K Markov
-    model fitted once on the FASTA."""
-    from genomeconv.io.fasta import FastaFile, readable_fasta
-    from genomeconv.models import load
-    from genomeconv.pipelines.baselines import resolve_model
-    from genomeconv.pipelines.embed import is_read_file, plan_fasta_items
+        super().__init__(opts)
+        self.opts: TrackOptions = opts
+        if is_read_file(opts.fasta):
+            raise InputError("track needs a reference sequence (FASTA, GenBank, EMBL or GFF3 "
+                             "with ##FASTA), not reads", path=opts.fasta)
+        self.fasta = Path(opts.fasta).resolve()
+        self.wanted: dict[str, list[Span]] = {}
 
-    t0 = time.perf_counter()
-    if strands not in STRANDS:
-        raise InputError(f"--strands must be one of {', '.join(STRANDS)} (got {strands!r})")
-    if bigwig not in BIGWIG_CHOICES:
-        raise InputError(f"--bigwig must be one of {', '.join(BIGWIG_CHOICES)} (got {bigwig!r})")
-    if min(num_workers, context or 1, piece_bp or 1, unit_bp or 1) < 1:
-        raise InputError("--num-workers, --context, --piece-bp and --unit-bp must be >= 1")
-    runtime.compute_dtype(dtype)
-    if is_read_file(input_path):
-        raise InputError("track needs a reference sequence (FASTA, GenBank, EMBL or GFF3 with "
-                         "##FASTA), not reads", path=input_path)
-    preflight.check(out, fasta=input_path, device=device, gpus_per_worker=gpus_per_worker,
-                    num_workers=num_workers, address=address)
-    model, model_id = resolve_model(model, input_path)
-    probe = load(model, device="cpu", model_id=model_id)
-    context = context or default_context(probe)
-    piece_bp = piece_bp or max(PIECE_BP, context)
-    seamless = probe.receptive_field is not None and context >= probe.receptive_field
-    input_path, out = Path(input_path).resolve(), Path(out).resolve()
-    if model is not None and Path(model).exists():
-        model = str(Path(model).resolve())
-    fasta = readable_fasta(input_path)
-    items = plan_fasta_items(input_path, regions=regions, gtf=gtf, genes=genes, bed=bed,
-                             features=features)
-    with FastaFile(fasta) as fa:
-        sizes = dict(zip(fa.references, fa.lengths))
-    ranks = {c: k for k, c in enumerate(sizes)}
-    wanted: dict[str, list[Span]] = {}
-    for it in items:
-        wanted.setdefault(it.chrom, []).append((it.start, it.end))
-    wanted = {c: merge_spans(s) for c, s in wanted.items()}
-    gpus = gpus_per_worker if gpus_per_worker > 0 else 0
-    device = device or ("cuda" if gpus else None)
-    run_manifest = track_manifest(model, probe.config_sha256, fasta=str(input_path),
-                                  context=context, piece_bp=None if seamless else piece_bp,
-                                  strands=strands, dtype=dtype,
-                                  device_type=runtime.device_type(device), model_id=model_id)
-    work_per_base = probe.work_per_base * (2 if strands == "both" else 1)
-    settings = {"context": context, "receptive_field": probe.receptive_field,
-                "piece_bp": piece_bp, "one_pass_values": seamless, "strands": strands,
-                "log": "natural"}
-    del probe
-    total = sum(e - s for spans in wanted.values() for s, e in spans)
-    peak_rss = done_bp = 0
-    model_s = 0.0
-    with manifest.open_run(out, run_manifest, part_dirs=[out / TRACK_DIR, out / BIGWIG_DIR],
-                           command=command, overwrite=overwrite) as run:
-        done = completed_spans(out, run_manifest.sha256)
-        todo = {c: subtract_spans(s, done.get(c, [])) for c, s in wanted.items()}
-        pieces = plan_pieces(todo, sizes, ranks, piece_bp)
-        by_id = {p.piece_id: p for p in pieces}
-        todo_bp = sum(p.length for p in pieces)
-        bp = unit_bp or runtime.per_worker(runtime.unit_bases(work_per_base), todo_bp,
-                                           num_workers)
+    def check_inputs(self) -> dict[str, Any]:
+        return {"fasta": self.fasta}
+
+    def resolve_model(self) -> tuple[str | None, str | None]:
+        from genomeconv.pipelines.baselines import resolve_model
+
+        return resolve_model(super().resolve_model()[0], self.fasta)
+
+    def selected(self) -> int:
+        return sum(e - s for spans in self.wanted.values() for s, e in spans)
+
+    def prepare(self, probe: LanguageModel) -> manifest.Manifest:
+        from genomeconv.io.fasta import FastaFile, readable_fasta
+        from genomeconv.pipelines.embed import plan_fasta_items
+
+        o = self.opts
+        self.context = o.context or default_context(probe)
+        self.piece_bp = o.piece_bp or max(PIECE_BP, self.context)
+        seamless = probe.receptive_field is not None and self.context >= probe.receptive_field
+        self.readable = readable_fasta(self.fasta)
+        for it in plan_fasta_items(self.fasta, regions=o.regions, gtf=o.gtf, genes=o.genes,
+                                   bed=o.bed, features=o.features):
+            self.wanted.setdefault(it.chrom, []).append((it.start, it.end))
+        self.wanted = {c: merge_spans(s) for c, s in self.wanted.items()}
+        with FastaFile(self.readable) as fa:
+            self.sizes = dict(zip(fa.references, fa.lengths))
+        self.unit_bp = runtime.unit_bases(probe.work_per_base * (2 if o.strands == "both" else 1))
+        self.settings = {"context": self.context, "receptive_field": probe.receptive_field,
+                         "piece_bp": self.piece_bp, "one_pass_values": seamless,
+                         "strands": o.strands, "log": "natural"}
+        model, model_id = self.model_spec
+        return track_manifest(model, probe.config_sha256, fasta=str(self.fasta),
+                              context=self.context, piece_bp=None if seamless else self.piece_bp,
+                              strands=o.strands, dtype=o.dtype, model_id=model_id,
+                              device_type=runtime.device_type(o.worker_device))
+
+    def part_dirs(self) -> list[Path]:
+        return [self.out / TRACK_DIR, self.out / BIGWIG_DIR]
+
+    def outputs(self) -> list[str]:
+        return [str(d) for d in self.part_dirs()[:1 + bool(self.bigwigs())]]
+
+    def completed(self, manifest_sha256: str) -> dict[str, list[Span]]:
+        return completed_spans(self.out, manifest_sha256)
+
+    def plan_units(self, done: dict[str, list[Span]], workers: int) -> list[Unit]:
+        todo = {c: subtract_spans(s, done.get(c, [])) for c, s in self.wanted.items()}
+        ranks = {c: k for k, c in enumerate(self.sizes)}
+        self.pieces = plan_pieces(todo, self.sizes, ranks, self.piece_bp)
+        by_id = {p.piece_id: p for p in self.pieces}
+        total = sum(p.length for p in self.pieces)
+        bp = self.opts.unit_bp or runtime.per_worker(self.unit_bp, total, workers)
         units = runtime.plan_units(list(by_id), runtime.UNIT_MAX_ITEMS,
-                                   costs=[p.length for p in pieces], unit_cost=bp)
-        if on_plan is not None:
-            on_plan(todo_bp, len(units))
-        if units:
-            workers, cpus = runtime.actor_shape(address, num_workers, len(units), gpus)
-            config = TrackConfig(model=model, fasta=fasta, out=str(out), context=context,
-                                 strands=strands, chunk_size=chunk_size, device=device,
-                                 dtype=dtype, threads=None if gpus else cpus, command=command,
-                                 keep_nonfinite=keep_nonfinite,
-                                 manifest_sha256=run_manifest.sha256, token=run.token,
-                                 settings=json.dumps(settings))
-            rows = [{"unit_id": u.unit_id,
-                     "items": json.dumps([asdict(by_id[i]) for i in u.item_ids])}
-                    for u in units]
-            for row in runtime.map_units(rows, TrackActor, {"config": config}, workers=workers,
-                                         cpus=cpus, gpus=gpus):
-                done_bp += int(row["bp"])
-                peak_rss = max(peak_rss, int(row["peak_rss"]))
-                model_s += float(row["model_s"])
-                if on_unit is not None:
-                    on_unit(int(row["items"]), int(row["bp"]))
-        written = bigwig_columns(bigwig, strands)
-        if units or overwrite or stale_bigwigs(out, written):
-            write_bigwigs(out, fasta, written, address)
-    outputs = [str(out / TRACK_DIR)] + ([str(out / BIGWIG_DIR)] if written else [])
-    return TrackSummary(positions=total, positions_skipped=total - todo_bp,
-                        positions_done=done_bp, pieces=len(pieces), units=len(units),
-                        context=context, seconds=time.perf_counter() - t0,
-                        model_seconds=model_s, worker_peak_rss=peak_rss, out=str(out),
-                        outputs=outputs)
+                                   costs=[p.length for p in self.pieces], unit_cost=bp)
+        planned = []
+        for u in units:
+            pieces = [by_id[i] for i in u.item_ids]
+            work = sum(p.length for p in pieces)
+            planned.append(Unit(u.unit_id, pieces, work, size=work))
+        return planned
+
+    def worker_config(self) -> TrackConfig:
+        o = self.opts
+        return TrackConfig(fasta=self.readable, context=self.context, strands=o.strands,
+                           chunk_size=o.chunk_size, settings=json.dumps(self.settings))
+
+    def bigwigs(self) -> list[str]:
+        return bigwig_columns(self.opts.bigwig, self.opts.strands)
+
+    def finish(self, ran: bool) -> None:
+        if ran or self.opts.overwrite or stale_bigwigs(self.out, self.bigwigs()):
+            write_bigwigs(self.out, self.readable, self.bigwigs(), self.opts.address)
+
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"pieces": len(self.pieces), "context": self.context}
+
+
+def track(opts: TrackOptions, *, on_plan: Progress | None = None,
+          on_unit: Progress | None = None) -> JobSummary:
+    """Write the per-base track of the positions `opts` selects on its FASTA (every record
+    when none is given) under `opts.out`: OUT/track/ Parquet parts and OUT/bigwig/. Resumes by
+    position (module docstring); `--model kmer:K`: an order-K Markov model fitted once on the
+    FASTA."""
+    return run_job(TrackJob(opts), on_plan=on_plan, on_unit=on_unit)

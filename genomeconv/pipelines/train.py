@@ -36,7 +36,7 @@ from genomeconv.pipelines import metrics, preflight, training_data
 from genomeconv.pipelines.deepspeed_engine import (build_engine, export_model,
                                                    init_distributed, load_deepspeed_config,
                                                    optimizer_step, resume_state, world_size)
-from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions
+from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions, require
 
 # ------------------------------------------------------------------------------- pretrain
 class NextTokenLoss(nn.Module):
@@ -50,41 +50,28 @@ class NextTokenLoss(nn.Module):
         return -self.model.log_likelihood(ids).mean()
 
 
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
-
-
-def _finite_lr(value: float) -> None:
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-             f"--lr must be a finite number >= 0 (got {value})")
-
-
-def check_pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions, *,
-                   world: int | None = None) -> None:
+def check_pretrain(opts: PretrainOptions, *, world: int | None = None) -> None:
     """Every pretrain input error that needs no training: options, DeepSpeed config, FASTA,
-    --out (InputError, one line). `world`: processes (default WORLD_SIZE, else 1)."""
+    device, --out (InputError, one line). `world`: processes (default WORLD_SIZE, else 1)."""
+    opts.check()
     for name in ("d_model", "n_layer", "steps", "batch_size", "eval_every", "save_every"):
-        _require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
+        require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
                  f"(got {getattr(opts, name)})")
-    _require(opts.seq_len >= 8, f"--seq-len must be >= 8 (got {opts.seq_len})")
-    _require(opts.val_windows >= 2, f"--val-windows must be >= 2 (got {opts.val_windows})")
-    _require(opts.d_inner is None or opts.d_inner >= 1, f"d_inner must be >= 1 (got "
+    require(opts.seq_len >= 8, f"--seq-len must be >= 8 (got {opts.seq_len})")
+    require(opts.val_windows >= 2, f"--val-windows must be >= 2 (got {opts.val_windows})")
+    require(opts.d_inner is None or opts.d_inner >= 1, f"d_inner must be >= 1 (got "
              f"{opts.d_inner})")
-    _require(all(2 <= n < opts.seq_len for n in opts.warmup_lengths),
+    require(all(2 <= n < opts.seq_len for n in opts.warmup_lengths),
              f"--warmup-lengths must lie in [2, --seq-len {opts.seq_len}) (got "
              f"{list(opts.warmup_lengths)})")
-    _require(opts.warmup_steps is None or opts.warmup_steps >= 1,
+    require(opts.warmup_steps is None or opts.warmup_steps >= 1,
              f"--warmup-steps must be >= 1 (got {opts.warmup_steps})")
-    _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
+    require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
              f"{opts.val_fraction})")
-    _require(opts.kmer_baseline >= 0, f"--kmer-baseline must be >= 0 (got {opts.kmer_baseline})")
-    _finite_lr(opts.lr)
+    require(opts.kmer_baseline >= 0, f"--kmer-baseline must be >= 0 (got {opts.kmer_baseline})")
     load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                           world_size=world_size(world))
-    preflight.check(out, fasta=genome)
+    preflight.check(opts.out, fasta=opts.fasta, device=opts.device)
 
 
 def length_at(step: int, opts: PretrainOptions) -> int:
@@ -110,16 +97,15 @@ def evaluate_nll(engine, windows: Sequence[np.ndarray], batch: int) -> float:
     return total / len(windows)
 
 
-def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def pretrain(opts: PretrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Next-token pretraining of a new HyenaDNA on a FASTA; returns the summary (also written
     to OUT/summary.json). The final model is OUT/model (config.json, model.safetensors,
     MODEL_CARD.md)."""
     from genomeconv.models import HyenaConfig, HyenaDNA
 
-    check_pretrain(genome, out, opts)
-    rank, world = init_distributed()
-    out = Path(out)
+    check_pretrain(opts)
+    rank, world = init_distributed(opts.device)
+    genome, out = opts.fasta, Path(opts.out)
     config = HyenaConfig(d_model=opts.d_model, n_layer=opts.n_layer,
                          d_inner=opts.d_inner or 4 * opts.d_model, max_seq_len=opts.seq_len)
     torch.manual_seed(opts.seed)
@@ -129,7 +115,7 @@ def pretrain(genome: str | Path, out: str | Path, opts: PretrainOptions,
     training_data.check_window_fits(split, max((opts.seq_len, *opts.warmup_lengths)))
     val_windows = training_data.tile_windows(split.val, opts.seq_len, opts.val_windows)
     ds_config = load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
-                                      world_size=world)
+                                      world_size=world, dtype=opts.dtype)
     engine = build_engine(NextTokenLoss(model), ds_config, lr=opts.lr,
                           total_steps=opts.steps,
                           warmup_steps=opts.lr_warmup or max(1, opts.steps // 20))
@@ -215,7 +201,8 @@ def _pretrain_summary(genome, split, config, opts: PretrainOptions, history: lis
                       world: int, tokens_per_s: float, n_val_windows: int) -> dict[str, Any]:
     last_eval = next(r for r in reversed(history) if "val_nll" in r)
     return {"genome": str(genome), "split": split.describe(), "config": config.to_dict(),
-            "options": {k: v for k, v in asdict(opts).items() if k != "command"},
+            "options": {k: str(v) if isinstance(v, Path) else v
+                        for k, v in asdict(opts).items() if k != "command"},
             "command": opts.command, "processes": world, "steps": len(history),
             "train_tokens": int(sum(r["tokens"] for r in history)),
             "tokens_per_s": tokens_per_s, "final_train_loss": history[-1]["train_loss"],
@@ -272,23 +259,22 @@ class VariantWindows:
     rows: np.ndarray
 
 
-def check_finetune(variants: str | Path, fasta: str | Path, out: str | Path,
-                   opts: FinetuneOptions, *, world: int | None = None) -> None:
+def check_finetune(opts: FinetuneOptions, *, world: int | None = None) -> None:
     """Every finetune input error that needs no training: options, DeepSpeed config, FASTA,
-    variant file, --out (InputError, one line)."""
-    _require(opts.freeze in ("all", "none") or opts.freeze.isdigit(),
+    variant file, device, --out (InputError, one line)."""
+    opts.check()
+    require(opts.freeze in ("all", "none") or opts.freeze.isdigit(),
              f"--freeze takes all, none or a number of blocks (got {opts.freeze!r})")
-    _require(opts.window >= 2, f"--window must be >= 2 (got {opts.window})")
-    _require(opts.head_hidden >= 0, f"--head-hidden must be >= 0 (got {opts.head_hidden})")
+    require(opts.window >= 2, f"--window must be >= 2 (got {opts.window})")
+    require(opts.head_hidden >= 0, f"--head-hidden must be >= 0 (got {opts.head_hidden})")
     for name in ("epochs", "batch_size", "patience"):
-        _require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
+        require(getattr(opts, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 "
                  f"(got {getattr(opts, name)})")
-    _require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
+    require(0.0 <= opts.val_fraction <= 0.9, f"--val-fraction must lie in [0, 0.9] (got "
              f"{opts.val_fraction})")
-    _finite_lr(opts.lr)
     load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                           world_size=world_size(world))
-    preflight.check(out, fasta=fasta, variants=variants)
+    preflight.check(opts.out, fasta=opts.fasta, variants=opts.variants, device=opts.device)
 
 
 def build_windows(data: training_data.LabelledVariants, fasta: str | Path, window: int,
@@ -383,8 +369,8 @@ def head_meta(classes: list[str], base: Any, opts: FinetuneOptions) -> dict[str,
             "positive_label": classes[-1] if binary else None,
             "columns": probability_columns(classes),
             "freeze": opts.freeze,
-            "base_model": {**model_fingerprint(opts.base_model, base.config_sha256),
-                           "load": _loadable(opts.base_model)}}
+            "base_model": {**model_fingerprint(opts.model, base.config_sha256),
+                           "load": _loadable(opts.model)}}
 
 
 def _loadable(model: str | None) -> str:
@@ -395,27 +381,27 @@ def _loadable(model: str | None) -> str:
     return str(Path(model).resolve()) if Path(model).exists() else model
 
 
-def finetune(variants: str | Path, fasta: str | Path, out: str | Path, opts: FinetuneOptions,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune a variant classifier; the best epoch (validation AUROC) is saved to OUT/model
     (backbone + head.safetensors + head.json); returns the summary (also OUT/summary.json)."""
     from genomeconv.models import load
 
-    check_finetune(variants, fasta, out, opts)
-    base = load(opts.base_model)
+    check_finetune(opts)
+    variants, fasta = opts.variants, opts.fasta
+    base = load(opts.model)
     if opts.freeze.isdigit() and int(opts.freeze) > base.config.n_layer:
         raise InputError(f"--freeze {opts.freeze}: the base model has {base.config.n_layer} "
                          "blocks")
     data = finetune_data(variants, fasta, opts, base.tokenize)
     train, val = data.train, data.val
     meta = head_meta(data.classes, base, opts)
-    rank, world = init_distributed()
-    out = Path(out)
+    rank, world = init_distributed(opts.device)
+    out = Path(opts.out)
     torch.manual_seed(opts.seed)
     base.train()
     freeze(base, opts.freeze)
     ds_config = load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
-                                      world_size=world)
+                                      world_size=world, dtype=opts.dtype)
     steps_per_epoch = len(train.labels) // opts.batch_size
     engine = build_engine(VariantClassifier(base, meta["n_out"], opts.head_hidden), ds_config,
                           lr=opts.lr, total_steps=opts.epochs * steps_per_epoch,

@@ -46,10 +46,10 @@ the LM columns came from, with the reason (`plan_lm_columns`).
 Statuses (one output row per input ALT allele, always): ok; ref_mismatch (REF differs from the
 FASTA, ref_match = false); unknown_contig; out_of_contig (REF runs past the contig end);
 symbolic_alt (<DEL>, breakends); spanning_deletion (*); missing_alt (.). Only "ok" rows have
-scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with `contig`
-(the FASTA name a variant was matched to, chr1 <-> 1 resolved automatically) and `nonfinite`. Scores are finite: a NaN or infinite score
-stops the run with an error naming the variant (a model that produces NaN is broken), unless
-keep_nonfinite, which writes it and marks the row nonfinite = true.
+scores. Output columns: schema.variants_schema (VARIANTS, plus p_<class>), with `contig` (the
+FASTA name a variant was matched to, chr1 <-> 1 resolved automatically) and `nonfinite`. Scores
+are finite: a NaN or infinite score stops the run with an error naming the variant (a model that
+produces NaN is broken), unless keep_nonfinite, which writes it and marks the row nonfinite = true.
 
 Saturation mutagenesis (`--saturate REGION`, io/saturation.py): `score_variants` also takes the
 variants themselves (any iterable of io.variants.Variant, such as a `Saturation`) instead of a
@@ -57,7 +57,7 @@ file; they then go through exactly the planning and scoring above, so the SNVs o
 bit-identically to the same SNVs given as a VCF. `max_hours` refuses a saturation estimated to
 take longer, before any variant is expanded or Ray starts (`check_run_time`): one forward of a
 short batch of the run's first window is timed in the driver after a warm-up (on the run's
-device, with one torch thread as each Ray actor gets one CPU), per window, times the distinct
+device, with one torch thread: an actor has at least one CPU), per window, times the distinct
 windows the run scores (per position the shared ref window plus one per ALT, per strand, plus
 the base model's pass for a fine-tuned model), divided by the workers. It counts every allele of
 the input, also those a resumed run has already written, and leaves out Ray's start and model
@@ -67,11 +67,12 @@ Efficiency: identical window sequences (the shared reference window of the ALTs 
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
 Work items are sorted by (chrom, pos), so the ALTs of one position normally fall in one unit;
 units are scored by Ray actors (model loaded once each) and written as one Parquet part each.
-Completion is per ALT allele (pipelines/manifest.py): the driver locks OUT, checks its run manifest
-(another model, weights, window, strands, site-probs, dtype or FASTA is refused; `overwrite` starts
-afresh), counts the (chrom, pos, ref, alt) keys of the parts that count, drops those alleles from
-the plan and only then groups the rest into units, so another --unit-size or VCF resumes with
-every allele written exactly once.
+`VariantsJob` is an instance of the job skeleton (pipelines/job.py). Completion is per ALT
+allele (pipelines/manifest.py): the skeleton locks OUT, checks its run manifest (another model,
+weights, window, strands, site-probs, dtype or FASTA is refused; `overwrite` starts afresh),
+counts the (chrom, pos, ref, alt) keys of the parts that count, drops those alleles from the plan
+and only then groups the rest into units, so another --unit-bp or VCF resumes with every allele
+written exactly once.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ from genomeconv.errors import GenomeconvError, InputError
 from genomeconv.io.regions import reverse_complement
 from genomeconv.io.saturation import Saturation
 from genomeconv.io.variants import Variant, allele_kind, iter_variants
-from genomeconv.pipelines import manifest, preflight, runtime, schema
-from genomeconv.pipelines.options import VARIANTS
+from genomeconv.pipelines import manifest, runtime, schema
+from genomeconv.pipelines.job import (Job, JobSummary, Progress, Unit, UnitActor, WorkerSetup,
+                                      run_job)
+from genomeconv.pipelines.options import VariantOptions
 
 if TYPE_CHECKING:
     from genomeconv.io.fasta import FastaFile
@@ -213,12 +216,12 @@ class WindowScores:
     site_logp: dict[int, float]
 
 
-def default_unit_size(model: LanguageModel, window: int, rc: bool) -> int:
-    """ALT alleles per work unit: `runtime.unit_bases` of the model in window tokens, at two
-    windows (ref, alt) per allele and strand, so a unit is the same work whatever the window."""
+def alleles_per_unit(unit_bp: int, window: int, rc: bool) -> int:
+    """ALT alleles per work unit of `unit_bp` bases of model input (`runtime.unit_bases` of the
+    model by default): two windows (ref, alt) per allele and strand, so a unit is the same work
+    whatever the window."""
     per_allele = 2 * window * (2 if rc else 1)
-    bases = runtime.unit_bases(model.work_per_base)
-    return max(1, min(runtime.UNIT_MAX_ITEMS, bases // per_allele))
+    return max(1, min(runtime.UNIT_MAX_ITEMS, unit_bp // per_allele))
 
 
 def default_batch_size(window: int) -> int:
@@ -383,64 +386,6 @@ def completed_variants(out: str | Path, manifest_sha256: str) -> set[str]:
     return {_item_id(*key, k) for key, n in counts.items() for k in range(n)}
 
 
-_UNIT_FIELDS = ("chrom", "pos", "ref", "alt", "id")
-
-
-class UnitScorer:
-    """Ray Data actor: loads the model and opens the FASTA once, then scores whole work units
-    (one row of the input batch each) and writes each as one Parquet part."""
-
-    def __init__(self, *, model: str | None, fasta: str, window: int,
-                 rc: bool, site_probs: bool, batch_size: int | None, device: str | None,
-                 dtype: str | None, out: str,
-                 metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
-                 token: manifest.RunToken | None = None, lm: LmPlan | None = None,
-                 model_id: str | None = None) -> None:
-        from genomeconv.io.fasta import FastaFile
-        from genomeconv.models import load
-
-        self.model = load(model, device=device, model_id=model_id)
-        self.head = fine_tuned_head(model)
-        self.lm = lm or LmPlan("model")
-        self.lm_model = load(self.lm.base, device=device) if self.lm.source == "base" else None
-        self.dtype = runtime.compute_dtype(dtype)
-        self.fasta = FastaFile(fasta)
-        self.window, self.rc, self.site_probs = window, rc, site_probs
-        self.batch_size, self.out, self.metadata = batch_size, out, metadata
-        self.keep_nonfinite, self.token = keep_nonfinite, token
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Score every unit in the batch; return one summary row per unit (`error`: a
-        GenomeconvError's runtime.failure_report, else empty)."""
-        summaries = []
-        for unit in batch.to_pylist():
-            variants = [Variant(*(unit[f][i] for f in _UNIT_FIELDS), source="", line=0)
-                        for i in range(len(unit["pos"]))]
-            try:
-                summaries.append({**self.score_unit(unit["unit_id"], variants), "error": ""})
-            except GenomeconvError as exc:
-                summaries.append({"unit_id": unit["unit_id"], "rows": 0, "statuses": "{}",
-                                  "renamed": "{}", "error": runtime.failure_report(exc)})
-        return pa.Table.from_pylist(summaries)
-
-    def score_unit(self, unit_id: str, variants: Sequence[Variant]) -> dict[str, Any]:
-        """Score one unit, write its part, return its row count, statuses and contig renamings."""
-        contigs: dict[str, str | None] = {}
-        planned = [plan_variant(v, self.fasta, self.window, contigs) for v in variants]
-        rows = score_planned(self.model, planned, rc=self.rc,
-                             site_probs=self.site_probs, batch_size=self.batch_size,
-                             dtype=self.dtype, head=self.head, lm_model=self.lm_model,
-                             lm_columns=self.lm.source != "none",
-                             keep_nonfinite=self.keep_nonfinite)
-        table_schema = schema.variants_schema(self.head.columns if self.head is not None else ())
-        runtime.write_part(pa.Table.from_pylist(rows, schema=table_schema), self.out, unit_id,
-                           self.metadata, self.token)
-        renamed = {c: r for c, r in contigs.items() if r is not None and r != c}
-        return {"unit_id": unit_id, "rows": len(rows),
-                "statuses": json.dumps(Counter(r["status"] for r in rows)),
-                "renamed": json.dumps(renamed)}
-
-
 def fine_tuned_head(model: str | None) -> VariantHead | None:
     """The head saved by `genomeconv finetune` in a model directory, or None."""
     if model is None or not Path(model).is_dir():
@@ -505,6 +450,66 @@ def finetuned_metadata(head: VariantHead, lm: LmPlan) -> dict[bytes, bytes]:
     return {schema.KEY_FINETUNED: json.dumps(value).encode()}
 
 
+@dataclass(frozen=True)
+class ScorerConfig:
+    """What a UnitScorer needs beyond job.WorkerSetup (small and picklable)."""
+
+    fasta: str
+    window: int
+    strands: str = "both"
+    site_probs: bool = False
+    batch_size: int | None = None
+    lm: LmPlan = LmPlan("model")
+
+
+class UnitScorer(UnitActor):
+    """Ray Data actor: loads the model (and a fine-tuned model's head and base model) and opens
+    the FASTA once, then scores whole work units, each written as one Parquet part."""
+
+    def __init__(self, setup: WorkerSetup, config: ScorerConfig) -> None:
+        from genomeconv.io.fasta import FastaFile
+        from genomeconv.models import load
+
+        super().__init__(setup, config)
+        self.head = fine_tuned_head(setup.model)
+        self.lm_model = load(config.lm.base, device=setup.device) \
+            if config.lm.source == "base" else None
+        self.fasta = FastaFile(config.fasta)
+        empty = None if self.model.has_embeddings else {
+            c: f"the {self.model.family} model {self.model.model_id} has no embeddings"
+            for c in ("emb_cosine", "emb_l2")}
+        self.meta = self.metadata("variants", empty_columns=empty)
+        if self.head is not None:
+            self.meta.update(finetuned_metadata(self.head, config.lm))
+
+    @staticmethod
+    def decode_item(data: list[Any]) -> Variant:
+        return Variant(*data, source="", line=0)
+
+    def run_unit(self, unit_id: str, variants: list[Variant]) -> dict[str, Any]:
+        """Score one unit, write its part; its rows, statuses, contig renamings and the
+        seconds spent in the model."""
+        cfg = self.cfg
+        contigs: dict[str, str | None] = {}
+        planned = [plan_variant(v, self.fasta, cfg.window, contigs) for v in variants]
+        t0 = time.perf_counter()
+        rows = score_planned(self.model, planned, rc=cfg.strands != "fwd",
+                             site_probs=cfg.site_probs, batch_size=cfg.batch_size,
+                             dtype=self.dtype, head=self.head, lm_model=self.lm_model,
+                             lm_columns=cfg.lm.source != "none",
+                             keep_nonfinite=self.setup.keep_nonfinite)
+        seconds = time.perf_counter() - t0
+        if cfg.strands == "rev":  # the reverse strand's scores alone
+            for row in rows:
+                row["llr_fwd"], row["llr"] = None, row["llr_rev"]
+        table_schema = schema.variants_schema(self.head.columns if self.head is not None else ())
+        runtime.write_part(pa.Table.from_pylist(rows, schema=table_schema), self.setup.out,
+                           unit_id, self.meta, self.setup.token)
+        return {"model_s": seconds, "rows": len(rows),
+                "statuses": Counter(r["status"] for r in rows),
+                "renamed": {c: r for c, r in contigs.items() if r is not None and r != c}}
+
+
 def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: int) -> str | None:
     """A one-line note naming the contigs of `variants` shorter than `window` (their variants are
     scored with the whole contig as window), or None."""
@@ -530,17 +535,20 @@ def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: in
 def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
                       rc: bool, site_probs: bool, dtype: str | None,
                       device_type: str, lm: LmPlan | None = None,
-                      model_id: str | None = None) -> manifest.Manifest:
+                      model_id: str | None = None, strands: str = "both") -> manifest.Manifest:
     """The settings and inputs a `score-variants` folder's values depend on (not which
     variants, nor --keep-nonfinite: it only adds marked rows); `lm`: a fine-tuned model's;
     model_id: the id reported for a model fitted on the run's FASTA (its folder is in the cache;
-    its weights are hashed)."""
+    its weights are hashed). `strands` is recorded only for "rev" (`rc` says both or fwd), so
+    folders written before --strands rev existed keep resuming."""
     fingerprint = manifest.model_fingerprint(model, config_sha256)
     if model_id is not None:
         fingerprint["model"] = model_id
     settings = {**fingerprint, "window": window, "rc": rc,
                 "site_probs": site_probs, "dtype": dtype or "float32",
                 "device_type": device_type}
+    if strands == "rev":
+        settings["strands"] = strands
     if lm is not None:
         settings["lm_columns"] = {"source": lm.source, "base": lm.base,
                                   "base_weights_sha256": lm.base_weights_sha256}
@@ -594,134 +602,121 @@ def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFil
     return seconds
 
 
-@dataclass
-class RunSummary:
-    """What a `score_variants` run did."""
+class VariantsJob(Job):
+    """`score-variants` as an instance of the job skeleton: items are ALT alleles (of a file,
+    or e.g. a Saturation), a unit's work is its alleles, its part's key (chrom, pos, ref, alt)."""
 
-    variants: int  # ALT alleles in the (restricted) input
-    units: int  # units run by this run (the alleles not done yet, grouped)
-    variants_skipped: int  # already written by an earlier run
-    rows_written: int
-    statuses: dict[str, int]
-    renamed_contigs: dict[str, str]
-    seconds: float
-    out: str
+    kind, actor, noun, work_unit = "variants", UnitScorer, "ALT alleles", "alleles"
 
+    def __init__(self, opts: VariantOptions) -> None:
+        super().__init__(opts)
+        self.opts: VariantOptions = opts
+        self.from_file = isinstance(opts.variants, (str, Path))
+        if not self.from_file and (opts.regions or opts.genes):
+            raise InputError("--region and --genes select variants from a VARIANTS file; with "
+                             "--saturate give the regions to --saturate")
+        self.fasta = Path(opts.fasta).resolve()
 
-def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
-                   out: str | Path, *,
-                   model: str | None = None, window: int | None = None,
-                   region: str | None = None, genes: Sequence[str] | None = None,
-                   gtf: str | Path | None = None, address: str | None = None,
-                   num_workers: int = VARIANTS.num_workers, device: str | None = None,
-                   dtype: str | None = None, site_probs: bool = False, rc: bool = True, batch_size: int | None = None,
-                   unit_size: int | None = None, overwrite: bool = False,
-                   keep_nonfinite: bool = False,
-                   max_hours: float | None = VARIANTS.max_hours,
-                   command: str = "genomeconv score-variants") -> RunSummary:
-    """Score every ALT allele of a VCF/BCF or table (or the given Variants, e.g. a
-    io.saturation.Saturation) against a FASTA; write Parquet parts to `out`.
+    def check_inputs(self) -> dict[str, Any]:
+        return {"fasta": self.opts.fasta, "window": self.opts.window,
+                "variants": self.opts.variants if self.from_file else None}
 
-    Runs on Ray (local unless `address`/RAY_ADDRESS), `num_workers` actors each loading the model
-    once (`model` "kmer:K": an order-K Markov model fitted once on `fasta` here), `unit_size`
-    alleles per work unit and part (default `default_unit_size`, fewer when that leaves a worker
-    idle); resumes: alleles already written under `out` (same manifest) are skipped; `overwrite`
-    removes the folder's earlier outputs first; `max_hours`: refuse a `Saturation` estimated to
-    take longer (`check_run_time`; None: no estimate, like --force).
-    """
-    import ray.data
+    def resolve_model(self) -> tuple[str | None, str | None]:
+        from genomeconv.pipelines.baselines import resolve_model
 
-    from genomeconv.io.fasta import FastaFile, readable_fasta
-    from genomeconv.io.seqrecords import is_record_file
-    from genomeconv.models import load
-    from genomeconv.pipelines.baselines import resolve_model
+        return resolve_model(super().resolve_model()[0], self.fasta)
 
-    t0 = time.perf_counter()
-    runtime.compute_dtype(dtype)  # fail before starting Ray
-    from_file = isinstance(variants, (str, Path))
-    if not from_file and (region is not None or genes):
-        raise InputError("--region and --genes select variants from a VARIANTS file; with "
-                         "--saturate give the regions to --saturate")
-    preflight.check(out, fasta=fasta, variants=variants if from_file else None, window=window,
-                    device=device, num_workers=num_workers, address=address)
-    model, model_id = resolve_model(model, fasta)
-    probe = load(model, device="cpu", model_id=model_id)
-    head = fine_tuned_head(model)
-    window = window or (head.window if head is not None
-                        else default_window(probe.max_seq_len, device))
-    lm = plan_lm_columns(head)
-    if lm.reason:
-        manifest.note(lm.reason)
-    if window < 2:
-        raise ValueError(f"--window must be at least 2 (got {window})")
-    fasta, out = Path(fasta).resolve(), Path(out).resolve()
-    if model is not None and Path(model).exists():
-        model = str(Path(model).resolve())
-    if gtf is None and genes and is_record_file(fasta):  # a GenBank/EMBL/GFF3 reference
-        gtf = fasta
-    if isinstance(variants, Saturation) and variants.note:
-        manifest.note(variants.note)
-    if max_hours is not None and isinstance(variants, Saturation):  # before expanding it
-        passes = 1 + int(lm.source == "base") + int(rc and lm.source != "none")
+    def prepare(self, probe: LanguageModel) -> manifest.Manifest:
+        o = self.opts
+        model, model_id = self.model_spec
+        head = fine_tuned_head(model)
+        self.window = o.window or (head.window if head is not None
+                                   else default_window(probe.max_seq_len, o.worker_device))
+        self.lm = plan_lm_columns(head)
+        for text in (self.lm.reason, getattr(o.variants, "note", None)):
+            if text:
+                manifest.note(text)
+        if o.max_hours and isinstance(o.variants, Saturation):  # before expanding it
+            self.check_run_time(probe, o.variants)
+        self.items = self.read_variants()
+        if (text := short_contig_note(self.items, self.fasta, self.window)) is not None:
+            manifest.note(text)
+        self.unit_bp = o.unit_bp or runtime.unit_bases(probe.work_per_base)
+        return variants_manifest(
+            model, probe.config_sha256, fasta=str(self.fasta), window=self.window, rc=o.rc,
+            strands=o.strands, site_probs=o.site_probs, dtype=o.dtype,
+            device_type=runtime.device_type(o.worker_device),
+            lm=self.lm if head is not None else None, model_id=model_id)
+
+    def read_variants(self) -> list[Variant]:
+        """The variants to score: the file's (restricted to --region/--genes), or the given."""
+        from genomeconv.io.seqrecords import is_record_file
+
+        o = self.opts
+        if not self.from_file:
+            return list(o.variants)
+        gtf = o.gtf if o.gtf is not None or not o.genes or not is_record_file(self.fasta) \
+            else self.fasta  # a GenBank/EMBL/GFF3 reference is its own annotation
+        return list(iter_variants(o.variants, region=o.regions or None, genes=o.genes or None,
+                                  gtf=gtf))
+
+    def check_run_time(self, probe: LanguageModel, saturation: Saturation) -> None:
+        """Refuse a saturation estimated to take longer than --max-hours (`check_run_time`),
+        timed on the run's device."""
+        from genomeconv.io.fasta import FastaFile
+        from genomeconv.models import load
+
+        o = self.opts
+        passes = 1 + int(self.lm.source == "base") + int(o.rc and self.lm.source != "none")
+        device = o.worker_device
+        model, model_id = self.model_spec
         timer = probe if runtime.device_type(device) == "cpu" else load(
             model, device=device, model_id=model_id)
-        with FastaFile(fasta) as fa:
-            check_run_time(timer, variants, fa, window=window, passes=passes,
-                           batch_size=batch_size, num_workers=num_workers,
-                           dtype=runtime.compute_dtype(dtype), max_hours=max_hours)
-        del timer
-    found = list(iter_variants(variants, region=region, genes=genes, gtf=gtf) if from_file
-                 else variants)
-    if (text := short_contig_note(found, fasta, window)) is not None:
-        manifest.note(text)
-    run_manifest = variants_manifest(
-        model, probe.config_sha256, fasta=str(fasta), window=window, rc=rc,
-        site_probs=site_probs, dtype=dtype,
-        device_type=runtime.device_type(device), lm=lm if head is not None else None,
-        model_id=model_id)
-    empty = None if probe.has_embeddings else {
-        c: f"the {probe.family} model {probe.model_id} has no embeddings"
-        for c in ("emb_cosine", "emb_l2")}
-    metadata = schema.file_metadata(probe, command, "variants", run_manifest.sha256,
-                                    empty_columns=empty)
-    unit_alleles = default_unit_size(probe, window, rc)
-    if head is not None:
-        metadata.update(finetuned_metadata(head, lm))
-    del probe
-    by_id = dict(zip(item_ids(found), found))
-    results: list[dict[str, Any]] = []
-    with manifest.open_run(out, run_manifest, part_dirs=[out], command=command,
-                           overwrite=overwrite) as run:
-        done = completed_variants(out, run_manifest.sha256)
-        todo_ids = [i for i in by_id if i not in done]
-        units = runtime.plan_units(todo_ids, unit_size or runtime.per_worker(
-            unit_alleles, len(todo_ids), num_workers))
-        if units:
-            runtime.connect(address)
-            items = [{"unit_id": u.unit_id,
-                      **{f: [getattr(by_id[i], f) for i in u.item_ids] for f in _UNIT_FIELDS}}
-                     for u in units]
-            gpu = str(device or "").startswith("cuda")
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                UnitScorer, batch_size=1, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
-                num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-                fn_constructor_kwargs=dict(model=model, model_id=model_id,
-                                           fasta=readable_fasta(fasta),
-                                           window=window, rc=rc,
-                                           site_probs=site_probs, batch_size=batch_size,
-                                           device=device, dtype=dtype, out=str(out),
-                                           metadata=metadata, keep_nonfinite=keep_nonfinite,
-                                           token=run.token, lm=lm))
-            for row in ds.iter_rows():
-                runtime.raise_failure(row["error"])
-                results.append(row)
-    statuses: Counter[str] = Counter()
-    renamed: dict[str, str] = {}
-    for r in results:
-        statuses.update(json.loads(r["statuses"]))
-        renamed.update(json.loads(r["renamed"]))
-    return RunSummary(variants=len(found), units=len(units),
-                      variants_skipped=len(found) - len(todo_ids),
-                      rows_written=sum(r["rows"] for r in results), statuses=dict(statuses),
-                      renamed_contigs=renamed, seconds=time.perf_counter() - t0, out=str(out))
+        with FastaFile(self.fasta) as fa:
+            check_run_time(timer, saturation, fa, window=self.window, passes=passes,
+                           batch_size=o.batch_size, num_workers=o.num_workers,
+                           dtype=runtime.torch_dtype(o.dtype), max_hours=o.max_hours)
+
+    def part_dirs(self) -> list[Path]:
+        return [self.out]
+
+    def completed(self, manifest_sha256: str) -> set[str]:
+        return completed_variants(self.out, manifest_sha256)
+
+    def plan_units(self, done: set[str], workers: int) -> list[Unit]:
+        by_id = dict(zip(item_ids(self.items), self.items))
+        todo = [i for i in by_id if i not in done]
+        size = self.opts.unit_alleles or alleles_per_unit(self.unit_bp, self.window,
+                                                          self.opts.rc)
+        if self.opts.unit_bp is None and self.opts.unit_alleles is None:
+            size = runtime.per_worker(size, len(todo), workers)
+        return [Unit(u.unit_id, [by_id[i] for i in u.item_ids], len(u.item_ids))
+                for u in runtime.plan_units(todo, size)]
+
+    def encode_item(self, item: Variant) -> list[Any]:
+        return [item.chrom, item.pos, item.ref, item.alt, item.id]
+
+    def worker_config(self) -> ScorerConfig:
+        from genomeconv.io.fasta import readable_fasta
+
+        o = self.opts
+        return ScorerConfig(fasta=readable_fasta(self.fasta), window=self.window,
+                            strands=o.strands, site_probs=o.site_probs,
+                            batch_size=o.batch_size, lm=self.lm)
+
+    def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
+        return {"window": self.window, **dict(sorted(tally.get("statuses", {}).items()))}
+
+    def notes(self, tally: dict[str, Any]) -> list[str]:
+        return [f"contig {name!r} matched to {fasta_name!r} in {self.opts.fasta}"
+                for name, fasta_name in sorted(tally.get("renamed", {}).items())]
+
+
+def score_variants(opts: VariantOptions, *, on_plan: Progress | None = None,
+                   on_unit: Progress | None = None) -> JobSummary:
+    """Score every ALT allele of `opts.variants` (a VCF/BCF or table, or Variants such as a
+    io.saturation.Saturation) against `opts.fasta` into Parquet parts under `opts.out` (the job
+    skeleton, pipelines/job.py, does the rest; resumes by allele). `--model kmer:K`: an
+    order-K Markov model fitted once on the FASTA; `max_hours`: refuse a Saturation estimated
+    to take longer (0: no estimate)."""
+    return run_job(VariantsJob(opts), on_plan=on_plan, on_unit=on_unit)

@@ -29,10 +29,10 @@ def figure_format(out: str | Path) -> str:
 def check_figure_out(out: str | Path, *, force: bool = False) -> Path:
     """`out` resolved, when a figure may be written there: a known extension, not inside a
     genomeconv output folder, not an existing file unless `force` (checked before any work)."""
-    from genomeconv.pipelines.query import check_out
+    from genomeconv.pipelines.query import check_output_file
 
     figure_format(out)
-    return check_out(out, force=force)
+    return check_output_file(out, force=force)
 
 
 def new_figure(rows: int, *, height_ratios: list[float] | None = None,

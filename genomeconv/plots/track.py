@@ -38,7 +38,7 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     """One panel per measure over `region` from the `track` view under `paths` (strand: mean,
     fwd, rev or both), and a gene-model panel from `annotation` (GTF, GFF3 or GenBank/EMBL)."""
     if strand not in STRANDS:
-        raise InputError(f"--strand must be one of {', '.join(STRANDS)} (got {strand!r})")
+        raise InputError(f"--strands must be one of {', '.join(STRANDS)} (got {strand!r})")
     if not measures:
         raise InputError("give at least one measure")
     unknown = [m for m in measures if m not in schema.TRACK_MEASURES]
