@@ -1,5 +1,7 @@
 """The command line's common parts: the error boundary, -v, the dtype warning."""
 
+import errno
+import os
 import subprocess
 import sys
 
@@ -7,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fixtures import cli_env, run_cli
-from genomeconv.cli import USER_ERRORS, app, error_line
+from genomeconv.cli import BUG_HINT, USER_ERRORS, app, error_line, is_user_error
 from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime
 
@@ -60,8 +62,9 @@ def test_local_jobs_warn_about_an_emulated_dtype_before_running(tmp_path, monkey
 def test_error_line_is_one_line_from_the_cause():
     from ray.exceptions import RayTaskError
 
-    assert error_line(KeyError("no such gene 'X'")) == "no such gene 'X'"
-    assert error_line(ValueError("a\n  b   c")) == "a b c"
+    assert error_line(InputError("a\n  b   c")) == "a b c"
+    loop = OSError(errno.ELOOP, "Too many levels of symbolic links", "/data/in.fa")
+    assert error_line(loop) == "/data/in.fa: Too many levels of symbolic links"
     remote = RayTaskError("f", "Traceback (most recent call last):\n  ...\nInputError: x",
                           InputError("bad thing", path="/x.fa", line=3)).as_instanceof_cause()
     assert isinstance(remote, USER_ERRORS) and error_line(remote) == "/x.fa, line 3: bad thing"
@@ -75,6 +78,28 @@ def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(runtime, "describe_environment", broken)
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("error", ["ValueError('bad value')", "KeyError('k')"])
+def test_a_value_or_key_error_from_a_bug_shows_its_traceback_and_a_report_hint(error):
+    """Issue 27: ValueError and KeyError were user errors (one line, exit 2), so a bug raising
+    either looked like the user's fault; only genomeconv's own errors are user errors now."""
+    script = ("import genomeconv.pipelines.runtime as r\n"
+              f"def broken():\n    raise {error}\n"
+              "r.describe_environment = broken\n"
+              "from genomeconv.cli import main\nmain()\n")
+    run = subprocess.run([sys.executable, "-c", script, "info"], env=cli_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" in run.stderr and error.split("(")[0] in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == BUG_HINT
+
+
+def test_os_errors_of_a_path_are_user_errors():
+    for code in (errno.ELOOP, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG):
+        assert is_user_error(OSError(code, os.strerror(code), "/x"))
+    assert not is_user_error(OSError(errno.EBADF, "Bad file descriptor"))
+    assert not is_user_error(ValueError("x")) and not is_user_error(KeyError("x"))
 
 
 @pytest.mark.parametrize("flag", ["-v", "--verbose", "--debug"])

@@ -29,10 +29,11 @@ def test_plan_units_is_deterministic_and_covers_every_item_once():
     assert [len(u.item_ids) for u in a] == [5, 5, 5, 5, 3]
 
 
-def test_plan_units_rejects_duplicates_and_bad_size():
-    with pytest.raises(ValueError, match="unique"):
+def test_plan_units_asserts_unique_ids_and_a_positive_size():
+    """Bugs of the caller (sizes are checked as options before planning): assertions."""
+    with pytest.raises(AssertionError, match="unique"):
         runtime.plan_units(["a", "a"], 2)
-    with pytest.raises(ValueError, match="unit_size"):
+    with pytest.raises(AssertionError, match="unit_size"):
         runtime.plan_units(["a"], 0)
 
 

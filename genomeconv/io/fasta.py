@@ -244,8 +244,8 @@ class FastaFile:
         size = self._lengths[contig]
         end = size if end is None else end
         if not 0 <= start <= end <= size:
-            raise ValueError(f"{contig}:[{start}, {end}) lies outside the record "
-                             f"(length {size}) in {self.path}")
+            raise InputError(f"{contig}:[{start}, {end}) lies outside the record (length "
+                             f"{size})", path=self.path)
         return self._fa.fetch(contig, start, end).upper()
 
     def close(self) -> None:

@@ -147,8 +147,8 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
             size = fa.length(chrom)
             end = size if iv.end is None else iv.end
             if iv.start >= size or end > size:
-                raise ValueError(f"{format_region(iv)} runs past the end of {chrom} "
-                                 f"(length {size}) in {src}")
+                raise InputError(f"{format_region(iv)} runs past the end of {chrom} "
+                                 f"(length {size})", path=src)
             return Interval(chrom, iv.start, end, iv.strand, iv.name)
 
         for text in regions:
@@ -567,11 +567,11 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         raise InputError(f"embed needs embeddings (hidden states); --model {model} is a k-mer "
                          "model, which has none: use a neural model (e.g. the bundled HyenaDNA)")
     if pooling not in POOLINGS:
-        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+        raise InputError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if per_base_dtype not in PER_BASE_DTYPES:
-        raise ValueError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
+        raise InputError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
     if batch_size < 1 or num_workers < 1 or (unit_bp is not None and unit_bp < 1):
-        raise ValueError("--batch-size, --unit-bp and --num-workers must be >= 1")
+        raise InputError("--batch-size, --unit-bp and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
     preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
                     gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
@@ -588,7 +588,7 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
     fasta = None if reads == str(input_path) else str(input_path)
     if reads is not None:
         if gtf is not None or bed is not None:
-            raise ValueError("--gtf/--bed select intervals of a FASTA, not reads")
+            raise InputError("--gtf/--bed select intervals of a FASTA, not reads")
         items = plan_read_items(reads, regions=regions, min_mapq=min_mapq,
                                 min_length=min_length,
                                 reference=readable_fasta(fasta) if fasta else None)

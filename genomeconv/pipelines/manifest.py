@@ -152,12 +152,14 @@ class Manifest:
         """The manifest in `path` and its raw JSON (for the schema version it was written with)."""
         try:
             raw = json.loads(path.read_text())
-            if raw.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format {raw.get('format')!r}")
-            return cls(raw["kind"], raw["settings"], raw.get("inputs", {})), raw
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"unreadable run manifest ({exc}); pass --overwrite to start "
-                             "afresh or use another --out", path=path) from None
+            manifest = cls(raw["kind"], raw["settings"], raw.get("inputs", {}))
+            why = None if raw.get("format") == MANIFEST_FORMAT else f"format {raw.get('format')!r}"
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            raise InputError(f"unreadable run manifest ({why}); pass --overwrite to start "
+                             "afresh or use another --out", path=path)
+        return manifest, raw
 
 
 def differences(old: Manifest, new: Manifest, *, old_schema: str | None = None) -> list[str]:

@@ -138,7 +138,7 @@ def compute_dtype(name: str | None) -> Any:
     if name is None:
         return None
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)} (got {name!r})")
+        raise InputError(f"--dtype must be one of {', '.join(COMPUTE_DTYPES)} (got {name!r})")
     import torch
 
     return getattr(torch, name)
@@ -268,14 +268,14 @@ def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] 
     hashes its item ids, so two units (of any runs) share a part name only when they hold the
     same items. Callers pass only the items not done yet: completion is per item, not per unit.
     """
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
-    if (costs is None) != (unit_cost is None) or (unit_cost is not None and unit_cost < 1):
-        raise ValueError("costs and a unit_cost >= 1 go together")
+    # Callers pass checked sizes (preflight refuses non-positive options) and unique ids.
+    assert unit_size >= 1, f"unit_size must be >= 1, got {unit_size}"
+    assert (costs is None) == (unit_cost is None) and (unit_cost is None or unit_cost >= 1), \
+        "costs and a unit_cost >= 1 go together"
     cost = dict(zip(item_ids, costs if costs is not None else [0] * len(item_ids)))
     ordered = sorted(cost)
-    if len(ordered) != len(item_ids):
-        raise ValueError("item ids must be unique; duplicates would be written twice")
+    assert len(ordered) == len(item_ids), \
+        "item ids must be unique; duplicates would be written twice"
     groups: list[list[str]] = []
     if unit_cost is not None:
         groups = [[i] for i in ordered if cost[i] >= unit_cost]

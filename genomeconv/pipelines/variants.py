@@ -652,8 +652,8 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
     lm = plan_lm_columns(head)
     if lm.reason:
         manifest.note(lm.reason)
-    if window < 2:
-        raise ValueError(f"--window must be at least 2 (got {window})")
+    if window < 2:  # --window is checked by preflight; this is a fine-tuned model's head.json
+        raise InputError(f"window {window} is too short (at least 2)", path=model)
     fasta, out = Path(fasta).resolve(), Path(out).resolve()
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
