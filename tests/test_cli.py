@@ -166,3 +166,20 @@ def test_embed_and_score_variants_defaults_are_stated_once():
             expected = getattr(options, field.name)
             assert getattr(cli[field.name].default, "default", None) == expected, field.name
             assert api[field.name].default == expected, field.name
+
+
+def test_a_symlink_loop_or_a_folder_as_input_is_one_line(tmp_path):
+    """A symlink loop as input gave an OSError traceback (issue 30); nothing else is printed,
+    not even an empty line before the error."""
+    loop = tmp_path / "loop.fa"
+    os.symlink(tmp_path / "other.fa", loop)
+    os.symlink(loop, tmp_path / "other.fa")
+    script = [sys.executable, "-c", "from genomeconv.cli import main; main()"]
+    cases = {loop: "Too many levels of symbolic links", tmp_path: "Is a directory"}
+    running = {path: subprocess.Popen([*script, "embed", str(path), "--out", str(tmp_path / "o")],
+                                      env=cli_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for path in cases}
+    for path, proc in running.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, stderr
+        assert stderr.splitlines() == [f"error: {path}: {cases[path]}"]

@@ -21,11 +21,14 @@ def bases_progress(label: str) -> Iterator[tuple[Callable[[int, int], None],
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=Console(stderr=True))
     task = progress.add_task(label, total=None, rate="")
+    started = False
 
     def on_plan(bp: int, units: int) -> None:
+        nonlocal started
         progress.update(task, total=bp)
         if units:
             progress.start()
+            started = True
 
     def on_unit(items: int, bp: int) -> None:
         progress.advance(task, bp)
@@ -36,4 +39,5 @@ def bases_progress(label: str) -> Iterator[tuple[Callable[[int, int], None],
     try:
         yield on_plan, on_unit
     finally:
-        progress.stop()
+        if started:  # stopping a bar never shown prints an empty line on a non-terminal
+            progress.stop()

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from genomeconv.errors import InputError
+from genomeconv.pipelines.manifest import note
 
 
 def check(out: str | Path, *, fasta: str | Path | None = None,
@@ -39,12 +40,15 @@ def check(out: str | Path, *, fasta: str | Path | None = None,
 
 
 def check_fasta(path: str | Path, *, window: int | None = None) -> None:
-    """The FASTA opens (and is indexed) in this process, as the workers will open it, and a
+    """The FASTA opens (and is indexed) in this process, as the workers will open it (one note
+    per empty record, which the index leaves out, so it is not dropped silently), and a
     requested `window` fits in its longest contig (a longer one is mostly padding everywhere,
     and a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
     from genomeconv.io.fasta import FastaFile
 
     with FastaFile(path) as fa:
+        for empty in fa.empty_records:
+            note(f"{path}: record {empty!r} is empty (no bases); it is left out")
         if window is None:
             return
         longest, name = max(zip(fa.lengths, fa.references), default=(0, ""))
