@@ -21,15 +21,18 @@ from pathlib import Path
 
 from genomeconv.errors import InputError
 from genomeconv.pipelines.manifest import note
+from genomeconv.pipelines.runtime import check_address
 
 
 def check(out: str | Path, *, fasta: str | Path | None = None,
           variants: str | Path | None = None, window: int | None = None,
           device: str | None = None, gpus_per_worker: float = 0.0, num_workers: int = 1,
           address: str | None = None) -> None:
-    """Every check that needs no model run, in the order a user fixes them (inputs, sizes,
-    devices, output); raises InputError naming the file or option. `window`: a window size the
-    user asked for, checked against the FASTA's contigs."""
+    """Every check that needs no model run, in the order a user fixes them (the cluster address
+    first: a wrong one would hang Ray later, then inputs, sizes, devices, output); raises
+    InputError naming the file or option. `window`: a window size the user asked for, checked
+    against the FASTA's contigs."""
+    check_address(address)
     if fasta is not None:
         check_fasta(fasta, window=window)
     if variants is not None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,40 @@ if TYPE_CHECKING:
     from genomeconv.pipelines.manifest import RunToken
 
 DEFAULT_HOST = "127.0.0.1"
+PROBE_TIMEOUT_S = 5.0  # a cluster's head answers a TCP connection in well under a second
+DEFAULT_PORTS = {"": 6379, "ray://": 10001}  # Ray's GCS port; its client server's
+
+
+def check_address(address: str | None) -> None:
+    """InputError naming the address unless something accepts a TCP connection at `address`
+    (else RAY_ADDRESS) within PROBE_TIMEOUT_S: ray.init waits for minutes on an address where
+    nothing answers (300 s and more for 127.0.0.1:1), printing only Ray's own warnings.
+    "auto" and "local" are left to Ray, which resolves them at once."""
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    if given is None or given in ("auto", "local"):
+        return
+    where = f"--address {given}" if address else f"RAY_ADDRESS={given}"
+    host, port = _host_port(given)
+    if port is None:
+        raise InputError(f"{where}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or f"no answer within {PROBE_TIMEOUT_S:g} s"
+        raise InputError(f"no Ray cluster answers at {where} ({why}); start one there (ray "
+                         "start --head) or leave the address out for a local instance") from None
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    """(host, port) of "[ray://]HOST[:PORT]" (an IPv6 host in brackets), the port Ray's default
+    when left out; port None when it is not a port number."""
+    scheme = "ray://" if address.startswith("ray://") else ""
+    rest = address.removeprefix(scheme)
+    host, _, port = rest.rpartition(":")
+    if not host or port.endswith("]"):  # no port: "head", "[::1]"
+        host, port = rest, str(DEFAULT_PORTS[scheme])
+    ok = port.isdigit() and 0 < int(port) < 65536
+    return host.strip("[]"), int(port) if ok else None
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -34,7 +69,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     """Connect to Ray (idempotent) and return the cluster's resources.
 
     address: a cluster address ("auto", "HOST:PORT"); None uses RAY_ADDRESS if set, else starts a
-    local instance whose servers listen on 127.0.0.1 only.
+    local instance whose servers listen on 127.0.0.1 only. An address is probed first
+    (`check_address`).
     """
     import logging
 
@@ -45,6 +81,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     from genomeconv.errors import verbose
 
     if not ray.is_initialized():
+        check_address(address)
         logs.quiet_libraries()  # after importing ray and ray.data, which set their own levels
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
