@@ -315,3 +315,34 @@ def test_plot_track_draws_the_pipeline_output(whole, genome, tmp_path):
                                     str(png)])
     assert done.exit_code == 0, done.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_that_outputs_nan_stops_the_run_or_marks_every_row(ray_local, tmp_path, genome):
+    """track checked for infinity only: a NaN model exited 0 with every measure null,
+    nonfinite = false even with --keep-nonfinite, and empty bigWigs (issue 30)."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+    from genomeconv.models import HyenaConfig, HyenaDNA
+
+    torch.manual_seed(1)
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=MAX_LEN))
+    with torch.no_grad():  # finite weights (load() refuses NaN ones) whose output overflows
+        model.backbone.ln_f.weight[3] = 3e38
+        model.backbone.ln_f.bias[3] = 3e38
+    model.save(tmp_path / "nan")
+    fasta, _ = genome
+    out = tmp_path / "t"
+    args = ["track", fasta, "--model", str(tmp_path / "nan"), "--region", "c2:1-60", "--out",
+            str(out)]
+    stopped = CliRunner().invoke(app, args)
+    assert stopped.exit_code == 2, stopped.output
+    assert "non-finite" in stopped.output and "c2:" in stopped.output
+    assert not list((out / "track").glob("part-*"))
+    kept = CliRunner().invoke(app, args + ["--keep-nonfinite"])  # resumes: no --overwrite
+    assert kept.exit_code == 0, kept.output
+    rows = read_track(out)
+    assert len(rows["position"]) == 60 and all(rows["nonfinite"])
+    assert all(v is not None and not np.isfinite(v) for v in rows["logp_ref"])
+    assert not list((out / "bigwig").glob("*.bw"))  # nothing finite: no empty bigWig
+    assert "bigwig/logp_ref.bw not written" in kept.output
