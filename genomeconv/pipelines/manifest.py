@@ -315,9 +315,15 @@ class Run:
     token: RunToken
 
 
-def _outputs(part_dirs: Sequence[Path]) -> list[Path]:
-    return [p for d in part_dirs if d.is_dir()
-            for pattern in (PART_GLOB, TEMP_GLOB, f"{DAMAGED_PREFIX}*") for p in d.glob(pattern)]
+# What --overwrite removes in OUT and in each folder directly under it (embeddings/, per_base/,
+# track/, bigwig/: whichever job wrote them): parts, temporary and moved-aside files, bigWigs.
+OUTPUT_GLOBS = (PART_GLOB, TEMP_GLOB, f"{DAMAGED_PREFIX}*", "*.bw")
+
+
+def _outputs(folder: Path) -> list[Path]:
+    """Every output file of any genomeconv job in `folder` (OUTPUT_GLOBS)."""
+    dirs = [folder, *(d for d in folder.iterdir() if d.is_dir())]
+    return [p for d in dirs for pattern in OUTPUT_GLOBS for p in d.glob(pattern) if p.is_file()]
 
 
 @contextlib.contextmanager
@@ -326,8 +332,10 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
     """Lock `folder`, check (or write) its manifest, and yield the Run; the lock is released when
     the block ends, however it ends.
 
-    part_dirs: the folders holding this kind's parts (`folder` itself or subfolders of it); with
-    `overwrite` their parts, temporary and moved-aside files and the manifest are removed first.
+    part_dirs: the folders holding this kind's parts (`folder` itself or subfolders of it),
+    cleared of a killed run's temporary files. With `overwrite`, once the lock is held, every
+    genomeconv output in the folder is removed first, whichever job wrote it (`OUTPUT_GLOBS`),
+    and the manifest.
     Refused (InputError): a folder whose manifest differs, or that holds parts without one.
     """
     folder = Path(folder)
@@ -341,7 +349,7 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
         path = folder / MANIFEST_FILE
         parts = sorted(folder.rglob(PART_GLOB))  # any kind's: embed's sit in subfolders
         if overwrite:
-            removed = _outputs(dirs)
+            removed = _outputs(folder)
             for p in removed:
                 p.unlink()
             path.unlink(missing_ok=True)
