@@ -10,7 +10,6 @@ modules (torch, ray) happen inside the commands so that `genomeconv --help` stay
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from genomeconv.errors import VERBOSE_ENV, GenomeconvError, verbose
+from genomeconv.errors import PATH_ERRNOS, VERBOSE_ENV, GenomeconvError, verbose
 
 EXIT_INPUT = 2  # bad input or options, in every command (typer's usage errors use 2 as well)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process ended by SIGINT
@@ -30,10 +29,6 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process ended by SIGINT
 USER_ERRORS: tuple[type[BaseException], ...] = (
     GenomeconvError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
     PermissionError)
-# OSErrors without a class of their own that a path causes: a symlink loop, a name too long, a
-# full disk or quota, a read-only file system, a file over the size limit.
-PATH_ERRNOS = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT,
-                         errno.EROFS, errno.EFBIG})
 INTERRUPTED = ("genomeconv: interrupted; what was written is kept (finished parts, no partial "
                "ones): rerun the same command to resume")
 BUG_HINT = ("genomeconv: this is a bug in genomeconv, not a problem with your input: please "

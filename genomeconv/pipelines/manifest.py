@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import GenomeconvError, InputError, writing
 from genomeconv.pipelines import schema
 
 MANIFEST_FILE = "_genomeconv_manifest.json"  # "_": readers of the folder (pyarrow) skip it
@@ -174,11 +174,14 @@ def differences(old: Manifest, new: Manifest, *, old_schema: str | None = None) 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path), open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- one writer per folder ---------------------------------------------------------------------
@@ -244,7 +247,7 @@ class FolderLock:
                  f"({_describe(stale)})")
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id}
-        with open(self.folder / COMMIT_LOCK_FILE, "a") as guard:
+        with writing(self.path), open(self.folder / COMMIT_LOCK_FILE, "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)  # orphaned workers' commits finish first
             fh.seek(0)
             fh.truncate()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import GenomeconvError, InputError, writing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -352,7 +352,6 @@ class PartWriter:
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         self.final = out / f"part-{unit_id}.parquet"
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
@@ -360,19 +359,23 @@ class PartWriter:
         # Dictionary pages only for text (names, bases, statuses): trying them on float columns
         # cost 3x the write time of a track part and made it 40% larger.
         text = [f.name for f in schema if pa.types.is_string(f.type)]
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema,
-                                                                 use_dictionary=text)
+        with writing(self.final):  # a full disk: one line naming the part (errors.writing)
+            out.mkdir(parents=True, exist_ok=True)
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema,
+                                                                     use_dictionary=text)
 
     def write(self, table: "pa.Table") -> None:
         """Append rows (one or more row groups of at most 65,536 rows)."""
         assert self._writer is not None, "write after commit/discard"
-        self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
-                                 row_group_size=65536)
+        with writing(self.final):
+            self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
+                                     row_group_size=65536)
 
     def commit(self) -> Path:
         """Close the file and move it into place."""
         assert self._writer is not None, "commit twice"
-        self._writer.close()
+        with writing(self.final):
+            self._writer.close()
         self._writer = None
         if self.token is None:
             os.replace(self.tmp, self.final)
@@ -381,10 +384,14 @@ class PartWriter:
         return self.final
 
     def discard(self) -> None:
-        """Remove the temporary file of a failed unit (no-op after commit)."""
+        """Remove the temporary file of a failed unit (no-op after commit), also when closing
+        it fails too (a full disk): only whole parts are ever left."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError:
+                pass  # the file is removed next, whatever its writer could not flush
             self.tmp.unlink(missing_ok=True)
 
 

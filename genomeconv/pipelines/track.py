@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genomeconv.errors import InputError
+from genomeconv.errors import InputError, writing
 from genomeconv.io.regions import Span, merge_spans, reverse_complement, subtract_spans
 from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import manifest, preflight, runtime, schema
@@ -81,6 +81,9 @@ STRANDS = ("both", "fwd")
 BIGWIG_CHOICES = ("mean", "all", "none")
 KEY_PIECES = b"genomeconv.track_pieces"  # JSON [[chrom, start, end], ...] of a part's pieces
 KEY_TRACK = b"genomeconv.track"  # JSON: context, receptive field, pieces, strands, log base
+# Space a bigWig takes: 5.2 bytes per value and a few kB measured (zlib, 10 zoom levels); libBigWig
+# aborts the process when the disk fills up under it, so the space is checked first.
+BIGWIG_BYTES = (8, 1 << 16)  # per value, per file
 _COMPLEMENT_COLUMNS = [3, 2, 1, 0]  # reverse-strand columns A C G T -> plus-strand T G C A
 
 
@@ -400,16 +403,20 @@ def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
         header = sorted(zip(fa.references, fa.lengths))
     rank = {name: k for k, (name, _) in enumerate(header)}
     groups = []  # (rank, first position, part, row group)
+    rows = 0
     for part in sorted((Path(out) / TRACK_DIR).glob(manifest.PART_GLOB)):
         pf = pq.ParquetFile(part)
         names = pf.schema_arrow.names
+        rows += pf.metadata.num_rows
         for g in range(pf.metadata.num_row_groups):
             rg = pf.metadata.row_group(g)
             chrom = rg.column(names.index("chrom")).statistics.min
             first = rg.column(names.index("position")).statistics.min
             groups.append((rank[chrom], first, str(part), g))
     groups.sort(key=lambda x: (x[0], x[1]))
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    check_space(folder, len(columns) * (BIGWIG_BYTES[0] * rows + BIGWIG_BYTES[1]))
     runtime.connect(address)
     task = ray.remote(num_cpus=1)(write_bigwig)
     counts = ray.get([task.remote(str(path), header, [(p, g) for _, _, p, g in groups], column)
@@ -419,6 +426,17 @@ def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
             manifest.note(f"{path} not written: the track holds no finite {path.stem} value "
                           "(every position null, or non-finite from the model)")
     return [path for path, count in zip(final, counts) if count]
+
+
+def check_space(folder: Path, need: int) -> None:
+    """InputError naming `folder` when its disk has less than `need` bytes free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise InputError(f"the bigWigs need about {need / 2**20:,.1f} MiB and the disk has "
+                         f"{free / 2**20:,.1f} MiB free: make room and rerun (the track parts "
+                         "are complete; the rerun writes only the bigWigs)", path=folder)
 
 
 def write_bigwig(path: str, header: list[tuple[str, int]], groups: list[tuple[str, int]],
