@@ -3,10 +3,8 @@ of any family (dispatched on config.json's "family"; see models/base.py, which w
 
 - original: config.json (with a nested "layer" dict) + weights.ckpt, a Lightning checkpoint whose
   state_dict keys start with `model.backbone.` (gradient-checkpointed runs add `.mixer.layer.` /
-  `.mlp.layer.`). The public files pickle omegaconf objects, so a plain `weights_only=True` load
-  fails; we then load again with every non-torch global replaced by an inert placeholder class,
-  so no code from the file runs (tensors are rebuilt only by torch's allowlisted functions).
-  The residual risk is that of torch's restricted unpickler itself; prefer safetensors.
+  `.mlp.layer.`), read by models/weights.py: torch's restricted unpickler, the omegaconf objects
+  the public files pickle replaced by inert placeholders, so no code from the file runs.
 - -hf: config.json (flat) + model.safetensors with `hyena.backbone.*` and `lm_head.weight`
   (the shared Sin `freq` may be stored once or three times; the z/t buffers are stored too).
 - genomeconv: config.json ({"format": "genomeconv-<family>", "family", "config": ...}) +
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 import typing
 from dataclasses import fields
@@ -41,10 +38,14 @@ from genomeconv.errors import InputError
 from genomeconv.models import kmer
 from genomeconv.models.base import FORMAT_VERSION, LanguageModel, family_loader, register
 from genomeconv.models.hyena import SHARED_FREQ, HyenaConfig, HyenaDNA
+from genomeconv.models.weights import load_torch_file
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_ID = "genomeconv/bundled"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The hub's rule for owner and repository names: letters, digits, '-', '_', '.', at most 96,
+# not starting or ending with '-' or '.', no '--' or '..' ("x/.." is a path, not a repository).
+_HUB_NAME = r"(?!.*(?:--|\.\.))\w(?:[\w.-]{0,94}\w)?"
+_HUB_ID = re.compile(rf"^{_HUB_NAME}/{_HUB_NAME}$")
 _HUB_FILES = ["config.json", "model.safetensors", "weights.ckpt"]
 _LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 # Bounds that catch mistyped config values before a model is allocated from them.
@@ -59,19 +60,6 @@ class CheckpointDownloadError(InputError, OSError):
 
 class ModelNotFoundError(InputError, FileNotFoundError):
     """No model folder (or no config/weights in it) where the user pointed."""
-
-
-class _Inert:
-    """Stand-in for every non-torch global in a Lightning pickle: accepts anything, does nothing."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -172,23 +160,16 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_lightning(path: Path) -> dict[str, torch.Tensor]:
-    """state_dict of a Lightning weights.ckpt without running code from the file."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:  # not a torch zip file: truncated, corrupt
-        raise InputError(f"unreadable checkpoint ({' '.join(str(exc).split())})",
-                         path=path) from None
-    except pickle.UnpicklingError:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        try:
-            with torch.serialization.safe_globals([(_Inert, name) for name in names]):
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise InputError(f"refusing to unpickle this checkpoint ({exc}); convert it to "
-                             "safetensors where it came from", path=path) from None
+    """state_dict of a Lightning weights.ckpt without running code from the file (its omegaconf
+    objects become inert placeholders: models/weights.py)."""
+    ckpt = load_torch_file(path, inert_unknown=True)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise InputError("no 'state_dict' in this Lightning checkpoint", path=path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        held = type(ckpt).__name__ if not isinstance(ckpt, dict) else (
+            f"a dict with {', '.join(map(repr, list(ckpt)[:5]))}")
+        raise InputError(f"not a Lightning checkpoint: no 'state_dict' of tensors (it holds "
+                         f"{held})", path=path)
     return state
 
 
@@ -371,8 +352,9 @@ def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]
         return _download(str(path_or_hub_id)), str(path_or_hub_id)
     raise ModelNotFoundError("no such model folder" + (
         "" if isinstance(path_or_hub_id, Path) or "/" not in path_or_hub_id else
-        " (a local path: hub ids are owner/name with no ./, ../, / or ~ and no local first "
-        "component)"), path=path)
+        " (and not a hub id: those are owner/name, each of letters, digits, '-', '_' and '.', "
+        "not starting or ending with '-' or '.', with no '--' or '..', and neither starts "
+        "with ./, ../, / or ~ nor has a first component that exists here)"), path=path)
 
 
 def is_hub_id(name: str | Path) -> bool:
