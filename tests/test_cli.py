@@ -183,3 +183,57 @@ def test_a_symlink_loop_or_a_folder_as_input_is_one_line(tmp_path):
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 2, stderr
         assert stderr.splitlines() == [f"error: {path}: {cases[path]}"]
+
+
+def _interrupt(args: list, when) -> subprocess.CompletedProcess:
+    """Run the real `genomeconv ARGS` in a session of its own and send SIGINT to its process
+    group, as a terminal's Ctrl-C does, once `when()` is true, or (`when` a string) once its
+    stdout shows that text."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    out = ""
+    if isinstance(when, str):
+        while when not in out and (line := proc.stdout.readline()):
+            out += line
+    else:
+        t0 = time.monotonic()
+        while not when() and proc.poll() is None and time.monotonic() - t0 < 240:
+            time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out + rest, err)
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
+    """At the start, mid-run and during Ray's shutdown at the end of a finished run (which gave
+    a KeyboardInterrupt traceback and exit 1, issue 30); what was written resumes."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from fixtures import random_seq, save_tiny_model, write_fasta
+    from genomeconv.cli import INTERRUPTED
+
+    model = save_tiny_model(tmp_path / "m", seed=1, max_seq_len=64)
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": random_seq(rng, 12_000)})
+    out = tmp_path / "o"
+    args = ["track", fasta, "--model", model, "--out", out, "--bigwig", "none",
+            "--piece-bp", "2000", "--unit-bp", "2000", "--num-workers", "1"]
+    parts = lambda: sorted((out / "track").glob("part-*.parquet"))  # noqa: E731
+    t0 = time.monotonic()
+    runs = [_interrupt(args, lambda: time.monotonic() - t0 > 1.0),  # importing, starting Ray
+            _interrupt(args, lambda: len(parts()) >= 2)]  # mid-run
+    done_mid = len(parts())
+    runs.append(_interrupt(args, "output: "))  # the summary is out: Ray is shutting down
+    for run in runs:
+        assert run.returncode == 130, run.stderr
+        assert run.stderr.strip().splitlines()[-1] == INTERRUPTED, run.stderr
+        assert "Traceback" not in run.stderr
+    assert 2 <= done_mid < 6  # the mid-run interrupt came with parts left to do
+    assert "12,000 positions" in runs[-1].stdout
+    positions = sorted(x for p in parts() for x in pq.read_table(p).column("position").to_pylist())
+    assert positions == list(range(12_000))  # resumed: every position once
