@@ -572,10 +572,10 @@ def embed(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         raise InputError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if per_base_dtype not in PER_BASE_DTYPES:
         raise InputError(f"--per-base-dtype must be float32 or float16 (got {per_base_dtype!r})")
-    if batch_size < 1 or num_workers < 1 or (unit_bp is not None and unit_bp < 1):
-        raise InputError("--batch-size, --unit-bp and --num-workers must be >= 1")
     runtime.compute_dtype(dtype)
     preflight.check(out, fasta=None if is_read_file(input_path) else input_path, device=device,
+                    sizes={"--batch-size": batch_size, "--unit-bp": unit_bp,
+                           "--chunk-size": chunk_size},
                     gpus_per_worker=gpus_per_worker, num_workers=num_workers, address=address)
     probe = load(model, device="cpu")  # fail on a bad --model before planning or starting Ray
     probe.require_embeddings("embed")

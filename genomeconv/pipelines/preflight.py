@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from genomeconv.errors import InputError
@@ -26,13 +27,18 @@ from genomeconv.pipelines.runtime import check_address
 
 def check(out: str | Path, *, fasta: str | Path | None = None,
           variants: str | Path | None = None, window: int | None = None,
+          sizes: Mapping[str, float | None] | None = None,
           device: str | None = None, gpus_per_worker: float = 0.0, num_workers: int = 1,
           address: str | None = None) -> None:
     """Every check that needs no model run, in the order a user fixes them (the cluster address
-    first: a wrong one would hang Ray later, then inputs, sizes, devices, output); raises
+    first: a wrong one would hang Ray later, then sizes, inputs, devices, output); raises
     InputError naming the file or option. `window`: a window size the user asked for, checked
-    against the FASTA's contigs."""
+    against the FASTA's contigs; `sizes`: options that count bases, items or workers, by name
+    (`check_sizes`)."""
     check_address(address)
+    check_sizes({**(sizes or {}), "--num-workers": num_workers})
+    if window is not None and window < 2:
+        raise InputError(f"--window must be at least 2 bases (got {window})")
     if fasta is not None:
         check_fasta(fasta, window=window)
     if variants is not None:
@@ -45,8 +51,8 @@ def check(out: str | Path, *, fasta: str | Path | None = None,
 def check_fasta(path: str | Path, *, window: int | None = None) -> None:
     """The FASTA opens (and is indexed) in this process, as the workers will open it (one note
     per empty record, which the index leaves out, so it is not dropped silently), and a
-    requested `window` fits in its longest contig (a longer one is mostly padding everywhere,
-    and a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
+    requested `window` fits in its longest contig (a longer one makes every window a whole
+    contig: a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
     from genomeconv.io.fasta import FastaFile
 
     with FastaFile(path) as fa:
@@ -57,8 +63,16 @@ def check_fasta(path: str | Path, *, window: int | None = None) -> None:
         longest, name = max(zip(fa.lengths, fa.references), default=(0, ""))
     if window > longest:
         raise InputError(f"--window {window:,} is longer than the longest contig ({name}, "
-                         f"{longest:,} bp): every window would be mostly padding; use "
+                         f"{longest:,} bp): every window would be a whole contig; use "
                          f"--window {longest} or less", path=path)
+
+
+def check_sizes(sizes: Mapping[str, float | None]) -> None:
+    """Each given size (None: the default) is at least 1: a 0 once silently meant the default
+    (--window 0 scored 1,024-bp windows)."""
+    for name, value in sizes.items():
+        if value is not None and not value >= 1:
+            raise InputError(f"{name} must be at least 1 (got {value})")
 
 
 def check_variants(path: str | Path) -> None:

@@ -533,13 +533,13 @@ def track(input_path: str | Path, out: str | Path, *, regions: Sequence[str] = (
         raise InputError(f"--strands must be one of {', '.join(STRANDS)} (got {strands!r})")
     if bigwig not in BIGWIG_CHOICES:
         raise InputError(f"--bigwig must be one of {', '.join(BIGWIG_CHOICES)} (got {bigwig!r})")
-    if min(num_workers, context or 1, piece_bp or 1, unit_bp or 1) < 1:
-        raise InputError("--num-workers, --context, --piece-bp and --unit-bp must be >= 1")
     runtime.compute_dtype(dtype)
     if is_read_file(input_path):
         raise InputError("track needs a reference sequence (FASTA, GenBank, EMBL or GFF3 with "
                          "##FASTA), not reads", path=input_path)
     preflight.check(out, fasta=input_path, device=device, gpus_per_worker=gpus_per_worker,
+                    sizes={"--context": context, "--piece-bp": piece_bp, "--unit-bp": unit_bp,
+                           "--chunk-size": chunk_size},
                     num_workers=num_workers, address=address)
     model, model_id = resolve_model(model, input_path)
     probe = load(model, device="cpu", model_id=model_id)

@@ -643,6 +643,7 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
         raise InputError("--region and --genes select variants from a VARIANTS file; with "
                          "--saturate give the regions to --saturate")
     preflight.check(out, fasta=fasta, variants=variants if from_file else None, window=window,
+                    sizes={"--batch-size": batch_size, "--unit-size": unit_size},
                     device=device, num_workers=num_workers, address=address)
     model, model_id = resolve_model(model, fasta)
     probe = load(model, device="cpu", model_id=model_id)
