@@ -290,9 +290,10 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str,
         raise InputError(f"SQL: {_one_line(exc)}") from None
 
 
-def check_out(out: str | Path, *, force: bool = False) -> Path:
-    """`out` when rows may be written there: not a folder, not an existing file unless `force`,
-    and not inside a genomeconv output folder (its parts and manifest are never touched)."""
+def check_out(out: str | Path, *, force: bool = False, what: str = "rows") -> Path:
+    """`out` when `what` (rows, a figure) may be written there: not a folder, not an existing
+    file unless `force`, and not inside a genomeconv output folder (its parts and manifest are
+    never touched)."""
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise InputError("is a folder; --out takes a file name", path=out)
@@ -300,8 +301,8 @@ def check_out(out: str | Path, *, force: bool = False) -> Path:
         raise InputError("already exists (pass --force to replace it)", path=out)
     for folder in path.parents:
         if _is_output_folder(folder, parts=folder == path.parent):
-            raise InputError(f"is inside the genomeconv output folder {folder}; write the rows "
-                             "elsewhere", path=out)
+            raise InputError(f"is inside the genomeconv output folder {folder}; write the "
+                             f"{what} elsewhere", path=out)
     return path
 
 
