@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genomeconv.errors import InputError
-from genomeconv.io.regions import Interval, parse_region, reverse_complement
+from genomeconv.io.regions import Interval, NotFoundError, parse_region, reverse_complement
 
 SECONDARY_OR_SUPPLEMENTARY = 0x100 | 0x800
 _MAX_SCAN = 100_000  # records read past a stored offset before giving up on finding a read
@@ -177,8 +177,8 @@ class ReadFile:
         for _, record in zip(range(_MAX_SCAN), records):
             if _matches(record, ref):
                 return record
-        raise InputError(f"read {ref.name!r} (flag {ref.flag}) not found again; was the file "
-                         "changed since the run was planned?", path=self.path)
+        raise NotFoundError(f"read {ref.name!r} (flag {ref.flag}) not found again; was the "
+                            "file changed since the run was planned?", path=self.path)
 
     def close(self) -> None:
         """Close the pysam handle."""
