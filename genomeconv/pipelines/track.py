@@ -48,8 +48,8 @@ mean`: the six strand means, `all`: every measure column, `none`), from every pa
 chromosome sizes from the FASTA index, chromosomes in name order (UCSC's readers find a
 chromosome by binary search over the names; libBigWig keeps the order it is given), sorted
 0-based half-open intervals of one base (fixedStep, span 1), null and non-finite values and the
-rows marked nonfinite left out; written under a temporary name and renamed. A column without a single finite value is not
-written (an empty bigWig says nothing), and one note line says so.
+rows marked nonfinite left out; written under a temporary name and renamed. A column without a
+single finite value is not written (an empty bigWig says nothing), and one note line says so.
 """
 
 from __future__ import annotations
