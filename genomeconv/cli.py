@@ -1,15 +1,18 @@
 """The `genomeconv` command line: one thin function per command, each calling a pipeline.
 
 Each command parses its options and hands them to the module that does the work; no logic lives
-here beyond option parsing and the one error boundary (`BoundaryGroup`): bad input anywhere, in
-any command, ends as one line `error: ...` on stderr and exit code 2 (with -v, after the
-traceback). Imports of heavy modules (torch, ray) happen inside the commands so that
-`genomeconv --help` stays fast.
+here beyond option parsing and the one error boundary (`BoundaryGroup`, `main`): bad input
+anywhere, in any command, ends as one line `error: ...` on stderr and exit code 2 (with -v, after
+the traceback); Ctrl-C at any moment as one line and exit code 130; anything else is a bug and
+keeps its traceback, followed by a line asking for a report (exit code 1). Imports of heavy
+modules (torch, ray) happen inside the commands so that `genomeconv --help` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import traceback
 from typing import Any
 
@@ -18,33 +21,52 @@ import typer
 from typer.core import TyperGroup
 
 from genomeconv.commands import embed, plot, query, submit, track, train, variants
-from genomeconv.errors import VERBOSE_ENV, GenomeconvError, verbose
+from genomeconv.errors import PATH_ERRNOS, VERBOSE_ENV, GenomeconvError, verbose
 
 # Usage errors (a bad option): click's, and those of the copy of click newer typers carry.
 USAGE_ERRORS = tuple({click.UsageError, typer.BadParameter.__mro__[1]})
 EXIT_INPUT = 2  # bad input or options, in every command (typer's usage errors use 2 as well)
-# OSErrors that mean a path the user gave is wrong. ValueError and KeyError are still raised for
-# bad input by modules that predate InputError (io readers, pipelines' option checks); they stay
-# here until every one of them raises InputError.
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process ended by SIGINT
+# genomeconv's own errors, and the OSErrors that mean a path the user gave cannot be used.
+# Anything else (ValueError, KeyError, ... from a bug) keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     GenomeconvError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-    PermissionError, ValueError, KeyError)
+    PermissionError)
+INTERRUPTED = ("genomeconv: interrupted; what was written is kept (finished parts, no partial "
+               "ones): rerun the same command to resume")
+BUG_HINT = ("genomeconv: this is a bug in genomeconv, not a problem with your input: please "
+            "report it with the command and the traceback above")
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error itself, or for a Ray task error the error raised in the task."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and type(exc).__module__.startswith("ray."):
+        return cause
+    return exc
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` is the user's to fix (one line, exit 2) rather than a bug (a traceback)."""
+    exc = _cause(exc)
+    return isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError)
+                                            and exc.errno in PATH_ERRNOS)
 
 
 def error_line(exc: BaseException) -> str:
-    """One line for an error: a Ray task error is reported by its cause, whitespace collapsed."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and type(exc).__module__.startswith("ray."):
-        exc = cause
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        text = exc.args[0]  # str(KeyError) quotes its message
+    """One line for an error: a Ray task error is reported by its cause, an OSError by its path
+    and reason, whitespace collapsed."""
+    exc = _cause(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, GenomeconvError) and exc.filename:
+        text = f"{exc.filename}: {exc.strerror or exc}"
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())
 
 
 class BoundaryGroup(TyperGroup):
-    """The root command group: runs the chosen command and turns user errors into one line."""
+    """The root command group: runs the chosen command, turns user errors into one line and
+    Ctrl-C into one line and exit code 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -52,7 +74,12 @@ class BoundaryGroup(TyperGroup):
         except USAGE_ERRORS as exc:  # a bad option: one line, not click's box
             click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
-        except USER_ERRORS as exc:
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED, err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
             if verbose():
                 traceback.print_exc()
             click.echo(f"error: {error_line(exc)}", err=True)
@@ -81,8 +108,36 @@ def root(
 
 
 def main() -> None:
-    """Console entry point (`genomeconv`, `python -m genomeconv.cli`)."""
-    app(prog_name="genomeconv")
+    """Console entry point (`genomeconv`, `python -m genomeconv.cli`): the command, then the
+    shutdown of the Ray it started, both inside the error boundary; a bug's traceback is
+    followed by BUG_HINT."""
+    try:
+        app(prog_name="genomeconv")
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    except Exception:
+        sys.excepthook(*sys.exc_info())  # typer's traceback, as if uncaught
+        click.echo(BUG_HINT, err=True)
+        code = 1
+    code = shutdown_ray(code)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is over: no atexit traceback now
+    sys.exit(code)
+
+
+def shutdown_ray(code: int | str | None) -> int | str | None:
+    """Stop the Ray this process started (a local instance's servers) here rather than in Ray's
+    atexit hook, where a Ctrl-C prints a traceback; returns the exit code (EXIT_INTERRUPTED when
+    interrupted, with one line)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return code
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        return EXIT_INTERRUPTED
+    return code
 
 
 @app.command()

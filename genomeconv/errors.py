@@ -8,9 +8,16 @@ traceback. `InputError` subclasses ValueError so that callers that caught ValueE
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 
 VERBOSE_ENV = "GENOMECONV_VERBOSE"  # "1": tracebacks and other libraries' INFO/WARNING lines
+# OSErrors without a class of their own that a path or its disk causes: a symlink loop, a name
+# too long, a full disk or quota, a read-only file system, a file over the size limit.
+PATH_ERRNOS = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT,
+                         errno.EROFS, errno.EFBIG})
 
 
 class GenomeconvError(Exception):
@@ -35,3 +42,18 @@ def verbose() -> bool:
     """Whether the user asked for tracebacks and other libraries' logs (-v or GENOMECONV_VERBOSE);
     an environment variable so that Ray workers started by this process see it too."""
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around writing an output file: an OSError that its disk or folder causes (full, over
+    quota, read-only, no permission) becomes an InputError naming `path`, the file the user
+    would look for (not a temporary name); other OSErrors are bugs and pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if not (isinstance(exc, PermissionError) or exc.errno in PATH_ERRNOS):
+            raise
+        raise InputError(f"cannot write ({exc.strerror or exc}); what was written before is "
+                         "kept: make room or pass another --out, then rerun to resume",
+                         path=path) from None

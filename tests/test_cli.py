@@ -1,5 +1,7 @@
 """The command line's common parts: the error boundary, -v, the dtype warning."""
 
+import errno
+import os
 import subprocess
 import sys
 
@@ -7,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fixtures import cli_env, run_cli
-from genomeconv.cli import USER_ERRORS, app, error_line
+from genomeconv.cli import BUG_HINT, USER_ERRORS, app, error_line, is_user_error
 from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime
 
@@ -60,8 +62,9 @@ def test_local_jobs_warn_about_an_emulated_dtype_before_running(tmp_path, monkey
 def test_error_line_is_one_line_from_the_cause():
     from ray.exceptions import RayTaskError
 
-    assert error_line(KeyError("no such gene 'X'")) == "no such gene 'X'"
-    assert error_line(ValueError("a\n  b   c")) == "a b c"
+    assert error_line(InputError("a\n  b   c")) == "a b c"
+    loop = OSError(errno.ELOOP, "Too many levels of symbolic links", "/data/in.fa")
+    assert error_line(loop) == "/data/in.fa: Too many levels of symbolic links"
     remote = RayTaskError("f", "Traceback (most recent call last):\n  ...\nInputError: x",
                           InputError("bad thing", path="/x.fa", line=3)).as_instanceof_cause()
     assert isinstance(remote, USER_ERRORS) and error_line(remote) == "/x.fa, line 3: bad thing"
@@ -75,6 +78,28 @@ def test_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(runtime, "describe_environment", broken)
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("error", ["ValueError('bad value')", "KeyError('k')"])
+def test_a_value_or_key_error_from_a_bug_shows_its_traceback_and_a_report_hint(error):
+    """Issue 27: ValueError and KeyError were user errors (one line, exit 2), so a bug raising
+    either looked like the user's fault; only genomeconv's own errors are user errors now."""
+    script = ("import genomeconv.pipelines.runtime as r\n"
+              f"def broken():\n    raise {error}\n"
+              "r.describe_environment = broken\n"
+              "from genomeconv.cli import main\nmain()\n")
+    run = subprocess.run([sys.executable, "-c", script, "info"], env=cli_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" in run.stderr and error.split("(")[0] in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == BUG_HINT
+
+
+def test_os_errors_of_a_path_are_user_errors():
+    for code in (errno.ELOOP, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG):
+        assert is_user_error(OSError(code, os.strerror(code), "/x"))
+    assert not is_user_error(OSError(errno.EBADF, "Bad file descriptor"))
+    assert not is_user_error(ValueError("x")) and not is_user_error(KeyError("x"))
 
 
 @pytest.mark.parametrize("flag", ["-v", "--verbose", "--debug"])
@@ -119,3 +144,74 @@ def test_every_command_ends_bad_input_with_one_line_and_exit_2(tmp_path):
         assert proc.returncode == 2, (name, stderr)
         assert "Traceback" not in stderr and len(lines) == 1, (name, stderr)
         assert lines[0].startswith("error: "), (name, stderr)
+
+
+def test_a_symlink_loop_or_a_folder_as_input_is_one_line(tmp_path):
+    """A symlink loop as input gave an OSError traceback (issue 30); nothing else is printed,
+    not even an empty line before the error."""
+    loop = tmp_path / "loop.fa"
+    os.symlink(tmp_path / "other.fa", loop)
+    os.symlink(loop, tmp_path / "other.fa")
+    script = [sys.executable, "-c", "from genomeconv.cli import main; main()"]
+    cases = {loop: "Too many levels of symbolic links", tmp_path: "Is a directory"}
+    running = {path: subprocess.Popen([*script, "embed", str(path), "--out", str(tmp_path / "o")],
+                                      env=cli_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for path in cases}
+    for path, proc in running.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, stderr
+        assert stderr.splitlines() == [f"error: {path}: {cases[path]}"]
+
+
+def _interrupt(args: list, when) -> subprocess.CompletedProcess:
+    """Run the real `genomeconv ARGS` in a session of its own and send SIGINT to its process
+    group, as a terminal's Ctrl-C does, once `when()` is true, or (`when` a string) once its
+    stdout shows that text."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    out = ""
+    if isinstance(when, str):
+        while when not in out and (line := proc.stdout.readline()):
+            out += line
+    else:
+        t0 = time.monotonic()
+        while not when() and proc.poll() is None and time.monotonic() - t0 < 240:
+            time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out + rest, err)
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
+    """At the start, mid-run and during Ray's shutdown at the end of a finished run (which gave
+    a KeyboardInterrupt traceback and exit 1, issue 30); what was written resumes."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from fixtures import random_seq, save_tiny_model, write_fasta
+    from genomeconv.cli import INTERRUPTED
+
+    model = save_tiny_model(tmp_path / "m", seed=1, max_seq_len=64)
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": random_seq(rng, 12_000)})
+    out = tmp_path / "o"
+    args = ["track", fasta, "--model", model, "--out", out, "--bigwig", "none",
+            "--piece-bp", "2000", "--unit-bp", "2000", "--num-workers", "1"]
+    parts = lambda: sorted((out / "track").glob("part-*.parquet"))  # noqa: E731
+    t0 = time.monotonic()
+    runs = [_interrupt(args, lambda: time.monotonic() - t0 > 1.0),  # importing, starting Ray
+            _interrupt(args, lambda: len(parts()) >= 2)]  # mid-run
+    done_mid = len(parts())
+    runs.append(_interrupt(args, "output: "))  # the summary is out: Ray is shutting down
+    for run in runs:
+        assert run.returncode == 130, run.stderr
+        assert run.stderr.strip().splitlines()[-1] == INTERRUPTED, run.stderr
+        assert "Traceback" not in run.stderr
+    assert 2 <= done_mid < 6  # the mid-run interrupt came with parts left to do
+    assert "12,000 positions" in runs[-1].stdout
+    positions = sorted(x for p in parts() for x in pq.read_table(p).column("position").to_pylist())
+    assert positions == list(range(12_000))  # resumed: every position once

@@ -221,3 +221,108 @@ def test_long_header_refused_without_leaving_an_index(tmp_path):
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="nope.fa: FASTA file not found"):
         FastaFile(tmp_path / "nope.fa")
+
+
+@pytest.mark.parametrize("packed", ["plain", "bgzip"])
+def test_a_fasta_replaced_with_an_older_mtime_is_read_through_a_new_index(tmp_path, rng, packed):
+    """`cp -p`, `rsync -a` and `tar x` give the new file its old mtime, older than the index:
+    a 6,000-bp record was read as 3,000 bp through the old index (issue 30)."""
+    def fasta(name: str, records: dict[str, str]) -> str:
+        path = write_fasta(tmp_path / name, records, index=False)
+        return pysam.tabix_compress(path, path + ".gz") or path + ".gz" if packed == "bgzip" \
+            else path
+
+    first, new = {"c1": random_seq(rng, 3000)}, {"c1": random_seq(rng, 6000)}
+    path, replacement = fasta("g.fa", first), fasta("new.fa", new)
+    FastaFile(path).close()  # indexed
+    os.utime(replacement, ns=(0, 0))  # made long ago
+    subprocess.run(["cp", "-p", replacement, path], check=True)
+    assert os.stat(path).st_mtime_ns < os.stat(path + ".fai").st_mtime_ns
+    with FastaFile(path) as fa:
+        assert fa.lengths == (6000,) and fa.fetch("c1") == new["c1"]
+    # the same name and size, another layout: 6,001 bases in lines of 61 (6,100 bytes)
+    same = {"c1": random_seq(rng, 6001)}
+    other = write_fasta(tmp_path / "same.fa", same, width=61, index=False)
+    if packed == "bgzip":
+        other = pysam.tabix_compress(other, other + ".gz") or other + ".gz"
+    else:
+        assert os.path.getsize(other) == os.path.getsize(path)
+    os.utime(other, ns=(0, 0))
+    subprocess.run(["cp", "-p", other, path], check=True)
+    with FastaFile(path) as fa:
+        assert fa.lengths == (6001,) and fa.fetch("c1") == same["c1"]
+
+
+def test_a_current_index_is_used_as_it_is(tmp_path, records):
+    """Checking an index reads a few bytes per record: it is not rebuilt (not even touched)."""
+    path = write_fasta(tmp_path / "g.fa", records)  # indexed by samtools
+    before = os.stat(path + ".fai").st_mtime_ns
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # newer than its index: still current
+    with FastaFile(path) as fa:
+        assert fa.lengths == (1234, 321) and fa.empty_records == ()
+    assert os.stat(path + ".fai").st_mtime_ns == before
+
+
+def test_empty_records_are_listed_and_noted(tmp_path, rng, capfd):
+    """htslib leaves an empty record out of its index: it was dropped silently (issue 30)."""
+    from genomeconv.pipelines import preflight
+
+    seq = random_seq(rng, 150)
+    path = tmp_path / "g.fa"
+    path.write_text(f">a\n{seq[:100]}\n>b empty\n>c\n{seq[100:]}\n>d\n\n>e\n{seq[:7]}\n")
+    for _ in range(2):  # built, then checked as current: the same list both times
+        with FastaFile(path) as fa:
+            assert fa.references == ("a", "c", "e") and fa.empty_records == ("b", "d")
+            assert fa.fetch("c") == seq[100:]
+    capfd.readouterr()
+    preflight.check_fasta(path)
+    assert capfd.readouterr().err.splitlines() == [
+        f"genomeconv: {path}: record '{name}' is empty (no bases); it is left out"
+        for name in ("b", "d")]
+
+
+@pytest.mark.parametrize("body, what", [
+    ("", "empty: no FASTA records"),
+    ("\n\n", "empty: no FASTA records"),
+    (">a\n>b\n", "empty: none of its 2 record(s) has any bases"),
+    (">a\nACGT\n>b\n", "the last record 'b' is empty"),
+])
+@pytest.mark.parametrize("packed", ["plain", "gzip"])
+def test_an_empty_file_or_last_record_says_empty_naming_the_file(tmp_path, body, what, packed):
+    """samtools said "Could not build fai index <a temporary path>" (issue 30)."""
+    path = tmp_path / "e.fa"
+    path.write_text(body)
+    if packed == "gzip":  # recompressed to a bgzip copy in the cache: the error names the input
+        path = tmp_path / "e.fa.gz"
+        with gzip.open(path, "wt") as fh:
+            fh.write(body)
+    with pytest.raises(FastaFormatError) as err:
+        FastaFile(path)
+    assert str(err.value).startswith(f"{path}: ") and what in str(err.value)
+    assert "fai" not in str(err.value) and "cache" not in str(err.value)
+
+
+def test_errors_in_a_converted_copy_name_the_users_file(tmp_path):
+    """A plain-gzip FASTA is read through a bgzip copy in the cache, a GFF3 file through its
+    FASTA there: their errors named the copy (issue 30)."""
+    gz = tmp_path / "bad.fa.gz"
+    with gzip.open(gz, "wt") as fh:
+        fh.write(">a\nACGT\nACXT\n")
+    with pytest.raises(FastaFormatError, match=f"^{gz}, line 3, column 3: invalid character"):
+        FastaFile(gz)
+    gff = tmp_path / "dup.gff3"
+    gff.write_text("##gff-version 3\n##FASTA\n>a\nACGT\n>a\nACGT\n")
+    with pytest.raises(InputError, match=f"^{gff}, record a: a second record of this name"):
+        FastaFile(gff)
+
+
+def test_a_symlink_loop_or_a_folder_is_named_as_such(tmp_path):
+    """A symlink loop read as "FASTA file not found" (or an OSError traceback in a command)."""
+    loop = tmp_path / "loop.fa"
+    os.symlink(tmp_path / "other.fa", loop)
+    os.symlink(loop, tmp_path / "other.fa")
+    with pytest.raises(InputError, match=f"^{loop}: cannot read this FASTA file \\(Too many "
+                                         "levels of symbolic links\\)"):
+        FastaFile(loop)
+    with pytest.raises(InputError, match=f"^{tmp_path}: is a folder, not a FASTA file"):
+        FastaFile(tmp_path)

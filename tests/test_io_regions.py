@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from genomeconv.errors import InputError
+
 from genomeconv.io.regions import (Interval, UnknownContigError, format_region, parse_region,
                                    resolve_contig, reverse_complement)
 
@@ -25,18 +27,22 @@ def test_parse_region_open_forms():
     assert format_region(Interval("2", 0, None)) == "2"
 
 
-@pytest.mark.parametrize("bad", ["", "chr1:0-10", "chr1:20-10", ":", "chr1:"])
+@pytest.mark.parametrize("bad", ["", "chr1:0-10", "chr1:20-10", ":", "chr1:",
+                                 "NC_001416.1:,-,", "chr1:1-,", "chr1:-5", "chr1:,"])
 def test_parse_region_rejects_bad(bad):
-    with pytest.raises(ValueError):
+    """One InputError naming the region, never int()'s "invalid literal" (issue 30)."""
+    with pytest.raises(InputError, match="invalid region") as info:
         parse_region(bad)
+    assert repr(bad) in str(info.value) and "literal" not in str(info.value)
 
 
-def test_interval_validates():
-    with pytest.raises(ValueError):
+def test_interval_asserts_its_invariants():
+    """Readers check coordinates with the file's line first: a bad Interval is a bug."""
+    with pytest.raises(AssertionError):
         Interval("c", 10, 5)
-    with pytest.raises(ValueError):
+    with pytest.raises(AssertionError):
         Interval("c", 0, 5, strand=".")
-    with pytest.raises(ValueError):
+    with pytest.raises(AssertionError):
         _ = Interval("c", 3, None).length
 
 

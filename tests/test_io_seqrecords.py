@@ -182,8 +182,8 @@ def test_selection_errors_name_the_file(genome):
 def test_feature_past_record_end_is_refused_like_the_gtf(tmp_path, rng):
     genome = write_genome(tmp_path, rng, past_end=True)
     for kind in ("gbk", "fasta"):
-        with pytest.raises(ValueError, match=f"R1.1:561-640 runs past the end of R1.1 "
-                                             f"\\(length 600\\) in {genome[kind]}"):
+        with pytest.raises(InputError, match=f"^{genome[kind]}: R1.1:561-640 runs past the "
+                                             "end of R1.1 \\(length 600\\)"):
             _plan(genome, kind, features=["gene"])
         # other selections from the same file still work
         assert len(_plan(genome, kind, features=["CDS"], spliced=True)) == 2

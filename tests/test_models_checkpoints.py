@@ -333,3 +333,98 @@ def test_offline_hub_id_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(checkpoints.CheckpointDownloadError) as info:
         load("someone/some-model")
     assert "could not download 'someone/some-model'" in _one_line(info)
+
+
+class _Shell:
+    """Pickles as a call of os.system: what a malicious checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _zip_with_pickle(path, obj, protocol: int) -> None:
+    """A torch zip-format file whose data.pkl is `obj` pickled with `protocol`."""
+    import pickle
+    import zipfile
+
+    torch.save({"state_dict": {}}, path)
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in files if n.endswith("data.pkl"))
+    files[pkl] = pickle.dumps(obj, protocol=protocol)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+CHECKPOINT_FORMS = {
+    "zip, protocol 4, os.system": (lambda p, m: _zip_with_pickle(p, {"state_dict": _Shell(m)}, 4),
+                                   "refusing to unpickle this zip-format file"),
+    "zip, protocol 2, os.system": (lambda p, m: _zip_with_pickle(p, {"state_dict": _Shell(m)}, 2),
+                                   "GLOBAL posix.system"),
+    "legacy, os.system": (lambda p, m: torch.save({"state_dict": {}, "x": _Shell(m)}, p,
+                                                  _use_new_zipfile_serialization=False),
+                          "refusing to unpickle this legacy-format (not zip) file"),
+    "plain pickle": (lambda p, m: p.write_bytes(__import__("pickle").dumps(_Shell(m))),
+                     "refusing to unpickle"),
+    "raw tensor": (lambda p, m: torch.save(torch.zeros(3), p), "it holds Tensor"),
+    "raw legacy tensor": (lambda p, m: torch.save(torch.zeros(3), p,
+                                                  _use_new_zipfile_serialization=False),
+                          "it holds Tensor"),
+    "state dict without state_dict": (lambda p, m: torch.save({"w": torch.zeros(3)}, p),
+                                      "no 'state_dict' of tensors"),
+    "empty": (lambda p, m: p.write_bytes(b""), "unreadable checkpoint (empty file)"),
+    "random bytes": (lambda p, m: p.write_bytes(os.urandom(512)), ""),  # any one-line reason
+}
+
+
+@pytest.mark.parametrize("form", sorted(CHECKPOINT_FORMS))
+def test_every_checkpoint_form_fails_in_one_line_naming_the_file(tmp_path, form):
+    """A zip-format weights.ckpt holding a protocol-4 pickle gave an UnpicklingError traceback,
+    legacy and raw ones errors that did not name the file (issue 30): each form is one line
+    naming it, exit 2, and nothing from it runs."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+    from fixtures import write_fasta
+
+    write_original(random_model(), tmp_path / "m", checkpointed=False)
+    ckpt, marker = tmp_path / "m" / "weights.ckpt", tmp_path / "pwned"
+    make, text = CHECKPOINT_FORMS[form]
+    make(ckpt, marker)
+    fasta = write_fasta(tmp_path / "g.fa", {"c": "ACGT" * 50})
+    result = CliRunner().invoke(app, ["embed", fasta, "--model", str(tmp_path / "m"),
+                                      "--out", str(tmp_path / "o")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {ckpt}: ") and text in lines[0]
+    assert not marker.exists()
+
+
+def test_load_torch_file_allows_named_globals_only(tmp_path):
+    """The reusable loader (an Evo 2 .pt reader calls it too): a class the caller allows is
+    rebuilt, any other is refused naming the file."""
+    from genomeconv.models.weights import load_torch_file
+
+    path = tmp_path / "x.pt"
+    torch.save({"args": argparse.Namespace(d=3), "w": torch.ones(2)}, path)
+    with pytest.raises(InputError, match=f"^{path}: refusing to unpickle.*argparse.Namespace"):
+        load_torch_file(path)
+    loaded = load_torch_file(path, allowed_globals=[argparse.Namespace])
+    assert loaded["args"].d == 3 and torch.equal(loaded["w"], torch.ones(2))
+    with pytest.raises(InputError, match="file not found"):
+        load_torch_file(tmp_path / "none.pt")
+
+
+def test_a_path_that_no_repository_can_be_named_is_not_downloaded(tmp_path, monkeypatch):
+    """--model x/.. said 'could not download from the Hugging Face hub' (issue 30): the hub
+    does not allow that name, so it is a missing local folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("x/..", "x/.hidden", "a--b/model", "owner/name-"):
+        assert not checkpoints.is_hub_id(name)
+        with pytest.raises(checkpoints.ModelNotFoundError) as info:
+            load(name)
+        assert _one_line(info).startswith(f"{name}: no such model folder (and not a hub id")

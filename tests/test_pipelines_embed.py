@@ -443,3 +443,21 @@ def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path
     assert (
         len(rows) == 1 and rows[0]["nonfinite"] is True and not np.isfinite(rows[0]["embedding"][3])
     )
+
+
+def test_iupac_codes_count_in_n_fraction(tiny_model, tmp_path, rng):
+    """n_fraction is the share of bases the model cannot know (N and the other IUPAC codes): a
+    record with 2% IUPAC codes read 0.0 (issue 30). The worker's own path, without Ray."""
+    from fixtures import worker_setup, write_fasta
+    from genomeconv.pipelines.embed import EmbedActor, WorkerConfig, plan_fasta_items
+
+    seq = np.array(list(random_seq(rng, 1000)))
+    seq[5 + rng.choice(995, 20, replace=False)] = list("RYSWKMBDHV" * 2)  # 2% IUPAC codes
+    seq[:5] = "N"
+    fasta = write_fasta(tmp_path / "g.fa", {"c": "".join(seq)})
+    items = plan_fasta_items(fasta)
+    actor = EmbedActor(worker_setup(tiny_model, tmp_path / "o"),
+                       WorkerConfig(fasta=fasta, reads=None))
+    actor.run_unit("u", items)
+    (row,) = pq.read_table(tmp_path / "o" / "embeddings" / "part-u.parquet").to_pylist()
+    assert row["n_fraction"] == pytest.approx(25 / 1000)

@@ -200,3 +200,32 @@ def test_another_kind_of_output_is_refused(tmp_path):
         with manifest.open_run(out, make_manifest(tmp_path), part_dirs=[out / "embeddings"],
                                command="embed"):
             pass
+
+
+def test_overwrite_removes_every_kind_of_output(tmp_path, capsys):
+    """`track --overwrite` into an embed folder removed nothing (it cleared only track's own
+    folders) and `query` then listed both kinds (issue 30)."""
+    from genomeconv.pipelines.query import discover
+
+    out = tmp_path / "out"
+    embed = make_manifest(tmp_path)
+    with manifest.open_run(out, embed, part_dirs=[out / "embeddings", out / "per_base"],
+                           command="genomeconv embed"):
+        for kind in ("embeddings", "per_base"):
+            write_part(out / kind, "000000-a", ["a", "b"], embed.sha256)
+        (out / "embeddings" / f"{manifest.DAMAGED_PREFIX}1-part-x.parquet").write_bytes(b"x")
+        (out / "embeddings" / ".tmp-000001-b-1-dead").write_bytes(b"x")
+    (out / "bigwig").mkdir()
+    (out / "bigwig" / "entropy.bw").write_bytes(b"an earlier track's")
+    (out / "notes.txt").write_text("the user's own file")
+    track = manifest.Manifest("track", {"context": 8}, embed.inputs)
+    with manifest.open_run(out, track, part_dirs=[out / "track", out / "bigwig"],
+                           command="genomeconv track", overwrite=True):
+        left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        assert left == sorted([manifest.LOCK_FILE, manifest.COMMIT_LOCK_FILE,
+                               manifest.MANIFEST_FILE, "notes.txt"])
+        runtime.write_part(pa.table({"position": [1]}), out / "track", "000000-t",
+                           {schema.KEY_MANIFEST: track.sha256.encode(),
+                            schema.KEY_KIND: b"track"})
+    assert "--overwrite removed 2 earlier part(s)" in capsys.readouterr().err
+    assert list(discover([out])) == ["track"]

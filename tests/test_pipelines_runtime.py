@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import genomeconv
+from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime, schema
 
 
@@ -29,10 +30,11 @@ def test_plan_units_is_deterministic_and_covers_every_item_once():
     assert [len(u.item_ids) for u in a] == [5, 5, 5, 5, 3]
 
 
-def test_plan_units_rejects_duplicates_and_bad_size():
-    with pytest.raises(ValueError, match="unique"):
+def test_plan_units_asserts_unique_ids_and_a_positive_size():
+    """Bugs of the caller (sizes are checked as options before planning): assertions."""
+    with pytest.raises(AssertionError, match="unique"):
         runtime.plan_units(["a", "a"], 2)
-    with pytest.raises(ValueError, match="unit_size"):
+    with pytest.raises(AssertionError, match="unit_size"):
         runtime.plan_units(["a"], 0)
 
 
@@ -65,3 +67,32 @@ def test_schemas_have_keys_and_fixed_size_embeddings():
         assert key in emb.names
     assert schema.per_base_schema(8, "float16").field("embedding").type == pa.list_(pa.float16(), 8)
     assert schema.VARIANTS.names[:4] == ["chrom", "pos", "ref", "alt"]
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path, rng):
+    """--address 127.0.0.1:1 (or the same in RAY_ADDRESS) waited past 300 s in ray.init,
+    printing only Ray's warnings (issue 30): the address is probed before anything else."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fixtures import assert_one_line_error, cli_env, random_seq, write_fasta
+
+    fasta = write_fasta(tmp_path / "g.fa", {"c1": random_seq(rng, 200)})
+    script = [sys.executable, "-c", "from genomeconv.cli import main; main()"]
+    runs = {"--address 127.0.0.1:1": (["--address", "127.0.0.1:1"], cli_env()),
+            "RAY_ADDRESS=127.0.0.1:1": ([], {**cli_env(), "RAY_ADDRESS": "127.0.0.1:1"})}
+    t0 = time.monotonic()
+    procs = {where: subprocess.Popen([*script, "embed", fasta, "--out", str(tmp_path / "o"),
+                                      *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+             for where, (args, env) in runs.items()}
+    for where, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+        assert_one_line_error(result, f"no Ray cluster answers at {where}")
+    assert time.monotonic() - t0 < 60
+    assert not os.path.exists(tmp_path / "o")  # refused before the output folder is made
+    with pytest.raises(InputError, match="--address head:port: expected HOST:PORT"):
+        runtime.check_address("head:port")

@@ -701,3 +701,94 @@ def test_console_script_error_is_one_line(tmp_path):
     """The real entry point in a fresh process (the in-process runner above shares state)."""
     assert_one_line_error(run_cli("plot", "training", tmp_path, "-o", tmp_path / "c.gif"),
                           "unknown figure format '.gif'")
+
+
+# ------------------------------------------------------------------------------ issue 30
+def test_a_strand_the_track_lacks_is_left_out_with_a_warning(track_out, tmp_path):
+    """`plot track --strands rev` on a forward-only track drew empty panels, exit 0, no word."""
+    import pyarrow.compute as pc
+
+    table = track_out["table"]
+    fwd_only = table
+    for name in schema.track_columns(("_rev",)):  # as `track --strands fwd` writes them
+        fwd_only = fwd_only.set_column(fwd_only.schema.get_field_index(name), name,
+                                       pa.nulls(len(table), pa.float32()))
+    folder = tmp_path / "fwd" / "track"
+    folder.mkdir(parents=True)
+    pq.write_table(fwd_only.replace_schema_metadata(pq.read_schema(
+        next((track_out["out"] / "track").glob("*.parquet"))).metadata), folder / "part-0.parquet")
+    assert pc.all(pc.is_null(fwd_only["entropy_rev"])).as_py()
+    refused = invoke("plot", "track", tmp_path / "fwd", "--region", "chr1:1-300", "--strands",
+                     "rev", "-o", tmp_path / "rev.png")
+    one_line_error(refused, "no values of logp_ref_rev, entropy_rev in chr1:1-300",
+                   "nothing to draw")
+    assert not (tmp_path / "rev.png").exists()
+    warnings: list[str] = []
+    fig = track_plot.track_figure([tmp_path / "fwd"], "chr1:1-300", strand="both",
+                                  warn=warnings.append)
+    drawn = [line.get_gid() for ax in fig.axes for line in ax.get_lines()]
+    assert drawn == ["logp_ref_fwd", "entropy_fwd"]
+    assert warnings == ["no values of logp_ref_rev, entropy_rev in chr1:1-300 (a track written "
+                        "with --strands fwd has no _rev values): left out of the figure"]
+
+
+def test_track_lines_are_rolling_means_stated_in_the_title(track_out):
+    """`--smooth N`: a centred rolling mean over N bases, NaN-aware, gaps kept; the default
+    grows with the region (per base below 1 kbp)."""
+    fig = track_plot.track_figure([track_out["out"]], "chr1:1-300", measures=["entropy"],
+                                  strand="fwd", smooth=5)
+    (line,) = fig.axes[0].get_lines()
+    assert fig.axes[0].get_title(loc="left") == "entropy (rolling mean over 5 bp)"
+    table = track_out["table"]
+    dense = np.full(300, np.nan)
+    dense[table["position"].to_numpy()] = np.array(
+        [np.nan if v is None else v for v in table["entropy_fwd"].to_pylist()], dtype=np.float32)
+    y = line.get_ydata()
+    for p in range(300):
+        if np.isnan(dense[p]):
+            assert np.isnan(y[p])  # a gap stays a gap
+        else:
+            assert y[p] == pytest.approx(np.nanmean(dense[max(0, p - 2):p + 3]), rel=1e-12)
+    assert [track_plot.default_smooth(n) for n in (300, 999, 6_000, 48_502, 250_000)] == \
+        [1, 1, 10, 50, 500]
+    plain = track_plot.track_figure([track_out["out"]], "chr1:1-300", strand="fwd")
+    assert plain.axes[0].get_title(loc="left") == "logp_ref"  # 300 bp: per base
+
+
+@pytest.fixture(scope="module")
+def saturated(genome, ray_local) -> Path:
+    """A real `score-variants --saturate chr1:101-130` run, recording the command line the CLI
+    records."""
+    from genomeconv.io.saturation import Saturation
+    from genomeconv.pipelines.variants import score_variants
+
+    out = genome["work"] / "saturated"
+    command = (f"genomeconv score-variants --saturate chr1:101-130 --fasta {genome['fasta']} "
+               f"--model {genome['model']} --window {W} --out {out}")
+    score_variants(VariantOptions(
+        variants=Saturation.from_regions(["chr1:101-130"], genome["fasta"]),
+        fasta=genome["fasta"], out=out, model=genome["model"], window=W, command=command))
+    return out
+
+
+def test_mutagenesis_takes_the_saturated_region_of_the_output(saturated, scored, tmp_path):
+    """plot mutagenesis demanded --region even for an output of one saturated region."""
+    fig = mut_plot.mutagenesis_figure([saturated], None)
+    assert fig.axes[0].get_title(loc="left") == "llr of every SNV, chr1:101-130"
+    result = invoke("plot", "mutagenesis", saturated, "-o", tmp_path / "sat.png")
+    assert result.exit_code == 0, result.stderr
+    one_line_error(invoke("plot", "mutagenesis", scored["out"], "-o", tmp_path / "vcf.png"),
+                   "the output holds no saturated region", "choose one with --region")
+    part = next(saturated.glob("part-*.parquet"))  # a copy recorded as another region's run
+    table = pq.read_table(part)
+    meta = {**table.schema.metadata,
+            schema.KEY_COMMAND: b"genomeconv score-variants --saturate=chr2:1-9 --fasta f"}
+    (tmp_path / "other").mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "other" / part.name)
+    with pytest.raises(InputError, match=r"several saturated regions \(chr1:101-130, chr2"):
+        mut_plot.mutagenesis_figure([saturated, tmp_path / "other"], None)
+
+
+def test_the_figure_refusal_says_figure(embedded):
+    with pytest.raises(InputError, match="write the figure elsewhere"):
+        figures.check_figure_out(embedded["out"] / "pca.png")

@@ -106,7 +106,7 @@ def test_a_window_longer_than_every_contig_is_refused(inputs):
 
 
 @pytest.mark.parametrize("case", ["out_file", "out_read_only", "device_cuda", "bad_device",
-                                  "window",
+                                  "window", "window_zero",
                                   "missing_fasta", "missing_vcf", "bad_vcf", "bad_model"])
 def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case):
     root, fasta, vcf, model = inputs
@@ -124,7 +124,10 @@ def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case)
         want = ("--device cuda:",)
     elif case == "window":
         args["extra"] = ["--window", "10000000"]
-        want = ("--window 10,000,000 is longer than the longest contig",)
+        want = ("--window 10,000,000 is longer than the longest contig", "a whole contig")
+    elif case == "window_zero":  # it meant the default window, silently (issue 30)
+        args["extra"] = ["--window", "0"]
+        want = ("--window must be at least 2 (got 0)",)
     elif case == "bad_device":
         args["extra"] = ["--device", "quantum"]
         want = ("'quantum' is not a device",)
@@ -168,4 +171,30 @@ def test_embed_refuses_before_ray(inputs, tmp_path, case):
     }[case]
     run = run_cli("embed", fasta, "--model", model, "--out", out, *extra)
     assert_one_line_error(run, *want)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("job, option, value", [
+    ("track", "context", 0), ("track", "piece_bp", 0), ("track", "unit_bp", -5),
+    ("track", "chunk_size", 0), ("embed", "unit_bp", 0), ("embed", "batch_size", 0),
+    ("embed", "chunk_size", 0), ("variants", "unit_alleles", 0), ("variants", "batch_size", 0),
+    ("variants", "window", 1), ("variants", "num_workers", 0)])
+def test_non_positive_sizes_are_refused(inputs, tmp_path, job, option, value):
+    """A size of 0 silently meant the default (track's context, piece and unit sizes;
+    score-variants' window, batch and unit sizes), as --window 0 did on the command line."""
+    from genomeconv.pipelines.embed import embed
+    from genomeconv.pipelines.options import EmbedOptions, TrackOptions, VariantOptions
+    from genomeconv.pipelines.track import track
+    from genomeconv.pipelines.variants import score_variants
+
+    _, fasta, vcf, model = inputs
+    out = tmp_path / "o"
+    common = {"out": out, "fasta": fasta, "model": str(model), option: value}
+    run = {"track": lambda: track(TrackOptions(**common)),
+           "embed": lambda: embed(EmbedOptions(**common)),
+           "variants": lambda: score_variants(VariantOptions(variants=vcf, **common))}[job]
+    name = "--unit-size" if option == "unit_alleles" else "--" + option.replace("_", "-")
+    least = 2 if name == "--window" else 1
+    with pytest.raises(InputError, match=f"^{name} must be at least {least} \\(got {value}\\)"):
+        run()
     assert not out.exists()

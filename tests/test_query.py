@@ -380,3 +380,39 @@ def test_neighbors_say_why_they_return_nothing(outputs, tmp_path_factory, rng):
     alone = tmp_path_factory.mktemp("alone")
     _write(rows[:1], schema.embeddings_schema(D), alone, "000000-a", "embeddings")
     assert_one_line_error(run_cli("neighbors", alone, "item0000"), "no other item")
+
+
+# ------------------------------------------------------------------ issue 30
+def test_sql_is_never_looked_up_as_a_path(outputs):
+    """SQL over 255 characters without a '/' failed as a file name (OSError: File name too
+    long, a traceback); SQL is recognized by its first word, and DuckDB's own error about
+    deeply nested SQL is one line."""
+    columns = ", ".join(f"seq_name AS c{i}" for i in range(40))
+    long_sql = f"SELECT {columns} FROM embeddings ORDER BY c0 LIMIT 2"
+    assert len(long_sql) > 255 and "/" not in long_sql
+    result = invoke("query", outputs.embed, long_sql, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].split(",") == [f"c{i}" for i in range(40)]
+    nested = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+    assert_one_line_error(run_cli("query", outputs.embed, nested), "SQL:", "expression depth")
+    assert pipeline.is_sql("  -- a comment\n(SELECT 1)") and pipeline.is_sql("with q AS (x)")
+    assert not pipeline.is_sql("out dir/run 1") and not pipeline.is_sql("selected runs/x")
+
+
+def test_cell_values_and_column_names_print_as_text(tmp_path, rng):
+    """rich read markup in data: a record named 'a[/b]' stopped query with a MarkupError and
+    'c[bold]d' printed as 'cd'; the same in neighbors' table."""
+    rows = _embedding_rows(rng, 4)
+    names = ["a[/b]", "c[bold]d", "[link=x]e", "f\\[g]"]
+    for row, name in zip(rows, names):
+        row["seq_name"] = row["gene_name"] = name
+        row["pooling"] = "mean"
+    _write(rows, schema.embeddings_schema(D), tmp_path / "embeddings", "000000-a", "embeddings")
+    result = invoke("query", tmp_path, 'SELECT seq_name AS "[red]name" FROM embeddings')
+    assert result.exit_code == 0, result.output
+    assert "[red]name" in result.stdout and all(name in result.stdout for name in names)
+    near = CliRunner().invoke(app, ["neighbors", str(tmp_path), "c[bold]d", "-k", "3"],
+                              env={"COLUMNS": "300"})  # one line per row: values not folded
+    assert near.exit_code == 0, near.output
+    assert all(name in near.stdout for name in names if name != "c[bold]d")

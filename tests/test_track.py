@@ -348,3 +348,89 @@ def test_plot_track_draws_the_pipeline_output(whole, genome, tmp_path):
                                     str(png)])
     assert done.exit_code == 0, done.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_that_outputs_nan_stops_the_run_or_marks_every_row(ray_local, tmp_path, genome):
+    """track checked for infinity only: a NaN model exited 0 with every measure null,
+    nonfinite = false even with --keep-nonfinite, and empty bigWigs (issue 30)."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+    from genomeconv.models import HyenaConfig, HyenaDNA
+
+    torch.manual_seed(1)
+    model = HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=MAX_LEN))
+    with torch.no_grad():  # finite weights (load() refuses NaN ones) whose output overflows
+        model.backbone.ln_f.weight[3] = 3e38
+        model.backbone.ln_f.bias[3] = 3e38
+    model.save(tmp_path / "nan")
+    fasta, _ = genome
+    out = tmp_path / "t"
+    args = ["track", fasta, "--model", str(tmp_path / "nan"), "--region", "c2:1-60", "--out",
+            str(out)]
+    stopped = CliRunner().invoke(app, args)
+    assert stopped.exit_code == 2, stopped.output
+    assert "non-finite" in stopped.output and "c2:" in stopped.output
+    assert not list((out / "track").glob("part-*"))
+    kept = CliRunner().invoke(app, args + ["--keep-nonfinite"])  # resumes: no --overwrite
+    assert kept.exit_code == 0, kept.output
+    rows = read_track(out)
+    assert len(rows["position"]) == 60 and all(rows["nonfinite"])
+    assert all(v is not None and not np.isfinite(v) for v in rows["logp_ref"])
+    assert not list((out / "bigwig").glob("*.bw"))  # nothing finite: no empty bigWig
+    assert "bigwig/logp_ref.bw not written" in kept.output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (root only; `resize(kib)` remounts it larger), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+
+    def resize(kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True)
+
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_only_whole_parts(ray_local, small_disk, sharp_model,
+                                                             genome, tmp_path):
+    """A full disk gave a 135-line Ray traceback (issue 30): now one line naming the part, only
+    whole parts are left, and a rerun with room resumes (then the bigWigs, checked first:
+    libBigWig aborts the process on a full disk)."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+
+    disk, resize = small_disk
+    fasta, records = genome
+    out = disk / "t"
+    args = ["track", fasta, "--model", sharp_model, "--out", str(out), "--unit-bp", "100"]
+    full = CliRunner().invoke(app, args)
+    assert full.exit_code == 2, full.output
+    (line,) = [x for x in full.output.splitlines() if x.startswith("error:")]
+    assert f"{out / 'track'}/part-" in line and "No space left on device" in line
+    assert "Traceback" not in full.output
+    parts = sorted((out / "track").glob("part-*.parquet"))
+    assert parts and not list((out / "track").glob(".tmp-*"))
+    done = sum(pq.read_table(p).num_rows for p in parts)  # each part whole and readable
+    resize(300)  # room for the parts, not for the bigWigs
+    no_bigwigs = CliRunner().invoke(app, args)
+    assert no_bigwigs.exit_code == 2, no_bigwigs.output
+    assert f"error: {out / 'bigwig'}: the bigWigs need about" in no_bigwigs.output
+    assert set(parts) < set((out / "track").glob("part-*.parquet"))  # resumed: kept, added
+    assert len(read_track(out)["position"]) == 850 and 0 < done < 850
+    resize(4096)
+    rerun = CliRunner().invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert "850 positions (850 already done)" in rerun.output
+    rows = read_track(out)
+    assert len(rows["position"]) == 850 == len(set(zip(rows["chrom"], rows["position"])))
+    assert sorted(p.name for p in (out / "bigwig").glob("*.bw")) == sorted(
+        f"{c}.bw" for c in schema.track_columns(("",)))

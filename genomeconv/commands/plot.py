@@ -52,6 +52,9 @@ def track(
     old_strand: OldStrand = None,
     gtf: Optional[Path] = typer.Option(None, "--gtf", help="Gene models underneath: GTF, GFF3 "
                                        "or GenBank/EMBL."),
+    smooth: Optional[int] = typer.Option(None, "--smooth", metavar="N", help="Draw the rolling "
+                                         "mean over N bases (default: about a 500th of the "
+                                         "region, 1 below 1 kbp; stated in the titles)."),
     out: Path = OUT,
     force: Force = False,
 ) -> None:
@@ -61,13 +64,15 @@ def track(
     strands = new_spellings(locals()).get("strands", strands)
     target = _out(out, force)
     _save(track_figure(outputs, region, measures=list(split(measures) or ()), strand=strands,
-                       annotation=gtf), target)
+                       annotation=gtf, smooth=smooth, warn=_warn), target)
 
 
 @plot_app.command("mutagenesis")
 def mutagenesis(
     outputs: list[Path] = OUTPUTS,
-    region: str = typer.Option(..., "--region", help="Region, samtools style: chr1:1-200."),
+    region: Optional[str] = typer.Option(None, "--region", help="Region, samtools style: "
+                                         "chr1:1-200 (default: the region of a --saturate "
+                                         "output)."),
     score: str = typer.Option("llr", "--score", help="Score column of the variants view."),
     out: Path = OUT,
     force: Force = False,

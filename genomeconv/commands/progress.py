@@ -22,11 +22,14 @@ def work_progress(label: str, unit: str) -> Iterator[tuple[Callable[[int, int], 
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=Console(stderr=True))
     task = progress.add_task(label, total=None, rate="")
+    started = False
 
     def on_plan(work: int, units: int) -> None:
+        nonlocal started
         progress.update(task, total=work)
         if units:
             progress.start()
+            started = True
 
     def on_unit(count: int, work: int) -> None:
         progress.advance(task, work)
@@ -37,4 +40,5 @@ def work_progress(label: str, unit: str) -> Iterator[tuple[Callable[[int, int], 
     try:
         yield on_plan, on_unit
     finally:
-        progress.stop()
+        if started:  # stopping a bar never shown prints an empty line on a non-terminal
+            progress.stop()

@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
 def query(
     args: list[str] = typer.Argument(..., metavar="PATH... [SQL]",
                                      help="Output files or directories, then optionally SQL over "
-                                          "the views embeddings, per_base, variants, ..."),
+                                          "the views embeddings, per_base, variants, ... (SQL "
+                                          "begins with SELECT, WITH, FROM, ... or '(')."),
     genes: Genes = None,
     old_gene: OldGene = None,
     regions: Regions = None,
@@ -89,8 +90,11 @@ def neighbors(
 
 
 def _split_sql(args: list[str]) -> tuple[list[str], Optional[str]]:
-    """The last argument is SQL when it is not an existing path and contains whitespace."""
-    if len(args) > 1 and not Path(args[-1]).exists() and any(c.isspace() for c in args[-1]):
+    """The last argument is SQL when it reads as SQL (pipelines.query.is_sql): it is never
+    looked up as a path (SQL of over 255 characters without a '/' failed as a file name)."""
+    from genomeconv.pipelines.query import is_sql
+
+    if len(args) > 1 and is_sql(args[-1]):
         return args[:-1], args[-1]
     return args, None
 
@@ -129,19 +133,12 @@ def _emit(con, sql: str, params: list[object], fmt: str, out: Optional[Path],
 
 
 def _print_table(table: "pa.Table", *, more: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from genomeconv.commands.tables import print_table
 
-    view = Table(show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    console = Console()
-    console.print(view)
     note = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}" + (
         " shown; more with --limit N or --out FILE" if more else "")
-    console.print(note, style="dim")
+    print_table(table.column_names, ([_cell(v) for v in row.values()]
+                                     for row in table.to_pylist()), note=note)
 
 
 def _cell(value: object) -> str:

@@ -75,13 +75,10 @@ def jobs_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from genomeconv.commands.tables import print_table
 
-    table = Table("job_id", "status", "start", "end", "entrypoint")
-    for row in rows:
-        table.add_row(*(str(row[k]) for k in ("job_id", "status", "start", "end", "entrypoint")))
-    Console().print(table)
+    columns = ("job_id", "status", "start", "end", "entrypoint")
+    print_table(columns, ([str(row[k]) for k in columns] for row in rows))
 
 
 @jobs_app.command("status")

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from genomeconv.io.regions import Interval, parse_region, reverse_complement
+from genomeconv.errors import InputError
+from genomeconv.io.regions import Interval, NotFoundError, parse_region, reverse_complement
 
 SECONDARY_OR_SUPPLEMENTARY = 0x100 | 0x800
 _MAX_SCAN = 100_000  # records read past a stored offset before giving up on finding a read
@@ -48,10 +49,10 @@ def _open(path: str | Path, reference: str | Path | None, *, indexed: bool = Fal
         handle = pysam.AlignmentFile(path, check_sq=False,
                                      reference_filename=str(reference) if reference else None)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot open reads {path}: {exc}") from None
+        raise InputError(f"cannot open as reads ({exc})", path=path) from None
     if not (handle.is_bam or handle.is_cram):
         handle.close()
-        raise ValueError(f"{path} is not BAM or CRAM (convert SAM with: samtools view -b)")
+        raise InputError("not BAM or CRAM (convert SAM with: samtools view -b)", path=path)
     if indexed and not handle.has_index():
         handle.close()
         _build_index(path)
@@ -63,13 +64,13 @@ def _build_index(path: str) -> None:
     import pysam
 
     if not os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
-        raise ValueError(f"{path} has no index and its folder is read-only; run: "
-                         f"samtools index {path}")
+        raise InputError(f"no index and its folder is read-only; run: samtools index {path}",
+                         path=path)
     try:
         pysam.index(path)
     except pysam.SamtoolsError as exc:
-        raise ValueError(f"cannot index {path} for a region query (is it coordinate-sorted "
-                         f"and aligned?): {exc}") from None
+        raise InputError(f"cannot index for a region query (is it coordinate-sorted and "
+                         f"aligned?): {exc}", path=path) from None
 
 
 def _ref(record, offset: int | None) -> ReadRef:
@@ -176,8 +177,8 @@ class ReadFile:
         for _, record in zip(range(_MAX_SCAN), records):
             if _matches(record, ref):
                 return record
-        raise KeyError(f"read {ref.name!r} (flag {ref.flag}) not found again in {self.path}; "
-                       "was the file changed since the run was planned?")
+        raise NotFoundError(f"read {ref.name!r} (flag {ref.flag}) not found again; was the "
+                            "file changed since the run was planned?", path=self.path)
 
     def close(self) -> None:
         """Close the pysam handle."""

@@ -11,18 +11,25 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from genomeconv.errors import InputError
+
 STRANDS = ("+", "-")
 
 _COMPLEMENT = str.maketrans(
     "ACGTUNRYSWKMBDHVacgtunryswkmbdhv",
     "TGCAANYRSWMKVHDBtgcaanyrswmkvhdb",
 )
-_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>[\d,]+)(?:-(?P<end>[\d,]*))?)?$")
+# chrom[:start[-[end]]]; a position is digits with optional thousands commas (no bare commas)
+_REGION = re.compile(r"^(?P<chrom>.+?)(?::(?P<start>\d[\d,]*)(?:-(?P<end>\d[\d,]*)?)?)?$")
+# What follows the last ':' of a mistyped range (",-,", "1-,"); digits alone may be part of a
+# contig name (HLA-A*01:01:01:01).
+_BAD_RANGE = re.compile(r"^[\d,-]*[,-][\d,-]*$")
 _MITO = {"M", "MT"}
 
 
-class NotFoundError(KeyError):
-    """A name looked up in an input file and not found; the message names both."""
+class NotFoundError(InputError, KeyError):
+    """A name looked up in an input file and not found; the message names both (a KeyError as
+    well, for callers that treat an unknown name as a lookup miss)."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
@@ -43,16 +50,15 @@ class Interval:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.strand not in STRANDS:
-            raise ValueError(f"strand must be '+' or '-', got {self.strand!r}")
-        if self.start < 0 or (self.end is not None and self.end < self.start):
-            raise ValueError(f"invalid interval {self.chrom}:[{self.start}, {self.end})")
+        # Readers check strands and coordinates with the file's line before building one.
+        assert self.strand in STRANDS, f"strand must be '+' or '-', got {self.strand!r}"
+        assert self.start >= 0 and (self.end is None or self.end >= self.start), \
+            f"invalid interval {self.chrom}:[{self.start}, {self.end})"
 
     @property
     def length(self) -> int:
         """Number of bases (the interval must be bounded)."""
-        if self.end is None:
-            raise ValueError(f"interval on {self.chrom} has no end")
+        assert self.end is not None, f"interval on {self.chrom} has no end"
         return self.end - self.start
 
 
@@ -93,20 +99,24 @@ def parse_region(region: str) -> Interval:
     """Parse a samtools-style region (``chr1``, ``chr1:1000``, ``chr1:1,000-2,000``).
 
     Positions are 1-based and closed; the result is 0-based half-open (`end=None` when open).
+    InputError naming the region when it is not of that form.
     """
     text = region.strip()
     match = _REGION.match(text)
-    if match is None or match["chrom"].startswith(":") or match["chrom"].endswith(":"):
-        raise ValueError(f"invalid region {region!r} (expected e.g. chr1:1,000-2,000)")
-    chrom, start_s, end_s = match["chrom"], match["start"], match["end"]
+    chrom = match["chrom"] if match is not None else ""
+    head, _, tail = chrom.rpartition(":")
+    if not chrom or chrom.startswith(":") or not tail or (head and _BAD_RANGE.match(tail)):
+        raise InputError(f"invalid region {region!r}: expected CONTIG, CONTIG:START or "
+                         "CONTIG:START-END with 1-based positions (e.g. chr1:1,000-2,000)")
+    start_s, end_s = match["start"], match["end"]
     if start_s is None:
         return Interval(chrom, 0, None)
     start = int(start_s.replace(",", ""))
     if start < 1:
-        raise ValueError(f"invalid region {region!r}: positions are 1-based")
+        raise InputError(f"invalid region {region!r}: positions are 1-based")
     end = int(end_s.replace(",", "")) if end_s else None
     if end is not None and end < start:
-        raise ValueError(f"invalid region {region!r}: end {end} < start {start}")
+        raise InputError(f"invalid region {region!r}: end {end} < start {start}")
     return Interval(chrom, start - 1, end)
 
 

@@ -65,7 +65,7 @@ class Saturation:
             for text in regions:
                 try:
                     region = parse_region(text)
-                except ValueError as exc:
+                except InputError as exc:
                     raise InputError(f"--saturate: {exc}") from None
                 try:
                     contig = fa.resolve(region.chrom)

@@ -105,17 +105,21 @@ def _convert(path: str | Path, fmt: str, folder: Path) -> None:
             records = _gff3_sequences(path)
         else:
             records = _seqio_records(path, fmt, features)
-        n = 0
+        names: set[str] = set()
         for name, seq in records:
             bad = set(seq) - _BASES
             if bad:
                 raise InputError(f"invalid sequence character(s) {''.join(sorted(bad))!r}",
                                  path=path, record=name)
+            if name in names:
+                raise InputError("a second record of this name", path=path, record=name)
+            if not seq:
+                raise InputError("the record has no bases", path=path, record=name)
+            names.add(name)
             out.write(f">{name}\n")
             out.writelines(seq[i:i + FASTA_WIDTH] + "\n" for i in range(0, len(seq),
                                                                          FASTA_WIDTH))
-            n += 1
-    if n == 0:
+    if not names:
         raise InputError(f"no sequence found in this {fmt} file"
                          + (" (a GFF3 file needs a ##FASTA section)" if fmt == "gff3" else ""),
                          path=path)

@@ -59,7 +59,7 @@ def pool(hidden: torch.Tensor, pooling: str = "mean",
     over each row's first lengths[b] positions only, so right padding never enters a pooled
     vector (an item's embedding does not depend on what it was batched with)."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     if lengths is not None:
         return _pool_masked(hidden, pooling, lengths.to(hidden.device))
     if pooling == "mean":

@@ -32,7 +32,10 @@ from genomeconv.models.weights import ModelNotFoundError, read_json, read_safete
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_ID = "genomeconv/bundled"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The hub's rule for owner and repository names: letters, digits, '-', '_', '.', at most 96,
+# not starting or ending with '-' or '.', no '--' or '..' ("x/.." is a path, not a repository).
+_HUB_NAME = r"(?!.*(?:--|\.\.))\w(?:[\w.-]{0,94}\w)?"
+_HUB_ID = re.compile(rf"^{_HUB_NAME}/{_HUB_NAME}$")
 _HUB_FILES = ["config.json", "model.safetensors", "weights.ckpt"]
 _LOCAL_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
@@ -119,8 +122,9 @@ def checkpoint_dir(path_or_hub_id: str | Path | None = None) -> tuple[Path, str]
         return _download(str(path_or_hub_id)), str(path_or_hub_id)
     raise ModelNotFoundError("no such model folder" + (
         "" if isinstance(path_or_hub_id, Path) or "/" not in path_or_hub_id else
-        " (a local path: hub ids are owner/name with no ./, ../, / or ~ and no local first "
-        "component)"), path=path)
+        " (and not a hub id: those are owner/name, each of letters, digits, '-', '_' and '.', "
+        "not starting or ending with '-' or '.', with no '--' or '..', and neither starts "
+        "with ./, ../, / or ~ nor has a first component that exists here)"), path=path)
 
 
 def is_hub_id(name: str | Path) -> bool:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from genomeconv.errors import InputError
+
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]")
 BASES = "ACGTN"
 VOCAB: dict[str, int] = {**{t: i for i, t in enumerate(SPECIAL_TOKENS)},
@@ -36,19 +38,19 @@ _TABLE = _lookup_table()
 
 
 def tokenize(seq: str | bytes) -> torch.LongTensor:
-    """DNA string -> LongTensor (L,) of HyenaDNA ids; ValueError naming the first bad position."""
+    """DNA string -> LongTensor (L,) of HyenaDNA ids; InputError naming the first bad position."""
     if isinstance(seq, str):
         try:
             seq = seq.encode("ascii")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"invalid character {seq[exc.start]!r} at position {exc.start} "
+            raise InputError(f"invalid character {seq[exc.start]!r} at position {exc.start} "
                              "(expected A, C, G, T, N or an IUPAC code)") from None
     codes = np.frombuffer(seq, dtype=np.uint8)
     ids = _TABLE[codes]
     bad = np.flatnonzero(ids == _INVALID)
     if bad.size:
         pos = int(bad[0])
-        raise ValueError(f"invalid character {chr(codes[pos])!r} at position {pos} "
+        raise InputError(f"invalid character {chr(codes[pos])!r} at position {pos} "
                          "(expected A, C, G, T, N or an IUPAC code)")
     return torch.from_numpy(ids)
 

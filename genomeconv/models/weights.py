@@ -1,18 +1,27 @@
-"""Reading a model folder's files (weights, config.json) without running code from them, for
-every family's loader.
+"""A model folder's files read without running code from them, for every family's loader:
+safetensors, config.json, and torch pickle files (what `torch.save` writes: Lightning's
+weights.ckpt, Evo 2's .pt).
 
-safetensors is read as is. Torch pickles (HyenaDNA's Lightning `weights.ckpt`, Evo 2's `.pt`)
-go through torch's restricted unpickler (`weights_only=True`); globals a public format forces
-on us are replaced by an inert placeholder class, so no code from the file runs (tensors are
-rebuilt only by torch's allowlisted functions). The residual risk is that of torch's restricted
-unpickler itself; prefer safetensors. Every problem is one InputError naming the file.
+`load_torch_file` is the one way genomeconv opens such a file: torch's restricted unpickler
+(`torch.load(weights_only=True)`) rebuilds tensors, plain containers and the globals a caller
+allows by name, and refuses anything else; optionally every other global is replaced by an inert
+placeholder instead (the public HyenaDNA checkpoints pickle omegaconf objects that nobody needs).
+Whatever goes wrong (a missing, truncated or non-torch file, a refused global such as os.system,
+a pickle opcode the restricted unpickler lacks) is one InputError naming the file; torch's own
+warnings about the file are not printed. The residual risk is that of torch's restricted
+unpickler itself; prefer safetensors.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,13 +30,11 @@ from genomeconv.errors import InputError
 
 NAMED = 3  # tensors named in a missing/unexpected-keys message
 
-
-class ModelNotFoundError(InputError, FileNotFoundError):
-    """No model folder (or no config/weights in it) where the user pointed."""
+_REFUSAL = re.compile(r"WeightsUnpickler error:\s*([^\n]+)|(Trying to load [^\n]+)")
 
 
 class _Inert:
-    """Stand-in for every non-torch global in a checkpoint pickle: accepts anything, does
+    """Stand-in for a global the file names that is not allowed: accepts anything, does
     nothing."""
 
     def __new__(cls, *args, **kwargs):
@@ -38,6 +45,51 @@ class _Inert:
 
     def __setstate__(self, state) -> None:
         pass
+
+
+def load_torch_file(path: str | Path, *, allowed_globals: Sequence[Any] = (),
+                    inert_unknown: bool = False) -> Any:
+    """The object the torch.save file `path` holds, loaded on the CPU with no code from it run.
+
+    allowed_globals: classes or functions (or (object, "module.name") pairs) the file may name
+    besides torch's own, as for torch.serialization.safe_globals. inert_unknown: every other
+    global becomes an inert `_Inert` instead of a refusal (zip-format files only: a legacy
+    file's globals cannot be listed without unpickling it). InputError naming the file for
+    anything that cannot be loaded so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed_globals)):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on stderr
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                if not (inert_unknown and zipfile.is_zipfile(path)):
+                    raise
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            with torch.serialization.safe_globals([(_Inert, name) for name in names]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # whatever torch raises on a file it refuses or cannot parse
+        raise InputError(_reason(exc, path), path=path) from None
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """One line on why torch could not load the file safely, and what to do."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError):
+        found = _REFUSAL.search(str(exc))  # torch's reason among paragraphs of advice
+        reason = (found[1] or found[2]).split(". ")[0].rstrip(".") if found else text[:200]
+        kind = "zip-format" if zipfile.is_zipfile(path) else "legacy-format (not zip)"
+        return (f"refusing to unpickle this {kind} file ({reason}), and no code from it ran; "
+                "convert it to safetensors where it came from")
+    why = "empty file" if path.stat().st_size == 0 else f"{type(exc).__name__}: {text[:200]}"
+    return f"unreadable checkpoint ({why}); copy or download it again"
+
+
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """No model folder (or no config/weights in it) where the user pointed."""
 
 
 def few(names: list[str]) -> str:
@@ -56,28 +108,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise InputError(f"unreadable safetensors file ({' '.join(str(exc).split())}); "
                          "copy or download it again", path=path) from None
-
-
-def read_torch_pickle(path: Path, *, inert_globals: bool = False) -> object:
-    """A torch.save file loaded with weights_only=True; with `inert_globals`, a second try in
-    which every global the restricted unpickler refuses becomes `_Inert` (Lightning checkpoints
-    pickle omegaconf objects next to the tensors)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:  # not a torch zip file: truncated, corrupt
-        raise InputError(f"unreadable checkpoint ({' '.join(str(exc).split())})",
-                         path=path) from None
-    except pickle.UnpicklingError as exc:
-        if not inert_globals:
-            raise InputError(f"refusing to unpickle this checkpoint ({' '.join(str(exc).split())})"
-                             "; convert it to safetensors where it came from", path=path) from None
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    try:
-        with torch.serialization.safe_globals([(_Inert, name) for name in names]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(f"refusing to unpickle this checkpoint ({exc}); convert it to "
-                         "safetensors where it came from", path=path) from None
 
 
 def read_json(path: Path) -> dict:

@@ -133,8 +133,7 @@ def build_engine(module: nn.Module, ds_config: dict[str, Any], *, lr: float, tot
 def micro_rows(batch_rows: int, micro: int, m: int, rank: int, world: int) -> slice:
     """Rows of the global batch that micro-step `m` of process `rank` trains on."""
     start = (m * world + rank) * micro
-    if start + micro > batch_rows:
-        raise ValueError("batch rows do not cover the global batch")
+    assert start + micro <= batch_rows, "batch rows do not cover the global batch"
     return slice(start, start + micro)
 
 

@@ -147,8 +147,8 @@ def plan_fasta_items(fasta_path: str | Path, *, regions: Sequence[str] = (),
             size = fa.length(chrom)
             end = size if iv.end is None else iv.end
             if iv.start >= size or end > size:
-                raise ValueError(f"{format_region(iv)} runs past the end of {chrom} "
-                                 f"(length {size}) in {src}")
+                raise InputError(f"{format_region(iv)} runs past the end of {chrom} "
+                                 f"(length {size})", path=src)
             return Interval(chrom, iv.start, end, iv.strand, iv.name)
 
         for text in regions:
@@ -335,11 +335,13 @@ class EmbedActor(UnitActor):
         """The unit's embeddings rows, built column by column."""
         import pyarrow as pa
 
+        from genomeconv.io.fasta import ambiguous_fraction
+
         out_schema = schema.embeddings_schema(self.model.d_model)
         columns: dict[str, Any] = {k: [getattr(it, k) for it in items]
                                    for k in schema.ITEM_KEYS.names}
         columns["length"] = [len(s) for s in seqs]
-        columns["n_fraction"] = [s.count("N") / max(1, len(s)) for s in seqs]
+        columns["n_fraction"] = [ambiguous_fraction(s) for s in seqs]
         columns["pooling"] = [self.cfg.pooling] * len(items)
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
             pa.array(pooled.reshape(-1)), self.model.d_model)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import GenomeconvError, InputError, writing
 from genomeconv.pipelines import schema
 
 MANIFEST_FILE = "_genomeconv_manifest.json"  # "_": readers of the folder (pyarrow) skip it
@@ -152,12 +152,14 @@ class Manifest:
         """The manifest in `path` and its raw JSON (for the schema version it was written with)."""
         try:
             raw = json.loads(path.read_text())
-            if raw.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format {raw.get('format')!r}")
-            return cls(raw["kind"], raw["settings"], raw.get("inputs", {})), raw
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"unreadable run manifest ({exc}); pass --overwrite to start "
-                             "afresh or use another --out", path=path) from None
+            manifest = cls(raw["kind"], raw["settings"], raw.get("inputs", {}))
+            why = None if raw.get("format") == MANIFEST_FORMAT else f"format {raw.get('format')!r}"
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            raise InputError(f"unreadable run manifest ({why}); pass --overwrite to start "
+                             "afresh or use another --out", path=path)
+        return manifest, raw
 
 
 def differences(old: Manifest, new: Manifest, *, old_schema: str | None = None) -> list[str]:
@@ -172,11 +174,14 @@ def differences(old: Manifest, new: Manifest, *, old_schema: str | None = None) 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path), open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- one writer per folder ---------------------------------------------------------------------
@@ -242,7 +247,7 @@ class FolderLock:
                  f"({_describe(stale)})")
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": self.run_id}
-        with open(self.folder / COMMIT_LOCK_FILE, "a") as guard:
+        with writing(self.path), open(self.folder / COMMIT_LOCK_FILE, "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)  # orphaned workers' commits finish first
             fh.seek(0)
             fh.truncate()
@@ -313,9 +318,15 @@ class Run:
     token: RunToken
 
 
-def _outputs(part_dirs: Sequence[Path]) -> list[Path]:
-    return [p for d in part_dirs if d.is_dir()
-            for pattern in (PART_GLOB, TEMP_GLOB, f"{DAMAGED_PREFIX}*") for p in d.glob(pattern)]
+# What --overwrite removes in OUT and in each folder directly under it (embeddings/, per_base/,
+# track/, bigwig/: whichever job wrote them): parts, temporary and moved-aside files, bigWigs.
+OUTPUT_GLOBS = (PART_GLOB, TEMP_GLOB, f"{DAMAGED_PREFIX}*", "*.bw")
+
+
+def _outputs(folder: Path) -> list[Path]:
+    """Every output file of any genomeconv job in `folder` (OUTPUT_GLOBS)."""
+    dirs = [folder, *(d for d in folder.iterdir() if d.is_dir())]
+    return [p for d in dirs for pattern in OUTPUT_GLOBS for p in d.glob(pattern) if p.is_file()]
 
 
 @contextlib.contextmanager
@@ -324,8 +335,10 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
     """Lock `folder`, check (or write) its manifest, and yield the Run; the lock is released when
     the block ends, however it ends.
 
-    part_dirs: the folders holding this kind's parts (`folder` itself or subfolders of it); with
-    `overwrite` their parts, temporary and moved-aside files and the manifest are removed first.
+    part_dirs: the folders holding this kind's parts (`folder` itself or subfolders of it),
+    cleared of a killed run's temporary files. With `overwrite`, once the lock is held, every
+    genomeconv output in the folder is removed first, whichever job wrote it (`OUTPUT_GLOBS`),
+    and the manifest.
     Refused (InputError): a folder whose manifest differs, or that holds parts without one.
     """
     folder = Path(folder)
@@ -339,7 +352,7 @@ def open_run(folder: str | Path, manifest: Manifest, *, part_dirs: Sequence[str 
         path = folder / MANIFEST_FILE
         parts = sorted(folder.rglob(PART_GLOB))  # any kind's: embed's sit in subfolders
         if overwrite:
-            removed = _outputs(dirs)
+            removed = _outputs(folder)
             for p in removed:
                 p.unlink()
             path.unlink(missing_ok=True)

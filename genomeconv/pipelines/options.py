@@ -34,6 +34,12 @@ def require(ok: bool, message: str) -> None:
         raise InputError(message)
 
 
+def at_least(option: str, value: float | None, least: int = 1) -> None:
+    """`value` (None: the default) is at least `least`: a 0 once silently meant the default
+    (--window 0 scored 1,024-bp windows)."""
+    require(value is None or value >= least, f"{option} must be at least {least} (got {value})")
+
+
 def choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
     """`value` is one of `allowed`, else one line naming the option and the choices."""
     require(value in allowed, f"{option} must be one of {', '.join(allowed)} (got {value!r})")
@@ -55,7 +61,7 @@ class RunOptions:
         """Refuse values no job runs with."""
         if self.dtype is not None:
             choice("--dtype", self.dtype, DTYPES)
-        require(self.num_workers >= 1, f"--num-workers must be >= 1 (got {self.num_workers})")
+        at_least("--num-workers", self.num_workers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +78,7 @@ class JobOptions(RunOptions):
         g = self.gpus_per_worker
         require(g >= 0 and math.isfinite(g), f"--gpus-per-worker must be >= 0 and finite "
                 f"(got {g})")
-        require(self.unit_bp is None or self.unit_bp >= 1,
-                f"--unit-bp must be >= 1 (got {self.unit_bp})")
+        at_least("--unit-bp", self.unit_bp)
 
     @property
     def gpus(self) -> float:
@@ -124,7 +129,8 @@ class EmbedOptions(JobOptions, Selection):
 
         choice("--pooling", self.pooling, POOLINGS)
         choice("--per-base-dtype", self.per_base_dtype, ("float32", "float16"))
-        require(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        at_least("--batch-size", self.batch_size)
+        at_least("--chunk-size", self.chunk_size)
         require(self.fasta is not None or self.reads is not None,
                 "embed needs INPUT (a FASTA or reads) or --fasta")
         require(self.reads is None or not (self.gtf or self.bed or self.genes or self.features),
@@ -147,8 +153,9 @@ class TrackOptions(JobOptions, Selection):
         super().check()
         choice("--strands", self.strands, STRANDS)
         choice("--bigwig", self.bigwig, ("mean", "all", "none"))
-        for name, value in (("--context", self.context), ("--piece-bp", self.piece_bp)):
-            require(value is None or value >= 1, f"{name} must be >= 1 (got {value})")
+        for name, value in (("--context", self.context), ("--piece-bp", self.piece_bp),
+                            ("--chunk-size", self.chunk_size)):
+            at_least(name, value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,12 +175,11 @@ class VariantOptions(JobOptions, Selection):
     def check(self) -> None:
         super().check()
         choice("--strands", self.strands, STRANDS)
-        require(self.window is None or self.window >= 2,
-                f"--window must be at least 2 (got {self.window})")
+        at_least("--window", self.window, 2)
         require(not (self.bed or self.features),
                 "score-variants selects variants with --region and --genes, not --bed/--features")
         for name, value in (("--batch-size", self.batch_size), ("--unit-size", self.unit_alleles)):
-            require(value is None or value >= 1, f"{name} must be >= 1 (got {value})")
+            at_least(name, value)
 
     @property
     def rc(self) -> bool:

@@ -20,15 +20,19 @@ import tempfile
 from pathlib import Path
 
 from genomeconv.errors import InputError
+from genomeconv.pipelines.manifest import note
+from genomeconv.pipelines.runtime import check_address
 
 
 def check(out: str | Path, *, fasta: str | Path | None = None,
           variants: str | Path | None = None, window: int | None = None,
           device: str | None = None, gpus_per_worker: float = 0.0, num_workers: int = 1,
           address: str | None = None) -> None:
-    """Every check that needs no model run, in the order a user fixes them (inputs, sizes,
-    devices, output); raises InputError naming the file or option. `window`: a window size the
-    user asked for, checked against the FASTA's contigs."""
+    """Every check that needs no model run, after the options' own (`options.*.check`), in the
+    order a user fixes them (the cluster address first: a wrong one would hang Ray later, then
+    inputs, devices, output); raises InputError naming the file or option. `window`: a window
+    size the user asked for, checked against the FASTA's contigs."""
+    check_address(address)
     if fasta is not None:
         check_fasta(fasta, window=window)
     if variants is not None:
@@ -39,18 +43,21 @@ def check(out: str | Path, *, fasta: str | Path | None = None,
 
 
 def check_fasta(path: str | Path, *, window: int | None = None) -> None:
-    """The FASTA opens (and is indexed) in this process, as the workers will open it, and a
-    requested `window` fits in its longest contig (a longer one is mostly padding everywhere,
-    and a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
+    """The FASTA opens (and is indexed) in this process, as the workers will open it (one note
+    per empty record, which the index leaves out, so it is not dropped silently), and a
+    requested `window` fits in its longest contig (a longer one makes every window a whole
+    contig: a mistyped 10,000,000 ran for minutes on a 48 kbp genome)."""
     from genomeconv.io.fasta import FastaFile
 
     with FastaFile(path) as fa:
+        for empty in fa.empty_records:
+            note(f"{path}: record {empty!r} is empty (no bases); it is left out")
         if window is None:
             return
         longest, name = max(zip(fa.lengths, fa.references), default=(0, ""))
     if window > longest:
         raise InputError(f"--window {window:,} is longer than the longest contig ({name}, "
-                         f"{longest:,} bp): every window would be mostly padding; use "
+                         f"{longest:,} bp): every window would be a whole contig; use "
                          f"--window {longest} or less", path=path)
 
 

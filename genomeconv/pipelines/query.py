@@ -63,6 +63,16 @@ NEIGHBOR_COLUMNS = ("item_id", "gene_name", "gene_id", "seq_name", "chrom", "sta
 # pytest, pip and others leave those in plain folders.
 OUTPUT_MARKERS = (MANIFEST_FILE, LOCK_FILE, COMMIT_LOCK_FILE)
 PART_FOLDERS = ("embeddings", "per_base", "track")  # output kinds written to OUT/<kind>/
+# Words a SQL statement begins with (SELECT and the others that check_select then refuses):
+# `query` takes its last argument as SQL when it begins so, whatever files exist (the text is
+# never looked up as a path); a path beginning with one of these words is given as ./PATH.
+SQL_START_WORDS = frozenset({
+    "select", "with", "from", "values", "table", "summarize", "describe", "show", "pivot",
+    "unpivot", "explain", "insert", "update", "delete", "copy", "attach", "detach", "create",
+    "drop", "alter", "install", "load", "set", "reset", "pragma", "call", "export", "import",
+    "use", "checkpoint", "vacuum", "begin", "commit", "rollback", "truncate", "prepare",
+    "execute", "analyze"})
+_FIRST_SQL_WORD = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(\(|[A-Za-z]+(?=[\s(*]))", re.S)
 _LOCKDOWN = ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
              "SET enable_external_access = false", "SET lock_configuration = true")
 
@@ -149,6 +159,13 @@ def table_connection(name: str, table: pa.Table) -> duckdb.DuckDBPyConnection:
 def _lock(con: duckdb.DuckDBPyConnection) -> None:
     for statement in _LOCKDOWN:
         con.execute(statement)
+
+
+def is_sql(text: str) -> bool:
+    """Whether a `query` argument is SQL: it begins (after spaces and comments) with "(" or one
+    of SQL_START_WORDS followed by a space, "(" or "*"."""
+    match = _FIRST_SQL_WORD.match(text)
+    return match is not None and (match[1] == "(" or match[1].lower() in SQL_START_WORDS)
 
 
 def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
@@ -274,9 +291,10 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str,
         raise InputError(f"SQL: {_one_line(exc)}") from None
 
 
-def check_output_file(out: str | Path, *, force: bool = False) -> Path:
-    """`out` when rows may be written there: not a folder, not an existing file unless `force`,
-    and not inside a genomeconv output folder (its parts and manifest are never touched)."""
+def check_output_file(out: str | Path, *, force: bool = False, what: str = "rows") -> Path:
+    """`out` when `what` (rows, a figure) may be written there: not a folder, not an existing
+    file unless `force`, and not inside a genomeconv output folder (its parts and manifest are
+    never touched)."""
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise InputError("is a folder; --out takes a file name", path=out)
@@ -284,8 +302,8 @@ def check_output_file(out: str | Path, *, force: bool = False) -> Path:
         raise InputError("already exists (pass --force to replace it)", path=out)
     for folder in path.parents:
         if _is_output_folder(folder, parts=folder == path.parent):
-            raise InputError(f"is inside the genomeconv output folder {folder}; write the rows "
-                             "elsewhere", path=out)
+            raise InputError(f"is inside the genomeconv output folder {folder}; write the "
+                             f"{what} elsewhere", path=out)
     return path
 
 

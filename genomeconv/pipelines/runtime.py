@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genomeconv.errors import GenomeconvError, InputError
+from genomeconv.errors import GenomeconvError, InputError, writing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -27,6 +28,40 @@ if TYPE_CHECKING:
     from genomeconv.pipelines.manifest import RunToken
 
 DEFAULT_HOST = "127.0.0.1"
+PROBE_TIMEOUT_S = 5.0  # a cluster's head answers a TCP connection in well under a second
+DEFAULT_PORTS = {"": 6379, "ray://": 10001}  # Ray's GCS port; its client server's
+
+
+def check_address(address: str | None) -> None:
+    """InputError naming the address unless something accepts a TCP connection at `address`
+    (else RAY_ADDRESS) within PROBE_TIMEOUT_S: ray.init waits for minutes on an address where
+    nothing answers (300 s and more for 127.0.0.1:1), printing only Ray's own warnings.
+    "auto" and "local" are left to Ray, which resolves them at once."""
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    if given is None or given in ("auto", "local"):
+        return
+    where = f"--address {given}" if address else f"RAY_ADDRESS={given}"
+    host, port = _host_port(given)
+    if port is None:
+        raise InputError(f"{where}: expected HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or f"no answer within {PROBE_TIMEOUT_S:g} s"
+        raise InputError(f"no Ray cluster answers at {where} ({why}); start one there (ray "
+                         "start --head) or leave the address out for a local instance") from None
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    """(host, port) of "[ray://]HOST[:PORT]" (an IPv6 host in brackets), the port Ray's default
+    when left out; port None when it is not a port number."""
+    scheme = "ray://" if address.startswith("ray://") else ""
+    rest = address.removeprefix(scheme)
+    host, _, port = rest.rpartition(":")
+    if not host or port.endswith("]"):  # no port: "head", "[::1]"
+        host, port = rest, str(DEFAULT_PORTS[scheme])
+    ok = port.isdigit() and 0 < int(port) < 65536
+    return host.strip("[]"), int(port) if ok else None
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -34,7 +69,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     """Connect to Ray (idempotent) and return the cluster's resources.
 
     address: a cluster address ("auto", "HOST:PORT"); None uses RAY_ADDRESS if set, else starts a
-    local instance whose servers listen on 127.0.0.1 only.
+    local instance whose servers listen on 127.0.0.1 only. An address is probed first
+    (`check_address`).
     """
     import logging
 
@@ -45,6 +81,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     from genomeconv.errors import verbose
 
     if not ray.is_initialized():
+        check_address(address)
         logs.quiet_libraries()  # after importing ray and ray.data, which set their own levels
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
@@ -234,14 +271,14 @@ def plan_units(item_ids: Sequence[str], unit_size: int, *, costs: Sequence[int] 
     hashes its item ids, so two units (of any runs) share a part name only when they hold the
     same items. Callers pass only the items not done yet: completion is per item, not per unit.
     """
-    if unit_size < 1:
-        raise ValueError(f"unit_size must be >= 1, got {unit_size}")
-    if (costs is None) != (unit_cost is None) or (unit_cost is not None and unit_cost < 1):
-        raise ValueError("costs and a unit_cost >= 1 go together")
+    # Callers pass checked sizes (preflight refuses non-positive options) and unique ids.
+    assert unit_size >= 1, f"unit_size must be >= 1, got {unit_size}"
+    assert (costs is None) == (unit_cost is None) and (unit_cost is None or unit_cost >= 1), \
+        "costs and a unit_cost >= 1 go together"
     cost = dict(zip(item_ids, costs if costs is not None else [0] * len(item_ids)))
     ordered = sorted(cost)
-    if len(ordered) != len(item_ids):
-        raise ValueError("item ids must be unique; duplicates would be written twice")
+    assert len(ordered) == len(item_ids), \
+        "item ids must be unique; duplicates would be written twice"
     groups: list[list[str]] = []
     if unit_cost is not None:
         groups = [[i] for i in ordered if cost[i] >= unit_cost]
@@ -281,7 +318,6 @@ class PartWriter:
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         self.final = out / f"part-{unit_id}.parquet"
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
@@ -289,19 +325,23 @@ class PartWriter:
         # Dictionary pages only for text (names, bases, statuses): trying them on float columns
         # cost 3x the write time of a track part and made it 40% larger.
         text = [f.name for f in schema if pa.types.is_string(f.type)]
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema,
-                                                                 use_dictionary=text)
+        with writing(self.final):  # a full disk: one line naming the part (errors.writing)
+            out.mkdir(parents=True, exist_ok=True)
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, self.schema,
+                                                                     use_dictionary=text)
 
     def write(self, table: "pa.Table") -> None:
         """Append rows (one or more row groups of at most 65,536 rows)."""
         assert self._writer is not None, "write after commit/discard"
-        self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
-                                 row_group_size=65536)
+        with writing(self.final):
+            self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
+                                     row_group_size=65536)
 
     def commit(self) -> Path:
         """Close the file and move it into place."""
         assert self._writer is not None, "commit twice"
-        self._writer.close()
+        with writing(self.final):
+            self._writer.close()
         self._writer = None
         if self.token is None:
             os.replace(self.tmp, self.final)
@@ -310,10 +350,14 @@ class PartWriter:
         return self.final
 
     def discard(self) -> None:
-        """Remove the temporary file of a failed unit (no-op after commit)."""
+        """Remove the temporary file of a failed unit (no-op after commit), also when closing
+        it fails too (a full disk): only whole parts are ever left."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except OSError:
+                pass  # the file is removed next, whatever its writer could not flush
             self.tmp.unlink(missing_ok=True)
 
 

@@ -16,7 +16,10 @@ same question and can be averaged. Columns: `<measure>_fwd`, `<measure>_rev` and
 mean of the strands that predict p (one where the other cannot: a contig's first base has no
 forward prediction, its last no reverse one; `--strands fwd` leaves the _rev columns null and
 the mean is the forward value). Positions whose base is not A, C, G or T (N, IUPAC codes) have
-null measures. Values are float32.
+null measures. Values are float32. Outputs are finite: where the model's log-probabilities at a
+position hold NaN or infinity (a broken model) the run stops naming the position, unless
+--keep-nonfinite, which writes its measures as they come (NaN or infinity, never null) with
+nonfinite = true, as embed and score-variants mark their rows.
 
 Context and pieces. The selected intervals (merged; strand plays no part) are cut into pieces on
 a fixed grid of `piece_bp` bases per contig. A piece [a, b) is scored from its forward window
@@ -44,8 +47,9 @@ bigWig. After the parts, OUT/bigwig/<column>.bw is written for the chosen column
 mean`: the six strand means, `all`: every measure column, `none`), from every part in the folder:
 chromosome sizes from the FASTA index, chromosomes in name order (UCSC's readers find a
 chromosome by binary search over the names; libBigWig keeps the order it is given), sorted
-0-based half-open intervals of one base (fixedStep, span 1), null and non-finite values left
-out; written under a temporary name and renamed.
+0-based half-open intervals of one base (fixedStep, span 1), null and non-finite values and the
+rows marked nonfinite left out; written under a temporary name and renamed. A column without a
+single finite value is not written (an empty bigWig says nothing), and one note line says so.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genomeconv.errors import InputError
+from genomeconv.errors import InputError, writing
 from genomeconv.io.regions import Span, merge_spans, reverse_complement, subtract_spans
 from genomeconv.pipelines import manifest, runtime, schema
 from genomeconv.pipelines.job import (Job, JobSummary, Progress, Unit, UnitActor, WorkerSetup,
@@ -77,6 +81,9 @@ PIECE_BP = 1 << 18  # default positions per piece (at least the context: overlap
 MAX_DEFAULT_CONTEXT = 1 << 16  # the receptive field is the default context up to this
 KEY_PIECES = b"genomeconv.track_pieces"  # JSON [[chrom, start, end], ...] of a part's pieces
 KEY_TRACK = b"genomeconv.track"  # JSON: context, receptive field, pieces, strands, log base
+# Space a bigWig takes: 5.2 bytes per value and a few kB measured (zlib, 10 zoom levels); libBigWig
+# aborts the process when the disk fills up under it, so the space is checked first.
+BIGWIG_BYTES = (8, 1 << 16)  # per value, per file
 _COMPLEMENT_COLUMNS = [3, 2, 1, 0]  # reverse-strand columns A C G T -> plus-strand T G C A
 
 
@@ -125,12 +132,13 @@ def plan_pieces(spans: dict[str, list[Span]], sizes: dict[str, int], ranks: dict
 # --- measures (worker side) -----------------------------------------------------------------
 
 
-def strand_measures(logp: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
-    """Measures of one strand from log p(A, C, G, T) per position ((n, 4), NaN rows where the
-    strand has no prediction) and the reference codes ((n,), A0 C1 G2 T3, -1 other): each
-    (n,) float64, NaN where undefined."""
+def strand_measures(logp: np.ndarray, codes: np.ndarray,
+                    predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """Measures of one strand from log p(A, C, G, T) per position ((n, 4)), the reference codes
+    ((n,), A0 C1 G2 T3, -1 other) and where the strand predicts a position ((n,) bool): each
+    (n,) float64, NaN where undefined; a model's NaN or infinity stays in the measures."""
     logp = logp.astype(np.float64)
-    ok = (codes >= 0) & ~np.isnan(logp[:, 0])
+    ok = (codes >= 0) & predicted
     n = len(codes)
     ref = np.full(n, np.nan)
     ref[ok] = logp[ok, codes[ok]]
@@ -146,18 +154,23 @@ def strand_measures(logp: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
-def piece_columns(fwd: np.ndarray | None, rev: np.ndarray | None,
+Strand = tuple[np.ndarray, np.ndarray]  # log p(A, C, G, T) rows (n, 4), predicted (n,) bool
+
+
+def piece_columns(fwd: Strand | None, rev: Strand | None,
                   codes: np.ndarray) -> dict[str, np.ndarray]:
     """Every measure column of a piece: `<measure>_fwd`, `_rev` (all NaN for a strand not
-    scored, None) and the mean of the strands defined at each position."""
-    unscored = np.full((len(codes), 4), np.nan)
-    f = strand_measures(unscored if fwd is None else fwd, codes)
-    r = strand_measures(unscored if rev is None else rev, codes)
+    scored, None) and the mean of the strands that define it at each position (NaN when a
+    defined one is NaN)."""
+    unscored = (np.full((len(codes), 4), np.nan), np.zeros(len(codes), dtype=bool))
+    fwd, rev = fwd or unscored, rev or unscored
+    has_a, has_b = (codes >= 0) & fwd[1], (codes >= 0) & rev[1]
+    f = strand_measures(fwd[0], codes, fwd[1])
+    r = strand_measures(rev[0], codes, rev[1])
     columns: dict[str, np.ndarray] = {}
     for m in schema.TRACK_MEASURES:
         a, b = f[m], r[m]
-        both = ~np.isnan(a) & ~np.isnan(b)
-        columns[m] = np.where(both, (a + b) / 2, np.where(np.isnan(a), b, a))
+        columns[m] = np.where(has_a & has_b, (a + b) / 2, np.where(has_a, a, b))
         columns[m + "_fwd"], columns[m + "_rev"] = a, b
     return columns
 
@@ -232,17 +245,18 @@ class TrackActor(UnitActor):
             rev = _rows(self.logp(window)[:, _COMPLEMENT_COLUMNS], context_rev)
         seconds = time.perf_counter() - t0
         columns = piece_columns(fwd, rev, codes)
-        nonfinite = self.check_finite(piece, columns, positions)
+        nonfinite = self.check_finite(piece, [s for s in (fwd, rev) if s is not None], positions)
         return _table(piece, positions, ref, context_fwd, context_rev, columns,
                       nonfinite), seconds
 
-    def check_finite(self, piece: Piece, columns: dict[str, np.ndarray],
+    def check_finite(self, piece: Piece, strands: Sequence[Strand],
                      positions: np.ndarray) -> np.ndarray:
-        """Per position, whether a defined measure is infinite (or NaN from a NaN model): an
-        error naming the first, or with keep_nonfinite the flags."""
+        """Per position, whether the model's log-probabilities there (on a strand that predicts
+        it, whatever the base) hold NaN or infinity: an error naming the first, or with
+        keep_nonfinite the flags."""
         bad = np.zeros(len(positions), dtype=bool)
-        for values in columns.values():
-            bad |= np.isinf(values)
+        for logp, predicted in strands:
+            bad |= predicted & ~np.isfinite(logp).all(axis=1)
         if bad.any() and not self.setup.keep_nonfinite:
             p = int(positions[int(bad.argmax())])
             raise InputError(f"the model gives non-finite (infinite or NaN) log-probabilities at "
@@ -252,13 +266,14 @@ class TrackActor(UnitActor):
         return bad
 
 
-def _rows(logp: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Rows of a window's log-probabilities for the positions at window `index` (row index - 1
-    predicts index); NaN rows where index is 0 (nothing before it)."""
+def _rows(logp: np.ndarray, index: np.ndarray) -> Strand:
+    """A strand's rows of a window's log-probabilities for the positions at window `index`
+    (row index - 1 predicts index) and where it predicts them: not where index is 0 (nothing
+    before it; NaN rows there)."""
     out = np.full((len(index), 4), np.nan, dtype=np.float64)
     has = index >= 1
     out[has] = logp[index[has] - 1]
-    return out
+    return out, has
 
 
 def _table(piece: Piece, positions: np.ndarray, ref: str, context_fwd: np.ndarray | None,
@@ -367,44 +382,72 @@ def write_bigwigs(out: str | Path, fasta: str | Path, columns: Sequence[str],
         header = sorted(zip(fa.references, fa.lengths))
     rank = {name: k for k, (name, _) in enumerate(header)}
     groups = []  # (rank, first position, part, row group)
+    rows = 0
     for part in sorted((Path(out) / TRACK_DIR).glob(manifest.PART_GLOB)):
         pf = pq.ParquetFile(part)
         names = pf.schema_arrow.names
+        rows += pf.metadata.num_rows
         for g in range(pf.metadata.num_row_groups):
             rg = pf.metadata.row_group(g)
             chrom = rg.column(names.index("chrom")).statistics.min
             first = rg.column(names.index("position")).statistics.min
             groups.append((rank[chrom], first, str(part), g))
     groups.sort(key=lambda x: (x[0], x[1]))
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    check_space(folder, len(columns) * (BIGWIG_BYTES[0] * rows + BIGWIG_BYTES[1]))
     runtime.connect(address)
     task = ray.remote(num_cpus=1)(write_bigwig)
-    ray.get([task.remote(str(path), header, [(p, g) for _, _, p, g in groups], column)
-             for path, column in zip(final, columns)])
-    return final
+    counts = ray.get([task.remote(str(path), header, [(p, g) for _, _, p, g in groups], column)
+                      for path, column in zip(final, columns)])
+    for path, count in zip(final, counts):
+        if not count:
+            manifest.note(f"{path} not written: the track holds no finite {path.stem} value "
+                          "(every position null, or non-finite from the model)")
+    return [path for path, count in zip(final, counts) if count]
+
+
+def check_space(folder: Path, need: int) -> None:
+    """InputError naming `folder` when its disk has less than `need` bytes free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise InputError(f"the bigWigs need about {need / 2**20:,.1f} MiB and the disk has "
+                         f"{free / 2**20:,.1f} MiB free: make room and rerun (the track parts "
+                         "are complete; the rerun writes only the bigWigs)", path=folder)
 
 
 def write_bigwig(path: str, header: list[tuple[str, int]], groups: list[tuple[str, int]],
-                 column: str) -> None:
+                 column: str) -> int:
     """One bigWig file at `path` (written under a temporary name, then renamed): the finite
-    values of `column` from the (part, row group) list, which is in genome order."""
+    values of `column` from the (part, row group) list, which is in genome order, except those
+    of rows marked nonfinite (a broken model's, written with --keep-nonfinite). Returns how
+    many values it holds; with none, no file is left at `path` (an empty bigWig says nothing)."""
     import pyarrow.parquet as pq
     import pyBigWig
 
     tmp = Path(path).with_name(f".tmp-{Path(path).name}-{os.getpid()}")
     bw = pyBigWig.open(str(tmp), "w")
+    count = 0
     try:
         bw.addHeader(header, maxZooms=10)
         files: dict[str, Any] = {}
         for part, g in groups:
             pf = files.setdefault(part, pq.ParquetFile(part))
-            rows = pf.read_row_group(g, columns=["chrom", "position", column])
+            rows = pf.read_row_group(g, columns=["chrom", "position", "nonfinite", column])
             values = rows.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-            _add_runs(bw, rows.column("chrom")[0].as_py(), rows.column("position").to_numpy(),
-                      values)
+            values[rows.column("nonfinite").to_numpy(zero_copy_only=False)] = np.nan
+            count += _add_runs(bw, rows.column("chrom")[0].as_py(),
+                               rows.column("position").to_numpy(), values)
     finally:
         bw.close()
-    os.replace(tmp, path)
+    if count:
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+        Path(path).unlink(missing_ok=True)
+    return count
 
 
 def stale_bigwigs(out: str | Path, columns: Sequence[str]) -> bool:
@@ -416,12 +459,14 @@ def stale_bigwigs(out: str | Path, columns: Sequence[str]) -> bool:
     return any(not f.exists() or f.stat().st_mtime < newest for f in files)
 
 
-def _add_runs(bw: Any, chrom: str, positions: np.ndarray, values: np.ndarray) -> None:
-    """Add the finite values as fixedStep runs of one-base intervals (gaps where null)."""
+def _add_runs(bw: Any, chrom: str, positions: np.ndarray, values: np.ndarray) -> int:
+    """Add the finite values as fixedStep runs of one-base intervals (gaps where null); returns
+    how many."""
     ok = np.isfinite(values) & np.concatenate([[True], np.diff(positions) == 1])
     edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
     for start, stop in zip(edges[::2], edges[1::2]):
         bw.addEntries(chrom, int(positions[start]), values=values[start:stop], span=1, step=1)
+    return int(ok.sum())
 
 
 class TrackJob(Job):

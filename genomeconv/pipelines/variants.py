@@ -632,6 +632,8 @@ class VariantsJob(Job):
         head = fine_tuned_head(model)
         self.window = o.window or (head.window if head is not None
                                    else default_window(probe.max_seq_len, o.worker_device))
+        if self.window < 2:  # --window is checked with the options; this is head.json's
+            raise InputError(f"window {self.window} is too short (at least 2)", path=model)
         self.lm = plan_lm_columns(head)
         for text in (self.lm.reason, getattr(o.variants, "note", None)):
             if text:

@@ -32,7 +32,7 @@ def check_figure_out(out: str | Path, *, force: bool = False) -> Path:
     from genomeconv.pipelines.query import check_output_file
 
     figure_format(out)
-    return check_output_file(out, force=force)
+    return check_output_file(out, force=force, what="figure")
 
 
 def new_figure(rows: int, *, height_ratios: list[float] | None = None,

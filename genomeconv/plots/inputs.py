@@ -78,10 +78,7 @@ def open_view(paths: Sequence[str | Path], kind: str) -> View:
 
 def region_of(view: View, region: str) -> Interval:
     """`region` (samtools style) parsed, its contig renamed to the view's spelling."""
-    try:
-        interval = parse_region(region)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    interval = parse_region(region)
     return Interval(view.contig(interval.chrom), interval.start, interval.end)
 
 

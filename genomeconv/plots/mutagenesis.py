@@ -5,7 +5,9 @@ Cell (base b, position p) is the score of the SNV ref -> b at p, from `score-var
 (grey) and marked with a dot; an SNV without a row is an empty grey cell too, so no missing value
 reads as 0. The colour map diverges around 0 (symmetric limits), so for llr (log p(alt) -
 log p(ref), natural log) red cells are alleles the model finds less likely than the reference,
-blue cells more likely.
+blue cells more likely. Without a region, the plot shows the one region that the output's
+`score-variants --saturate` run scored (the command each file records); an output of a VCF, or of
+several saturated regions, needs --region.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from genomeconv.errors import InputError
 from genomeconv.io.regions import format_region
+from genomeconv.pipelines import schema
 from genomeconv.plots import figures, inputs
 
 BASES = "ACGT"
@@ -29,14 +33,15 @@ CMAP = "RdBu"  # low (negative) red, high blue, white at 0
 BLANK = "0.8"  # grey: a cell without a score (reference base, or no row for that SNV)
 
 
-def mutagenesis_matrix(paths: Sequence[str | Path], region: str, score: str = "llr", *,
-                       warn: Callable[[str], None] | None = None
+def mutagenesis_matrix(paths: Sequence[str | Path], region: str | None, score: str = "llr",
+                       *, warn: Callable[[str], None] | None = None
                        ) -> tuple[int, np.ndarray, list[str | None], str]:
     """(first 1-based position, scores (4, L) with NaN where no SNV row, reference base per
-    position or None, contig) for the SNVs with status ok in `region`."""
+    position or None, contig) for the SNVs with status ok in `region` (None: the output's
+    saturated region, `saturated_region`)."""
     view = inputs.open_view(paths, "variants")
     view.require([score])
-    interval = inputs.region_of(view, region)
+    interval = inputs.region_of(view, region or saturated_region(view))
     table = view.read(["pos", "ref", "alt", "status", score],
                       inputs.region_filter(interval, "pos", one_based=True))
     if table.num_rows == 0:
@@ -74,7 +79,28 @@ def mutagenesis_matrix(paths: Sequence[str | Path], region: str, score: str = "l
     return first, matrix, refs, interval.chrom
 
 
-def mutagenesis_figure(paths: Sequence[str | Path], region: str, score: str = "llr", *,
+def saturated_region(view: inputs.View) -> str:
+    """The one region that the `score-variants --saturate` runs behind the view's files scored,
+    read from the command each file records; InputError asking for --region unless there is
+    exactly one."""
+    regions = {region for file in view.files for region in _saturate_args(
+        (pq.read_schema(file).metadata or {}).get(schema.KEY_COMMAND, b"").decode()) if region}
+    if len(regions) != 1:
+        held = (f"several saturated regions ({', '.join(sorted(regions))})" if regions else
+                "no saturated region (its files record no score-variants --saturate run)")
+        raise InputError(f"the output holds {held}: choose one with --region",
+                         path=view.source)
+    return regions.pop()
+
+
+def _saturate_args(command: str) -> list[str]:
+    """The --saturate values of a recorded command line (`--saturate R` or `--saturate=R`)."""
+    words = command.split()
+    return [word.partition("=")[2] or following for word, following in zip(words, words[1:] + [""])
+            if word == "--saturate" or word.startswith("--saturate=")]
+
+
+def mutagenesis_figure(paths: Sequence[str | Path], region: str | None, score: str = "llr", *,
                        warn: Callable[[str], None] | None = None) -> Figure:
     """The heat map (a QuadMesh whose array is the (4, L) score matrix, rows A C G T) with the
     reference bases marked by dots."""

@@ -3,14 +3,19 @@ models from a GTF/GFF3/GenBank file underneath.
 
 Positions are drawn 1-based (the track's 0-based position + 1, as genome browsers show them). The
 x values are every position of the region, so a position without a value (an N, the first base of
-a contig on the forward strand, a row not written) is NaN in the line: a gap, never a zero. A
-region longer than MAX_POINTS bases is drawn as means of equal bins (NaN-aware; the panel title
-gives the bin size), so a whole bacterial genome stays a readable, small figure.
+a contig on the forward strand, a row not written) is NaN in the line: a gap, never a zero.
+Per-base values over more than a few kbp are a dense band: each line is a rolling mean over
+`smooth` bases (centred, NaN-aware, gaps kept; by default about a 500th of the region, rounded
+down to 1, 2 or 5 x 10^k, so 1 below 1 kbp), stated in the panel title. A region longer than
+MAX_POINTS bases is then drawn as means of equal bins (NaN-aware; the title gives the bin size),
+so a whole bacterial genome stays a readable, small figure. A column without a single value in
+the region (the reverse strand of a `--strands fwd` track) is left out with one warning line;
+with nothing to draw, the figure is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +35,17 @@ UNITS = {"logp_ref": "log p(ref), nats", "entropy": "entropy, nats"}
 EXON_TYPES = ("exon", "mRNA", "CDS")  # boxes: exons, else GenBank's joined mRNA, else CDS
 CHEVRONS = 12  # strand marks along a gene
 MAX_POINTS = 20_000  # positions drawn one by one; a longer region is drawn as bin means
+SMOOTH_POINTS = 500  # the default rolling mean spans about region length / SMOOTH_POINTS bases
 
 
 def track_figure(paths: Sequence[str | Path], region: str, *,
                  measures: Sequence[str] = DEFAULT_MEASURES, strand: str = "mean",
-                 annotation: str | Path | None = None) -> Figure:
+                 annotation: str | Path | None = None, smooth: int | None = None,
+                 warn: Callable[[str], None] | None = None) -> Figure:
     """One panel per measure over `region` from the `track` view under `paths` (strand: mean,
-    fwd, rev or both), and a gene-model panel from `annotation` (GTF, GFF3 or GenBank/EMBL)."""
+    fwd, rev or both), lines smoothed over `smooth` bases (default `default_smooth`), and a
+    gene-model panel from `annotation` (GTF, GFF3 or GenBank/EMBL); `warn` hears of the columns
+    left out for having no value in the region."""
     if strand not in STRANDS:
         raise InputError(f"--strands must be one of {', '.join(STRANDS)} (got {strand!r})")
     if not measures:
@@ -45,6 +54,8 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     if unknown:
         raise InputError(f"unknown measure {unknown[0]!r} (measures: "
                          f"{', '.join(schema.TRACK_MEASURES)})")
+    if smooth is not None and smooth < 1:
+        raise InputError(f"--smooth must be at least 1 base (got {smooth})")
     if annotation is not None and not Path(annotation).is_file():
         raise InputError("no such annotation file", path=annotation)
     view = inputs.open_view(paths, "track")
@@ -61,22 +72,22 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
                          f"{format_region(interval)}; pass one track output", path=view.source)
     start = interval.start
     end = interval.end if interval.end is not None else int(positions.max()) + 1  # whole contig
+    lines = _lines(table, columns, positions - start, end - start, view, interval, warn)
+    shown = [m for m in measures if any(m + s in lines for s in STRANDS[strand])]
     genes = _genes(annotation, interval, start, end) if annotation is not None else None
-    rows = len(measures) + (genes is not None)
-    fig, axes = figures.new_figure(rows, height_ratios=[1.0] * len(measures)
+    rows = len(shown) + (genes is not None)
+    fig, axes = figures.new_figure(rows, height_ratios=[1.0] * len(shown)
                                    + ([0.5 + 0.35 * max(1, _lanes(genes))] if genes is not None
                                       else []))
     x = np.arange(start, end) + 1  # 1-based display
+    smooth = smooth or default_smooth(end - start)
     size = -(-(end - start) // MAX_POINTS)  # bases per drawn point
-    for ax, measure in zip(axes, measures):
-        for suffix in STRANDS[strand]:
-            y = np.full(end - start, np.nan)
-            y[positions - start] = inputs.floats(table[measure + suffix])
-            ax.plot(binned(x, size), binned(y, size), linewidth=0.8,
-                    label=STRAND_LABELS[suffix], gid=measure + suffix)
+    for ax, measure in zip(axes, shown):
+        for suffix in (s for s in STRANDS[strand] if measure + s in lines):
+            ax.plot(binned(x, size), binned(rolling_mean(lines[measure + suffix], smooth), size),
+                    linewidth=0.8, label=STRAND_LABELS[suffix], gid=measure + suffix)
         ax.set_ylabel(UNITS.get(measure, f"{measure}, nats"))
-        ax.set_title(measure + (f" (mean of {size:,}-bp bins)" if size > 1 else ""), loc="left",
-                     fontsize="medium")
+        ax.set_title(measure + _drawn_as(smooth, size), loc="left", fontsize="medium")
         if strand != "mean":
             ax.legend(loc="upper right", fontsize="small")
         ax.grid(alpha=0.3)
@@ -86,6 +97,58 @@ def track_figure(paths: Sequence[str | Path], region: str, *,
     axes[-1].set_xlabel(f"{interval.chrom} position (1-based)")
     fig.suptitle(f"{interval.chrom}:{start + 1:,}-{end:,}", fontsize="medium")
     return fig
+
+
+def _lines(table, columns: Sequence[str], offsets: np.ndarray, length: int, view: inputs.View,
+           interval: Interval, warn: Callable[[str], None] | None) -> dict[str, np.ndarray]:
+    """Each column's values at every position of the region (NaN without one), leaving out the
+    columns without a single value there (one warning line); InputError when none has one."""
+    lines, empty = {}, []
+    for column in columns:
+        y = np.full(length, np.nan)
+        y[offsets] = inputs.floats(table[column])
+        if np.isnan(y).all():
+            empty.append(column)
+        else:
+            lines[column] = y
+    where = format_region(interval)
+    if not lines:
+        raise InputError(f"no values of {', '.join(empty)} in {where}: nothing to draw (a "
+                         "track written with --strands fwd has no _rev values)", path=view.source)
+    if empty and warn is not None:
+        warn(f"no values of {', '.join(empty)} in {where} (a track written with --strands fwd "
+             "has no _rev values): left out of the figure")
+    return lines
+
+
+def default_smooth(length: int) -> int:
+    """The rolling mean's span for a region of `length` bases: length / SMOOTH_POINTS rounded
+    down to 1, 2 or 5 x 10^k (1, per-base values, below 1 kbp)."""
+    target = max(1, length // SMOOTH_POINTS)
+    scale = 10 ** (len(str(target)) - 1)
+    return max(step * scale for step in (1, 2, 5) if step * scale <= target)
+
+
+def rolling_mean(values: np.ndarray, size: int) -> np.ndarray:
+    """The mean of the values in a window of `size` positions centred on each position, NaN
+    ignored; NaN where the position itself has none (a gap stays a gap)."""
+    if size == 1:
+        return values
+    ok = ~np.isnan(values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(ok, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(ok)])
+    lo = np.arange(len(values)) - size // 2
+    lo, hi = np.clip(lo, 0, len(values)), np.clip(lo + size, 0, len(values))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (sums[hi] - sums[lo]) / (counts[hi] - counts[lo])
+    return np.where(ok, means, np.nan)
+
+
+def _drawn_as(smooth: int, size: int) -> str:
+    """What a panel's line shows, for its title."""
+    parts = ([f"rolling mean over {smooth:,} bp"] if smooth > 1 else []) + (
+        [f"mean of {size:,}-bp bins"] if size > 1 else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def binned(values: np.ndarray, size: int) -> np.ndarray:

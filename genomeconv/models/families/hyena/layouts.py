@@ -3,8 +3,8 @@
 model.safetensors), and genomeconv's own folders of the "hyena" family.
 
 - original: state_dict keys start with `model.backbone.` (gradient-checkpointed runs add
-  `.mixer.layer.` / `.mlp.layer.`); the public files pickle omegaconf objects, read through
-  `weights.read_torch_pickle(inert_globals=True)`.
+  `.mixer.layer.` / `.mlp.layer.`); the public files pickle omegaconf objects, which
+  `weights.load_torch_file(inert_unknown=True)` replaces by inert placeholders.
 - -hf: `hyena.backbone.*` and `lm_head.weight` (the shared Sin `freq` may be stored once or three
   times; the z/t buffers are stored too and checked against ours).
 - genomeconv: our module names, freq stored once.
@@ -27,7 +27,7 @@ import torch
 from genomeconv.errors import InputError
 from genomeconv.models.families.hyena.model import SHARED_FREQ, HyenaConfig, HyenaDNA
 from genomeconv.models.weights import few as _few
-from genomeconv.models.weights import read_json, read_safetensors, read_torch_pickle
+from genomeconv.models.weights import load_torch_file, read_json, read_safetensors
 
 # Bounds that catch mistyped config values before a model is allocated from them.
 _MIN_VALUE = {"num_inner_mlps": 0}  # other int fields: >= 1
@@ -205,11 +205,16 @@ def _build(config: HyenaConfig, state: dict[str, torch.Tensor], model_id: str,
 
 
 def _read_lightning(path: Path) -> dict[str, torch.Tensor]:
-    """state_dict of a Lightning weights.ckpt without running code from the file."""
-    ckpt = read_torch_pickle(path, inert_globals=True)
+    """state_dict of a Lightning weights.ckpt without running code from the file (its omegaconf
+    objects become inert placeholders: models/weights.py)."""
+    ckpt = load_torch_file(path, inert_unknown=True)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise InputError("no 'state_dict' in this Lightning checkpoint", path=path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        held = type(ckpt).__name__ if not isinstance(ckpt, dict) else (
+            f"a dict with {', '.join(map(repr, list(ckpt)[:5]))}")
+        raise InputError(f"not a Lightning checkpoint: no 'state_dict' of tensors (it holds "
+                         f"{held})", path=path)
     return state
 
 

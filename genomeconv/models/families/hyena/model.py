@@ -54,12 +54,12 @@ class HyenaConfig:
 
     def __post_init__(self) -> None:
         if self.hyena_order != 2:
-            raise ValueError(f"only hyena_order 2 is supported (got {self.hyena_order})")
+            raise InputError(f"only hyena_order 2 is supported (got {self.hyena_order})")
         if self.emb_dim < 3 or self.emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim must be odd and >= 3 (got {self.emb_dim})")
+            raise InputError(f"emb_dim must be odd and >= 3 (got {self.emb_dim})")
         if self.short_filter_order < 1 or min(self.d_model, self.n_layer, self.d_inner,
                                                self.max_seq_len) < 1:
-            raise ValueError("sizes must be positive")
+            raise InputError("sizes must be positive")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -73,11 +73,11 @@ class HyenaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HyenaConfig":
-        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        """Inverse of `to_dict`; unknown keys raise InputError."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown HyenaConfig keys: {unknown}")
+            raise InputError(f"unknown HyenaConfig keys: {unknown}")
         return cls(**data)
 
     @property
