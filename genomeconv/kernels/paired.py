@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .fft import SpectrumCache, rfft
-from .validate import check_finite, compute_dtype
+from .validate import check_finite, accumulation_dtype
 
 try:
     import ducc0
@@ -147,12 +147,12 @@ def _inverse(z: np.ndarray) -> None:
     ducc0.fft.c2c(z3, axes=(1,), forward=False, out=z3)
 
 
-def _bin_weights(M: int, n: int, cdt: type, fn) -> np.ndarray:
-    """(n, M) array of `cdt`: fn(a, b) gives the n weights of the bins j of one chunk (in
+def _bin_weights(M: int, n: int, ctype: type, fn) -> np.ndarray:
+    """(n, M) array of `ctype`: fn(a, b) gives the n weights of the bins j of one chunk (in
     float64) from a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M). Chunks of
     BIN_CHUNK bins keep the float64 temporaries small: whole-length ones stay behind as freed
     heap (measured here: 0.2 GiB of resident memory after M = 10^6)."""
-    out = np.empty((n, M), cdt)
+    out = np.empty((n, M), ctype)
     for j0 in range(0, M, BIN_CHUNK):
         w = np.exp(-1j * np.pi * np.arange(j0, min(j0 + BIN_CHUNK, M)) / M)
         out[:, j0:j0 + len(w)] = fn((1 - 1j * w) / 2, (1 + 1j * w) / 2)
@@ -162,8 +162,8 @@ def _bin_weights(M: int, n: int, cdt: type, fn) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _pair_weights(M: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """|a|^2/M, |b|^2/M, conj(a) b/M, a conj(b)/M: alpha and beta from K and Kc."""
-    cdt = np.complex128 if dtype == torch.float64 else np.complex64
-    w = _bin_weights(M, 4, cdt, lambda a, b: (
+    ctype = np.complex128 if dtype == torch.float64 else np.complex64
+    w = _bin_weights(M, 4, ctype, lambda a, b: (
         abs(a) ** 2 / M, abs(b) ** 2 / M, a.conj() * b / M, a * b.conj() / M))
     return tuple(torch.from_numpy(c) for c in w)
 
@@ -178,8 +178,8 @@ def _z_weights(M: int, dtype: np.dtype, layout: tuple[int, int] | None) -> tuple
         A, B = abs(a) ** 2, abs(b) ** 2
         return (A * a + B * b) / M, (A * b + B * a) / M, (a.conj() * b * b + a * a * b.conj()) / M
 
-    cdt = np.complex128 if dtype == np.float64 else np.complex64
-    return tuple(to_layout(_bin_weights(M, 3, cdt, pqr), M))
+    ctype = np.complex128 if dtype == np.float64 else np.complex64
+    return tuple(to_layout(_bin_weights(M, 3, ctype, pqr), M))
 
 
 def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
@@ -413,15 +413,15 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     Lk = k.shape[-1]
     M = half_size(L - history + Lk - 1 if block is None else max(block, Lk + 1))
     plan = Segments(L, Lk, M, history)
-    cdt = compute_dtype(u.dtype)
+    acc_dtype = accumulation_dtype(u.dtype)
     R = plan.rows_per_block(H)
 
     def host(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.detach().to(cdt).expand(u.shape).numpy()
+        return None if t is None else t.detach().to(acc_dtype).expand(u.shape).numpy()
 
     x, pre, post = host(u), host(pregate), host(postgate)
-    direct = out is not None and out.dtype == cdt
-    y = out if direct else torch.empty(B, H, L - history, dtype=cdt)
+    direct = out is not None and out.dtype == acc_dtype
+    y = out if direct else torch.empty(B, H, L - history, dtype=acc_dtype)
     yn = y.numpy()
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
@@ -430,20 +430,20 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # that), each cached only beside the live entries (building one costs more than the
     # uncached path, so filters used in turn must not evict each other on every call)
     cached = transforms = None
-    entry = H * M * (16 if cdt == torch.float64 else 8)
-    if cache.fits(k, 4 * M, cdt):
-        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", reserve=2 * entry,
+    entry = H * M * (16 if acc_dtype == torch.float64 else 8)
+    if cache.fits(k, 4 * M, acc_dtype):
+        cached = cache.get(k, D, 2 * M, acc_dtype, tag=f"paired{split(M)}", reserve=2 * entry,
                            transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True))
-    elif cache.fits(k, 2 * M, cdt):
-        transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}", reserve=entry,
+    elif cache.fits(k, 2 * M, acc_dtype):
+        transforms = cache.get(k, D, 2 * M, acc_dtype, tag=f"pairedZk{split(M)}", reserve=entry,
                                transform=lambda kd, Dd, n: _filter_side(
                                    kd, Dd, M, coefficients=False))
     cached = None if cached is None else cached.numpy()
     transforms = None if transforms is None else transforms.numpy()
     if cached is None and transforms is None:
         check_finite(k, D)
-        kn = k.detach().to(cdt).numpy()
-        Dn = None if D is None else D.detach().to(cdt).numpy()
+        kn = k.detach().to(acc_dtype).numpy()
+        Dn = None if D is None else D.detach().to(acc_dtype).numpy()
 
     def block(h0: int) -> None:
         hs = slice(h0, min(H, h0 + R))
@@ -472,4 +472,4 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             f.result()
     if out is not None:
         return out if direct else out.copy_(y)
-    return y if u.dtype == cdt else y.to(u.dtype)
+    return y if u.dtype == acc_dtype else y.to(u.dtype)
