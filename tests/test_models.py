@@ -151,7 +151,7 @@ def test_forward_matches_float64_reference(rng, L):
     assert_close_ref(hidden, reference_hidden(model, ids))
 
 
-def test_logits_and_log_likelihood(rng):
+def test_logits_and_autograd_log_likelihoods(rng):
     model = random_model()
     ids = random_ids(rng, 2, 33)
     ref = reference_hidden(model, ids) @ model.lm_head.weight.detach().double().numpy().T
@@ -159,7 +159,7 @@ def test_logits_and_log_likelihood(rng):
     expect = np.take_along_axis(ref_lp[:, :-1], ids.numpy()[:, 1:, None], -1)[..., 0]
     with torch.no_grad():
         logits = model.logits(ids)
-        ll = model.log_likelihood(ids)
+        ll = model.autograd_log_likelihoods(ids)
     assert logits.shape == (2, 33, 16)
     assert ll.shape == (2, 32)
     np.testing.assert_allclose(ll.numpy(), expect, atol=1e-4)

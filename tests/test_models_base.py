@@ -44,7 +44,7 @@ def test_hyena_behind_the_interface(hyena, rng):
     loglik2, hidden2 = hyena.log_likelihoods(ids, with_hidden=True, chunk_size=7)
     assert none is None and torch.equal(loglik, loglik2) and torch.equal(hidden2, hidden)
     with torch.no_grad():
-        direct = hyena.log_likelihood(ids)  # the autograd forward, float32
+        direct = hyena.autograd_log_likelihoods(ids)  # the autograd forward, float32
     np.testing.assert_allclose(loglik.numpy(), direct.numpy(), rtol=1e-4, atol=1e-5)
     bf16, _ = hyena.log_likelihoods(ids, dtype=torch.bfloat16)  # the bf16 arrangement
     ref_bf16 = inference.hidden_and_loglik(hyena, ids, dtype=torch.bfloat16)[1]

@@ -67,9 +67,9 @@ def var(chrom: str, pos: int, ref: str, alt: str, vid: str | None = None) -> Var
 
 
 def total_loglik(model, seq: str) -> float:
-    """Independent reference: the model's own log_likelihood of one sequence, summed in float64."""
+    """Independent reference: the autograd log-likelihoods of one sequence, summed in float64."""
     with torch.inference_mode():
-        return float(model.log_likelihood(tokenize(seq)[None]).double().sum())
+        return float(model.autograd_log_likelihoods(tokenize(seq)[None]).double().sum())
 
 
 def test_window_arithmetic():

@@ -47,7 +47,7 @@ class NextTokenLoss(nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return -self.model.log_likelihood(ids).mean()
+        return -self.model.autograd_log_likelihoods(ids).mean()
 
 
 def check_pretrain(opts: PretrainOptions, *, world: int | None = None) -> None:
