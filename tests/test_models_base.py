@@ -106,6 +106,18 @@ def test_load_dispatches_on_family(hyena, tmp_path):
     assert load(str(tmp_path / "new"), model_id="renamed").model_id == "renamed"
 
 
+def test_save_writes_half_precision_as_float32(hyena, tmp_path):
+    """A model held in bfloat16 (trained in mixed precision) is saved as float32: training
+    exports through `save` whatever dtype DeepSpeed ran it in."""
+    from safetensors.torch import load_file
+
+    hyena.to(torch.bfloat16).save(tmp_path / "bf16")
+    stored = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float32}
+    for key, value in hyena.state_tensors().items():
+        assert torch.equal(stored[key], value.float()), key
+
+
 class Uniform(LanguageModel):
     """A family defined outside the package: every base equally likely (log 1/5)."""
 

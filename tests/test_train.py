@@ -28,6 +28,7 @@ from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
 from genomeconv.pipelines.options import VariantOptions
+from genomeconv.plots.training import training_figure
 from fixtures import assert_one_line_error, run_cli, write_fasta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +118,12 @@ def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
     assert model.config.d_model == 16 and (tmp_path / "full" / "model" / "MODEL_CARD.md").is_file()
     assert "Markov" in (tmp_path / "full" / "model" / "MODEL_CARD.md").read_text()
     assert full["kmer_baseline"]["order"] in range(4)
+    # the real run's files are what `genomeconv plot training` draws (test_plots writes them)
+    drawn = {line.get_gid(): line.get_xydata()
+             for ax in training_figure(tmp_path / "full").axes for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn["train_loss"],
+                                  [(r["step"], r["train_loss"]) for r in full["history"]])
+    assert drawn["kmer_val_ppl"][0, 1] == full["kmer_baseline"]["val_ppl"]
     # the model's validation NLL equals its own log-likelihood on the same windows
     split = td.load_genome(genome, model.tokenize, val_fraction=0.1)
     windows = td.tile_windows(split.val, 64, 4)
@@ -214,23 +221,40 @@ def run_finetune(task, out: Path, **overrides) -> dict:
     return tr.finetune(opts, log=lambda line: None)
 
 
-def test_finetune_binary_round_trip(variant_task, tmp_path):
-    summary = run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
+LAYER = "backbone.layers.0"  # the binary head reads the first block's output (--layer)
+
+
+@pytest.fixture(scope="module")
+def binary(variant_task, tmp_path_factory) -> tuple[dict, Path]:
+    """One binary fine-tune on the first block's hidden states: its summary and model folder."""
+    out = tmp_path_factory.mktemp("binary")
+    summary = run_finetune(variant_task, out, freeze="1", positive_label="1", layer=LAYER)
+    return summary, out / "model"
+
+
+def pooled(model, ids: np.ndarray, layer: str | None) -> np.ndarray:
+    """Independent reference: the mean of the autograd forward's hidden states of `layer` over
+    full-length windows."""
+    with torch.no_grad():
+        return model(torch.from_numpy(ids), layer=layer).mean(dim=1).numpy()
+
+
+def test_finetune_binary_round_trip(variant_task, binary):
+    summary, model_dir = binary
     assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1"
     assert summary["val_chroms"] == ["chr3"]
     assert summary["train_variants"] == 80 and summary["val_variants"] == 40
     best = max(summary["history"], key=lambda r: r["auroc"])
     assert best["auroc"] > 0.8
     # the saved model (backbone + head) reproduces the best epoch's validation metrics
-    model_dir = tmp_path / "model"
     model, head = load(model_dir), heads.load_head(model_dir)
     assert head.classes == ["0", "1"] and head.window == 32
+    assert head.layer == LAYER and head.meta["input_dim"] == 3 * model.layer_width(LAYER)
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes, model.tokenize)
-    val = tr._subset(windows, np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
-    with torch.no_grad():
-        ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
-        alt = model(torch.from_numpy(val.alt)).mean(dim=1).numpy()
+    assert (windows.ref_lengths == 32).all() and (windows.alt_lengths == 32).all()
+    val = windows.subset(np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
+    ref, alt = pooled(model, val.ref, LAYER), pooled(model, val.alt, LAYER)
     probs = head.predict(ref, alt)
     np.testing.assert_allclose(head.scores(ref, alt)["p_1"], probs[:, 1])
     got = metrics.classification_metrics(val.labels, probs)
@@ -238,13 +262,13 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
     assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
 
 
-def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_local):
+def test_score_variants_adds_the_class_probability(variant_task, binary, tmp_path, ray_local):
+    """The head's layer (head.json) is the one score-variants pools for it."""
     import duckdb
 
     from genomeconv.pipelines.variants import score_variants
 
-    run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
-    model_dir = tmp_path / "model"
+    model_dir = binary[1]
     model, head = load(model_dir), heads.load_head(model_dir)
     score_variants(
         VariantOptions(
@@ -257,13 +281,11 @@ def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_l
     got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
-    # independent: the head on mean-pooled hidden states of the training windows (window 32)
+    # independent: the head on mean-pooled hidden states (of its layer) of the training windows
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], head.window, head.classes,
-                                     model.tokenize)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
-        alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()
+                                  model.tokenize)
+    ref, alt = pooled(model, windows.ref, LAYER), pooled(model, windows.alt, LAYER)
     want = {(v.chrom, v.pos, v.ref, v.alt): s for v, s in
             zip((data.variants[r] for r in windows.rows), head.scores(ref, alt)["p_1"])}
     scores = {r[:4]: r[4] for r in got}
@@ -351,7 +373,8 @@ def test_pretrain_input_errors(genome, tmp_path, gas3, case, extra, want):
 
 @pytest.mark.parametrize("case,extra,want", [
     ("freeze_word", ["--freeze", "some"], "--freeze takes all, none or a number"),
-    ("freeze_too_many", ["--freeze", "5"], "--freeze 5: the base model has 2 blocks"),
+    ("freeze_too_many", ["--freeze", "5"], "has 2 blocks"),
+    ("layer", ["--layer", "mixer"], "--layer 'mixer'"),
     ("label_column", ["--label-column", "nope"], "no column 'nope'"),
     ("single_class", ["--label-column", "one"], "has a single value ['x']"),
     ("no_records", [], "no variants to train on"),

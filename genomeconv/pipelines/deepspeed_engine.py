@@ -179,22 +179,18 @@ def _gathered(engine: Any) -> Any:
     return nullcontext()
 
 
-def export_model(engine: Any, config: Any, directory: Path, *, card: str | None = None,
+def export_model(engine: Any, directory: Path, *, card: str | None = None,
                  head_meta: dict[str, Any] | None = None) -> None:
-    """Write the trained backbone (float32) with `model.save` from rank 0, and the head of a
+    """Write the trained backbone (`engine.module.model`, a models.LanguageModel) through its
+    `save` from rank 0 (float32, whatever dtype DeepSpeed trained it in), and the head of a
     VariantClassifier when `head_meta` is given."""
     import torch.distributed as dist
 
-    from genomeconv.models import HyenaDNA
     from genomeconv.models.heads import save_head
 
     with _gathered(engine):
         if dist.get_rank() == 0:
-            state = {k: v.detach().float().cpu()
-                     for k, v in engine.module.model.state_dict().items()}
-            fresh = HyenaDNA(config)
-            fresh.load_state_dict(state)
-            fresh.save(directory, card=card)
+            engine.module.model.save(directory, card=card)
             if head_meta is not None:
                 save_head(engine.module.head, head_meta, directory)
     dist.barrier()

@@ -230,6 +230,7 @@ class FinetuneOptions(TrainOptions):
     label: str = "label"
     positive_label: str | None = None  # binary: the class P() is written for; None: minority
     freeze: str = "none"
+    layer: str | None = None  # the layer whose pooled hidden states the head reads; None: final
     window: int = 1024
     head_hidden: int = 64
     epochs: int = 10
