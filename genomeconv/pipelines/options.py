@@ -114,6 +114,7 @@ class EmbedOptions(JobOptions, Selection):
     pooling: str = "mean"
     per_base: bool = False
     per_base_dtype: str = "float32"
+    layer: str | None = None  # the model's layer whose hidden states are embedded; None: final
     batch_size: int = 16  # items per model call
     chunk_size: int | None = None
     command: str = "genomeconv embed"
