@@ -6,7 +6,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from fixtures import cli_env, run_cli
+from helpers import cli_env, run_cli
 from genomeconv.cli import USER_ERRORS, app, error_line
 from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from genomeconv.cli import app
 from genomeconv.commands import embed, track, train, variants
 from genomeconv.pipelines import options
-from fixtures import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 # concept -> its one name; a command offering the concept must spell it so, and no command may
 # offer any of the other spellings seen before (they live on only as hidden aliases).

@@ -23,8 +23,8 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import schema
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import assert_one_line_error, run_cli
-from test_train import make_variant_task
+from helpers import assert_one_line_error, run_cli
+from helpers import make_variant_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,7 +26,7 @@ from genomeconv.io.annotations import select_features
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.seqrecords import features_of, genes_of, record_format
 from genomeconv.pipelines.embed import plan_fasta_items
-from fixtures import random_seq, save_tiny_model, write_fasta
+from helpers import random_seq, save_tiny_model, write_fasta
 
 # (type, parts as (start, end, strand) in biological order, qualifiers); record "R1.1"
 FEATURES = [

@@ -19,7 +19,7 @@ from genomeconv.models import (POOLINGS, HyenaConfig, HyenaDNA, LanguageModel, i
 from genomeconv.models.tokenizer import VOCAB, tokenize
 from genomeconv.models import base
 from genomeconv.pipelines.variants import plan_variant, score_planned
-from fixtures import random_seq, write_fasta
+from helpers import random_seq, write_fasta
 
 TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=48, filter_order=8)
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, checkpoints, load
-from test_models import TINY, random_ids, random_model
+from helpers import TINY, random_ids, random_model
 
 
 def public_state(model) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genomeconv.models import HyenaConfig, inference, pool
-from test_models import TINY, assert_close_ref, random_ids, random_model, reference_hidden
+from helpers import TINY, assert_close_ref, random_ids, random_model, reference_hidden
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 64, None])

@@ -28,7 +28,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
 from genomeconv.pipelines.options import EmbedOptions
-from fixtures import random_seq, save_tiny_model
+from helpers import random_seq, save_tiny_model
 
 IUPAC_RC = dict(zip("ACGTN", "TGCAN"))
 

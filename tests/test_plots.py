@@ -23,7 +23,7 @@ from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.patches import Rectangle
 from typer.testing import CliRunner
 
-from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
 from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.io.variants import info_values
@@ -150,7 +150,7 @@ def trained(tmp_path_factory) -> dict:
     import torch
 
     from genomeconv.pipelines import train as tr
-    from test_train import make_variant_task, markov_genome
+    from helpers import make_variant_task, markov_genome
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -22,29 +22,21 @@ import numpy as np
 import pytest
 import torch
 
-from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models import load
 from genomeconv.models import heads
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
 from genomeconv.pipelines.options import VariantOptions
 from genomeconv.plots.training import training_figure
-from fixtures import assert_one_line_error, run_cli, write_fasta
+from helpers import (assert_one_line_error, make_variant_task, markov_genome, run_cli,
+                     write_fasta)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3, val_windows=4,
             val_fraction=0.1)
-
-
-def markov_genome(rng: np.random.Generator, n: int) -> str:
-    """A sequence from an order-2 Markov chain with peaked transitions."""
-    probs = rng.dirichlet(np.full(4, 0.3), size=16)
-    out = list(rng.choice(4, size=2))
-    for _ in range(n - 2):
-        out.append(rng.choice(4, p=probs[out[-2] * 4 + out[-1]]))
-    return "".join("ACGT"[i] for i in out)
 
 
 @pytest.fixture(scope="module")
@@ -182,28 +174,6 @@ def test_two_torchrun_processes_match_one(genome, tmp_path):
 
 
 # ------------------------------------------------------------------------------ finetune
-def make_variant_task(root: Path, seed: int, length: int, per_chrom: int,
-                      label=lambda i, alt: int(alt in "AT")) -> tuple:
-    """A genome of 3 chromosomes, a tiny base model (window 32), and labelled SNVs:
-    `label(i, alt)` of the i-th variant, plus a 3-class label `three` (the ALT base's rank
-    among the other bases). Returns (fasta, table, base, rows)."""
-    rng = np.random.default_rng(seed)
-    contigs = {f"chr{i}": markov_genome(rng, length) for i in (1, 2, 3)}
-    fasta = write_fasta(root / "ref.fa", contigs)
-    rows = []
-    for chrom, seq in contigs.items():
-        for pos in rng.choice(np.arange(40, length - 40), size=per_chrom, replace=False):
-            ref = seq[pos - 1]
-            alt = rng.choice([b for b in "ACGT" if b != ref])
-            rows.append((chrom, int(pos), ref, alt, label(len(rows), alt),
-                         "ACGT".replace(ref, "").index(alt)))
-    table = root / "variants.tsv"
-    table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
-                     "".join("\t".join(map(str, r)) + "\n" for r in rows))
-    torch.manual_seed(seed)
-    base = root / "base"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
-    return fasta, table, base, rows
 
 
 @pytest.fixture(scope="module")
