@@ -62,8 +62,22 @@ def init_distributed(device: str | None = None) -> tuple[int, int]:
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     import deepspeed
 
+    if not on_cuda(device):
+        skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend="nccl" if on_cuda(device) else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def skip_shared_memory_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce: a C++ op built
+    with the system compiler on first use (minutes on two cores; no compiler, no training) that
+    only DeepSpeed's inference all-reduce calls, while training all-reduces through gloo.
+    DeepSpeed builds an op only when its table of compatible ops says so."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def world_size(world: int | None = None) -> int:
