@@ -24,8 +24,7 @@ from genomeconv.pipelines import schema
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
 from genomeconv.pipelines.options import VariantOptions
-from helpers import assert_one_line_error, run_cli
-from helpers import make_variant_task
+from helpers import assert_one_line_error, make_variant_task, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

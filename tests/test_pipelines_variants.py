@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import bgzip_and_index, write_vcf
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
@@ -30,7 +29,7 @@ from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)
 from genomeconv.pipelines.options import VariantOptions
-from helpers import random_seq, save_tiny_model, write_fasta
+from helpers import bgzip_and_index, random_seq, save_tiny_model, write_fasta, write_vcf
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
 MAX_LEN = 66
