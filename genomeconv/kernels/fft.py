@@ -5,9 +5,10 @@ runs paired.py's half-length form of the same product). Home of the filter-spect
 y = irfft(rfft(x, n) * (rfft(k, n) + D), n)[:L] with x = u * pregate, n = next_fast_len(L + Lk - 1)
 (5-smooth, often well below 2L), D folded into the spectrum, then y *= postgate.
 
-- Transforms: scipy.fft (pocketfft, `workers` threads, 2.4x torch's MKL rfft on the AMD CPUs we
-  run on) for CPU tensors, torch.fft for CUDA tensors and as a fallback. Accumulation in float32
-  (float64 for float64 inputs); the output has u's dtype.
+- Transforms: scipy.fft (pocketfft, `workers` threads; faster than torch's MKL rfft on the
+  CPUs measured, see "scipy_rfft_vs_torch" in benchmarks/results/design_figures.json) for CPU
+  tensors, torch.fft for CUDA tensors and as a fallback. Accumulation in float32 (float64 for
+  float64 inputs); the output has u's dtype.
 - Filter spectra are cached (`SpectrumCache`) keyed on the filter's address, version counter,
   shape, strides, dtype, transform size and D; an entry lives as long as the filter tensor (a
   weak-reference finalizer drops it), and an in-place change bumps `_version` and misses.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_finite, accumulation_dtype
+from .validate import accumulation_dtype, check_finite
 
 try:
     import scipy.fft as _sfft
@@ -52,8 +53,8 @@ def _default_cache_bytes() -> int:
 
 
 DEFAULT_CACHE_BYTES = _default_cache_bytes()
-# Above this size scipy's pocketfft is memory-bound and slower than torch.fft (measured here,
-# H = 256: 2x slower at n = 2^21); below it scipy is faster.
+# Above this size scipy's pocketfft is memory-bound and slower than torch.fft; below it scipy
+# is faster ("scipy_memory_bound" in benchmarks/results/design_figures.json).
 SCIPY_MAX_N = 1 << 20
 
 
@@ -362,8 +363,8 @@ def direct(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
            pregate: torch.Tensor | None = None,
            postgate: torch.Tensor | None = None) -> torch.Tensor:
     """Time-domain path, one shifted multiply-add per tap (O(L Lk)): for tiny filters.
-    (Elementwise ops rather than a depthwise conv1d, which costs ~0.1 s per call when the
-    machine's cores are oversubscribed.)"""
+    (Elementwise ops rather than a depthwise conv1d, which is slow when the machine's cores
+    are oversubscribed: "direct_not_conv1d" in benchmarks/results/design_figures.json.)"""
     check_finite(k, D)
     L, Lk = u.shape[-1], k.shape[-1]
     acc_dtype = accumulation_dtype(u.dtype)

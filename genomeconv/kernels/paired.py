@@ -23,15 +23,18 @@ twiddles exp(-2 pi i k1 n2 / M), row FFTs (length M2), i.e. the Monarch decompos
 p = 2, on ducc0's cache-friendly axis transforms. Bins stay in the four-step order (bin
 k1 + M1 k2 at k1 M2 + k2: `to_layout`), so no transposition is ever copied: alpha, beta and the
 partner index M - j are laid out to match, and the inverse runs the steps backwards into
-natural time order. Measured here, this is 1.3x ducc0's 1-D transform at M = 2^16 and about 2x
-at 2^17 .. 2^21, where the 1-D transform falls out of cache.
+natural time order. From FOUR_STEP_POINTS on this beats ducc0's 1-D transform, which falls out
+of cache ("four_step_vs_1d").
 
 Why: an M-point complex FFT costs about half an N-point real one in ducc0 at the sizes HyenaDNA
-uses (measured here: 0.49 vs 1.06 ms at N = 2^17), ducc0 is about 2x scipy's pocketfft at
-N >= 2^18, and a row block stays in cache through transform, pairing and inverse.
+uses, ducc0 beats scipy's pocketfft at large N ("half_length_complex_fft"), and a row block
+stays in cache through transform, pairing and inverse.
 Rows are split across `torch.get_num_threads()` Python threads (ducc0 and numpy release the
 GIL), each with its own buffers; blocks hold about `BLOCK_POINTS` complex points, one row for
 long inputs. monarch.py computes the same step in its digit-reversed order.
+
+The figures behind the constants and choices here are in benchmarks/results/design_figures.json,
+by the ids quoted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 
 from .fft import SpectrumCache, rfft
-from .validate import check_finite, accumulation_dtype
+from .validate import accumulation_dtype, check_finite
 
 try:
     import ducc0
@@ -58,8 +61,7 @@ GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 M
 PAIR_POINTS = 1 << 16  # complex points per chunk of the paired step (and as many in its partner)
 BIN_CHUNK = 1 << 16  # bins per chunk when per-bin weights are computed in float64
 ONE_ROW_POINTS = 1 << 14  # 1-D transforms of rows this long run row by row (see `_c2c_1d`)
-FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size (measured: 1.3x at 2^16,
-                            # 2x at 2^17..2^21 over ducc0's 1-D transform; slower below)
+FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size ("four_step_vs_1d")
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
@@ -115,7 +117,7 @@ def to_layout(v: np.ndarray, M: int) -> np.ndarray:
 def _c2c_1d(z: np.ndarray, forward: bool) -> None:
     """In place over rows z (rows, M): unnormalised 1-D c2c, rows of ONE_ROW_POINTS or more one
     at a time (ducc0's 1-D fast path; its several-rows-at-once SIMD path holds 8 rows, which
-    spill the L2 from 2^14 points: measured here 2x slower there, equal at 2^15)."""
+    spill the L2 from 2^14 points: "one_row_transforms")."""
     if len(z) == 1 or z.shape[-1] >= ONE_ROW_POINTS:
         for row in z:
             ducc0.fft.c2c(row, forward=forward, out=row)
@@ -151,7 +153,7 @@ def _bin_weights(M: int, n: int, ctype: type, fn) -> np.ndarray:
     """(n, M) array of `ctype`: fn(a, b) gives the n weights of the bins j of one chunk (in
     float64) from a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M). Chunks of
     BIN_CHUNK bins keep the float64 temporaries small: whole-length ones stay behind as freed
-    heap (measured here: 0.2 GiB of resident memory after M = 10^6)."""
+    heap ("bin_weight_chunks")."""
     out = np.empty((n, M), ctype)
     for j0 in range(0, M, BIN_CHUNK):
         w = np.exp(-1j * np.pi * np.arange(j0, min(j0 + BIN_CHUNK, M)) / M)
@@ -289,8 +291,7 @@ def _form(zk: np.ndarray, zkc: np.ndarray, p: np.ndarray, q: np.ndarray, r: np.n
 def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
     """Z' = alpha Z + beta conj Z[(M - j) mod M] in place over the transformed rows z (R, G, M)
     (bins in `_forward`'s order), a chunk of bins and its partner chunk at a time, so that
-    every temporary stays in cache (measured here at M = 2^21, filter transforms given: 2.6x
-    faster than whole-row passes on one thread, 1.7x on two).
+    every temporary stays in cache ("paired_step_chunks": faster than whole-row passes).
     coef: (alpha, beta), each (R, 1, M); or (Zk, p, q, r): the filter's transforms (R, 1, M)
     and `_z_weights`, with alpha = p Zk + q Zkc and beta = q Zk + r Zkc formed per chunk
     (Zkc = conj Zk at the partner bins)."""
@@ -337,8 +338,7 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
     block from the filter's transforms Zk (`_filter_transform`): alpha and beta (2, H, M) with
     `coefficients`, else Zk (H, M) itself (the cached form where alpha and beta would not fit:
     half their bytes). Both cost about one transform per channel plus the new entry's page
-    faults: measured here at H 16, L = 2^20, a call that misses the cache took 0.8-1.0 s, an
-    uncached call 0.5 s, a hit 0.3 s (the former float64 rfft per channel: 3.5 s per miss)."""
+    faults, a fraction of the former float64 rfft per channel ("filter_side_cost")."""
     ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
     H, step = k.shape[0], max(1, BLOCK_POINTS // M)
     out = torch.empty(*((2,) if coefficients else ()), H, M, dtype=ctype)

@@ -25,7 +25,7 @@ import math
 import torch
 
 import genomeconv.kernels.fft as fft
-from .validate import check_finite, accumulation_dtype
+from .validate import accumulation_dtype, check_finite
 
 
 def fraction_mask(fraction: float, blocks: int) -> torch.Tensor:

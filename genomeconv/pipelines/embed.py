@@ -277,7 +277,8 @@ class EmbedActor(UnitActor):
 
     def sequences(self, items: Sequence[Item]) -> list[str]:
         """Every item's bases (as `sequence`), in the order of `items`, fetched in file order:
-        a BGZF block is then inflated once, not once per item (50x faster for short items)."""
+        a BGZF block is then inflated once, not once per item ("file_order_fetch" in
+        benchmarks/results/design_figures.json)."""
         from genomeconv.io.reads import ReadRef
 
         if self.cfg.reads:
