@@ -13,9 +13,9 @@ DeepSpeed config: a JSON file shipped in genomeconv/data/deepspeed/ (by name, e.
 or any JSON file by path. genomeconv sets `train_batch_size` and
 `train_micro_batch_size_per_gpu` from `batch_size`, the world size and the file's
 `gradient_accumulation_steps`; the file chooses ZeRO stage, bf16, clipping and offload. An
-`activation_checkpointing` section turns on recomputation of each HyenaDNA block in the backward
-pass (torch.utils.checkpoint). The optimizer is torch AdamW (no DeepSpeed op compilation), with
-a linear warm-up and cosine decay of the learning rate.
+`activation_checkpointing` section turns on recomputation of each block of the model in the
+backward pass (LanguageModel.checkpoint_activations). The optimizer is torch AdamW (no
+DeepSpeed op compilation), with a linear warm-up and cosine decay of the learning rate.
 """
 
 from __future__ import annotations

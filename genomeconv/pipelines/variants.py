@@ -656,6 +656,8 @@ class VariantsJob(Job):
         o = self.opts
         model, model_id = self.model_spec
         head = fine_tuned_head(model)
+        if head is not None:  # a head.json naming a layer the backbone lacks: refused here
+            probe.check_layer(head.layer)
         self.window = o.window or (head.window if head is not None
                                    else default_window(probe.max_seq_len, o.worker_device))
         self.lm = plan_lm_columns(head)
