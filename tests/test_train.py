@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from genomeconv.errors import InputError
 from genomeconv.models import load
 from genomeconv.models import heads
 from genomeconv.pipelines import metrics
@@ -261,6 +262,15 @@ def test_score_variants_adds_the_class_probability(variant_task, binary, tmp_pat
     scores = {r[:4]: r[4] for r in got}
     assert set(scores) == set(want)
     np.testing.assert_allclose([scores[k] for k in want], list(want.values()), atol=1e-5)
+    # a head naming a layer its backbone lacks is refused before any work
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    meta = json.loads((broken / "head.json").read_text())
+    (broken / "head.json").write_text(json.dumps({**meta, "layer": "blocks.0"}))
+    with pytest.raises(InputError, match="'blocks.0'.*valid: backbone.layers.0"):
+        score_variants(VariantOptions(variants=variant_task[1], fasta=variant_task[0],
+                                      out=tmp_path / "never", model=str(broken)))
+    assert not (tmp_path / "never").exists()
 
 
 def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
@@ -390,8 +400,6 @@ def test_train_errors_through_the_console_script(tmp_path):
 
 def test_broken_fine_tuned_heads_are_one_line(tmp_path):
     from safetensors.torch import save_file
-
-    from genomeconv.errors import InputError
 
     meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
     head = heads.make_head(6, 1, 4)
