@@ -6,9 +6,9 @@ small smoke run of every kernel path for compute-sanitizer, and the run's summar
     python benchmarks/gpu_check.py summary --out DIR --stages FILE   # -> DIR/summary.json
 
 `model`: the large-1m shape (d 256 x 8 layers, max_seq_len 1,000,002, random weights) through
-the Python API (`inference.hidden_and_loglik`, `HyenaDNA.log_likelihood`): hidden states and
-log-likelihoods on the GPU equal to the CPU path's on a shorter input (float32 within 1e-4;
-bf16 within 2x the torch.fft path's error on the same GPU), a 1 Mbp random sequence in fp32
+the Python API (`inference.hidden_and_loglik`, `HyenaDNA.autograd_log_likelihoods`): hidden
+states and log-likelihoods on the GPU equal to the CPU path's on a shorter input (float32 within
+1e-4; bf16 within 2x the torch.fft path's error on the same GPU), a 1 Mbp random sequence in fp32
 and bf16 (time, kbp/s, peak memory), and 20 bf16 (autocast) training steps with plain AdamW
 through the kernels' backward, whose first loss must equal the torch.fft path's. Each check
 is recorded with its value and bound; the exit status is 1 when any fails. Without a CUDA
@@ -153,7 +153,7 @@ def train(config: HyenaConfig, B: int, L: int, steps: int, device, checks: Check
 
     def loss_fn():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return -model.log_likelihood(ids).mean()
+            return -model.autograd_log_likelihoods(ids).mean()
 
     with torch.no_grad(), torch_fft_path():
         plain = loss_fn().item()

@@ -107,37 +107,47 @@ def root(
     quiet_libraries()  # other libraries' INFO/WARNING lines, unless -v / GENOMECONV_VERBOSE
 
 
+_COMMAND_RUNNING = [True]  # until the command returns (`_on_sigint`)
+
+
 def main() -> None:
-    """Console entry point (`genomeconv`, `python -m genomeconv.cli`): the command, then the
-    shutdown of the Ray it started, both inside the error boundary; a bug's traceback is
-    followed by BUG_HINT."""
+    """Console entry point (`genomeconv`, `python -m genomeconv.cli`): the command inside the
+    error boundary (a bug's traceback is followed by BUG_HINT), then the shutdown of the Ray it
+    started, which a Ctrl-C ends at once with one line (`_on_sigint`)."""
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         app(prog_name="genomeconv")
         code: int | str | None = 0
     except SystemExit as exc:
         code = exc.code
+    except KeyboardInterrupt:  # after the boundary, before the command's end: still one line
+        click.echo(INTERRUPTED, err=True)
+        code = EXIT_INTERRUPTED
     except Exception:
         sys.excepthook(*sys.exc_info())  # typer's traceback, as if uncaught
         click.echo(BUG_HINT, err=True)
         code = 1
-    code = shutdown_ray(code)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is over: no atexit traceback now
+    _COMMAND_RUNNING[0] = False
+    shutdown_ray()
     sys.exit(code)
 
 
-def shutdown_ray(code: int | str | None) -> int | str | None:
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C: a KeyboardInterrupt while the command runs (the boundary and the pipelines end
+    it cleanly); once it is over, the process ends at once with one line, whatever it is doing
+    (Ray's shutdown, Python's exit hooks), so no traceback of theirs is printed."""
+    if _COMMAND_RUNNING[0]:
+        raise KeyboardInterrupt
+    click.echo(INTERRUPTED, err=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def shutdown_ray() -> None:
     """Stop the Ray this process started (a local instance's servers) here rather than in Ray's
-    atexit hook, where a Ctrl-C prints a traceback; returns the exit code (EXIT_INTERRUPTED when
-    interrupted, with one line)."""
+    atexit hook, under `_on_sigint`'s exit-at-once handling of Ctrl-C."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return code
-    try:
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
-    except KeyboardInterrupt:
-        click.echo(INTERRUPTED, err=True)
-        return EXIT_INTERRUPTED
-    return code
 
 
 @app.command()

@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from fixtures import cli_env, run_cli
+from helpers import cli_env, run_cli
 from genomeconv.cli import BUG_HINT, USER_ERRORS, app, error_line, is_user_error
 from genomeconv.errors import InputError
 from genomeconv.pipelines import runtime
@@ -193,7 +193,7 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
 
     import pyarrow.parquet as pq
 
-    from fixtures import random_seq, save_tiny_model, write_fasta
+    from helpers import random_seq, save_tiny_model, write_fasta
     from genomeconv.cli import INTERRUPTED
 
     model = save_tiny_model(tmp_path / "m", seed=1, max_seq_len=64)

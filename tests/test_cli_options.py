@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from genomeconv.cli import app
 from genomeconv.commands import embed, track, train, variants
 from genomeconv.pipelines import options
-from fixtures import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 # concept -> its one name; a command offering the concept must spell it so, and no command may
 # offer any of the other spellings seen before (they live on only as hidden aliases).
@@ -123,7 +123,7 @@ def test_old_spellings_still_parse_with_a_note(args, note, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("args, text", [
-    (["embed", "x.fa", "--num-workers", "0"], "--num-workers must be >= 1"),
+    (["embed", "x.fa", "--num-workers", "0"], "--num-workers must be at least 1"),
     (["embed", "x.fa", "--pooling", "median"], "--pooling must be one of"),
     (["track", "x.fa", "--strands", "up"], "--strands must be one of"),
     (["score-variants", "v.vcf", "--fasta", "x.fa", "--max-hours", "-1"], "--max-hours"),

@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.models import HyenaConfig, HyenaDNA, heads, load
 from genomeconv.pipelines import schema
 from genomeconv.pipelines import train as tr
+from genomeconv.pipelines import training_data as td
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import assert_one_line_error, run_cli
-from test_train import make_variant_task
+from helpers import assert_one_line_error, make_variant_task, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,6 +67,19 @@ def score(task, model: Path, out: Path) -> tuple[list[dict], dict]:
     return [dict(zip(names, r)) for r in rows.fetchall()], finetuned
 
 
+@pytest.fixture(scope="module")
+def tuned(task, tmp_path_factory) -> Path:
+    """A fine-tune with a trainable backbone (--freeze none; positive class by default: the
+    minority label, damaging)."""
+    return finetune(task, tmp_path_factory.mktemp("tuned"), freeze="none")
+
+
+@pytest.fixture(scope="module")
+def base_scores(task, tmp_path_factory, ray_local) -> tuple[list[dict], dict]:
+    """The base model's own scores of the task's variants."""
+    return score(task, task[2], tmp_path_factory.mktemp("base_scores"))
+
+
 def assert_columns_equal(a: list[dict], b: list[dict], columns: list[str]) -> None:
     assert [r["pos"] for r in a] == [r["pos"] for r in b]
     for c in columns:
@@ -75,8 +88,9 @@ def assert_columns_equal(a: list[dict], b: list[dict], columns: list[str]) -> No
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=c)
 
 
-def test_trainable_backbone_takes_lm_columns_from_the_base_model(task, tmp_path, ray_local):
-    model = finetune(task, tmp_path / "ft", freeze="none")
+def test_trainable_backbone_takes_lm_columns_from_the_base_model(task, tuned, base_scores,
+                                                                 tmp_path):
+    model = tuned
     head = json.loads((model / "head.json").read_text())
     assert head["freeze"] == "none" and head["positive_label"] == "damaging"
     assert head["classes"] == ["benign", "damaging"] and head["columns"] == ["p_damaging"]
@@ -86,7 +100,7 @@ def test_trainable_backbone_takes_lm_columns_from_the_base_model(task, tmp_path,
     assert any(not torch.equal(p, q) for p, q in
                zip(base.state_dict().values(), tuned.state_dict().values()))
     rows, meta = score(task, model, tmp_path / "scores")
-    base_rows, base_meta = score(task, task[2], tmp_path / "base_scores")
+    base_rows, base_meta = base_scores
     assert base_meta == {}
     assert_columns_equal(rows, base_rows, LM)  # the base model's LM columns, exactly
     # the embedding columns are the fine-tuned model's (its backbone changed)
@@ -114,20 +128,36 @@ def test_base_model_with_other_weights_leaves_lm_columns_null(task, tmp_path, ra
     assert all(r[c] is None for r in rows for c in LM)
 
 
-def test_frozen_backbone_keeps_lm_columns_and_multiclass_writes_each_class(task, tmp_path,
-                                                                            ray_local):
+def test_frozen_backbone_keeps_lm_columns_and_multiclass_writes_each_class(task, base_scores,
+                                                                            tmp_path):
     model = finetune(task, tmp_path / "ft", freeze="all", label="three")
     rows, meta = score(task, model, tmp_path / "scores")
-    own, _ = score(task, task[2], tmp_path / "own")  # frozen: the backbone is the base's
+    own, _ = base_scores  # frozen: the backbone is the base's
     assert meta["lm_columns"] == "model" and meta["positive_label"] is None
     assert meta["columns"] == ["p_0", "p_1", "p_2"]
     assert_columns_equal(rows, own, LM + ["emb_l2"])
     sums = [r["p_0"] + r["p_1"] + r["p_2"] for r in rows]
     np.testing.assert_allclose(sums, 1.0, atol=1e-6)
+    # independent: the head on the mean of the final hidden states of each training window
+    backbone, head = load(model), heads.load_head(model)
+    assert head.layer is None
+    data = td.read_labelled_variants(task[1], "three")
+    windows, _ = tr.build_windows(data, task[0], head.window, head.classes, backbone.tokenize)
+    with torch.no_grad():
+        ref, alt = (backbone(torch.from_numpy(w)).mean(dim=1).numpy()
+                    for w in (windows.ref, windows.alt))
+    want = dict(zip(((v.chrom, v.pos, v.ref, v.alt) for v in (data.variants[r]
+                                                             for r in windows.rows)),
+                    head.predict(ref, alt)))
+    got = {(r["chrom"], r["pos"], r["ref"], r["alt"]): [r["p_0"], r["p_1"], r["p_2"]]
+           for r in rows}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-5)
 
 
-def test_old_fine_tuned_folders_still_score_with_a_note(task, tmp_path, ray_local):
-    model = finetune(task, tmp_path / "ft", freeze="none", positive_label="damaging")
+def test_old_fine_tuned_folders_still_score_with_a_note(task, tuned, tmp_path, ray_local):
+    model = tmp_path / "ft"
+    shutil.copytree(tuned, model)
     head = json.loads((model / "head.json").read_text())
     for key in ("freeze", "positive_label", "columns"):
         del head[key]

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from genomeconv.kernels import choose_method, cuda, fftconv, tiles
+from helpers import autograd_reference, f64, grads, plain_torch_conv, rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -51,10 +52,6 @@ def make(B, H, L, Lk, dtype, seed, gates=True):
             for name, t in dict(u=u, k=k, D=D, pregate=pre, postgate=post).items()}
 
 
-def f64(t: torch.Tensor | None):
-    return None if t is None else t.detach().double().cpu().numpy()
-
-
 def reference(u, k, D, pregate=None, postgate=None, keep_bins=None, n=None):
     """float64 numpy: postgate * (conv(x, k) + D x), x = pregate * u; with keep_bins, the
     circular convolution of size n with the masked spectrum (rfft(k) + D) * keep_bins."""
@@ -66,22 +63,6 @@ def reference(u, k, D, pregate=None, postgate=None, keep_bins=None, n=None):
         K = K * keep_bins
     y = np.fft.irfft(np.fft.rfft(x, n=n) * K, n=n)[..., :L]
     return y * (1.0 if postgate is None else f64(postgate))
-
-
-def plain(u, k, D, pregate=None, postgate=None):
-    """Plain torch in u's precision: float32 FFTs of the rounded inputs, output in u.dtype."""
-    x = u.float() * (1.0 if pregate is None else pregate.float())
-    L = u.shape[-1]
-    n = L + k.shape[-1]
-    z = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    y = (z + (0.0 if D is None else D.float()[:, None]) * x)
-    return (y * (1.0 if postgate is None else postgate.float())).to(u.dtype)
-
-
-def rel_err(got, want) -> float:
-    got = f64(got) if isinstance(got, torch.Tensor) else got
-    want = f64(want) if isinstance(want, torch.Tensor) else want
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def check(y, a, want, fast=False, masked=False):
@@ -97,7 +78,7 @@ def check(y, a, want, fast=False, masked=False):
     elif dtype == torch.float32:
         assert err < 1e-4, err
     else:
-        base = torch.from_numpy(want).to(dtype) if masked else plain(**a)
+        base = torch.from_numpy(want).to(dtype) if masked else plain_torch_conv(**a)
         assert err <= 2 * rel_err(base, want) + 1e-6, err
 
 
@@ -189,23 +170,6 @@ def test_rows_past_two_to_the_31_elements(fmax):
     del u, y
 
 
-def torch_reference(u, k, D, pregate, postgate, keep_bins=None, n=None):
-    """float64 autograd reference (CPU) of the gated causal convolution."""
-    x = u * pregate
-    L = u.shape[-1]
-    n = L + k.shape[-1] if n is None else n
-    K = torch.fft.rfft(k, n=n) + D[:, None]
-    if keep_bins is not None:
-        K = K * keep_bins
-    return torch.fft.irfft(torch.fft.rfft(x, n=n) * K, n=n)[..., :L] * postgate
-
-
-def grads(fn, tensors, dy):
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
-    (fn(**leaves) * dy).sum().backward()
-    return {n: t.grad for n, t in leaves.items()}
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("L,Lk,partial,sparse", [(1000, 1000, False, False),
                                                   (20001, 20001, False, False),
@@ -223,9 +187,9 @@ def test_backward_against_float64_autograd(L, Lk, partial, sparse, dtype, fmax):
         keep = symmetric_keep(tiles.first_block_count(p.M, fmax), L)
         bins, n = tiles.keep_bins(keep, p.M).double(), 2 * p.M
     got = grads(lambda **t: cuda.fftconv(**t, keep=keep, partial=partial), a, dy.cuda())
-    want = grads(lambda **t: torch_reference(**t, keep_bins=bins, n=n),
+    want = grads(lambda **t: autograd_reference(**t, keep_bins=bins, n=n),
                  {name: t.double().cpu() for name, t in a.items()}, dy.double())
-    base = {} if dtype == torch.float32 or sparse else grads(plain, a, dy.cuda())
+    base = {} if dtype == torch.float32 or sparse else grads(plain_torch_conv, a, dy.cuda())
     for name in a:
         assert got[name].dtype == a[name].dtype and got[name].shape == a[name].shape, name
         err = rel_err(got[name], want[name])

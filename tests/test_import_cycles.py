@@ -1,6 +1,6 @@
 """No import cycles among genomeconv's modules (module-level and function-level imports alike,
-a submodule's import of its own package included), and every models module imports on its own
-in a fresh interpreter."""
+a submodule's import of its own package included), every models module imports on its own in a
+fresh interpreter, and no test module imports another."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import cli_env
+from helpers import cli_env
 
 PACKAGE = Path(__file__).resolve().parents[1] / "genomeconv"
 
@@ -87,3 +87,15 @@ def test_models_modules_import_alone(module):
     run = subprocess.run([sys.executable, "-c", f"import {module}"], env=cli_env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_no_test_module_imports_another():
+    """Code shared by tests lives in tests/helpers.py (or conftest.py): a test module that
+    imports another ties their fixtures together and runs the other's import for every user."""
+    tests = Path(__file__).resolve().parent
+    modules = {p.stem for p in tests.glob("test_*.py")}
+    found = [f"{path.name}:{node.lineno}" for path in sorted(tests.glob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.ImportFrom) and node.module in modules
+             or isinstance(node, ast.Import) and any(a.name in modules for a in node.names)]
+    assert found == []

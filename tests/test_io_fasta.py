@@ -16,7 +16,7 @@ import pytest
 from genomeconv.errors import InputError
 from genomeconv.io.fasta import FastaFile, FastaFormatError, compression
 from genomeconv.io.regions import UnknownContigError
-from fixtures import random_seq, write_fasta
+from helpers import random_seq, write_fasta
 
 
 @pytest.fixture(autouse=True)

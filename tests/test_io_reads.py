@@ -7,7 +7,7 @@ import pytest
 
 from genomeconv.io.reads import ReadFile, scan_reads
 from genomeconv.io.regions import reverse_complement
-from fixtures import random_seq
+from helpers import random_seq
 
 
 @pytest.fixture

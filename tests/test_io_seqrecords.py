@@ -1,5 +1,7 @@
 """GenBank, EMBL and GFF3+FASTA files as reference and annotation, and plain-gzip FASTA, through
-the io layer and through `embed` / `score-variants` on real local Ray with a tiny random model.
+the io layer, through what `embed` and `score-variants` plan and feed their model (their own
+planning and worker code, run without Ray), and once end to end on real local Ray with a tiny
+random model.
 
 Every result is compared with the same work done from an equivalent FASTA + GTF written by the
 test (and spliced sequences with Biopython's own `SeqFeature.extract`). The genome has a
@@ -26,7 +28,7 @@ from genomeconv.io.annotations import select_features
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.seqrecords import features_of, genes_of, record_format
 from genomeconv.pipelines.embed import plan_fasta_items
-from fixtures import random_seq, save_tiny_model, write_fasta
+from helpers import random_seq, save_tiny_model, worker_setup, write_fasta
 
 # (type, parts as (start, end, strand) in biological order, qualifiers); record "R1.1"
 FEATURES = [
@@ -204,7 +206,7 @@ def test_pretrain_genome_from_gzip_and_genbank_equals_fasta(genome, tmp_path):
     assert split(gz) == split(genome["gbk"]) == split(genome["fasta"])
 
 
-# --- end to end: embed and score-variants on Ray -------------------------------------------
+# --- through the jobs' own planning and workers ------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +214,31 @@ def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", seed=11, max_seq_len=1024)
 
 
-def run_cli(args: list[str]) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
+def actor_sequences(model: str, path: str, out: Path, **selection) -> dict[tuple, str]:
+    """The bases an EmbedActor (run here, without Ray) embeds for each item `embed` plans on
+    `path` (a FASTA + --gtf when `gtf` is given, else a FASTA or a record file), keyed by the
+    item's coordinates."""
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.pipelines.embed import EmbedActor, WorkerConfig
+
+    items = plan_fasta_items(path, **selection)
+    actor = EmbedActor(worker_setup(model, out), WorkerConfig(fasta=readable_fasta(path),
+                                                              reads=None))
+    return {(it.seq_name, it.chrom, it.start, it.end, it.strand, it.length): seq
+            for it, seq in zip(items, actor.sequences(items))}
+
+
+def test_embed_workers_read_record_files_as_fasta_plus_gtf(tiny_model, genome, tmp_path):
+    """What `embed` feeds the model from an EMBL --genes or a GFF3+FASTA file equals the FASTA
+    + GTF's (and the plan is the same, test_planned_items_equal_fasta_plus_gtf)."""
+    genes = {"genes": ["abcA", "P_002.1"]}
+    embl = actor_sequences(tiny_model, genome["embl"], tmp_path, **genes)
+    assert embl == actor_sequences(tiny_model, genome["fasta"], tmp_path, gtf=genome["gtf"],
+                                   **genes)
+    assert len(embl) == 2
+    records = actor_sequences(tiny_model, genome["gff3"], tmp_path)
+    assert records == actor_sequences(tiny_model, genome["fasta"], tmp_path)
+    assert sorted(records.values()) == sorted(genome["seqs"].values())
 
 
 def embeddings(out: Path) -> dict[tuple, np.ndarray]:
@@ -224,9 +247,16 @@ def embeddings(out: Path) -> dict[tuple, np.ndarray]:
             np.asarray(r["embedding"]) for r in table.to_pylist()}
 
 
+def run_cli(args: list[str]) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def test_embed_genbank_features_spliced_equal_fasta(ray_local, tiny_model, genome, tmp_path):
-    """`embed genome.gbk --features CDS --spliced` equals embedding the joined sequences (cut
-    by Biopython) from a FASTA; `--genes` equals FASTA + GTF; whole records equal the FASTA's."""
+    """End to end on Ray (the one run of this module): `embed genome.gbk.gz --features CDS
+    --spliced --per-base` equals embedding the joined sequences (cut by Biopython) from a FASTA,
+    its per-base positions following the parts in biological order."""
     rec = genome["records"][0]
     joined = {f"{t}_{i}": spliced(rec, parts) for i, (t, parts, _) in enumerate(FEATURES)
               if t == "CDS"}
@@ -248,27 +278,25 @@ def test_embed_genbank_features_spliced_equal_fasta(ray_local, tiny_model, genom
         (want_key,) = [k for k in want if k[0] == name]
         assert key[5] == want_key[5] == len(joined[name])
         np.testing.assert_allclose(got[key], want[want_key], rtol=1e-5, atol=1e-6)
-    run_cli(["embed", genome["embl"], "--genes", "abcA,P_002.1", "--out", tmp_path / "embl",
-             *common])
-    run_cli(["embed", genome["fasta"], "--gtf", genome["gtf"], "--genes", "abcA,P_002.1",
-             "--out", tmp_path / "gtf", *common])
-    run_cli(["embed", genome["gff3"], "--out", tmp_path / "records", *common])
-    run_cli(["embed", genome["fasta"], "--out", tmp_path / "fasta", *common])
-    for a, b in (("embl", "gtf"), ("records", "fasta")):
-        got, want = embeddings(tmp_path / a), embeddings(tmp_path / b)
-        assert sorted(got) == sorted(want) and len(got) == 2
-        for key in got:
-            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
 
 
-def _scores(out: Path) -> list[tuple]:
-    rows = pq.read_table(out).to_pylist()
-    return sorted((r["chrom"], r["pos"], r["ref"], r["alt"], r["status"],
-                   None if r["llr"] is None else round(r["llr"], 5)) for r in rows)
+def planned_windows(vcf: Path, fasta: str, tmp_path: Path, **selection) -> list[tuple]:
+    """The variants score-variants selects from `vcf` on `fasta` (VariantsJob.read_variants)
+    with their planned windows (status, REF and ALT window bases), as its workers plan them."""
+    from genomeconv.io.fasta import readable_fasta
+    from genomeconv.pipelines.options import VariantOptions
+    from genomeconv.pipelines.variants import VariantsJob, plan_variant
+
+    job = VariantsJob(VariantOptions(variants=vcf, fasta=fasta, out=tmp_path / "o", **selection))
+    contigs: dict[str, str | None] = {}
+    with FastaFile(readable_fasta(fasta)) as fa:
+        return [(v.chrom, v.pos, v.ref, v.alt, pv.status, pv.ref_seq, pv.alt_seq)
+                for v in job.read_variants() for pv in [plan_variant(v, fa, 128, contigs)]]
 
 
-def test_score_variants_genbank_and_gzip_reference_equal_fasta(ray_local, tiny_model, genome,
-                                                               tmp_path):
+def test_score_variants_genbank_and_gzip_reference_equal_fasta(genome, tmp_path):
+    """score-variants on a GenBank reference (its own annotation for --genes) or a plain-gzip
+    FASTA selects the same variants and scores the same windows as on the FASTA (+ GTF)."""
     seq = genome["seqs"]["R1.1"]
     vcf = tmp_path / "calls.vcf"
     positions = [20, 45, 120, 230, 330, 580]  # in abcA, abcA, T_002 (x2), trnA, no gene
@@ -280,16 +308,11 @@ def test_score_variants_genbank_and_gzip_reference_equal_fasta(ray_local, tiny_m
     gz = tmp_path / "genome.fa.gz"
     with gzip.open(gz, "wb") as fh:
         fh.write(Path(genome["fasta"]).read_bytes())
-    common = ["--model", tiny_model, "--window", "128"]
-    run_cli(["score-variants", vcf, "--fasta", genome["gbk"], "--genes", "abcA,T_002",
-             "--out", tmp_path / "gbk", *common])
-    run_cli(["score-variants", vcf, "--fasta", genome["fasta"], "--gtf", genome["gtf"],
-             "--genes", "abcA,T_002", "--out", tmp_path / "gtf", *common])
-    got = _scores(tmp_path / "gbk")
+    genes = ("abcA", "T_002")
+    got = planned_windows(vcf, genome["gbk"], tmp_path, genes=genes)
     assert [r[1] for r in got] == [20, 45, 120, 230] and {r[4] for r in got} == {"ok"}
-    assert got == _scores(tmp_path / "gtf")
-    run_cli(["score-variants", vcf, "--fasta", gz, "--out", tmp_path / "gz", *common])
-    run_cli(["score-variants", vcf, "--fasta", genome["fasta"], "--out", tmp_path / "fa",
-             *common])
-    assert _scores(tmp_path / "gz") == _scores(tmp_path / "fa")
-    assert len(_scores(tmp_path / "gz")) == 6
+    assert got == planned_windows(vcf, genome["fasta"], tmp_path, gtf=Path(genome["gtf"]),
+                                  genes=genes)
+    whole = planned_windows(vcf, str(gz), tmp_path)
+    assert whole == planned_windows(vcf, genome["fasta"], tmp_path) and len(whole) == 6
+    assert all(len(r[5]) == len(r[6]) == 128 for r in whole)

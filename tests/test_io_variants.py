@@ -1,7 +1,7 @@
 """Variant input: VCF (plain, bgzip + tabix, BCF) and tables, one row per ALT, clear errors.
 
-Fixtures are generated here: VCF text written directly, bgzipped and indexed with pysam, and a BCF
-written with pysam.VariantFile. The helpers are reused by tests/test_pipelines_variants.py.
+Fixtures are generated here: VCF text written directly (helpers.write_vcf), bgzipped and indexed
+with pysam, and a BCF written with pysam.VariantFile.
 """
 
 from __future__ import annotations
@@ -16,24 +16,7 @@ import pytest
 
 from genomeconv.errors import InputError
 from genomeconv.io.variants import Variant, VariantFormatError, iter_variants
-
-HEADER_LINES = 5  # fileformat, INFO END, one contig line per contig (2), #CHROM
-
-
-def write_vcf(path: Path, contigs: dict[str, int], records: list[tuple]) -> Path:
-    """A VCF as text: records are (chrom, pos, id, ref, alt) with alt comma-separated."""
-    lines = ["##fileformat=VCFv4.2",  # END: htslib needs it in the header to write <DEL> as BCF
-             '##INFO=<ID=END,Number=1,Type=Integer,Description="End position">']
-    lines += [f"##contig=<ID={name},length={length}>" for name, length in contigs.items()]
-    lines.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO")
-    lines += ["\t".join(map(str, (c, p, i, r, a, ".", ".", "."))) for c, p, i, r, a in records]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def bgzip_and_index(path: Path) -> Path:
-    """bgzip + tabix a VCF with pysam; returns the .vcf.gz path."""
-    return Path(pysam.tabix_index(str(path), preset="vcf", force=True, keep_original=True))
+from helpers import VCF_HEADER_LINES, bgzip_and_index, write_vcf
 
 
 def write_bcf(vcf: Path, bcf: Path) -> Path:
@@ -75,8 +58,8 @@ def vcf(tmp_path: Path) -> Path:
 def test_vcf_plain_bgzip_and_bcf_give_one_row_per_alt(vcf, tmp_path):
     plain = list(iter_variants(vcf))
     assert keys(plain) == EXPECTED
-    assert [v.line for v in plain] == [HEADER_LINES + i for i in (1, 2, 2, 2, 3, 4, 5)]
-    assert plain[1].location == f"{vcf}, line {HEADER_LINES + 2}"
+    assert [v.line for v in plain] == [VCF_HEADER_LINES + i for i in (1, 2, 2, 2, 3, 4, 5)]
+    assert plain[1].location == f"{vcf}, line {VCF_HEADER_LINES + 2}"
     assert [v.kind for v in plain] == ["snv", "indel", "indel", "symbolic", "snv", "star",
                                        "missing"]
     gz = bgzip_and_index(vcf)
@@ -100,7 +83,7 @@ def test_plain_gzip_vcf_read_through_a_cached_bgzip_copy(vcf, tmp_path, monkeypa
         fh.write(vcf.read_bytes())
     found = list(iter_variants(gz))
     assert keys(found) == EXPECTED
-    assert found[-1].location == f"{gz}, line {HEADER_LINES + 5}"
+    assert found[-1].location == f"{gz}, line {VCF_HEADER_LINES + 5}"
     assert "bgzip copy of" in capfd.readouterr().err
     assert keys(list(iter_variants(gz, region="chr1:10-40"))) == EXPECTED[1:5]
     assert capfd.readouterr().err == ""  # the copy is reused
@@ -142,7 +125,7 @@ def test_malformed_vcf_record_names_file_and_line(tmp_path, bad, message):
                      [RECORDS[0], RECORDS[2], bad, RECORDS[3]])
     with pytest.raises(VariantFormatError, match=message) as err:
         list(iter_variants(path))
-    assert f"{path}, line {HEADER_LINES + 3}" in str(err.value)
+    assert f"{path}, line {VCF_HEADER_LINES + 3}" in str(err.value)
 
 
 def test_malformed_table_rows_name_file_and_line(tmp_path):

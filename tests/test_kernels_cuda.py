@@ -12,7 +12,7 @@ import torch
 
 from genomeconv.kernels import cuda, tiles
 from genomeconv.kernels.fft import SPECTRA
-from test_gpu_kernels import grads, plain, rel_err, torch_reference  # CPU-safe helpers
+from helpers import autograd_reference, grads, plain_torch_conv, rel_err
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only case")
 
@@ -118,9 +118,9 @@ def test_autograd_through_the_emulated_kernels(monkeypatch, dtype, L, Lk, partia
         bins, n = tiles.keep_bins(keep, p.M).double(), 2 * p.M
     got = grads(lambda u, k, D, pregate, postgate: cuda._MonarchConv.apply(
         u, k, D, pregate, postgate, keep, p, False), a, dy)
-    want = grads(lambda **t: torch_reference(**t, keep_bins=bins, n=n),
+    want = grads(lambda **t: autograd_reference(**t, keep_bins=bins, n=n),
                  {name: t.double() for name, t in a.items()}, dy.double())
-    base = grads(plain, a, dy)
+    base = grads(plain_torch_conv, a, dy)
     for name in a:
         assert got[name].dtype == a[name].dtype and got[name].shape == a[name].shape
         err = rel_err(got[name], want[name])

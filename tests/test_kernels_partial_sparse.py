@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 from genomeconv.kernels import SpectrumCache, StreamingConv, fftconv, partial, sparse
-from test_kernels import make, reference, rel_err
+from helpers import conv_inputs, conv_reference, rel_err
 
 
 @pytest.mark.parametrize("L", [2, 31, 1000, 5003])
@@ -17,39 +17,39 @@ from test_kernels import make, reference, rel_err
 def test_partial_matches_reference(L, Lk):
     if Lk > L:
         Lk = L
-    a = make(2, 3, L, Lk, seed=L * 7 + Lk)
+    a = conv_inputs(2, 3, L, Lk, seed=L * 7 + Lk)
     y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
                 method="partial")
-    assert rel_err(y, reference(**a)) < 1e-4
+    assert rel_err(y, conv_reference(**a)) < 1e-4
 
 
 @pytest.mark.parametrize("block", [8, 64, 100, 1024])
 def test_partial_block_sizes(block):
-    a = make(1, 2, 777, 8, seed=block)
+    a = conv_inputs(1, 2, 777, 8, seed=block)
     y = fftconv(a["u"], a["k"], a["D"], method="partial", block=block)
-    assert rel_err(y, reference(a["u"], a["k"], a["D"])) < 1e-4
+    assert rel_err(y, conv_reference(a["u"], a["k"], a["D"])) < 1e-4
 
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_partial_inference_form_equals_blockwise_float64(cached):
     """The paired (inference) overlap-save, many segments and a ragged last one, cached or
     not, equals the autograd path's blockwise overlap-save in float64."""
-    a = make(2, 3, 5003, 40, dtype=torch.float64, seed=9)
+    a = conv_inputs(2, 3, 5003, 40, dtype=torch.float64, seed=9)
     args = (a["u"], a["k"].double(), a["D"].double())
     gates = dict(pregate=a["pregate"], postgate=a["postgate"])
     cache = SpectrumCache() if cached else SpectrumCache(max_bytes=0)
     y = fftconv(*args, **gates, method="partial", block=256, cache=cache)
     blockwise = partial.conv(*args, **gates, block=256)
     assert torch.allclose(y, blockwise, rtol=0, atol=1e-10 * blockwise.abs().max().item())
-    assert rel_err(y, reference(*args, **gates)) < 1e-10
+    assert rel_err(y, conv_reference(*args, **gates)) < 1e-10
 
 
 def test_partial_long_input_auto_choice():
     L, Lk = 2**17 + 3, 500
-    a = make(1, 2, L, Lk, seed=1)
+    a = conv_inputs(1, 2, L, Lk, seed=1)
     assert partial.choose_block(L, Lk) is not None
     y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"])
-    assert rel_err(y, reference(**a)) < 1e-4
+    assert rel_err(y, conv_reference(**a)) < 1e-4
 
 
 def test_partial_cost_model_prefers_full_transform_for_long_filters():
@@ -60,7 +60,7 @@ def test_partial_cost_model_prefers_full_transform_for_long_filters():
 
 
 def test_partial_bad_block_raises():
-    a = make(1, 2, 100, 30, gates=False)
+    a = conv_inputs(1, 2, 100, 30, gates=False)
     with pytest.raises(ValueError, match="block"):
         fftconv(a["u"], a["k"], method="partial", block=16)
 
@@ -78,7 +78,7 @@ def test_partial_gradcheck_float64():
 @pytest.mark.parametrize("chunks", [[1] * 7 + [193], [50, 50, 100], [3, 97, 1, 99], [200]])
 def test_streaming_equals_one_shot(Lk, chunks):
     L = sum(chunks)
-    a = make(2, 3, L, Lk, seed=Lk + len(chunks))
+    a = conv_inputs(2, 3, L, Lk, seed=Lk + len(chunks))
     one_shot = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"])
     stream = StreamingConv(a["k"], a["D"])
     outs, t = [], 0
@@ -89,7 +89,7 @@ def test_streaming_equals_one_shot(Lk, chunks):
         t += c
     y = torch.cat(outs, dim=-1)
     assert rel_err(y, one_shot.double().numpy()) < 1e-5
-    assert rel_err(y, reference(**a)) < 1e-4
+    assert rel_err(y, conv_reference(**a)) < 1e-4
     stream.reset()
     again = stream.step(a["u"], pregate=a["pregate"], postgate=a["postgate"])
     assert rel_err(again, one_shot.double().numpy()) < 1e-5
@@ -105,8 +105,8 @@ def test_history_gives_the_later_outputs(method, block, L, Lk, history, dtype):
     paired path (float32/64 without gradients) and the others, gates aligned with u."""
     if block is not None and block < Lk:
         block = None
-    a = make(2, 3, L, Lk, dtype=dtype, seed=L + Lk + history)
-    want = reference(**a)[..., history:]
+    a = conv_inputs(2, 3, L, Lk, dtype=dtype, seed=L + Lk + history)
+    want = conv_reference(**a)[..., history:]
     y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
                 method=method, block=block, history=history)
     assert y.shape == (2, 3, L - history) and y.dtype == dtype
@@ -118,7 +118,7 @@ def test_history_gives_the_later_outputs(method, block, L, Lk, history, dtype):
 
 
 def test_history_with_gradients_and_bad_values():
-    a = make(1, 2, 40, 6, dtype=torch.float64, gates=False, seed=2)
+    a = conv_inputs(1, 2, 40, 6, dtype=torch.float64, gates=False, seed=2)
     u, k = a["u"].clone().requires_grad_(), a["k"].double().requires_grad_()
     assert gradcheck(lambda u, k: fftconv(u, k, history=15), (u, k))
     for bad in (-1, 40, 2.0):
@@ -129,17 +129,17 @@ def test_history_with_gradients_and_bad_values():
 
 
 def test_streaming_long_filter_keeps_bounded_state_and_dtype():
-    a = make(1, 2, 3000, 700, dtype=torch.bfloat16, gates=False, seed=3)
+    a = conv_inputs(1, 2, 3000, 700, dtype=torch.bfloat16, gates=False, seed=3)
     stream = StreamingConv(a["k"])
     ys = [stream.step(a["u"][..., i:i + 500]) for i in range(0, 3000, 500)]
     assert all(y.dtype == torch.bfloat16 for y in ys)
     assert stream.state.shape == (1, 2, 699)
     y = torch.cat(ys, dim=-1)
-    assert rel_err(y, reference(a["u"], a["k"])) < 1e-2
+    assert rel_err(y, conv_reference(a["u"], a["k"])) < 1e-2
 
 
 def test_streaming_shape_mismatch_raises():
-    a = make(2, 3, 20, 5, gates=False)
+    a = conv_inputs(2, 3, 20, 5, gates=False)
     stream = StreamingConv(a["k"])
     stream.step(a["u"])
     with pytest.raises(ValueError, match="reset"):
@@ -157,13 +157,13 @@ def sparse_reference(u, k, D, keep: torch.Tensor, L: int, n: int) -> np.ndarray:
 @pytest.mark.parametrize("L,Lk", [(1, 1), (7, 3), (100, 100), (1000, 300), (4099, 4099)])
 @pytest.mark.parametrize("blocks", [1, 4, 16])
 def test_sparse_full_mask_equals_dense(L, Lk, blocks):
-    a = make(2, 3, L, Lk, seed=L + blocks)
+    a = conv_inputs(2, 3, L, Lk, seed=L + blocks)
     dense = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
                     method="fft")
     full = torch.ones(blocks, dtype=torch.bool)
     y = fftconv(a["u"], a["k"], a["D"], pregate=a["pregate"], postgate=a["postgate"],
                 keep=full, blocks=blocks)
-    assert rel_err(y, reference(**a)) < 1e-4
+    assert rel_err(y, conv_reference(**a)) < 1e-4
     assert rel_err(y, dense.double().numpy()) < 1e-4
 
 
@@ -172,7 +172,7 @@ def test_sparse_full_mask_equals_dense(L, Lk, blocks):
 @pytest.mark.parametrize("L,Lk", [(50, 50), (999, 120)])
 def test_sparse_masks_match_float64_reference(keep, L, Lk):
     keep = torch.tensor(keep, dtype=torch.bool)
-    a = make(2, 2, L, Lk, gates=False, seed=L)
+    a = conv_inputs(2, 2, L, Lk, gates=False, seed=L)
     y = fftconv(a["u"], a["k"], a["D"], keep=keep, blocks=8)
     n = sparse.transform_size(L, Lk, 8)
     ref = sparse_reference(a["u"], a["k"], a["D"], keep, L, n)
@@ -189,7 +189,7 @@ def test_sparse_skipped_blocks_are_not_computed():
 
 def test_sparse_keep_fraction_and_cache():
     cache = SpectrumCache()
-    a = make(1, 2, 600, 600, gates=False, seed=5)
+    a = conv_inputs(1, 2, 600, 600, gates=False, seed=5)
     y1 = fftconv(a["u"], a["k"], a["D"], keep_fraction=0.3, cache=cache)
     y2 = fftconv(a["u"], a["k"], a["D"], keep_fraction=0.3, cache=cache)
     assert cache.computed == 1 and torch.equal(y1, y2)
@@ -218,6 +218,6 @@ def test_sparse_gradcheck_float64():
     (dict(keep_fraction=0.5, blocks=0), ValueError, "blocks"),
 ])
 def test_sparse_bad_arguments(kw, exc, name):
-    a = make(1, 2, 64, 64, gates=False)
+    a = conv_inputs(1, 2, 64, 64, gates=False)
     with pytest.raises(exc, match=name):
         fftconv(a["u"], a["k"], **kw)

@@ -3,7 +3,6 @@ forward pass (direct causal convolutions, no FFT), plus config and tokenizer beh
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -11,95 +10,10 @@ import torch
 
 from genomeconv.models import HyenaConfig, HyenaDNA
 from genomeconv.models.tokenizer import VOCAB, tokenize
-
-TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=48, max_seq_len=40, filter_order=8)
-
-
-def random_model(cfg: HyenaConfig = TINY, seed: int = 0) -> HyenaDNA:
-    """A model with every parameter random (non-default LayerNorms, biases, freq)."""
-    torch.manual_seed(seed)
-    model = HyenaDNA(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("freq"):
-                p.uniform_(5.0, 12.0)
-            elif "norm" in name or "ln_f" in name:
-                p.add_(0.1 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.normal_(0, 0.1)
-    return model
-
-
-def random_ids(rng: np.random.Generator, B: int, L: int) -> torch.Tensor:
-    return torch.from_numpy(rng.integers(7, 12, size=(B, L)))
+from helpers import TINY, assert_close_ref, random_ids, random_model, reference_hidden
 
 
 # ------------------------------------------------------------------ float64 reference (numpy)
-def _ln(x, w, b, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
-
-
-def _gelu_tanh(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-def _filter(sd, p, cfg: HyenaConfig, length: int):
-    """Implicit filter taps (d, length), built from the published formulas."""
-    L_max = cfg.max_seq_len
-    t = np.linspace(0, 1, L_max)[:, None]
-    bands = (cfg.emb_dim - 1) // 2
-    w = 2 * math.pi * np.arange(L_max)[:, None] / L_max
-    f = np.linspace(1e-4, bands - 1, bands)[None]
-    zc = np.exp(-1j * f * w)
-    z = np.concatenate([t, zc.real, zc.imag], axis=-1)[:length]
-    freq = sd[p + "implicit_filter.1.freq"]
-    h = np.sin(freq * (z @ sd[p + "implicit_filter.0.weight"].T + sd[p + "implicit_filter.0.bias"]))
-    for i in (2, 4):
-        h = np.sin(freq * (h @ sd[p + f"implicit_filter.{i}.weight"].T
-                           + sd[p + f"implicit_filter.{i}.bias"]))
-    k = h @ sd[p + "implicit_filter.6.weight"].T
-    deltas = np.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, cfg.d_model)
-    k = k * (np.exp(-t[:length] * np.abs(deltas)[None]) + 0.05)
-    return k.T
-
-
-def reference_hidden(model: HyenaDNA, ids: torch.Tensor) -> np.ndarray:
-    """Hidden states after ln_f in float64; the long conv is a direct causal convolution with
-    min(L, max_seq_len) taps (a partial convolution past the trained length)."""
-    cfg = model.config
-    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
-    ids = ids.numpy()
-    B, L = ids.shape
-    d = cfg.d_model
-    x = sd["backbone.embeddings.word_embeddings.weight"][ids]
-    for i in range(cfg.n_layer):
-        p = f"backbone.layers.{i}."
-        u = _ln(x, sd[p + "norm1.weight"], sd[p + "norm1.bias"])
-        u = u @ sd[p + "mixer.in_proj.weight"].T + sd[p + "mixer.in_proj.bias"]  # B L 3d
-        w = sd[p + "mixer.short_filter.weight"][:, 0]  # 3d x 3: w[:, 2] multiplies x_t
-        pad = np.concatenate([np.zeros((B, 2, 3 * d)), u], axis=1)
-        u = (w[:, 0] * pad[:, :-2] + w[:, 1] * pad[:, 1:-1] + w[:, 2] * pad[:, 2:]
-             + sd[p + "mixer.short_filter.bias"])
-        x0, x1, v = u[..., :d], u[..., d:2 * d], u[..., 2 * d:]
-        v = x1 * v
-        k = _filter(sd, p + "mixer.filter_fn.", cfg, min(L, cfg.max_seq_len))
-        y = np.empty_like(v)
-        for b in range(B):
-            for c in range(d):
-                y[b, :, c] = np.convolve(v[b, :, c], k[c])[:L]
-        y = y + v * sd[p + "mixer.filter_fn.bias"]
-        x = x + (x0 * y) @ sd[p + "mixer.out_proj.weight"].T + sd[p + "mixer.out_proj.bias"]
-        h = _ln(x, sd[p + "norm2.weight"], sd[p + "norm2.bias"])
-        h = _gelu_tanh(h @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"])
-        x = x + h @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"]
-    return _ln(x, sd["backbone.ln_f.weight"], sd["backbone.ln_f.bias"])
-
-
-def assert_close_ref(ours: torch.Tensor, ref: np.ndarray, tol: float = 2e-4) -> None:
-    err = np.abs(ours.detach().double().numpy() - ref).max() / np.abs(ref).max()
-    assert err < tol, f"relative error {err:.2e}"
 
 
 # ------------------------------------------------------------------------------- the tests
@@ -151,7 +65,7 @@ def test_forward_matches_float64_reference(rng, L):
     assert_close_ref(hidden, reference_hidden(model, ids))
 
 
-def test_logits_and_log_likelihood(rng):
+def test_logits_and_autograd_log_likelihoods(rng):
     model = random_model()
     ids = random_ids(rng, 2, 33)
     ref = reference_hidden(model, ids) @ model.lm_head.weight.detach().double().numpy().T
@@ -159,7 +73,7 @@ def test_logits_and_log_likelihood(rng):
     expect = np.take_along_axis(ref_lp[:, :-1], ids.numpy()[:, 1:, None], -1)[..., 0]
     with torch.no_grad():
         logits = model.logits(ids)
-        ll = model.log_likelihood(ids)
+        ll = model.autograd_log_likelihoods(ids)
     assert logits.shape == (2, 33, 16)
     assert ll.shape == (2, 32)
     np.testing.assert_allclose(ll.numpy(), expect, atol=1e-4)

@@ -19,7 +19,7 @@ from genomeconv.models import (POOLINGS, HyenaConfig, HyenaDNA, LanguageModel, i
 from genomeconv.models.tokenizer import VOCAB, tokenize
 from genomeconv.models import base
 from genomeconv.pipelines.variants import plan_variant, score_planned
-from fixtures import random_seq, write_fasta
+from helpers import random_seq, write_fasta
 
 TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=48, filter_order=8)
 
@@ -44,7 +44,7 @@ def test_hyena_behind_the_interface(hyena, rng):
     loglik2, hidden2 = hyena.log_likelihoods(ids, with_hidden=True, chunk_size=7)
     assert none is None and torch.equal(loglik, loglik2) and torch.equal(hidden2, hidden)
     with torch.no_grad():
-        direct = hyena.log_likelihood(ids)  # the autograd forward, float32
+        direct = hyena.autograd_log_likelihoods(ids)  # the autograd forward, float32
     np.testing.assert_allclose(loglik.numpy(), direct.numpy(), rtol=1e-4, atol=1e-5)
     bf16, _ = hyena.log_likelihoods(ids, dtype=torch.bfloat16)  # the bf16 arrangement
     ref_bf16 = inference.hidden_and_loglik(hyena, ids, dtype=torch.bfloat16)[1]
@@ -104,6 +104,18 @@ def test_load_dispatches_on_family(hyena, tmp_path):
     with pytest.raises(InputError, match="unknown model family 'mamba' .*hyena, kmer"):
         load(str(old))
     assert load(str(tmp_path / "new"), model_id="renamed").model_id == "renamed"
+
+
+def test_save_writes_half_precision_as_float32(hyena, tmp_path):
+    """A model held in bfloat16 (trained in mixed precision) is saved as float32: training
+    exports through `save` whatever dtype DeepSpeed ran it in."""
+    from safetensors.torch import load_file
+
+    hyena.to(torch.bfloat16).save(tmp_path / "bf16")
+    stored = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float32}
+    for key, value in hyena.state_tensors().items():
+        assert torch.equal(stored[key], value.float()), key
 
 
 class Uniform(LanguageModel):

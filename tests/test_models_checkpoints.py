@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, checkpoints, load
-from test_models import TINY, random_ids, random_model
+from helpers import TINY, random_ids, random_model
 
 
 def public_state(model) -> dict[str, torch.Tensor]:
@@ -389,7 +389,7 @@ def test_every_checkpoint_form_fails_in_one_line_naming_the_file(tmp_path, form)
     from typer.testing import CliRunner
 
     from genomeconv.cli import app
-    from fixtures import write_fasta
+    from helpers import write_fasta
 
     write_original(random_model(), tmp_path / "m", checkpointed=False)
     ckpt, marker = tmp_path / "m" / "weights.ckpt", tmp_path / "pwned"

@@ -85,3 +85,29 @@ def test_heads_written_before_the_base_model_was_recorded_are_legacy(tmp_path):
     assert loaded.legacy and loaded.columns == ["p_1"]
     meta = json.loads((tmp_path / "head.json").read_text())
     assert meta["format"] == heads.HEAD_FORMAT
+
+
+def test_classifier_pools_each_window_over_its_own_positions_of_its_layer(rng):
+    """VariantClassifier is sized by the layer's width and reads `model(ids, layer=)` pooled by
+    models.base.pool: right padding never enters a window's mean, so a padded batch gives the
+    logits of each pair run alone."""
+    from genomeconv.models import HyenaConfig, HyenaDNA
+    from genomeconv.models.tokenizer import tokenize
+
+    torch.manual_seed(3)
+    model = HyenaDNA(HyenaConfig(d_model=8, n_layer=2, d_inner=16, max_seq_len=32)).eval()
+    layer = "backbone.layers.0"
+    clf = heads.VariantClassifier(model, 3, 4, layer).eval()
+    assert clf.head[0].in_features == 3 * model.layer_width(layer)
+    pairs = [("".join(rng.choice(list("ACGT"), n)), "".join(rng.choice(list("ACGT"), m)))
+             for n, m in ((20, 20), (20, 17), (9, 12))]
+    ref = model.tokenize([r for r, _ in pairs])
+    alt = model.tokenize([a for _, a in pairs])
+    lengths = [torch.tensor([len(s) for s in seqs]) for seqs in zip(*pairs)]
+    with torch.no_grad():
+        batched = clf(ref, alt, *lengths)
+        for k, (r, a) in enumerate(pairs):
+            hr, ha = (model(tokenize(s)[None], layer=layer)[0].double().mean(0) for s in (r, a))
+            features = torch.cat([hr, ha, ha - hr])[None].float()
+            torch.testing.assert_close(batched[k:k + 1], clf.head(features), rtol=1e-5,
+                                       atol=1e-6)

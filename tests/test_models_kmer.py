@@ -26,7 +26,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import manifest, schema
 from genomeconv.pipelines.variants import plan_variant, score_planned
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import assert_one_line_error, random_seq, run_cli, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli, write_fasta
 
 W = 41
 

@@ -28,7 +28,7 @@ from genomeconv.models.tokenizer import tokenize
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.embed import embed
 from genomeconv.pipelines.options import EmbedOptions
-from fixtures import random_seq, save_tiny_model
+from helpers import random_seq, save_tiny_model
 
 IUPAC_RC = dict(zip("ACGTN", "TGCAN"))
 
@@ -75,9 +75,9 @@ def genome(tmp_path_factory):
     return {"records": records, "fasta": fasta, "gtf": str(gtf), "bed": str(bed)}
 
 
-def reference_hidden(model, seq: str) -> np.ndarray:
+def reference_hidden(model, seq: str, layer: str | None = None) -> np.ndarray:
     with torch.no_grad():
-        return model(tokenize(seq.upper())[None])[0].double().numpy()
+        return model(tokenize(seq.upper())[None], layer=layer)[0].double().numpy()
 
 
 def read_dataset(folder: Path):
@@ -163,7 +163,11 @@ def test_embed_genes_bed_region_per_base(ray_local, tiny_model, genome, tmp_path
     assert sorted(files) == read_dataset(out / "embeddings")[0]
 
 
-def test_cli_reads_max_pooling_float16_per_base(ray_local, tiny_model, tmp_path, rng):
+def test_cli_reads_max_pooling_float16_per_base_of_a_layer(ray_local, tiny_model, tmp_path,
+                                                           rng):
+    """Reads of an unaligned BAM, max pooling and float16 per-base rows of the first block's
+    output (--layer): recorded in the manifest and each file's metadata."""
+    layer = "backbone.layers.0"
     seqs = {}
     with pysam.AlignmentFile(str(tmp_path / "u.bam"), "wb",
                              header={"HD": {"VN": "1.6", "SO": "unknown"}}) as bam:
@@ -176,7 +180,7 @@ def test_cli_reads_max_pooling_float16_per_base(ray_local, tiny_model, tmp_path,
     result = CliRunner().invoke(app, [
         "embed", str(tmp_path / "u.bam"), "--model", tiny_model, "--out", str(out),
         "--pooling", "max", "--min-length", "100", "--per-base", "--per-base-dtype", "float16",
-        "--address", ray_local.get_runtime_context().gcs_address])
+        "--layer", layer, "--address", ray_local.get_runtime_context().gcs_address])
     assert result.exit_code == 0, result.output
     assert "4 items" in result.output and str(out / "embeddings") in result.output
     _, rows = read_dataset(out / "embeddings")
@@ -185,10 +189,15 @@ def test_cli_reads_max_pooling_float16_per_base(ray_local, tiny_model, tmp_path,
     pb_table = pq.read_table(out / "per_base")
     assert pb_table.schema.field("embedding").type == schema.per_base_schema(16, "float16") \
         .field("embedding").type
+    for kind in ("embeddings", "per_base"):
+        assert pq.read_schema(next((out / kind).glob("part-*"))).metadata[schema.KEY_LAYER] \
+            == layer.encode()
+    settings = json.loads((out / "_genomeconv_manifest.json").read_text())["settings"]
+    assert settings["layer"] == layer
     per_base = pb_table.to_pandas()
     for r in rows:
         assert r["chrom"] is None and r["strand"] == "+" and r["pooling"] == "max"
-        hidden = reference_hidden(model, seqs[r["read_name"]])
+        hidden = reference_hidden(model, seqs[r["read_name"]], layer)
         np.testing.assert_allclose(r["embedding"], hidden.max(0), rtol=1e-4, atol=1e-5)
         pb = per_base[per_base.item_id == r["item_id"]].sort_values("position")
         assert (pb.position.to_numpy() == np.arange(len(seqs[r["read_name"]]))).all()
@@ -269,7 +278,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown_gene", "truncated_gzip", "malformed",
-                                  "unknown_contig"])
+                                  "unknown_contig", "unknown_layer"])
 def test_bad_inputs_give_clear_errors(tiny_model, genome, tmp_path, case):
     import gzip
 
@@ -289,9 +298,13 @@ def test_bad_inputs_give_clear_errors(tiny_model, genome, tmp_path, case):
         path.write_text(">c\nACGTACGT\nACGT ACG\n")
         args[1] = str(path)
         want = [f"{path}, line 3", "invalid character ' '"]
-    else:
+    elif case == "unknown_contig":
         args += ["--region", "chrZ:1-10"]
         want = ["unknown contig 'chrZ'", genome["fasta"]]
+    else:
+        args += ["--layer", "layers.0"]
+        want = ["--layer 'layers.0'", "valid: backbone.layers.0, backbone.layers.1, "
+                "backbone.ln_f"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -448,7 +461,7 @@ def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path
 def test_iupac_codes_count_in_n_fraction(tiny_model, tmp_path, rng):
     """n_fraction is the share of bases the model cannot know (N and the other IUPAC codes): a
     record with 2% IUPAC codes read 0.0 (issue 30). The worker's own path, without Ray."""
-    from fixtures import worker_setup, write_fasta
+    from helpers import worker_setup, write_fasta
     from genomeconv.pipelines.embed import EmbedActor, WorkerConfig, plan_fasta_items
 
     seq = np.array(list(random_seq(rng, 1000)))

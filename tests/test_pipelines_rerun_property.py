@@ -30,7 +30,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import embed as E
 from genomeconv.pipelines import manifest, runtime
 from genomeconv.pipelines import variants as V
-from fixtures import random_seq, worker_setup, write_fasta
+from helpers import random_seq, worker_setup, write_fasta
 
 N_ITEMS = 7
 PROPERTY = settings(max_examples=3, deadline=None, derandomize=True,

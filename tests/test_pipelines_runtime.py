@@ -77,7 +77,7 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path, rng):
     import sys
     import time
 
-    from fixtures import assert_one_line_error, cli_env, random_seq, write_fasta
+    from helpers import assert_one_line_error, cli_env, random_seq, write_fasta
 
     fasta = write_fasta(tmp_path / "g.fa", {"c1": random_seq(rng, 200)})
     script = [sys.executable, "-c", "from genomeconv.cli import main; main()"]

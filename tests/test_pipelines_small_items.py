@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures import random_seq, save_tiny_model, worker_setup
+from helpers import random_seq, save_tiny_model, worker_setup
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
 from genomeconv.models import load, pool
 from genomeconv.models.tokenizer import tokenize

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_io_variants import bgzip_and_index, write_vcf
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
@@ -30,7 +29,7 @@ from genomeconv.pipelines import schema
 from genomeconv.pipelines.variants import (alt_window, embedding_distances,
                                            plan_variant, score_planned, window_bounds)
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import random_seq, save_tiny_model, write_fasta
+from helpers import bgzip_and_index, random_seq, save_tiny_model, write_fasta, write_vcf
 
 W = 33  # odd: the reverse-complement window is then exactly a forward window of the RC genome
 MAX_LEN = 66
@@ -67,9 +66,9 @@ def var(chrom: str, pos: int, ref: str, alt: str, vid: str | None = None) -> Var
 
 
 def total_loglik(model, seq: str) -> float:
-    """Independent reference: the model's own log_likelihood of one sequence, summed in float64."""
+    """Independent reference: the autograd log-likelihoods of one sequence, summed in float64."""
     with torch.inference_mode():
-        return float(model.log_likelihood(tokenize(seq)[None]).double().sum())
+        return float(model.autograd_log_likelihoods(tokenize(seq)[None]).double().sum())
 
 
 def test_window_arithmetic():

@@ -1,8 +1,9 @@
 """`genomeconv plot`: each figure's drawn data (artists' arrays) against the Parquet it read.
 
-Inputs come from real runs where cheap (score-variants and embed on a tiny random model through
-the local Ray, a tiny DeepSpeed pretrain and finetune); the track is written by hand with
-schema.TRACK and its metadata (the `track` pipeline lives on another branch), nulls included.
+Inputs are written here, without Ray or DeepSpeed: variant scores, embeddings and a track as
+Parquet parts in the exact schemas and file metadata of pipelines/schema.py (nulls included, as
+the pipelines leave them), and a pretrain and a finetune folder as the summary.json and
+history.jsonl records pipelines/train.py writes (test_train draws a real run's folder).
 References are computed independently here: DuckDB over the Parquet, a float64 eigen-PCA, a
 brute-force pair count for AUROC (sklearn is not installed in this venv).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,18 +25,17 @@ from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.patches import Rectangle
 from typer.testing import CliRunner
 
-from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli, write_fasta
 from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.io.variants import info_values
-from genomeconv.pipelines import metrics, schema
+from genomeconv.pipelines import metrics, runtime, schema
 from genomeconv.plots import embeddings as emb_plot
 from genomeconv.plots import figures
 from genomeconv.plots import mutagenesis as mut_plot
 from genomeconv.plots import track as track_plot
 from genomeconv.plots import training as train_plot
 from genomeconv.plots import variants as var_plot
-from genomeconv.pipelines.options import EmbedOptions, VariantOptions
 
 W = 33
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<svg"}
@@ -44,13 +45,25 @@ CSQ_FORMAT = "Allele|Consequence|SYMBOL"
 
 
 # ----------------------------------------------------------------------------- fixtures
+MODEL = SimpleNamespace(model_id="tiny", config_sha256="0" * 64)  # what file metadata names
+
+
+def write_part(rows: list[dict], table_schema: pa.Schema, folder: Path, kind: str,
+               command: str | None = None) -> None:
+    """One part of a genomeconv output: `rows` in `table_schema` with the file metadata the
+    pipelines write (schema.file_metadata; `command` as the CLI records it), committed by the
+    pipelines' part writer."""
+    meta = schema.file_metadata(MODEL, command or f"genomeconv {kind} test", kind)
+    runtime.write_part(pa.Table.from_pylist(rows, schema=table_schema), folder, "000000-test",
+                       meta)
+
+
 @pytest.fixture(scope="module")
 def genome(tmp_path_factory) -> dict:
     rng = np.random.default_rng(19)
     work = tmp_path_factory.mktemp("plots_genome")
     records = {"chr1": random_seq(rng, 400), "chr2": random_seq(rng, 200)}
-    return {"records": records, "fasta": write_fasta(work / "ref.fa", records),
-            "model": save_tiny_model(work / "model", seed=3, max_seq_len=66), "work": work}
+    return {"records": records, "fasta": write_fasta(work / "ref.fa", records), "work": work}
 
 
 def write_info_vcf(path: Path, genome: dict) -> tuple[Path, dict]:
@@ -92,96 +105,87 @@ def write_info_vcf(path: Path, genome: dict) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def scored(genome, ray_local) -> dict:
-    """A real score-variants run over the VCF (tiny model, both strands, site probabilities)."""
-    from genomeconv.pipelines.variants import score_variants
-
+def scored(genome) -> dict:
+    """score-variants' output for the VCF as the pipeline writes it: every ALT allele one row;
+    SNVs and the indel scored (p_ref/p_alt for SNVs only), the REF mismatch unscored."""
     vcf, truth = write_info_vcf(genome["work"] / "calls.vcf", genome)
+    rng = np.random.default_rng(6)
+    rows = []
+    for chrom, pos, ref, alt in truth:
+        ok = genome["records"][chrom][pos - 1:pos - 1 + len(ref)] == ref
+        row = {"chrom": chrom, "pos": pos, "ref": ref, "alt": alt, "id": None,
+               "status": "ok" if ok else "ref_mismatch", "ref_match": ok,
+               "window_start": max(0, pos - 1 - W // 2), "window_end": max(W, pos - 1 + W - W // 2),
+               "model": MODEL.model_id, "contig": chrom, "nonfinite": False}
+        if ok:
+            fwd, rev = rng.normal(-0.5, 1.0, 2)
+            row.update(llr_fwd=fwd, llr_rev=rev, llr=(fwd + rev) / 2,
+                       emb_cosine=rng.random() * 1e-3, emb_l2=rng.random())
+            if len(ref) == len(alt) == 1:
+                row.update(p_ref=rng.random(), p_alt=rng.random())
+        rows.append(row)
     out = genome["work"] / "scores"
-    score_variants(
-        VariantOptions(
-            variants=vcf,
-            fasta=genome["fasta"],
-            out=out,
-            model=genome["model"],
-            window=W,
-            site_probs=True,
-            num_workers=1,
-            command="genomeconv score-variants test",
-        )
-    )
+    write_part(rows, schema.variants_schema(), out, "variants")
     return {"out": out, "vcf": vcf, "truth": truth}
 
 
 @pytest.fixture(scope="module")
-def embedded(genome, ray_local) -> dict:
-    """A real embed run: 3 genes of a GTF and 24 BED intervals (mean pooling)."""
-    from genomeconv.pipelines.embed import embed
-
+def embedded(genome) -> dict:
+    """embed's output for 3 genes of a GTF and 24 BED intervals (mean pooling, width 16)."""
     work = genome["work"]
     gtf = work / "genes.gtf"
     gtf.write_text('chr1\tt\tgene\t11\t150\t.\t+\t.\tgene_id "G1"; gene_name "ALPHA";\n'
                    'chr1\tt\tgene\t201\t390\t.\t-\t.\tgene_id "G2"; gene_name "BETA";\n'
                    'chr2\tt\tgene\t5\t120\t.\t+\t.\tgene_id "G3";\n')
-    bed = work / "items.bed"
     rng = np.random.default_rng(8)
-    starts = rng.integers(0, 330, size=24)
-    bed.write_text("".join(f"chr1\t{s}\t{s + rng.integers(20, 70)}\tb{i}\n"
-                           for i, s in enumerate(starts)))
+    items = [("ALPHA", "chr1", 10, 150, "+", "G1", "ALPHA"), ("BETA", "chr1", 200, 390, "-", "G2",
+                                                               "BETA"),
+             ("G3", "chr2", 4, 120, "+", "G3", None)]
+    items += [(f"b{i}", "chr1", int(s), int(s + rng.integers(20, 70)), "+", None, None)
+              for i, s in enumerate(rng.integers(0, 330, size=24))]
+    rows = [{"item_id": f"item{k:04d}", "seq_name": name, "chrom": chrom, "start": start,
+             "end": end, "strand": strand, "gene_id": gene_id, "gene_name": gene_name,
+             "read_name": None, "length": end - start, "n_fraction": 0.0, "pooling": "mean",
+             "embedding": rng.normal(size=16).astype(np.float32).tolist(), "nonfinite": False}
+            for k, (name, chrom, start, end, strand, gene_id, gene_name) in enumerate(items)]
     out = work / "embed"
-    embed(
-        EmbedOptions(
-            fasta=genome["fasta"],
-            out=out,
-            gtf=gtf,
-            bed=bed,
-            model=genome["model"],
-            batch_size=8,
-            num_workers=1,
-            command="genomeconv embed test",
-        )
-    )
+    write_part(rows, schema.embeddings_schema(16), out / "embeddings", "embeddings")
     return {"out": out, "gtf": gtf}
+
+
+def training_run(folder: Path, history: list[dict], **summary) -> Path:
+    """A finished pretrain/finetune folder as pipelines/train.py leaves it: summary.json and
+    history.jsonl holding the same records."""
+    folder.mkdir(parents=True)
+    (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (folder / "summary.json").write_text(json.dumps({**summary, "history": history}, indent=2))
+    return folder
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """A tiny DeepSpeed pretrain (Markov baseline recorded) and a tiny finetune."""
-    import torch
-
-    from genomeconv.pipelines import train as tr
-    from test_train import make_variant_task, markov_genome
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    work = tmp_path_factory.mktemp("trained")
+    """A pretrain of 8 steps (evaluated at 4 and 8, Markov baseline recorded) and a finetune of
+    3 epochs."""
     rng = np.random.default_rng(2)
-    fasta = write_fasta(work / "g.fa", {"r1": markov_genome(rng, 3000)})
-    tr.pretrain(tr.PretrainOptions(
-        fasta=fasta, out=work / "pre", d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3,
-        val_windows=4, val_fraction=0.1, steps=8, eval_every=4, save_every=8, kmer_baseline=2),
-        log=lambda line: None)
-    (work / "task").mkdir()
-    ref, table, base, _ = make_variant_task(work / "task", 99, 600, 20)
-    tr.finetune(
-        tr.FinetuneOptions(
-            variants=table,
-            fasta=ref,
-            out=work / "ft",
-            model=str(base),
-            window=32,
-            head_hidden=16,
-            epochs=3,
-            batch_size=8,
-            lr=1e-2,
-            val_chroms=("chr3",),
-            freeze="1",
-            positive_label="1",
-        ),
-        log=lambda line: None,
-    )
-    torch.set_num_threads(threads)
-    return {"pretrain": work / "pre", "finetune": work / "ft"}
+    work = tmp_path_factory.mktemp("trained")
+    steps = []
+    for step, loss in enumerate(np.sort(rng.uniform(1.2, 2.8, 8))[::-1], start=1):
+        record = {"step": step, "length": 64, "train_loss": loss, "lr": 5e-3, "tokens": 256,
+                  "seconds": 0.1}
+        if step % 4 == 0:
+            record["val_nll"] = loss + 0.05
+            record["val_ppl"] = math.exp(record["val_nll"])
+        steps.append(record)
+    baseline = {"order": 2, "val_nll": 1.3, "val_ppl": math.exp(1.3)}
+    pre = training_run(work / "pre", steps, command="genomeconv pretrain test", steps=8,
+                       val_nll=steps[-1]["val_nll"], val_ppl=steps[-1]["val_ppl"],
+                       kmer_baseline=baseline)
+    epochs = [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "seconds": 1.0, "accuracy": a,
+               "auroc": r, "auprc": p}
+              for e, (a, r, p) in enumerate(((0.6, 0.7, 0.6), (0.7, 0.85, 0.8),
+                                             (0.65, 0.8, 0.75)), start=1)]
+    ft = training_run(work / "ft", epochs, command="genomeconv finetune test", best=0.85)
+    return {"pretrain": pre, "finetune": ft}
 
 
 def write_track(folder: Path, rng: np.random.Generator) -> pa.Table:
@@ -202,8 +206,7 @@ def write_track(folder: Path, rng: np.random.Generator) -> pa.Table:
         columns[name] = pa.array(values, mask=mask)
     columns["nonfinite"] = [False] * n
     table = pa.table(columns, schema=schema.TRACK)
-    model = SimpleNamespace(model_id="tiny", config_sha256="0" * 64)
-    meta = schema.file_metadata(model, "genomeconv track test", "track")
+    meta = schema.file_metadata(MODEL, "genomeconv track test", "track")
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.replace_schema_metadata(meta), folder / "part-00000.parquet")
     return table
@@ -756,18 +759,20 @@ def test_track_lines_are_rolling_means_stated_in_the_title(track_out):
 
 
 @pytest.fixture(scope="module")
-def saturated(genome, ray_local) -> Path:
-    """A real `score-variants --saturate chr1:101-130` run, recording the command line the CLI
-    records."""
-    from genomeconv.io.saturation import Saturation
-    from genomeconv.pipelines.variants import score_variants
-
+def saturated(genome) -> Path:
+    """`score-variants --saturate chr1:101-130`'s output as the pipeline writes it: every SNV of
+    the region one row, the command line recorded as the CLI records it."""
+    seq, rng = genome["records"]["chr1"], np.random.default_rng(7)
+    rows = [{"chrom": "chr1", "pos": pos, "ref": seq[pos - 1], "alt": alt, "id": None,
+             "status": "ok", "ref_match": True, "window_start": max(0, pos - 1 - W // 2),
+             "window_end": max(W, pos - 1 + W - W // 2), "model": MODEL.model_id,
+             "contig": "chr1", "nonfinite": False, "llr": rng.normal(), "llr_fwd": 0.0,
+             "llr_rev": 0.0}
+            for pos in range(101, 131) for alt in "ACGT" if alt != seq[pos - 1]]
     out = genome["work"] / "saturated"
-    command = (f"genomeconv score-variants --saturate chr1:101-130 --fasta {genome['fasta']} "
-               f"--model {genome['model']} --window {W} --out {out}")
-    score_variants(VariantOptions(
-        variants=Saturation.from_regions(["chr1:101-130"], genome["fasta"]),
-        fasta=genome["fasta"], out=out, model=genome["model"], window=W, command=command))
+    write_part(rows, schema.variants_schema(), out, "variants",
+               command=f"genomeconv score-variants --saturate chr1:101-130 --fasta "
+                       f"{genome['fasta']} --window {W} --out {out}")
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import assert_one_line_error, random_seq, run_cli, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli, write_fasta
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA
 from genomeconv.pipelines import preflight

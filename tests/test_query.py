@@ -15,7 +15,7 @@ from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.pipelines import query as pipeline
 from genomeconv.pipelines import runtime, schema
-from fixtures import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 D = 8
 MODEL = SimpleNamespace(model_id="test/random", config_sha256="ab" * 32)

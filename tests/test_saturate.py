@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_io_variants import write_vcf
 from typer.testing import CliRunner
 
 from genomeconv.cli import app
@@ -21,7 +20,8 @@ from genomeconv.errors import InputError
 from genomeconv.io.saturation import Saturation
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
+from helpers import (assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta,
+                     write_vcf)
 
 W = 33
 KEY = ("chrom", "pos", "ref", "alt")

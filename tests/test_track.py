@@ -21,7 +21,7 @@ from genomeconv.models.families.kmer import KmerModel
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.track import track
 from genomeconv.pipelines.options import TrackOptions
-from fixtures import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta
 
 MAX_LEN = 32  # the tiny model's max_seq_len: receptive field 2 (31 + 2) + 1 = 67
 

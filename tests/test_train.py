@@ -22,28 +22,22 @@ import numpy as np
 import pytest
 import torch
 
-from genomeconv.models import HyenaConfig, HyenaDNA, load
+from genomeconv.errors import InputError
+from genomeconv.models import load
 from genomeconv.models import heads
 from genomeconv.pipelines import metrics
 from genomeconv.pipelines import train as tr
 from genomeconv.pipelines import training_data as td
 from genomeconv.pipelines.options import VariantOptions
-from fixtures import assert_one_line_error, run_cli, write_fasta
+from genomeconv.plots.training import training_figure
+from helpers import (assert_one_line_error, make_variant_task, markov_genome, run_cli,
+                     write_fasta)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=16, n_layer=2, seq_len=64, batch_size=4, lr=5e-3, val_windows=4,
             val_fraction=0.1)
-
-
-def markov_genome(rng: np.random.Generator, n: int) -> str:
-    """A sequence from an order-2 Markov chain with peaked transitions."""
-    probs = rng.dirichlet(np.full(4, 0.3), size=16)
-    out = list(rng.choice(4, size=2))
-    for _ in range(n - 2):
-        out.append(rng.choice(4, p=probs[out[-2] * 4 + out[-1]]))
-    return "".join("ACGT"[i] for i in out)
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +111,18 @@ def test_pretrain_learns_and_resume_continues_the_curve(genome, tmp_path):
     assert model.config.d_model == 16 and (tmp_path / "full" / "model" / "MODEL_CARD.md").is_file()
     assert "Markov" in (tmp_path / "full" / "model" / "MODEL_CARD.md").read_text()
     assert full["kmer_baseline"]["order"] in range(4)
+    # the real run's files are what `genomeconv plot training` draws (test_plots writes them)
+    drawn = {line.get_gid(): line.get_xydata()
+             for ax in training_figure(tmp_path / "full").axes for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn["train_loss"],
+                                  [(r["step"], r["train_loss"]) for r in full["history"]])
+    assert drawn["kmer_val_ppl"][0, 1] == full["kmer_baseline"]["val_ppl"]
     # the model's validation NLL equals its own log-likelihood on the same windows
     split = td.load_genome(genome, model.tokenize, val_fraction=0.1)
     windows = td.tile_windows(split.val, 64, 4)
     with torch.no_grad():
-        nll = -np.mean([model.log_likelihood(torch.from_numpy(w)[None]).numpy() for w in windows])
+        nll = -np.mean([model.autograd_log_likelihoods(torch.from_numpy(w)[None]).numpy()
+                        for w in windows])
     assert full["val_nll"] == pytest.approx(nll, rel=1e-4)
     # resume: drop the last checkpoint and continue from step 4
     ckpt = tmp_path / "resumed" / "checkpoints"
@@ -174,28 +175,6 @@ def test_two_torchrun_processes_match_one(genome, tmp_path):
 
 
 # ------------------------------------------------------------------------------ finetune
-def make_variant_task(root: Path, seed: int, length: int, per_chrom: int,
-                      label=lambda i, alt: int(alt in "AT")) -> tuple:
-    """A genome of 3 chromosomes, a tiny base model (window 32), and labelled SNVs:
-    `label(i, alt)` of the i-th variant, plus a 3-class label `three` (the ALT base's rank
-    among the other bases). Returns (fasta, table, base, rows)."""
-    rng = np.random.default_rng(seed)
-    contigs = {f"chr{i}": markov_genome(rng, length) for i in (1, 2, 3)}
-    fasta = write_fasta(root / "ref.fa", contigs)
-    rows = []
-    for chrom, seq in contigs.items():
-        for pos in rng.choice(np.arange(40, length - 40), size=per_chrom, replace=False):
-            ref = seq[pos - 1]
-            alt = rng.choice([b for b in "ACGT" if b != ref])
-            rows.append((chrom, int(pos), ref, alt, label(len(rows), alt),
-                         "ACGT".replace(ref, "").index(alt)))
-    table = root / "variants.tsv"
-    table.write_text("chrom\tpos\tref\talt\tlabel\tthree\n" +
-                     "".join("\t".join(map(str, r)) + "\n" for r in rows))
-    torch.manual_seed(seed)
-    base = root / "base"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=2, d_inner=32, max_seq_len=32)).save(base)
-    return fasta, table, base, rows
 
 
 @pytest.fixture(scope="module")
@@ -213,23 +192,40 @@ def run_finetune(task, out: Path, **overrides) -> dict:
     return tr.finetune(opts, log=lambda line: None)
 
 
-def test_finetune_binary_round_trip(variant_task, tmp_path):
-    summary = run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
+LAYER = "backbone.layers.0"  # the binary head reads the first block's output (--layer)
+
+
+@pytest.fixture(scope="module")
+def binary(variant_task, tmp_path_factory) -> tuple[dict, Path]:
+    """One binary fine-tune on the first block's hidden states: its summary and model folder."""
+    out = tmp_path_factory.mktemp("binary")
+    summary = run_finetune(variant_task, out, freeze="1", positive_label="1", layer=LAYER)
+    return summary, out / "model"
+
+
+def pooled(model, ids: np.ndarray, layer: str | None) -> np.ndarray:
+    """Independent reference: the mean of the autograd forward's hidden states of `layer` over
+    full-length windows."""
+    with torch.no_grad():
+        return model(torch.from_numpy(ids), layer=layer).mean(dim=1).numpy()
+
+
+def test_finetune_binary_round_trip(variant_task, binary):
+    summary, model_dir = binary
     assert summary["classes"] == ["0", "1"] and summary["positive_label"] == "1"
     assert summary["val_chroms"] == ["chr3"]
     assert summary["train_variants"] == 80 and summary["val_variants"] == 40
     best = max(summary["history"], key=lambda r: r["auroc"])
     assert best["auroc"] > 0.8
     # the saved model (backbone + head) reproduces the best epoch's validation metrics
-    model_dir = tmp_path / "model"
     model, head = load(model_dir), heads.load_head(model_dir)
     assert head.classes == ["0", "1"] and head.window == 32
+    assert head.layer == LAYER and head.meta["input_dim"] == 3 * model.layer_width(LAYER)
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], 32, head.classes, model.tokenize)
-    val = tr._subset(windows, np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
-    with torch.no_grad():
-        ref = model(torch.from_numpy(val.ref)).mean(dim=1).numpy()
-        alt = model(torch.from_numpy(val.alt)).mean(dim=1).numpy()
+    assert (windows.ref_lengths == 32).all() and (windows.alt_lengths == 32).all()
+    val = windows.subset(np.array([data.variants[r].chrom == "chr3" for r in windows.rows]))
+    ref, alt = pooled(model, val.ref, LAYER), pooled(model, val.alt, LAYER)
     probs = head.predict(ref, alt)
     np.testing.assert_allclose(head.scores(ref, alt)["p_1"], probs[:, 1])
     got = metrics.classification_metrics(val.labels, probs)
@@ -237,13 +233,13 @@ def test_finetune_binary_round_trip(variant_task, tmp_path):
     assert got["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
 
 
-def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_local):
+def test_score_variants_adds_the_class_probability(variant_task, binary, tmp_path, ray_local):
+    """The head's layer (head.json) is the one score-variants pools for it."""
     import duckdb
 
     from genomeconv.pipelines.variants import score_variants
 
-    run_finetune(variant_task, tmp_path, freeze="1", positive_label="1")
-    model_dir = tmp_path / "model"
+    model_dir = binary[1]
     model, head = load(model_dir), heads.load_head(model_dir)
     score_variants(
         VariantOptions(
@@ -256,18 +252,25 @@ def test_score_variants_adds_the_class_probability(variant_task, tmp_path, ray_l
     got = duckdb.sql(f"SELECT chrom, pos, ref, alt, p_1, status FROM "
                      f"'{tmp_path / 'scores'}/*.parquet'").fetchall()
     assert len(got) == len(variant_task[3]) and all(r[5] == "ok" for r in got)
-    # independent: the head on mean-pooled hidden states of the training windows (window 32)
+    # independent: the head on mean-pooled hidden states (of its layer) of the training windows
     data = td.read_labelled_variants(variant_task[1], "label")
     windows, _ = tr.build_windows(data, variant_task[0], head.window, head.classes,
-                                     model.tokenize)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(windows.ref)).mean(dim=1).numpy()
-        alt = model(torch.from_numpy(windows.alt)).mean(dim=1).numpy()
+                                  model.tokenize)
+    ref, alt = pooled(model, windows.ref, LAYER), pooled(model, windows.alt, LAYER)
     want = {(v.chrom, v.pos, v.ref, v.alt): s for v, s in
             zip((data.variants[r] for r in windows.rows), head.scores(ref, alt)["p_1"])}
     scores = {r[:4]: r[4] for r in got}
     assert set(scores) == set(want)
     np.testing.assert_allclose([scores[k] for k in want], list(want.values()), atol=1e-5)
+    # a head naming a layer its backbone lacks is refused before any work
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    meta = json.loads((broken / "head.json").read_text())
+    (broken / "head.json").write_text(json.dumps({**meta, "layer": "blocks.0"}))
+    with pytest.raises(InputError, match="'blocks.0'.*valid: backbone.layers.0"):
+        score_variants(VariantOptions(variants=variant_task[1], fasta=variant_task[0],
+                                      out=tmp_path / "never", model=str(broken)))
+    assert not (tmp_path / "never").exists()
 
 
 def test_finetune_multiclass_early_stopping_and_resume(variant_task, tmp_path):
@@ -350,7 +353,8 @@ def test_pretrain_input_errors(genome, tmp_path, gas3, case, extra, want):
 
 @pytest.mark.parametrize("case,extra,want", [
     ("freeze_word", ["--freeze", "some"], "--freeze takes all, none or a number"),
-    ("freeze_too_many", ["--freeze", "5"], "--freeze 5: the base model has 2 blocks"),
+    ("freeze_too_many", ["--freeze", "5"], "has 2 blocks"),
+    ("layer", ["--layer", "mixer"], "--layer 'mixer'"),
     ("label_column", ["--label-column", "nope"], "no column 'nope'"),
     ("single_class", ["--label-column", "one"], "has a single value ['x']"),
     ("no_records", [], "no variants to train on"),
@@ -396,8 +400,6 @@ def test_train_errors_through_the_console_script(tmp_path):
 
 def test_broken_fine_tuned_heads_are_one_line(tmp_path):
     from safetensors.torch import save_file
-
-    from genomeconv.errors import InputError
 
     meta = {"input_dim": 6, "n_out": 1, "hidden": 4, "classes": ["a", "b"], "window": 8}
     head = heads.make_head(6, 1, 4)

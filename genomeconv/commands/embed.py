@@ -9,7 +9,7 @@ import typer
 
 from genomeconv.errors import InputError
 from genomeconv.commands.options import (Address, Bed, ChunkSize, Device, Dtype, Fasta, Features,
-                                         Genes, GpusPerWorker, Gtf, KeepNonfinite, Model,
+                                         Genes, GpusPerWorker, Gtf, KeepNonfinite, Layer, Model,
                                          NumWorkers, Out, Overwrite, Regions, UnitBp, build,
                                          run_job)
 from genomeconv.pipelines.options import EmbedOptions as E
@@ -41,6 +41,7 @@ def embed(
                                   "nucleotide (OUT/per_base/)."),
     per_base_dtype: str = typer.Option(E.per_base_dtype, "--per-base-dtype",
                                        help="float32 or float16."),
+    layer: Layer = None,
     batch_size: int = typer.Option(E.batch_size, "--batch-size", help="Items per model call "
                                    "(sorted by length; at most 131,072 padded tokens)."),
     unit_bp: UnitBp = None,

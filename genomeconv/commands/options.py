@@ -68,6 +68,11 @@ Bed = Annotated[Optional[Path], typer.Option("--bed", help="BED intervals (0-bas
 Features = Annotated[Optional[str], typer.Option(
     "--features", help="Each feature of these types (comma-separated, e.g. gene,CDS) of a "
     "GenBank/EMBL/GFF3 reference or of --gtf.")]
+# --- hidden states: embed, finetune -----------------------------------------------------------
+Layer = Annotated[Optional[str], typer.Option(
+    "--layer", help="Hidden states of this layer of the model (a module name as in its "
+    "checkpoints, e.g. backbone.layers.0; default: the final norm); an unknown name lists the "
+    "valid ones.")]
 # --- references ---------------------------------------------------------------------------------
 Fasta = Annotated[Optional[Path], typer.Option(
     "--fasta", help="Reference: FASTA (plain, gzip or bgzip), GenBank/EMBL (plain or gzip) or "

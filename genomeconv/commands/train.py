@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from genomeconv.commands.options import (Address, Device, Dtype, Fasta, Model, NumWorkers,
+from genomeconv.commands.options import (Address, Device, Dtype, Fasta, Layer, Model, NumWorkers,
                                          OldBaseModel, Out, Reference, build, reference)
 from genomeconv.errors import InputError
 from genomeconv.pipelines.options import FinetuneOptions as F
@@ -136,6 +136,7 @@ def finetune(
                                                  "a tie: the one sorting last)."),
     freeze: str = typer.Option(F.freeze, "--freeze", help="all (head only), none, or N "
                                "(freeze the embedding and the first N blocks)."),
+    layer: Layer = None,
     window: int = typer.Option(F.window, "--window", min=2, help="Window around each variant."),
     head_hidden: int = typer.Option(F.head_hidden, "--head-hidden", min=0, help="Head hidden "
                                     "units (0: linear head)."),

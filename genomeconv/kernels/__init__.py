@@ -1,11 +1,24 @@
-"""Long causal convolutions (HyenaDNA's operator): `fftconv`, `LongConv`, `StreamingConv`.
+"""Long causal convolutions, HyenaDNA's operator: tensors in, tensors out (no genomics, no files).
 
-Paths: fft.py (one zero-padded real FFT, cached filter spectra, scipy/pocketfft on CPU, and
-autograd for every FFT path), paired.py (the "fft" method's CPU inference form: half-length
-complex FFTs through ducc0 with a paired pointwise step),
-partial.py (overlap-save for short filters), streaming.py (chunked inputs), conv.py
-(`fftconv` and the automatic choice of path), sparse.py (frequency-block masks),
-monarch.py (the Monarch decomposition the CUDA kernels follow), cuda.py (the fused kernels).
+Contract: `fftconv(u, k, D, pregate=, postgate=, method=)` is the one entry to every path and
+computes y = postgate * (conv(x, k) + D * x), x = pregate * u, causal, for u (B, H, L), k (H, Lk)
+(taps past L ignored), D (H,), gates broadcastable to u; it returns u's shape and dtype. Inputs are
+float32, float64, bfloat16 or float16 and accumulate in float32 (float64 for float64:
+validate.accumulation_dtype); every path but "sparse" (asked for with `keep`/`keep_fraction`: it
+masks frequency blocks of the filter's spectrum) gives the same y within that rounding, and all have
+autograd for u, k, D and both gates (`out=` in place is inference only). Bad arguments raise
+TypeError or ValueError naming the argument. `method="auto"` (`choose_method`) picks among the exact
+paths by device, filter length and cost. `LongConv` (modules.py) owns a filter and its cached
+spectrum; `StreamingConv` (streaming.py) convolves an input given in chunks, carrying the state
+between them; filter spectra live in a `SpectrumCache` (fft.py).
+
+Paths: fft.py (one zero-padded real FFT, cached filter spectra, scipy/pocketfft on CPU, and autograd
+for every FFT path), paired.py (the "fft" method's CPU inference form: half-length complex FFTs
+through ducc0 with a paired pointwise step), partial.py (overlap-save for short filters), sparse.py
+(frequency-block masks), monarch.py (the Monarch decomposition the CUDA kernels follow), cuda.py
+(the fused kernels of csrc/), tiles.py (their schedule replayed on the CPU), conv.py (`fftconv` and
+the automatic choice), validate.py (argument checks). The figures behind the constants and choices
+are in benchmarks/results/design_figures.json.
 """
 
 from __future__ import annotations

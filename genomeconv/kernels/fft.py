@@ -5,9 +5,10 @@ runs paired.py's half-length form of the same product). Home of the filter-spect
 y = irfft(rfft(x, n) * (rfft(k, n) + D), n)[:L] with x = u * pregate, n = next_fast_len(L + Lk - 1)
 (5-smooth, often well below 2L), D folded into the spectrum, then y *= postgate.
 
-- Transforms: scipy.fft (pocketfft, `workers` threads, 2.4x torch's MKL rfft on the AMD CPUs we
-  run on) for CPU tensors, torch.fft for CUDA tensors and as a fallback. Accumulation in float32
-  (float64 for float64 inputs); the output has u's dtype.
+- Transforms: scipy.fft (pocketfft, `workers` threads; faster than torch's MKL rfft on the
+  CPUs measured, see "scipy_rfft_vs_torch" in benchmarks/results/design_figures.json) for CPU
+  tensors, torch.fft for CUDA tensors and as a fallback. Accumulation in float32 (float64 for
+  float64 inputs); the output has u's dtype.
 - Filter spectra are cached (`SpectrumCache`) keyed on the filter's address, version counter,
   shape, strides, dtype, transform size and D; an entry lives as long as the filter tensor (a
   weak-reference finalizer drops it), and an in-place change bumps `_version` and misses.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_finite, compute_dtype
+from .validate import accumulation_dtype, check_finite
 
 try:
     import scipy.fft as _sfft
@@ -52,8 +53,8 @@ def _default_cache_bytes() -> int:
 
 
 DEFAULT_CACHE_BYTES = _default_cache_bytes()
-# Above this size scipy's pocketfft is memory-bound and slower than torch.fft (measured here,
-# H = 256: 2x slower at n = 2^21); below it scipy is faster.
+# Above this size scipy's pocketfft is memory-bound and slower than torch.fft; below it scipy
+# is faster ("scipy_memory_bound" in benchmarks/results/design_figures.json).
 SCIPY_MAX_N = 1 << 20
 
 
@@ -299,52 +300,52 @@ def _spectra(k, D, plan, cache: SpectrumCache, dtype):
 
 def _forward(u, k, D, pregate, postgate, plan, cache):
     B = u.shape[0]
-    cdt = compute_dtype(u.dtype)
+    acc_dtype = accumulation_dtype(u.dtype)
     y = torch.empty_like(u, memory_format=torch.contiguous_format)
-    for hs, K in _spectra(k, D, plan, cache, cdt):
+    for hs, K in _spectra(k, D, plan, cache, acc_dtype):
         for b in range(B):
-            x = u[b, hs].to(cdt)
+            x = u[b, hs].to(acc_dtype)
             if pregate is not None:
-                x = x * _block_input(pregate, b, hs, u.shape, cdt)
-            if postgate is None and y.dtype == cdt:
+                x = x * _block_input(pregate, b, hs, u.shape, acc_dtype)
+            if postgate is None and y.dtype == acc_dtype:
                 plan.conv(x, K, out=y[b, hs])
                 continue
             z = plan.conv(x, K)
             if postgate is not None:
-                z *= _block_input(postgate, b, hs, u.shape, cdt)
+                z *= _block_input(postgate, b, hs, u.shape, acc_dtype)
             y[b, hs] = z
     return y
 
 
 def _backward(dy, u, k, D, pregate, postgate, plan, cache, need):
     B = u.shape[0]
-    cdt = compute_dtype(u.dtype)
+    acc_dtype = accumulation_dtype(u.dtype)
     need_u, need_k, need_D, need_pre, need_post = need[:5]
     need_D = need_D and D is not None
     need_pre = need_pre and pregate is not None
     need_post = need_post and postgate is not None
     du = torch.empty_like(u) if need_u else None
-    dpre = torch.empty(u.shape, dtype=cdt, device=u.device) if need_pre else None
-    dpost = torch.empty(u.shape, dtype=cdt, device=u.device) if need_post else None
-    dk = torch.empty(k.shape, dtype=cdt, device=k.device) if need_k or need_D else None
-    for hs, K in _spectra(k, D, plan, cache, cdt):
+    dpre = torch.empty(u.shape, dtype=acc_dtype, device=u.device) if need_pre else None
+    dpost = torch.empty(u.shape, dtype=acc_dtype, device=u.device) if need_post else None
+    dk = torch.empty(k.shape, dtype=acc_dtype, device=k.device) if need_k or need_D else None
+    for hs, K in _spectra(k, D, plan, cache, acc_dtype):
         acc = None
         for b in range(B):
-            x = u[b, hs].to(cdt)
+            x = u[b, hs].to(acc_dtype)
             if pregate is not None:
-                x = x * _block_input(pregate, b, hs, u.shape, cdt)
-            g = dy[b, hs].to(cdt)
+                x = x * _block_input(pregate, b, hs, u.shape, acc_dtype)
+            g = dy[b, hs].to(acc_dtype)
             if postgate is not None:
                 if need_post:
                     dpost[b, hs] = g * plan.conv(x, K)
-                g = g * _block_input(postgate, b, hs, u.shape, cdt)
+                g = g * _block_input(postgate, b, hs, u.shape, acc_dtype)
             if need_u or need_pre:
                 dx = plan.conv(g, K, correlate=True)
                 if need_pre:
-                    dpre[b, hs] = dx * u[b, hs].to(cdt)
+                    dpre[b, hs] = dx * u[b, hs].to(acc_dtype)
                 if need_u:
                     if pregate is not None:
-                        dx *= _block_input(pregate, b, hs, u.shape, cdt)
+                        dx *= _block_input(pregate, b, hs, u.shape, acc_dtype)
                     du[b, hs] = dx
             if dk is not None:
                 S = plan.xcorr(x, g)
@@ -362,19 +363,19 @@ def direct(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
            pregate: torch.Tensor | None = None,
            postgate: torch.Tensor | None = None) -> torch.Tensor:
     """Time-domain path, one shifted multiply-add per tap (O(L Lk)): for tiny filters.
-    (Elementwise ops rather than a depthwise conv1d, which costs ~0.1 s per call when the
-    machine's cores are oversubscribed.)"""
+    (Elementwise ops rather than a depthwise conv1d, which is slow when the machine's cores
+    are oversubscribed: "direct_not_conv1d" in benchmarks/results/design_figures.json.)"""
     check_finite(k, D)
     L, Lk = u.shape[-1], k.shape[-1]
-    cdt = compute_dtype(u.dtype)
-    x = u.to(cdt) if pregate is None else u.to(cdt) * pregate.to(cdt)
-    kc = k.to(cdt)
-    w0 = kc[:, 0] if D is None else kc[:, 0] + D.to(cdt)
+    acc_dtype = accumulation_dtype(u.dtype)
+    x = u.to(acc_dtype) if pregate is None else u.to(acc_dtype) * pregate.to(acc_dtype)
+    kc = k.to(acc_dtype)
+    w0 = kc[:, 0] if D is None else kc[:, 0] + D.to(acc_dtype)
     y = x * w0[:, None]
     for s in range(1, Lk):
         y = y + torch.nn.functional.pad(x[..., :L - s] * kc[:, s, None], (s, 0))
     if postgate is not None:
-        y = y * postgate.to(cdt)
+        y = y * postgate.to(acc_dtype)
     return y.to(u.dtype)
 
 

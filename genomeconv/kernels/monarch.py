@@ -61,9 +61,9 @@ MAX_FACTOR = 128               # factors are TILE, 2 TILE, ..., MAX_FACTOR
 STAGES = (2, 3, 4)
 CHUNK_POINTS = 1 << 21         # complex points per block of rows
 
-# Cost model constants (see `plan_cost`), measured on the 2-core CPU these run on: complex64
-# GEMMs with an r x r DFT factor reach about 10 GFLOP/s at r = 16 and 70 at r = 256 (the
-# narrow ones are memory bound), modelled as MATMUL_FLOPS * r / (r + MATMUL_HALF_WIDTH).
+# Cost model constants (see `plan_cost`), fitted to the GEMM rates of "monarch_gemm_rates" in
+# benchmarks/results/design_figures.json (narrow factors are memory bound), modelled as
+# MATMUL_FLOPS * r / (r + MATMUL_HALF_WIDTH).
 MATMUL_FLOPS = 70e9            # real flop/s of wide complex64 GEMMs
 MATMUL_HALF_WIDTH = 96         # factor width at which GEMMs reach half that rate
 MEMORY_BYTES = 10e9            # bytes/s of a streaming elementwise pass

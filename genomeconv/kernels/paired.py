@@ -23,15 +23,18 @@ twiddles exp(-2 pi i k1 n2 / M), row FFTs (length M2), i.e. the Monarch decompos
 p = 2, on ducc0's cache-friendly axis transforms. Bins stay in the four-step order (bin
 k1 + M1 k2 at k1 M2 + k2: `to_layout`), so no transposition is ever copied: alpha, beta and the
 partner index M - j are laid out to match, and the inverse runs the steps backwards into
-natural time order. Measured here, this is 1.3x ducc0's 1-D transform at M = 2^16 and about 2x
-at 2^17 .. 2^21, where the 1-D transform falls out of cache.
+natural time order. From FOUR_STEP_POINTS on this beats ducc0's 1-D transform, which falls out
+of cache ("four_step_vs_1d").
 
 Why: an M-point complex FFT costs about half an N-point real one in ducc0 at the sizes HyenaDNA
-uses (measured here: 0.49 vs 1.06 ms at N = 2^17), ducc0 is about 2x scipy's pocketfft at
-N >= 2^18, and a row block stays in cache through transform, pairing and inverse.
+uses, ducc0 beats scipy's pocketfft at large N ("half_length_complex_fft"), and a row block
+stays in cache through transform, pairing and inverse.
 Rows are split across `torch.get_num_threads()` Python threads (ducc0 and numpy release the
 GIL), each with its own buffers; blocks hold about `BLOCK_POINTS` complex points, one row for
 long inputs. monarch.py computes the same step in its digit-reversed order.
+
+The figures behind the constants and choices here are in benchmarks/results/design_figures.json,
+by the ids quoted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 
 from .fft import SpectrumCache, rfft
-from .validate import check_finite, compute_dtype
+from .validate import accumulation_dtype, check_finite
 
 try:
     import ducc0
@@ -58,8 +61,7 @@ GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 M
 PAIR_POINTS = 1 << 16  # complex points per chunk of the paired step (and as many in its partner)
 BIN_CHUNK = 1 << 16  # bins per chunk when per-bin weights are computed in float64
 ONE_ROW_POINTS = 1 << 14  # 1-D transforms of rows this long run row by row (see `_c2c_1d`)
-FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size (measured: 1.3x at 2^16,
-                            # 2x at 2^17..2^21 over ducc0's 1-D transform; slower below)
+FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size ("four_step_vs_1d")
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
@@ -115,7 +117,7 @@ def to_layout(v: np.ndarray, M: int) -> np.ndarray:
 def _c2c_1d(z: np.ndarray, forward: bool) -> None:
     """In place over rows z (rows, M): unnormalised 1-D c2c, rows of ONE_ROW_POINTS or more one
     at a time (ducc0's 1-D fast path; its several-rows-at-once SIMD path holds 8 rows, which
-    spill the L2 from 2^14 points: measured here 2x slower there, equal at 2^15)."""
+    spill the L2 from 2^14 points: "one_row_transforms")."""
     if len(z) == 1 or z.shape[-1] >= ONE_ROW_POINTS:
         for row in z:
             ducc0.fft.c2c(row, forward=forward, out=row)
@@ -147,12 +149,12 @@ def _inverse(z: np.ndarray) -> None:
     ducc0.fft.c2c(z3, axes=(1,), forward=False, out=z3)
 
 
-def _bin_weights(M: int, n: int, cdt: type, fn) -> np.ndarray:
-    """(n, M) array of `cdt`: fn(a, b) gives the n weights of the bins j of one chunk (in
+def _bin_weights(M: int, n: int, ctype: type, fn) -> np.ndarray:
+    """(n, M) array of `ctype`: fn(a, b) gives the n weights of the bins j of one chunk (in
     float64) from a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M). Chunks of
     BIN_CHUNK bins keep the float64 temporaries small: whole-length ones stay behind as freed
-    heap (measured here: 0.2 GiB of resident memory after M = 10^6)."""
-    out = np.empty((n, M), cdt)
+    heap ("bin_weight_chunks")."""
+    out = np.empty((n, M), ctype)
     for j0 in range(0, M, BIN_CHUNK):
         w = np.exp(-1j * np.pi * np.arange(j0, min(j0 + BIN_CHUNK, M)) / M)
         out[:, j0:j0 + len(w)] = fn((1 - 1j * w) / 2, (1 + 1j * w) / 2)
@@ -162,8 +164,8 @@ def _bin_weights(M: int, n: int, cdt: type, fn) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _pair_weights(M: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """|a|^2/M, |b|^2/M, conj(a) b/M, a conj(b)/M: alpha and beta from K and Kc."""
-    cdt = np.complex128 if dtype == torch.float64 else np.complex64
-    w = _bin_weights(M, 4, cdt, lambda a, b: (
+    ctype = np.complex128 if dtype == torch.float64 else np.complex64
+    w = _bin_weights(M, 4, ctype, lambda a, b: (
         abs(a) ** 2 / M, abs(b) ** 2 / M, a.conj() * b / M, a * b.conj() / M))
     return tuple(torch.from_numpy(c) for c in w)
 
@@ -178,8 +180,8 @@ def _z_weights(M: int, dtype: np.dtype, layout: tuple[int, int] | None) -> tuple
         A, B = abs(a) ** 2, abs(b) ** 2
         return (A * a + B * b) / M, (A * b + B * a) / M, (a.conj() * b * b + a * a * b.conj()) / M
 
-    cdt = np.complex128 if dtype == np.float64 else np.complex64
-    return tuple(to_layout(_bin_weights(M, 3, cdt, pqr), M))
+    ctype = np.complex128 if dtype == np.float64 else np.complex64
+    return tuple(to_layout(_bin_weights(M, 3, ctype, pqr), M))
 
 
 def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
@@ -289,8 +291,7 @@ def _form(zk: np.ndarray, zkc: np.ndarray, p: np.ndarray, q: np.ndarray, r: np.n
 def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
     """Z' = alpha Z + beta conj Z[(M - j) mod M] in place over the transformed rows z (R, G, M)
     (bins in `_forward`'s order), a chunk of bins and its partner chunk at a time, so that
-    every temporary stays in cache (measured here at M = 2^21, filter transforms given: 2.6x
-    faster than whole-row passes on one thread, 1.7x on two).
+    every temporary stays in cache ("paired_step_chunks": faster than whole-row passes).
     coef: (alpha, beta), each (R, 1, M); or (Zk, p, q, r): the filter's transforms (R, 1, M)
     and `_z_weights`, with alpha = p Zk + q Zkc and beta = q Zk + r Zkc formed per chunk
     (Zkc = conj Zk at the partner bins)."""
@@ -337,8 +338,7 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
     block from the filter's transforms Zk (`_filter_transform`): alpha and beta (2, H, M) with
     `coefficients`, else Zk (H, M) itself (the cached form where alpha and beta would not fit:
     half their bytes). Both cost about one transform per channel plus the new entry's page
-    faults: measured here at H 16, L = 2^20, a call that misses the cache took 0.8-1.0 s, an
-    uncached call 0.5 s, a hit 0.3 s (the former float64 rfft per channel: 3.5 s per miss)."""
+    faults, a fraction of the former float64 rfft per channel ("filter_side_cost")."""
     ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
     H, step = k.shape[0], max(1, BLOCK_POINTS // M)
     out = torch.empty(*((2,) if coefficients else ()), H, M, dtype=ctype)
@@ -413,15 +413,15 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     Lk = k.shape[-1]
     M = half_size(L - history + Lk - 1 if block is None else max(block, Lk + 1))
     plan = Segments(L, Lk, M, history)
-    cdt = compute_dtype(u.dtype)
+    acc_dtype = accumulation_dtype(u.dtype)
     R = plan.rows_per_block(H)
 
     def host(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.detach().to(cdt).expand(u.shape).numpy()
+        return None if t is None else t.detach().to(acc_dtype).expand(u.shape).numpy()
 
     x, pre, post = host(u), host(pregate), host(postgate)
-    direct = out is not None and out.dtype == cdt
-    y = out if direct else torch.empty(B, H, L - history, dtype=cdt)
+    direct = out is not None and out.dtype == acc_dtype
+    y = out if direct else torch.empty(B, H, L - history, dtype=acc_dtype)
     yn = y.numpy()
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
@@ -430,20 +430,20 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # that), each cached only beside the live entries (building one costs more than the
     # uncached path, so filters used in turn must not evict each other on every call)
     cached = transforms = None
-    entry = H * M * (16 if cdt == torch.float64 else 8)
-    if cache.fits(k, 4 * M, cdt):
-        cached = cache.get(k, D, 2 * M, cdt, tag=f"paired{split(M)}", reserve=2 * entry,
+    entry = H * M * (16 if acc_dtype == torch.float64 else 8)
+    if cache.fits(k, 4 * M, acc_dtype):
+        cached = cache.get(k, D, 2 * M, acc_dtype, tag=f"paired{split(M)}", reserve=2 * entry,
                            transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True))
-    elif cache.fits(k, 2 * M, cdt):
-        transforms = cache.get(k, D, 2 * M, cdt, tag=f"pairedZk{split(M)}", reserve=entry,
+    elif cache.fits(k, 2 * M, acc_dtype):
+        transforms = cache.get(k, D, 2 * M, acc_dtype, tag=f"pairedZk{split(M)}", reserve=entry,
                                transform=lambda kd, Dd, n: _filter_side(
                                    kd, Dd, M, coefficients=False))
     cached = None if cached is None else cached.numpy()
     transforms = None if transforms is None else transforms.numpy()
     if cached is None and transforms is None:
         check_finite(k, D)
-        kn = k.detach().to(cdt).numpy()
-        Dn = None if D is None else D.detach().to(cdt).numpy()
+        kn = k.detach().to(acc_dtype).numpy()
+        Dn = None if D is None else D.detach().to(acc_dtype).numpy()
 
     def block(h0: int) -> None:
         hs = slice(h0, min(H, h0 + R))
@@ -472,4 +472,4 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             f.result()
     if out is not None:
         return out if direct else out.copy_(y)
-    return y if u.dtype == cdt else y.to(u.dtype)
+    return y if u.dtype == acc_dtype else y.to(u.dtype)

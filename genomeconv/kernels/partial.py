@@ -24,13 +24,14 @@ import torch
 import genomeconv.kernels.fft as fft
 
 
-SEGMENT_COST = 60_000  # per transform pair (Python, copies): ~14 us here, in n log n units
+SEGMENT_COST = 60_000  # per transform pair (Python, copies), in n log n units
 
 
 def transform_cost(n: int) -> float:
-    """Relative time of one transform pair of n real points in paired.py, measured here per
-    overlap-save segment (Lk = 33, L = 2^21): n log n, times 1.3 at 2^18 points and 1.5 past it
-    (rows outgrow the 1 MiB L2), plus SEGMENT_COST (which dominates below 2^12 points)."""
+    """Relative time of one transform pair of n real points in paired.py per overlap-save
+    segment: n log n, times 1.3 at 2^18 points and 1.5 past it (rows outgrow the L2), plus
+    SEGMENT_COST (which dominates below 2^12 points); fitted to "overlap_save_segment_cost" in
+    benchmarks/results/design_figures.json."""
     factor = 1.0 if n <= 1 << 17 else 1.3 if n <= 1 << 18 else 1.5
     return n * math.log2(max(n, 2)) * factor + SEGMENT_COST
 

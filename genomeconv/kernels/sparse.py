@@ -25,7 +25,7 @@ import math
 import torch
 
 import genomeconv.kernels.fft as fft
-from .validate import check_finite, compute_dtype
+from .validate import accumulation_dtype, check_finite
 
 
 def fraction_mask(fraction: float, blocks: int) -> torch.Tensor:
@@ -119,27 +119,27 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     P = blocks
     n = transform_size(L, Lk, P)
     m = n // P
-    cdt = compute_dtype(u.dtype)
+    acc_dtype = accumulation_dtype(u.dtype)
     bs = computed_blocks(keep)
-    tr = _Pruned(bs, P, m, cdt, u.device)
+    tr = _Pruned(bs, P, m, acc_dtype, u.device)
 
     def transform(rows: torch.Tensor, size: int) -> torch.Tensor:
         return tr.forward(torch.nn.functional.pad(rows, (0, size - rows.shape[-1])))
 
     def spectrum(kc: torch.Tensor, Dc: torch.Tensor | None, size: int) -> torch.Tensor:
         K = transform(kc, size)
-        return K if Dc is None else K + Dc.to(cdt)[:, None, None]
+        return K if Dc is None else K + Dc.to(acc_dtype)[:, None, None]
 
     if torch.is_grad_enabled() and (k.requires_grad or (D is not None and D.requires_grad)):
         check_finite(k, D)
-        K = spectrum(k.to(cdt), D, n)
+        K = spectrum(k.to(acc_dtype), D, n)
     else:
         c = fft.SPECTRA if cache is None else cache
-        K = c.get(k, D, n, cdt, spectrum, tag=("sparse", P, tuple(bs)))
-    x = u.to(cdt) if pregate is None else u.to(cdt) * pregate.to(cdt)
+        K = c.get(k, D, n, acc_dtype, spectrum, tag=("sparse", P, tuple(bs)))
+    x = u.to(acc_dtype) if pregate is None else u.to(acc_dtype) * pregate.to(acc_dtype)
     X = transform(x.reshape(B * H, L), n).reshape(B, H, len(bs), m)
     y = tr.inverse((X * K).reshape(B * H, len(bs), m))[:, :L].reshape(B, H, L)
     if postgate is not None:
-        y = y * postgate.to(cdt)
+        y = y * postgate.to(acc_dtype)
     return y.to(u.dtype)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .conv import fftconv
-from .validate import compute_dtype
+from .validate import accumulation_dtype
 
 
 class StreamingConv:
@@ -31,8 +31,8 @@ class StreamingConv:
         """Outputs for the chunk u (B, H, l), continuing the previous chunks."""
         if not isinstance(u, torch.Tensor) or u.dim() != 3:
             raise ValueError("u must be a (B, H, l) tensor chunk")
-        cdt = compute_dtype(u.dtype)
-        x = u.to(cdt) if pregate is None else u.to(cdt) * pregate.to(cdt)
+        acc_dtype = accumulation_dtype(u.dtype)
+        x = u.to(acc_dtype) if pregate is None else u.to(acc_dtype) * pregate.to(acc_dtype)
         keep = self.k.shape[-1] - 1
         if self.state is None:
             self.state = x.new_zeros(*x.shape[:2], keep)
@@ -43,7 +43,7 @@ class StreamingConv:
         y = fftconv(xx, self.k, self.D, method=self.method, history=keep)
         self.state = xx[..., xx.shape[-1] - keep:]
         if postgate is not None:
-            y = y * postgate.to(cdt)
+            y = y * postgate.to(acc_dtype)
         return y.to(u.dtype)
 
     __call__ = step

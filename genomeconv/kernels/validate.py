@@ -16,7 +16,7 @@ def _check_real(name: str, t: object) -> torch.Tensor:
     return t
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 

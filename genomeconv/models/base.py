@@ -207,10 +207,14 @@ class LanguageModel(ABC):
     def save(self, directory: str | Path, *, card: str | None = None,
              extra: dict[str, Any] | None = None) -> None:
         """Write config.json (naming the family) + model.safetensors (+ MODEL_CARD.md when
-        `card` is given); `extra`: further top-level config.json entries."""
+        `card` is given); `extra`: further top-level config.json entries. Floating tensors held
+        in bfloat16/float16 (a model trained in mixed precision) are written as float32, so a
+        saved folder never depends on the dtype its model last ran in."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_tensors(), str(directory / "model.safetensors"))
+        tensors = {k: v.float() if v.is_floating_point() and v.element_size() < 4 else v
+                   for k, v in self.state_tensors().items()}
+        save_file(tensors, str(directory / "model.safetensors"))
         meta = {"format": folder_format(self.family), "format_version": FORMAT_VERSION,
                 "family": self.family, "config": self.config_dict(),
                 "config_sha256": self.config_sha256, **(extra or {})}

@@ -1,17 +1,21 @@
 """Variant classification heads: the module fine-tuning trains and the files it saves them in.
 
-A head reads [mean(ref), mean(alt), mean(alt) - mean(ref)] of the final hidden states of a
-variant's forward ref and alt windows. Binary heads have one logit, P(positive class); the
-positive class is chosen at finetune time (`--positive-label`; default the minority label) and
-stored last in `classes`. Multi-class heads have one logit per class (softmax).
+A head reads [pool(ref), pool(alt), pool(alt) - pool(ref)] (`head_features`): the mean over each
+window's own positions (models.base.pool with the windows' lengths) of the hidden states of a
+variant's forward ref and alt windows, of the final norm or of the layer named at finetune time
+(`--layer`, recorded in head.json so that score-variants reads the same layer). Binary heads
+have one logit, P(positive class); the positive class is chosen at finetune time
+(`--positive-label`; default the minority label) and stored last in `classes`. Multi-class
+heads have one logit per class (softmax).
 
 Files, next to the backbone of a fine-tuned model folder: head.safetensors (tensors `0.weight`,
-`0.bias`, `2.weight`, `2.bias` of Linear(3 d, hidden) -> GELU -> Linear(hidden, n_out); or
-`0.weight`, `0.bias` when hidden = 0) and head.json: format, classes, n_out, hidden, input_dim,
-pooling, features, window, label, positive_label (binary), freeze (the --freeze spec), and
-base_model ({"model", "model_weights_sha256", "model_config_sha256"} of the model fine-tuning
-started from). Folders written before positive_label/freeze/base_model existed still load
-(`VariantHead.legacy`).
+`0.bias`, `2.weight`, `2.bias` of Linear(3 w, hidden) -> GELU -> Linear(hidden, n_out), w the
+layer's width; or `0.weight`, `0.bias` when hidden = 0) and head.json: format, classes, n_out,
+hidden, input_dim, pooling, features, layer (null: the final norm), window, label,
+positive_label (binary), freeze (the --freeze spec), and base_model ({"model",
+"model_weights_sha256", "model_config_sha256"} of the model fine-tuning started from). Folders
+written before positive_label/freeze/base_model/layer existed still load (`VariantHead.legacy`;
+no layer: the final norm).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from genomeconv.errors import InputError
+from genomeconv.models.base import LanguageModel, pool
 
 HEAD_FORMAT = "genomeconv-variant-head"
 RESERVED_COLUMNS = frozenset({"p_ref", "p_alt"})  # site probabilities of score-variants
@@ -41,18 +46,29 @@ def make_head(d_in: int, n_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, n_out))
 
 
-class VariantClassifier(nn.Module):
-    """A backbone + head on [mean(ref), mean(alt), mean(alt) - mean(ref)] hidden states."""
+def head_features(ref: torch.Tensor, alt: torch.Tensor) -> torch.Tensor:
+    """(N, w) pooled ref and alt hidden states -> (N, 3 w): [ref, alt, alt - ref]."""
+    return torch.cat([ref, alt, alt - ref], dim=1)
 
-    def __init__(self, model: nn.Module, n_out: int, hidden: int) -> None:
+
+class VariantClassifier(nn.Module):
+    """A backbone + head on `head_features` of its `layer`'s hidden states (None: the final
+    norm's). The backbone is a trainable models.LanguageModel: an nn.Module whose
+    `forward(ids, layer=)` returns hidden states with autograd."""
+
+    def __init__(self, model: LanguageModel, n_out: int, hidden: int,
+                 layer: str | None = None) -> None:
         super().__init__()
         self.model = model
-        self.head = make_head(3 * model.config.d_model, n_out, hidden)
+        self.layer = layer
+        self.head = make_head(3 * model.layer_width(layer), n_out, hidden)
 
-    def forward(self, ref_ids: torch.Tensor, alt_ids: torch.Tensor) -> torch.Tensor:
-        pooled = self.model(torch.cat([ref_ids, alt_ids])).float().mean(dim=1)
-        ref, alt = pooled.chunk(2)
-        return self.head(torch.cat([ref, alt, alt - ref], dim=1))
+    def forward(self, ref_ids: torch.Tensor, alt_ids: torch.Tensor, ref_lengths: torch.Tensor,
+                alt_lengths: torch.Tensor) -> torch.Tensor:
+        """Logits of right-padded ref and alt windows (B, L) of the given lengths (B,)."""
+        hidden = self.model(torch.cat([ref_ids, alt_ids]), layer=self.layer).float()
+        ref, alt = pool(hidden, "mean", torch.cat([ref_lengths, alt_lengths])).chunk(2)
+        return self.head(head_features(ref, alt))
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -114,7 +130,7 @@ def probability_columns(classes: Sequence[str]) -> list[str]:
 @dataclass
 class VariantHead:
     """A fine-tuned head read back from a model directory; `predict` gives class probabilities
-    from mean-pooled final hidden states of the forward ref and alt windows."""
+    from the mean-pooled hidden states (of `layer`) of the forward ref and alt windows."""
 
     head: nn.Sequential
     meta: dict[str, Any]
@@ -126,6 +142,11 @@ class VariantHead:
     @property
     def window(self) -> int:
         return int(self.meta["window"])
+
+    @property
+    def layer(self) -> str | None:
+        """The layer whose hidden states the head reads (None: the final norm's)."""
+        return self.meta.get("layer")
 
     @property
     def legacy(self) -> bool:
@@ -143,7 +164,7 @@ class VariantHead:
         """(N, d) ref and alt pooled hidden states -> (N, n_classes) probabilities."""
         ref = torch.as_tensor(np.asarray(ref_pooled), dtype=torch.float32)
         alt = torch.as_tensor(np.asarray(alt_pooled), dtype=torch.float32)
-        return probabilities(self.head(torch.cat([ref, alt, alt - ref], dim=1))).numpy()
+        return probabilities(self.head(head_features(ref, alt))).numpy()
 
     def scores(self, ref_pooled: np.ndarray, alt_pooled: np.ndarray) -> dict[str, np.ndarray]:
         """Column name -> probabilities of the variants (see `columns`)."""

@@ -13,9 +13,9 @@ DeepSpeed config: a JSON file shipped in genomeconv/data/deepspeed/ (by name, e.
 or any JSON file by path. genomeconv sets `train_batch_size` and
 `train_micro_batch_size_per_gpu` from `batch_size`, the world size and the file's
 `gradient_accumulation_steps`; the file chooses ZeRO stage, bf16, clipping and offload. An
-`activation_checkpointing` section turns on recomputation of each HyenaDNA block in the backward
-pass (torch.utils.checkpoint). The optimizer is torch AdamW (no DeepSpeed op compilation), with
-a linear warm-up and cosine decay of the learning rate.
+`activation_checkpointing` section turns on recomputation of each block of the model in the
+backward pass (LanguageModel.checkpoint_activations). The optimizer is torch AdamW (no
+DeepSpeed op compilation), with a linear warm-up and cosine decay of the learning rate.
 """
 
 from __future__ import annotations
@@ -62,8 +62,22 @@ def init_distributed(device: str | None = None) -> tuple[int, int]:
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     import deepspeed
 
+    if not on_cuda(device):
+        skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend="nccl" if on_cuda(device) else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def skip_shared_memory_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce: a C++ op built
+    with the system compiler on first use (minutes on two cores; no compiler, no training) that
+    only DeepSpeed's inference all-reduce calls, while training all-reduces through gloo.
+    DeepSpeed builds an op only when its table of compatible ops says so."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def world_size(world: int | None = None) -> int:
@@ -178,22 +192,18 @@ def _gathered(engine: Any) -> Any:
     return nullcontext()
 
 
-def export_model(engine: Any, config: Any, directory: Path, *, card: str | None = None,
+def export_model(engine: Any, directory: Path, *, card: str | None = None,
                  head_meta: dict[str, Any] | None = None) -> None:
-    """Write the trained backbone (float32) with `model.save` from rank 0, and the head of a
+    """Write the trained backbone (`engine.module.model`, a models.LanguageModel) through its
+    `save` from rank 0 (float32, whatever dtype DeepSpeed trained it in), and the head of a
     VariantClassifier when `head_meta` is given."""
     import torch.distributed as dist
 
-    from genomeconv.models import HyenaDNA
     from genomeconv.models.heads import save_head
 
     with _gathered(engine):
         if dist.get_rank() == 0:
-            state = {k: v.detach().float().cpu()
-                     for k, v in engine.module.model.state_dict().items()}
-            fresh = HyenaDNA(config)
-            fresh.load_state_dict(state)
-            fresh.save(directory, card=card)
+            engine.module.model.save(directory, card=card)
             if head_meta is not None:
                 save_head(engine.module.head, head_meta, directory)
     dist.barrier()

@@ -9,7 +9,8 @@ most runtime.UNIT_MAX_ITEMS items each, an item that long alone), so another --b
 subset or a superset of the items resumes with every item written exactly once. Each `EmbedActor`
 opens the FASTA or read file and loads the model once; per unit it fetches every item's bases in
 file order, reverse-complements minus-strand items, runs them sorted by length in right-padded
-batches through the model's bounded-memory path (`LanguageModel.hidden_states`), pools each item
+batches through the model's bounded-memory path (`LanguageModel.hidden_states`, of the final norm
+or of the `--layer` named, which the manifest and every file's metadata record), pools each item
 (models.pool) over its own positions only (so its embedding does not depend on its batch), and
 writes the unit's part(s) column-wise: OUT/per_base/ first, then OUT/embeddings/. Many small items
 thus cost one Ray task and one Parquet part per few Mbp, not per item. A unit is done when its
@@ -200,7 +201,7 @@ def _unique(items: list[Item]) -> list[Item]:
 
 
 def default_unit_bp(model: LanguageModel, per_base: bool = False,
-                    per_base_dtype: str = "float32") -> int:
+                    per_base_dtype: str = "float32", layer: str | None = None) -> int:
     """Bases per work unit: `runtime.unit_bases` of the model; with per-base output also at most
     PER_BASE_PART_BYTES of per-base embeddings, so a per-base part stays a manageable file (a
     small job then cuts it further, `runtime.per_worker`, so that no worker stays idle)."""
@@ -208,7 +209,8 @@ def default_unit_bp(model: LanguageModel, per_base: bool = False,
 
     bp = runtime.unit_bases(model.work_per_base)
     if per_base:
-        bp = min(bp, PER_BASE_PART_BYTES // (model.d_model * np.dtype(per_base_dtype).itemsize))
+        width = model.layer_width(layer)
+        bp = min(bp, PER_BASE_PART_BYTES // (width * np.dtype(per_base_dtype).itemsize))
     return bp
 
 
@@ -231,6 +233,7 @@ class WorkerConfig:
     pooling: str = "mean"
     per_base: bool = False
     per_base_dtype: str = "float32"
+    layer: str | None = None
     batch_size: int = 16
     chunk_size: int | None = None
 
@@ -248,8 +251,9 @@ class EmbedActor(UnitActor):
             from genomeconv.io.fasta import FastaFile
 
             self.source = FastaFile(config.fasta)
-        self.meta = self.metadata("embeddings")
-        self.meta_pb = self.metadata("per_base")
+        self.width = self.model.layer_width(config.layer)  # of each embedding
+        self.meta = self.metadata("embeddings", layer=config.layer)
+        self.meta_pb = self.metadata("per_base", layer=config.layer)
 
     @staticmethod
     def decode_item(data: dict[str, Any]) -> Item:
@@ -273,7 +277,8 @@ class EmbedActor(UnitActor):
 
     def sequences(self, items: Sequence[Item]) -> list[str]:
         """Every item's bases (as `sequence`), in the order of `items`, fetched in file order:
-        a BGZF block is then inflated once, not once per item (50x faster for short items)."""
+        a BGZF block is then inflated once, not once per item ("file_order_fetch" in
+        benchmarks/results/design_figures.json)."""
         from genomeconv.io.reads import ReadRef
 
         if self.cfg.reads:
@@ -293,10 +298,10 @@ class EmbedActor(UnitActor):
         from genomeconv.models import pool
 
         seqs = self.sequences(items)
-        pooled = np.empty((len(items), self.model.d_model), dtype=np.float32)
+        pooled = np.empty((len(items), self.width), dtype=np.float32)
         nonfinite = np.zeros(len(items), dtype=bool)
         model_s = 0.0
-        writer = _PerBaseWriter(self.cfg, self.setup, unit_id, self.model.d_model,
+        writer = _PerBaseWriter(self.cfg, self.setup, unit_id, self.width,
                                 self.meta_pb) if self.cfg.per_base else None
         try:
             for group in _forward_groups([len(s) for s in seqs], self.cfg.batch_size):
@@ -327,7 +332,8 @@ class EmbedActor(UnitActor):
 
         lengths = torch.tensor([len(s) for s in seqs])
         ids = self.model.tokenize(seqs)
-        hidden = self.model.hidden_states(ids, chunk_size=self.cfg.chunk_size, dtype=self.dtype)
+        hidden = self.model.hidden_states(ids, layer=self.cfg.layer,
+                                          chunk_size=self.cfg.chunk_size, dtype=self.dtype)
         return hidden, lengths
 
     def table(self, items: Sequence[Item], seqs: Sequence[str], pooled: Any,
@@ -337,14 +343,14 @@ class EmbedActor(UnitActor):
 
         from genomeconv.io.fasta import ambiguous_fraction
 
-        out_schema = schema.embeddings_schema(self.model.d_model)
+        out_schema = schema.embeddings_schema(self.width)
         columns: dict[str, Any] = {k: [getattr(it, k) for it in items]
                                    for k in schema.ITEM_KEYS.names}
         columns["length"] = [len(s) for s in seqs]
         columns["n_fraction"] = [ambiguous_fraction(s) for s in seqs]
         columns["pooling"] = [self.cfg.pooling] * len(items)
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(pooled.reshape(-1)), self.model.d_model)
+            pa.array(pooled.reshape(-1)), self.width)
         columns["nonfinite"] = pa.array(nonfinite)
         return pa.table(columns, schema=out_schema)
 
@@ -390,12 +396,12 @@ class _PerBaseWriter:
     """Streams one unit's per-base rows through runtime.PartWriter in row groups of
     PER_BASE_ROWS rows, buffering small items' rows (a read is not a row group of its own)."""
 
-    def __init__(self, cfg: WorkerConfig, setup: WorkerSetup, unit_id: str, d_model: int,
+    def __init__(self, cfg: WorkerConfig, setup: WorkerSetup, unit_id: str, width: int,
                  metadata: dict[bytes, bytes]) -> None:
         self.np_dtype = cfg.per_base_dtype
-        self.d = d_model
+        self.d = width
         self.part = runtime.PartWriter(Path(setup.out) / PER_BASE_DIR, unit_id,
-                                       schema.per_base_schema(d_model, cfg.per_base_dtype),
+                                       schema.per_base_schema(width, cfg.per_base_dtype),
                                        metadata, setup.token)
         self.pending: list[Any] = []  # tables not yet written, fewer than PER_BASE_ROWS rows
         self.rows = 0
@@ -486,12 +492,16 @@ def completed_items(out: str | Path, per_base: bool, manifest_sha256: str) -> se
 
 def embed_manifest(model: str | None, config_sha256: str, *, fasta: str | None,
                    reads: str | None, pooling: str, per_base: bool, per_base_dtype: str,
-                   dtype: str | None, device_type: str) -> manifest.Manifest:
+                   dtype: str | None, device_type: str,
+                   layer: str | None = None) -> manifest.Manifest:
     """The settings and inputs an `embed` folder's values depend on (not which items, nor
-    --keep-nonfinite: it only adds marked rows, so a rerun with it resumes a run stopped by NaN)."""
+    --keep-nonfinite: it only adds marked rows, so a rerun with it resumes a run stopped by NaN).
+    `layer` is recorded only when given, so folders of the final norm written before --layer
+    existed still resume."""
     settings = {**manifest.model_fingerprint(model, config_sha256), "pooling": pooling,
                 "per_base": per_base, "per_base_dtype": per_base_dtype if per_base else None,
-                "dtype": dtype or "float32", "device_type": device_type}
+                "dtype": dtype or "float32", "device_type": device_type,
+                **({"layer": layer} if layer is not None else {})}
     inputs = {role: manifest.file_fingerprint(path)
               for role, path in (("fasta", fasta), ("reads", reads)) if path is not None}
     return manifest.Manifest("embed", settings, inputs)
@@ -527,6 +537,7 @@ class EmbedJob(Job):
 
         o = self.opts
         probe.require_embeddings("embed")
+        probe.check_layer(o.layer)
         if self.reads is not None:
             self.items = plan_read_items(self.reads, regions=o.regions, min_mapq=o.min_mapq,
                                          min_length=o.min_length, reference=readable_fasta(
@@ -535,12 +546,12 @@ class EmbedJob(Job):
             self.items = plan_fasta_items(self.fasta, regions=o.regions, gtf=o.gtf,
                                           genes=o.genes, bed=o.bed, features=o.features,
                                           spliced=o.spliced)
-        self.unit_bp = default_unit_bp(probe, o.per_base, o.per_base_dtype)
+        self.unit_bp = default_unit_bp(probe, o.per_base, o.per_base_dtype, o.layer)
         model, _ = self.model_spec
         return embed_manifest(model, probe.config_sha256, fasta=self.fasta, reads=self.reads,
                               pooling=o.pooling, per_base=o.per_base,
                               per_base_dtype=o.per_base_dtype, dtype=o.dtype,
-                              device_type=runtime.device_type(o.worker_device))
+                              device_type=runtime.device_type(o.worker_device), layer=o.layer)
 
     def part_dirs(self) -> list[Path]:
         return [self.out / EMBEDDINGS_DIR, self.out / PER_BASE_DIR]
@@ -566,8 +577,8 @@ class EmbedJob(Job):
         o = self.opts
         return WorkerConfig(fasta=readable_fasta(self.fasta) if self.fasta else None,
                             reads=self.reads, pooling=o.pooling, per_base=o.per_base,
-                            per_base_dtype=o.per_base_dtype, batch_size=o.batch_size,
-                            chunk_size=o.chunk_size)
+                            per_base_dtype=o.per_base_dtype, layer=o.layer,
+                            batch_size=o.batch_size, chunk_size=o.chunk_size)
 
     def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
         return {"bp selected": sum(it.length for it in self.items)}

@@ -119,6 +119,7 @@ class EmbedOptions(JobOptions, Selection):
     pooling: str = "mean"
     per_base: bool = False
     per_base_dtype: str = "float32"
+    layer: str | None = None  # the model's layer whose hidden states are embedded; None: final
     batch_size: int = 16  # items per model call
     chunk_size: int | None = None
     command: str = "genomeconv embed"
@@ -236,6 +237,7 @@ class FinetuneOptions(TrainOptions):
     label: str = "label"
     positive_label: str | None = None  # binary: the class P() is written for; None: minority
     freeze: str = "none"
+    layer: str | None = None  # the layer whose pooled hidden states the head reads; None: final
     window: int = 1024
     head_hidden: int = 64
     epochs: int = 10

@@ -322,8 +322,8 @@ class PartWriter:
         self.tmp = out / f".tmp-{unit_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
         self.token = token
-        # Dictionary pages only for text (names, bases, statuses): trying them on float columns
-        # cost 3x the write time of a track part and made it 40% larger.
+        # Dictionary pages only for text (names, bases, statuses): on float columns they made
+        # parts slower to write and larger ("dictionary_pages", benchmarks/results/).
         text = [f.name for f in schema if pa.types.is_string(f.type)]
         with writing(self.final):  # a full disk: one line naming the part (errors.writing)
             out.mkdir(parents=True, exist_ok=True)

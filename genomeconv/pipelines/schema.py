@@ -32,6 +32,7 @@ KEY_KIND = b"genomeconv.kind"
 KEY_MANIFEST = b"genomeconv.manifest_sha256"  # the run manifest a part was written under
 KEY_FINETUNED = b"genomeconv.finetuned"  # JSON: a fine-tuned model's classes and LM columns
 KEY_EMPTY_COLUMNS = b"genomeconv.empty_columns"  # JSON {column: why it is null in every row}
+KEY_LAYER = b"genomeconv.layer"  # embed --layer: the layer embedded (absent: the final norm)
 
 ITEM_KEYS = pa.schema([
     ("item_id", pa.string()),
@@ -118,10 +119,12 @@ def variants_schema(probability_columns: Sequence[str] = ()) -> pa.Schema:
 
 
 def file_metadata(model: Any, command: str, kind: str, manifest_sha256: str | None = None, *,
-                  empty_columns: dict[str, str] | None = None) -> dict[bytes, bytes]:
+                  empty_columns: dict[str, str] | None = None,
+                  layer: str | None = None) -> dict[bytes, bytes]:
     """Metadata for one output file: version, model id and config hash, command, schema, kind,
-    the hash of the run manifest it belongs to (a rerun counts a part only when it matches), and
-    `empty_columns` ({column: reason}) for columns the model cannot fill.
+    the hash of the run manifest it belongs to (a rerun counts a part only when it matches),
+    `empty_columns` ({column: reason}) for columns the model cannot fill, and the `layer` whose
+    hidden states it holds when not the final norm.
 
     `model` is a genomeconv models.LanguageModel (anything with `model_id` and `config_sha256`).
     """
@@ -139,4 +142,6 @@ def file_metadata(model: Any, command: str, kind: str, manifest_sha256: str | No
         meta[KEY_MANIFEST] = manifest_sha256.encode()
     if empty_columns:
         meta[KEY_EMPTY_COLUMNS] = json.dumps(empty_columns, sort_keys=True).encode()
+    if layer is not None:
+        meta[KEY_LAYER] = layer.encode()
     return meta

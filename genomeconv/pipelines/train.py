@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,15 @@ from genomeconv.pipelines.options import FinetuneOptions, PretrainOptions, requi
 
 # ------------------------------------------------------------------------------- pretrain
 class NextTokenLoss(nn.Module):
-    """Wraps a HyenaDNA so that engine(ids) returns the mean next-token NLL (nats)."""
+    """Wraps the HyenaDNA that pretraining builds so that engine(ids) returns the mean
+    next-token NLL (nats)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return -self.model.log_likelihood(ids).mean()
+        return -self.model.autograd_log_likelihoods(ids).mean()
 
 
 def check_pretrain(opts: PretrainOptions, *, world: int | None = None) -> None:
@@ -159,7 +160,7 @@ def pretrain(opts: PretrainOptions, log: Callable[[str], None] = print) -> dict[
     if opts.kmer_baseline > 0 and rank == 0:
         summary["kmer_baseline"] = kmer_baseline(split, val_windows, opts.kmer_baseline)
     card = pretrain_card(summary)
-    export_model(engine, config, out / "model", card=card)
+    export_model(engine, out / "model", card=card)
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -247,16 +248,27 @@ def freeze(model: LanguageModel, spec: str) -> None:
     model.freeze(int(spec))
 
 
-
-
 @dataclass
 class VariantWindows:
-    """Tokenized ref/alt windows of the usable variants, their class indices and input rows."""
+    """Token ids of the usable variants' ref and alt windows (right-padded to the longest
+    window), their lengths (pooling reads each window's own positions only), class indices and
+    input rows."""
 
     ref: np.ndarray
     alt: np.ndarray
+    ref_lengths: np.ndarray
+    alt_lengths: np.ndarray
     labels: np.ndarray
     rows: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> VariantWindows:
+        """The windows at `keep` (indices or a mask)."""
+        return VariantWindows(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def inputs(self, rows: Any, device: Any) -> tuple[torch.Tensor, ...]:
+        """VariantClassifier's inputs for `rows` on `device`: ref ids, alt ids and lengths."""
+        return tuple(torch.from_numpy(a[rows]).to(device)
+                     for a in (self.ref, self.alt, self.ref_lengths, self.alt_lengths))
 
 
 def check_finetune(opts: FinetuneOptions, *, world: int | None = None) -> None:
@@ -281,8 +293,8 @@ def build_windows(data: training_data.LabelledVariants, fasta: str | Path, windo
                   classes: Sequence[str], tokenize: Callable[[Sequence[str]], torch.Tensor]
                   ) -> tuple[VariantWindows, dict[str, int]]:
     """Ref/alt windows from the scoring pipeline's `plan_variant`, as the model's token ids
-    (`tokenize`: its `LanguageModel.tokenize`); returns the usable ("ok") variants and the
-    count of each status."""
+    (`tokenize`: its `LanguageModel.tokenize`, which right-pads); returns the usable ("ok")
+    variants and the count of each status."""
     from genomeconv.io.fasta import FastaFile
     from genomeconv.pipelines.variants import plan_variant
 
@@ -294,30 +306,24 @@ def build_windows(data: training_data.LabelledVariants, fasta: str | Path, windo
             pv = plan_variant(v, fa, window, cache)
             statuses[pv.status] = statuses.get(pv.status, 0) + 1
             if pv.status == "ok":
-                ids = tokenize([pv.ref_seq, pv.alt_seq]).numpy()
-                ref.append(ids[0])
-                alt.append(ids[1])
+                ref.append(pv.ref_seq)
+                alt.append(pv.alt_seq)
                 labels.append(index[y])
                 rows.append(i)
-    empty = np.empty((0, window), dtype=np.int64)
-    windows = VariantWindows(np.stack(ref) if ref else empty, np.stack(alt) if alt else empty,
+    ids = tokenize(ref + alt).numpy() if ref else np.empty((0, window), dtype=np.int64)
+    windows = VariantWindows(ids[:len(ref)], ids[len(ref):],
+                             *(np.array([len(s) for s in seqs], dtype=np.int64)
+                               for seqs in (ref, alt)),
                              np.array(labels, dtype=np.int64), np.array(rows, dtype=np.int64))
     return windows, statuses
-
-
-def _subset(w: VariantWindows, keep: np.ndarray) -> VariantWindows:
-    return VariantWindows(w.ref[keep], w.alt[keep], w.labels[keep], w.rows[keep])
 
 
 @torch.no_grad()
 def predict_windows(engine, w: VariantWindows, batch: int) -> np.ndarray:
     """Class probabilities (N, C) of every window pair (run on every rank)."""
     engine.eval()
-    out = []
-    for i in range(0, len(w.labels), batch):
-        ref = torch.from_numpy(w.ref[i:i + batch]).to(engine.device)
-        alt = torch.from_numpy(w.alt[i:i + batch]).to(engine.device)
-        out.append(probabilities(engine(ref, alt)).cpu().numpy())
+    out = [probabilities(engine(*w.inputs(slice(i, i + batch), engine.device))).cpu().numpy()
+           for i in range(0, len(w.labels), batch)]
     engine.train()
     return np.concatenate(out) if out else np.empty((0, 2))
 
@@ -346,8 +352,8 @@ def finetune_data(variants: str | Path, fasta: str | Path, opts: FinetuneOptions
     chosen = [data.variants[r] for r in windows.rows]
     train_idx, val_idx = training_data.split_by_chromosome(
         chosen, val_chroms=opts.val_chroms, val_fraction=opts.val_fraction, window=opts.window)
-    train = _subset(windows, np.array(train_idx, dtype=int))
-    val = _subset(windows, np.array(val_idx, dtype=int))
+    train = windows.subset(np.array(train_idx, dtype=int))
+    val = windows.subset(np.array(val_idx, dtype=int))
     if len(train.labels) < opts.batch_size or len(val.labels) == 0:
         raise InputError(f"too few variants after the chromosome split: {len(train.labels)} "
                          f"training, {len(val.labels)} validation (batch size {opts.batch_size}; "
@@ -356,7 +362,7 @@ def finetune_data(variants: str | Path, fasta: str | Path, opts: FinetuneOptions
                         sorted({data.variants[r].chrom for r in val.rows}))
 
 
-def head_meta(classes: list[str], base: Any, opts: FinetuneOptions) -> dict[str, Any]:
+def head_meta(classes: list[str], base: LanguageModel, opts: FinetuneOptions) -> dict[str, Any]:
     """head.json's fields (models/heads.py): the head's shape and classes, and the base model
     (id, weights and config hashes) and --freeze spec that tell `score-variants` whether the
     backbone still matches its language-model head."""
@@ -364,8 +370,9 @@ def head_meta(classes: list[str], base: Any, opts: FinetuneOptions) -> dict[str,
 
     binary = len(classes) == 2
     return {"classes": classes, "n_out": 1 if binary else len(classes),
-            "hidden": opts.head_hidden, "input_dim": 3 * base.config.d_model, "pooling": "mean",
-            "features": ["ref", "alt", "alt - ref"], "window": opts.window, "label": opts.label,
+            "hidden": opts.head_hidden, "input_dim": 3 * base.layer_width(opts.layer),
+            "pooling": "mean", "features": ["ref", "alt", "alt - ref"], "layer": opts.layer,
+            "window": opts.window, "label": opts.label,
             "positive_label": classes[-1] if binary else None,
             "columns": probability_columns(classes),
             "freeze": opts.freeze,
@@ -389,9 +396,9 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[
     check_finetune(opts)
     variants, fasta = opts.variants, opts.fasta
     base = load(opts.model)
-    if opts.freeze.isdigit() and int(opts.freeze) > base.config.n_layer:
-        raise InputError(f"--freeze {opts.freeze}: the base model has {base.config.n_layer} "
-                         "blocks")
+    base.require_embeddings("finetune")
+    base.check_layer(opts.layer)
+    freeze(base, opts.freeze)  # a --freeze beyond the model's blocks fails before any work
     data = finetune_data(variants, fasta, opts, base.tokenize)
     train, val = data.train, data.val
     meta = head_meta(data.classes, base, opts)
@@ -399,11 +406,11 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[
     out = Path(opts.out)
     torch.manual_seed(opts.seed)
     base.train()
-    freeze(base, opts.freeze)
     ds_config = load_deepspeed_config(opts.deepspeed_config, batch_size=opts.batch_size,
                                       world_size=world, dtype=opts.dtype)
     steps_per_epoch = len(train.labels) // opts.batch_size
-    engine = build_engine(VariantClassifier(base, meta["n_out"], opts.head_hidden), ds_config,
+    classifier = VariantClassifier(base, meta["n_out"], opts.head_hidden, opts.layer)
+    engine = build_engine(classifier, ds_config,
                           lr=opts.lr, total_steps=opts.epochs * steps_per_epoch,
                           warmup_steps=max(1, steps_per_epoch // 2))
     ckpt_dir = out / "checkpoints"
@@ -416,10 +423,8 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[
     logged = history_log(out, state["history"], rank)
 
     def loss_of(rows: np.ndarray) -> torch.Tensor:
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a[rows]).to(engine.device)
-        return classification_loss(engine(tensor(train.ref), tensor(train.alt)),
-                                   tensor(train.labels))
+        labels = torch.from_numpy(train.labels[rows]).to(engine.device)
+        return classification_loss(engine(*train.inputs(rows, engine.device)), labels)
 
     for epoch in range(state["epoch"], opts.epochs):
         if state["bad_epochs"] >= opts.patience:
@@ -440,7 +445,7 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[
         improved = target > state["best"]
         if improved:
             state["best"], state["bad_epochs"] = target, 0
-            export_model(engine, base.config, out / "model", card=finetune_card(meta, record, opts),
+            export_model(engine, out / "model", card=finetune_card(meta, record, opts),
                          head_meta=meta)
         else:
             state["bad_epochs"] += 1
@@ -462,14 +467,15 @@ def finetune(opts: FinetuneOptions, log: Callable[[str], None] = print) -> dict[
 def finetune_card(meta: dict[str, Any], record: dict[str, Any], opts: FinetuneOptions) -> str:
     """MODEL_CARD.md text for a fine-tuned variant classifier."""
     return "\n".join([
-        "# HyenaDNA variant classifier fine-tuned with `genomeconv finetune`", "",
+        "# Variant classifier fine-tuned with `genomeconv finetune`", "",
         f"- Command: `{opts.command}`",
         f"- Base model: {meta['base_model']['model']} (weights sha256 "
         f"{meta['base_model']['model_weights_sha256'][:12]}...)",
         f"- Label {meta['label']!r}, classes {meta['classes']}"
         + (f", positive class {meta['positive_label']!r}" if meta["positive_label"] else "")
         + f"; probability columns {meta['columns']}",
-        f"- Head: {meta['features']} of mean-pooled hidden states of {meta['window']}-bp windows, "
-        f"hidden {meta['hidden']}; backbone frozen: {opts.freeze}",
+        f"- Head: {meta['features']} of mean-pooled hidden states of "
+        f"{meta['layer'] or 'the final norm'} over {meta['window']}-bp windows, hidden "
+        f"{meta['hidden']}; backbone frozen: {opts.freeze}",
         f"- Best epoch {record['epoch']}: validation AUROC {record['auroc']:.4f}, "
         f"AUPRC {record['auprc']:.4f}, accuracy {record['accuracy']:.4f}", ""])

@@ -32,8 +32,9 @@ Scores (natural log):
 - p_ref, p_alt (with site_probs): the model's probabilities of the REF and ALT base at the site
   given the window's bases before it (W//2 unless shifted; SNVs not at a contig's first base).
 - p_<class> (a model fine-tuned by `genomeconv finetune`): the head's class probabilities from
-  the fine-tuned model's pooled ref and alt hidden states; a binary head writes one column, the
-  probability of its positive class (models/heads.py).
+  the fine-tuned model's pooled ref and alt hidden states (of the layer it was fine-tuned on,
+  head.json's "layer"); a binary head writes one column, the probability of its positive class
+  (models/heads.py).
 
 Fine-tuned models and the LM-derived columns (llr, llr_fwd, llr_rev, p_ref, p_alt): fine-tuning
 with a trainable backbone (--freeze other than all) changes the hidden states under a language-
@@ -265,6 +266,26 @@ def run_windows(model: LanguageModel, seqs: Sequence[str], *,
     return out  # type: ignore[return-value]
 
 
+def layer_means(model: LanguageModel, seqs: Sequence[str], layer: str, *,
+                batch_size: int | None = None, dtype: Any = None) -> dict[str, np.ndarray]:
+    """Sequence -> the mean of its hidden states of `layer` (over its own positions, as
+    fine-tuning pools them): the input of a head fine-tuned on that layer (`finetune --layer`),
+    which the final hidden states of `run_windows` are not."""
+    import torch
+
+    from genomeconv.models.base import pool
+
+    step = batch_size or default_batch_size(max(map(len, seqs), default=1))
+    means: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for b in range(0, len(seqs), step):
+            batch = seqs[b:b + step]
+            hidden = model.hidden_states(model.tokenize(batch), layer=layer, dtype=dtype)
+            lengths = torch.tensor([len(s) for s in batch])
+            means.update(zip(batch, pool(hidden, "mean", lengths).double().cpu().numpy()))
+    return means
+
+
 def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc: bool = True,
                   site_probs: bool = True, batch_size: int | None = None, dtype: Any = None,
                   head: Any = None, lm_model: Any = None, lm_columns: bool = True,
@@ -273,7 +294,8 @@ def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc
 
     Identical sequences among all ref and alt windows run through each model once. `head` (a
     fine-tuned genomeconv.models.heads.VariantHead) adds its `p_<class>` columns from the same
-    mean-pooled forward ref and alt hidden states as emb_cosine/emb_l2. The LM-derived columns
+    mean-pooled forward ref and alt hidden states as emb_cosine/emb_l2 (of its layer when it was
+    fine-tuned on another than the final norm: `layer_means`). The LM-derived columns
     (llr*, p_ref, p_alt) come from `lm_model` when given (the base model of a fine-tuned
     backbone), else from `model`; `lm_columns=False` leaves them null. A NaN or infinite score
     raises InputError naming the variant, unless keep_nonfinite (the row is then marked
@@ -304,6 +326,10 @@ def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc
         ref_pooled = np.stack([fwd_out[pv.ref_seq].pooled for pv in scored])
         alt_pooled = np.stack([fwd_out[pv.alt_seq].pooled for pv in scored])
         cosine, l2 = embedding_distances(ref_pooled, alt_pooled)
+        if head is not None and head.layer is not None:  # the head reads another layer
+            means = layer_means(model, fwd, head.layer, batch_size=batch_size, dtype=dtype)
+            ref_pooled = np.stack([means[pv.ref_seq] for pv in scored])
+            alt_pooled = np.stack([means[pv.alt_seq] for pv in scored])
         classes = head.scores(ref_pooled, alt_pooled) if head is not None else {}
     rows, k = [], 0
     for pv in planned:
@@ -630,6 +656,8 @@ class VariantsJob(Job):
         o = self.opts
         model, model_id = self.model_spec
         head = fine_tuned_head(model)
+        if head is not None:  # a head.json naming a layer the backbone lacks: refused here
+            probe.check_layer(head.layer)
         self.window = o.window or (head.window if head is not None
                                    else default_window(probe.max_seq_len, o.worker_device))
         if self.window < 2:  # --window is checked with the options; this is head.json's

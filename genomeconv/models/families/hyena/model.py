@@ -340,8 +340,9 @@ class HyenaDNA(nn.Module, LanguageModel):
         """ids (B, L) -> next-token logits (B, L, padded_vocab_size)."""
         return self.lm_head(self(input_ids))
 
-    def log_likelihood(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32 (autograd)."""
+    def autograd_log_likelihoods(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | x_<t) for t = 1..L-1, shape (B, L-1), float32, through the autograd
+        forward (the pretraining loss); `log_likelihoods` is the bounded-memory, no-grad form."""
         return inference.next_token_loglik(self.logits(input_ids), input_ids)
 
     def hidden_states(self, ids: torch.Tensor, *, layer: str | None = None,
