@@ -87,19 +87,21 @@ def _cast(x: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
 
 def _short_conv(x: torch.Tensor, carry: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise conv along rows of one chunk x (C, l), given the previous K-1 inputs
-    `carry` (C, K-1), which it then advances to the chunk's last K-1 inputs; weight (C, K) with
-    weight[:, K-1] on the current position; writes out (C, l)."""
-    K, l = weight.shape[1], x.shape[1]
-    torch.addcmul(bias[:, None], x, weight[:, K - 1:], out=out)
+    """Causal depthwise conv along the last axis of one tile x (C, R, l) (R rows of l
+    positions), given each row's previous K-1 inputs `carry` (C, R, K-1), which it then advances
+    to the tile's last K-1 inputs; weight (C, K) with weight[:, K-1] on the current position;
+    writes out (C, R, l)."""
+    K, l = weight.shape[1], x.shape[-1]
+    w = weight[:, None, :]
+    torch.addcmul(bias[:, None, None], x, w[..., K - 1:], out=out)
     for j in range(K - 1):
         shift = K - 1 - j  # tap j reads the input `shift` positions back
         n = min(shift, l)
         if l > shift:
-            out[:, shift:].addcmul_(x[:, :l - shift], weight[:, j:j + 1])
-        out[:, :n].addcmul_(carry[:, j:j + n], weight[:, j:j + 1])
+            out[..., shift:].addcmul_(x[..., :l - shift], w[..., j:j + 1])
+        out[..., :n].addcmul_(carry[..., j:j + n], w[..., j:j + 1])
     if K > 1:
-        carry.copy_(torch.cat([carry, x[:, -(K - 1):]], dim=1)[:, -(K - 1):])
+        carry.copy_(torch.cat([carry, x[..., -(K - 1):]], dim=-1)[..., -(K - 1):])
     return out
 
 
@@ -159,8 +161,9 @@ class _Workspace:
     mmap threshold (32 MiB) cost a page fault per 4 KiB on every allocation, several times the
     work done in them. v' of one piece and the history before it (B, d, history + piece; the
     whole sequence when it is one piece), one channel group's convolution output when there
-    are several pieces (else v' is convolved in place), the short convs' carries, chunk
-    buffers, and the filter features, taps and decay window of one channel group.
+    are several pieces (else v' is convolved in place), the short convs' carries (channels, B,
+    K-1), tile buffers of `chunk` tokens (`_tiles`), and the filter features, taps and decay
+    window of one channel group.
 
     `work` is the dtype of everything but the matmuls: float32 (float64 for float64 matmuls).
     With matmuls in another dtype than the float32 residual's, `mm` holds their inputs and
@@ -172,7 +175,8 @@ class _Workspace:
                  dtype: torch.dtype):
         cfg, device = model.config, model.backbone.ln_f.weight.device
         d, K = cfg.d_model, cfg.short_filter_order
-        self.chunk = min(chunk, L)
+        self.rows, self.positions = B, L
+        self.chunk = min(chunk, B * L)  # tokens per tile
         self.length = min(L, cfg.max_seq_len)
         history = self.length - 1
         streamed = L > history + 2 * piece  # pieces where they save at least a piece of v'
@@ -191,8 +195,8 @@ class _Workspace:
         self.y = empty(B, self.group, piece, dtype=work) if streamed else None
         self.proj = empty(2 * d, self.chunk, dtype=work)
         self.conv = empty(2 * d, self.chunk, dtype=work)
-        self.carry12 = empty(B, 2 * d, K - 1, dtype=work)
-        self.carry0 = empty(B, d, K - 1, dtype=work)
+        self.carry12 = empty(2 * d, B, K - 1, dtype=work)
+        self.carry0 = empty(d, B, K - 1, dtype=work)
         fused = _fused_epilogues(dtype, device)
         self.hidden = None if fused else empty(self.chunk, cfg.d_inner)
         self.mm = (None if dtype == torch.float32 else
@@ -200,6 +204,20 @@ class _Workspace:
         self.features = empty(self.length, cfg.filter_order, dtype=fdtype)
         self.taps = empty(self.group, self.length, dtype=fdtype)
         self.window = empty(self.group, self.length, dtype=fdtype)
+
+    def tiles(self, piece: slice) -> list[tuple[slice, slice]]:
+        """(rows, positions within the piece) of each tile of the pointwise passes."""
+        return _tiles(self.rows, piece.stop - piece.start, len(self.pieces) == 1, self.chunk)
+
+
+def _tiles(B: int, n: int, whole: bool, tokens: int) -> list[tuple[slice, slice]]:
+    """Tiles of at most `tokens` tokens over B rows of n positions, each contiguous in a (B, n,
+    d) residual, so that a tile is one (tokens, d) matrix for the matmuls: several whole rows
+    per tile where rows are whole (`whole`, one piece) and short, else one row in chunks."""
+    if whole and n <= tokens:
+        per = max(1, tokens // max(1, n))
+        return [(slice(b, min(b + per, B)), slice(0, n)) for b in range(0, B, per)]
+    return [(slice(b, b + 1), s) for b in range(B) for s in _chunks(n, tokens)]
 
 
 class _MatmulBuffers:
@@ -237,40 +255,26 @@ def _layer(block: nn.Module, residual: torch.Tensor, ws: _Workspace) -> None:
     """Apply one block to the float32 residual (B, L, d) in place, in bounded memory.
 
     Piece by piece along the sequence (one piece unless the sequence is far longer than the
-    filter): v' for the piece, the long convolution of the piece's outputs from v' of the
-    piece and the filter-length history before it, then out_proj and the MLP into the residual
-    at the piece's positions. Chunk results are written with out= into the workspace; the
-    x0/x1/v projections are computed channel-major (channels, positions), so the short conv and
-    the gates run along contiguous rows and v' lands in the (B, d, positions) convolution
-    buffer without a transposition.
+    filter): v' for the piece (`_gate_inputs`), the long convolution of the piece's outputs
+    from v' of the piece and the filter-length history before it, then out_proj and the MLP
+    into the residual at the piece's positions (`_mix_outputs`).
 
     With a low-precision matmul dtype (`ws.mm`), each matmul reads its input from a `_cast`
     into a matmul-dtype buffer and writes its output there; `_cast` back into the work buffer
     that the float32 path's matmul writes directly, so the work in between is the float32
     path's. On the float32 path `mm` is None, `(mm or ws).proj` is `ws.proj` and every `_cast`
     returns its input."""
-    mixer, d = block.mixer, block.mixer.d_model
-    B, L, _ = residual.shape
+    d, L = block.mixer.d_model, residual.shape[1]
     w = _LayerWeights(block, ws.dtype, ws.work)
-    mm = ws.mm
-    filt = mixer.filter_fn
+    filt = block.mixer.filter_fn
     feats = filt.features(ws.length, ws.features)
     ws.carry12.zero_()
     ws.carry0.zero_()
-    x0buf, g = ws.proj[:d], ws.conv[:d]
     held = 0  # positions of v' history before the piece in ws.v
     for p in ws.pieces:
         n = p.stop - p.start
         vbuf = ws.v[..., :held + n]
-        for b in range(B):
-            for s in _chunks(n, ws.chunk):
-                l = s.stop - s.start
-                r = residual[b, p.start + s.start:p.start + s.stop]
-                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
-                x = torch.addmm(w.in12[1][:, None], w.in12[0], a.T, out=(mm or ws).proj[:, :l])
-                z = _short_conv(_cast(x, ws.proj[:, :l]), ws.carry12[b], *w.sf12,
-                                out=ws.conv[:, :l])
-                torch.mul(z[:d], z[d:], out=vbuf[b, :, held + s.start:held + s.stop])
+        _gate_inputs(block, w, residual, ws, p, vbuf[..., held:])
 
         # the history kept for the next piece is the last `keep` positions of vbuf; the conv
         # output goes where no kept position is: the freed front (a piece past the cut in
@@ -278,33 +282,66 @@ def _layer(block: nn.Module, residual: torch.Tensor, ws: _Workspace) -> None:
         keep = min(p.stop, ws.length - 1)
         free = held + n - keep
         at = 0 if free >= n else held + n
-        for c in range(0, d, ws.group):
-            ch = slice(c, min(c + ws.group, d))
-            k = filt.filter(ws.length, ch, feats, out=ws.taps[:ch.stop - c],
-                            scratch=ws.window[:ch.stop - c])
+
+        def convolve(ch: slice, k: torch.Tensor) -> None:
             if ws.y is None:
                 fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=vbuf[:, ch])
             else:
-                yg = ws.y[:, :ch.stop - c, :n]
+                yg = ws.y[:, :ch.stop - ch.start, :n]
                 fftconv(vbuf[:, ch], k, filt.bias[ch], cache=NO_CACHE, history=held, out=yg)
                 ws.v[:, ch, at:at + n].copy_(yg)
-        y = vbuf if ws.y is None else ws.v[..., at:at + n]
 
-        for b in range(B):
-            for s in _chunks(n, ws.chunk):
-                l = s.stop - s.start
-                r = residual[b, p.start + s.start:p.start + s.stop]
-                a = _cast(_norm(block.norm1, r, ws.work), mm and mm.norm[:l])
-                x0 = torch.addmm(w.in0[1][:, None], w.in0[0], a.T, out=(mm or ws).proj[:d, :l])
-                x0 = _short_conv(_cast(x0, x0buf[:, :l]), ws.carry0[b], *w.sf0, out=g[:, :l])
-                x0 *= y[b, :, s]
-                _add_linear(r, _cast(x0, mm and mm.gated[:, :l]).T, *w.out, mm)
-                a = _cast(_norm(block.norm2, r, ws.work), mm and mm.norm[:l])
-                _add_linear(r, _linear(a, *w.fc1, ws.hidden, gelu=True), *w.fc2, mm)
-
+        _by_channel_group(filt, feats, ws, d, convolve)
+        _mix_outputs(block, w, residual, ws, p, vbuf if ws.y is None else ws.v[..., at:at + n])
         if free > 0 and p.stop < L:
             _shift_left(ws.v, free, keep)
         held = keep
+
+
+def _gate_inputs(block: nn.Module, w: _LayerWeights, residual: torch.Tensor, ws: _Workspace,
+                 p: slice, v: torch.Tensor) -> None:
+    """Pass 1 over piece p, tile by tile: LN1, the x1/v rows of in_proj computed channel-major
+    (2 d, tokens), so that the short conv and the gate run along contiguous rows and v' = x1 v
+    lands in v (B, d, piece positions) without a transposition."""
+    d, mm = block.mixer.d_model, ws.mm
+    for rows, s in ws.tiles(p):
+        r = residual[rows, p.start + s.start:p.start + s.stop]
+        R, l, m = r.shape[0], r.shape[1], r.shape[0] * r.shape[1]
+        a = _cast(_norm(block.norm1, r, ws.work).view(m, d), mm and mm.norm[:m])
+        x = torch.addmm(w.in12[1][:, None], w.in12[0], a.T, out=(mm or ws).proj[:, :m])
+        z = _short_conv(_cast(x, ws.proj[:, :m]).view(2 * d, R, l), ws.carry12[:, rows],
+                        *w.sf12, out=ws.conv[:, :m].view(2 * d, R, l))
+        torch.mul(z[:d], z[d:], out=v[rows, :, s].transpose(0, 1))
+
+
+def _mix_outputs(block: nn.Module, w: _LayerWeights, residual: torch.Tensor, ws: _Workspace,
+                 p: slice, y: torch.Tensor) -> None:
+    """Pass 3 over piece p, tile by tile: the x0 rows of in_proj and their short conv
+    (recomputed rather than stored), out_proj(x0 * y) and the MLP added into the residual in
+    place; y (B, d, piece positions) is the long convolution's output."""
+    d, mm = block.mixer.d_model, ws.mm
+    for rows, s in ws.tiles(p):
+        r = residual[rows, p.start + s.start:p.start + s.stop]
+        R, l, m = r.shape[0], r.shape[1], r.shape[0] * r.shape[1]
+        flat = r.view(m, d)
+        a = _cast(_norm(block.norm1, r, ws.work).view(m, d), mm and mm.norm[:m])
+        x0 = torch.addmm(w.in0[1][:, None], w.in0[0], a.T, out=(mm or ws).proj[:d, :m])
+        gated = ws.conv[:d, :m]
+        _short_conv(_cast(x0, ws.proj[:d, :m]).view(d, R, l), ws.carry0[:, rows], *w.sf0,
+                    out=gated.view(d, R, l)).mul_(y[rows, :, s].transpose(0, 1))
+        _add_linear(flat, _cast(gated, mm and mm.gated[:, :m]).T, *w.out, mm)
+        a = _cast(_norm(block.norm2, r, ws.work).view(m, d), mm and mm.norm[:m])
+        _add_linear(flat, _linear(a, *w.fc1, ws.hidden, gelu=True), *w.fc2, mm)
+
+
+def _by_channel_group(filt: nn.Module, feats: torch.Tensor, ws: _Workspace, d: int,
+                      convolve) -> None:
+    """The filter taps of each channel group (ws.group channels, ws.length taps), handed to
+    `convolve(channels, taps)`: a group's taps and convolution stay within GROUP_BYTES."""
+    for c in range(0, d, ws.group):
+        ch = slice(c, min(c + ws.group, d))
+        convolve(ch, filt.filter(ws.length, ch, feats, out=ws.taps[:ch.stop - c],
+                                 scratch=ws.window[:ch.stop - c]))
 
 
 @torch.no_grad()
