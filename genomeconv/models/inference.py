@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
+from genomeconv.models.base import TRACK_BASES, Suffixes, pool
+from genomeconv.models.tokenizer import VOCAB
 
 # `model` below is a models.hyena.HyenaDNA and `block` one of its Blocks: typed as nn.Module
 # because hyena.py imports this module (its LanguageModel methods run these functions).
@@ -179,7 +181,7 @@ class _Workspace:
         self.chunk = min(chunk, B * L)  # tokens per tile
         self.length = min(L, cfg.max_seq_len)
         history = self.length - 1
-        streamed = L > history + 2 * piece  # pieces where they save at least a piece of v'
+        streamed = _streamed(cfg, L, piece)
         width = history + piece if streamed else L
         self.pieces = list(_pieces(L, history, piece)) if streamed else [slice(0, L)]
         self.group = max(1, min(d, GROUP_BYTES // (
@@ -208,6 +210,11 @@ class _Workspace:
     def tiles(self, piece: slice) -> list[tuple[slice, slice]]:
         """(rows, positions within the piece) of each tile of the pointwise passes."""
         return _tiles(self.rows, piece.stop - piece.start, len(self.pieces) == 1, self.chunk)
+
+
+def _streamed(cfg, L: int, piece: int) -> bool:
+    """Whether v' of L positions streams in pieces: where that saves at least a piece of it."""
+    return L > min(L, cfg.max_seq_len) - 1 + 2 * piece
 
 
 def _tiles(B: int, n: int, whole: bool, tokens: int) -> list[tuple[slice, slice]]:
@@ -344,37 +351,58 @@ def _by_channel_group(filt: nn.Module, feats: torch.Tensor, ws: _Workspace, d: i
                                  scratch=ws.window[:ch.stop - c]))
 
 
+def _embed(model: nn.Module, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The float32 residual stream's start (B, L, d): the token embeddings, tile by tile."""
+    B, L = ids.shape
+    residual = torch.empty(B, L, model.d_model, dtype=torch.float32, device=ids.device)
+    for rows, s in _tiles(B, L, True, chunk):
+        residual[rows, s] = model.backbone.embeddings.word_embeddings(ids[rows, s]).float()
+    return residual
+
+
+def _final_norm(model: nn.Module, residual: torch.Tensor, chunk: int) -> torch.Tensor:
+    """ln_f applied to the residual (B, L, d) in place, tile by tile; returns it."""
+    for rows, s in _tiles(*residual.shape[:2], True, chunk):
+        residual[rows, s] = _norm(model.backbone.ln_f, residual[rows, s], torch.float32)
+    return residual
+
+
+def _next_token_loglik(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor,
+                       chunk: int) -> torch.Tensor:
+    """log p(x_t | x_<t) for t = 1..L-1, (B, L-1) float32, from the final hidden states
+    (B, L, d), logits made tile by tile."""
+    B, L = ids.shape
+    loglik = torch.empty(B, max(L - 1, 0), dtype=torch.float32, device=hidden.device)
+    for rows, s in _tiles(B, L - 1, True, chunk):
+        logits = model.lm_head(hidden[rows, s].to(model.lm_head.weight.dtype))
+        loglik[rows, s] = token_loglik(logits, ids[rows, s.start + 1:s.stop + 1])
+    return loglik
+
+
 @torch.no_grad()
 def hidden_states(model: nn.Module, ids: torch.Tensor, *, chunk_size: int | None = None,
                   piece_size: int | None = None, dtype: torch.dtype | None = None,
                   blocks: int | None = None) -> torch.Tensor:
     """Hidden states after ln_f, (B, L, d_model) float32, equal to `model(ids)` within float32
-    rounding (with `blocks`, the residual stream after the first `blocks` blocks instead), in memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece)
-    4 bytes (v', 8 for float64) plus channel-group and chunk-sized temporaries.
+    rounding (with `blocks`, the residual stream after the first `blocks` blocks instead), in
+    memory ~ B L d 4 bytes (the residual) plus B d min(L, max_seq_len + piece) 4 bytes (v', 8
+    for float64) plus channel-group and tile-sized temporaries.
 
-    chunk_size: positions per pointwise chunk (default 4096); piece_size: positions per piece
-    of the streamed long convolution for sequences longer than max_seq_len + 2 pieces
-    (default 2^20); dtype: compute dtype of the block matmuls (default: the model's parameter
-    dtype); below float32 everything else still runs in float32 (module docstring).
+    chunk_size: tokens per tile of the pointwise passes (default 4096; several short rows or a
+    chunk of one long row, `_tiles`); piece_size: positions per piece of the streamed long
+    convolution for sequences longer than max_seq_len + 2 pieces (default 2^20); dtype: compute
+    dtype of the block matmuls (default: the model's parameter dtype); below float32
+    everything else still runs in float32 (module docstring).
     """
-    bb = model.backbone
-    device = bb.ln_f.weight.device
-    ids = ids.to(device)
-    dtype = dtype or bb.ln_f.weight.dtype
+    ids = ids.to(model.backbone.ln_f.weight.device)
+    dtype = dtype or model.backbone.ln_f.weight.dtype
     chunk = max(1, chunk_size or DEFAULT_CHUNK)
-    B, L = ids.shape
-    residual = torch.empty(B, L, model.d_model, dtype=torch.float32, device=device)
-    for s in _chunks(L, chunk):
-        residual[:, s] = bb.embeddings.word_embeddings(ids[:, s]).float()
-    ws = _Workspace(model, B, L, chunk, max(1, piece_size or DEFAULT_PIECE), dtype)
-    for block in bb.layers[:blocks]:
+    residual = _embed(model, ids, chunk)
+    ws = _Workspace(model, *ids.shape, chunk, max(1, piece_size or DEFAULT_PIECE), dtype)
+    for block in model.backbone.layers[:blocks]:
         _layer(block, residual, ws)
     del ws
-    if blocks is not None:
-        return residual
-    for s in _chunks(L, chunk):
-        residual[:, s] = _norm(bb.ln_f, residual[:, s], torch.float32)
-    return residual
+    return residual if blocks is not None else _final_norm(model, residual, chunk)
 
 
 @torch.no_grad()
@@ -382,14 +410,94 @@ def hidden_and_loglik(model: nn.Module, ids: torch.Tensor, **options
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (B, L, d), log p(x_t | x_<t) (B, L-1)); options as for `hidden_states`."""
     hidden = hidden_states(model, ids, **options)
-    B, L, _ = hidden.shape
     chunk = max(1, options.get("chunk_size") or DEFAULT_CHUNK)
-    ids = ids.to(hidden.device)
-    loglik = torch.empty(B, max(L - 1, 0), dtype=torch.float32, device=hidden.device)
-    for s in _chunks(L - 1, chunk):
-        logits = model.lm_head(hidden[:, s].to(model.lm_head.weight.dtype))
-        loglik[:, s] = token_loglik(logits, ids[:, s.start + 1:s.stop + 1])
-    return hidden, loglik
+    return hidden, _next_token_loglik(model, hidden, ids.to(hidden.device), chunk)
+
+
+@torch.no_grad()
+def shared_prefix_loglik(model: nn.Module, ids: torch.Tensor, plan: Suffixes, *,
+                         pooled: bool = False, chunk_size: int | None = None,
+                         dtype: torch.dtype | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`LanguageModel.log_likelihoods_shared` for HyenaDNA: the full rows of `plan` as in
+    `hidden_states`, and beside them, layer by layer, the shared rows from their `first`
+    position on (`_suffix_layer`), packed (plan.packed). plan: Suffixes.plan with context
+    short_filter_order - 1. Windows that would stream (longer than max_seq_len + 2 pieces)
+    run in full."""
+    device = model.backbone.ln_f.weight.device
+    ids = ids.to(device)
+    dtype = dtype or model.backbone.ln_f.weight.dtype
+    chunk = max(1, chunk_size or DEFAULT_CHUNK)
+    full, packed = ids[plan.full.to(device)], plan.packed(ids)
+    if not len(packed) or _streamed(model.config, plan.L, DEFAULT_PIECE):
+        hidden, loglik = hidden_and_loglik(model, ids, chunk_size=chunk, dtype=dtype)
+        return loglik, pool(hidden.double(), "mean") if pooled else None
+    res_f, res_s = _embed(model, full, chunk), _embed(model, packed, chunk)
+    ws_f = _Workspace(model, *full.shape, chunk, DEFAULT_PIECE, dtype)
+    ws_s = _Workspace(model, *packed.shape, chunk, DEFAULT_PIECE, dtype)
+    at = _SuffixIndex(plan, model.d_model)
+    for block in model.backbone.layers:
+        _suffix_layer(block, res_f, ws_f, res_s, ws_s, at)
+    at.refresh(res_s, res_f)
+    del ws_f, ws_s
+    hidden_f, hidden_s = _final_norm(model, res_f, chunk), _final_norm(model, res_s, chunk)
+    loglik = plan.loglik(_next_token_loglik(model, hidden_f, full, chunk),
+                         _next_token_loglik(model, hidden_s, packed, chunk))
+    return loglik, plan.pooled(hidden_f, hidden_s) if pooled else None
+
+
+class _SuffixIndex:
+    """Where a shared row's packed positions read their parent's values (plan: Suffixes):
+    `refresh` copies the parent's residual into the positions first .. start-1 (identical to
+    the parent's at every layer's input, being before start); `parents` gathers a
+    channel-major (F, d, L) buffer of the full rows at each packed position; `before` marks
+    the packed positions before start."""
+
+    def __init__(self, plan: Suffixes, d: int):
+        pos = plan.positions()
+        S, W = pos.shape
+        j = torch.arange(W, device=pos.device)
+        self.before = (j < (plan.start - plan.first)[:, None])  # (S, W)
+        rows, cols = self.before.nonzero(as_tuple=True)
+        self.head = (rows, cols, plan.parent[rows], pos[rows, cols])
+        self.index = (plan.parent[:, None, None], torch.arange(d, device=pos.device)[None, :, None],
+                      pos[:, None, :])
+
+    def refresh(self, packed: torch.Tensor, full: torch.Tensor) -> None:
+        """packed (S, W, d) at the positions before start := full (F, L, d) there."""
+        rows, cols, parent, pos = self.head
+        packed[rows, cols] = full[parent, pos]
+
+    def parents(self, full: torch.Tensor) -> torch.Tensor:
+        """(S, d, W): the channel-major full-row buffer (F, d, L) at each packed position."""
+        return full[self.index]
+
+
+def _suffix_layer(block: nn.Module, res_f: torch.Tensor, ws_f: _Workspace,
+                  res_s: torch.Tensor, ws_s: _Workspace, at: _SuffixIndex) -> None:
+    """One block over the full rows (res_f, one piece) and the packed shared rows (res_s),
+    in place. The shared rows' positions before start are their parents' (`refresh`); their
+    v' minus the parent's, zero before start, convolved with the same filter and added to the
+    parent's convolution output, is their own convolution output (linearity: the difference
+    is zero before start, so only the packed positions need it); the rest is pointwise."""
+    d = block.mixer.d_model
+    w = _LayerWeights(block, ws_f.dtype, ws_f.work)
+    filt = block.mixer.filter_fn
+    at.refresh(res_s, res_f)
+    for res, ws in ((res_f, ws_f), (res_s, ws_s)):
+        ws.carry12.zero_()
+        ws.carry0.zero_()
+        _gate_inputs(block, w, res, ws, ws.pieces[0], ws.v)
+    ws_s.v.sub_(at.parents(ws_f.v)).masked_fill_(at.before[:, None, :], 0)
+
+    def convolve(ch: slice, k: torch.Tensor) -> None:
+        for v in (ws_f.v, ws_s.v):
+            fftconv(v[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=v[:, ch])
+
+    _by_channel_group(filt, filt.features(ws_f.length, ws_f.features), ws_f, d, convolve)
+    ws_s.v.add_(at.parents(ws_f.v))
+    for res, ws in ((res_f, ws_f), (res_s, ws_s)):
+        _mix_outputs(block, w, res, ws, ws.pieces[0], ws.v)
 
 
 @torch.no_grad()
@@ -397,16 +505,13 @@ def base_log_probs(model: nn.Module, ids: torch.Tensor, **options) -> torch.Tens
     """log p(x_t = b | x_<t) for t = 1..L-1 and b in A, C, G, T: (B, L-1, 4) float32 from the
     full log-softmax over the vocabulary; options as for `hidden_states`. Logits are made chunk
     by chunk, so memory is the hidden states plus one chunk's (B, chunk, vocab) logits."""
-    from genomeconv.models.base import TRACK_BASES
-    from genomeconv.models.tokenizer import VOCAB
-
     hidden = hidden_states(model, ids, **options)
     B, L, _ = hidden.shape
     chunk = max(1, options.get("chunk_size") or DEFAULT_CHUNK)
     columns = torch.tensor([VOCAB[b] for b in TRACK_BASES], device=hidden.device)
     out = torch.empty(B, max(L - 1, 0), len(TRACK_BASES), dtype=torch.float32,
                       device=hidden.device)
-    for s in _chunks(L - 1, chunk):
-        logits = model.lm_head(hidden[:, s].to(model.lm_head.weight.dtype))
-        out[:, s] = torch.log_softmax(logits.float(), dim=-1).index_select(-1, columns)
+    for rows, s in _tiles(B, L - 1, True, chunk):
+        logits = model.lm_head(hidden[rows, s].to(model.lm_head.weight.dtype))
+        out[rows, s] = torch.log_softmax(logits.float(), dim=-1).index_select(-1, columns)
     return out
