@@ -124,7 +124,9 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
     sat = Saturation.from_regions(["chr2:1-30"], fasta)
     assert (len(sat), sat.positions, sat.skipped, sat.note) == (90, 30, 0, None)
     out = tmp_path / "out"
-    for model, rc, windows in ((tiny_model, True, 8 * 30), ("kmer:2", False, 4 * 30)):
+    # per position its REF window and 3 ALT windows at half a window each (they run from
+    # their first difference), per strand
+    for model, rc, windows in ((tiny_model, True, 5 * 30), ("kmer:2", False, 5 * 15)):
         with pytest.raises(InputError) as err:
             score_variants(sat, fasta, out, model=model, window=W, rc=rc, max_hours=1e-9)
         text = str(err.value)
@@ -137,7 +139,7 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
                                          fasta, "--model", tiny_model, "--window", W, "--out",
                                          out, "--max-hours", "1e-9"),
                                  "90 SNVs would take about", "pass --force")
-    assert "240 model windows" in line and not out.exists()
+    assert "150 model windows" in line and not out.exists()
     forced = cli("--saturate", "chr2:1-30", "--fasta", fasta, "--model", tiny_model, "--window",
                  W, "--out", out, "--max-hours", "1e-9", "--force")
     assert "wrote 90 rows" in forced and pq.read_table(out).num_rows == 90

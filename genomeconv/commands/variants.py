@@ -23,6 +23,11 @@ def score_variants(
                                     "to take longer than this."),
     force: bool = typer.Option(False, "--force", help="With --saturate: run however long the "
                                "estimate."),
+    shared_windows: bool = typer.Option(VARIANTS.shared_windows, "--shared-windows", help="With "
+                                        "--saturate: the positions of each half-window cell "
+                                        "share one window centred on the cell (variants "
+                                        "off-centre, at least a quarter window from its "
+                                        "edges; window_start/window_end say where)."),
     fasta: Path = typer.Option(..., "--fasta", help="Reference: FASTA (plain, gzip or bgzip), "
                                "GenBank/EMBL or GFF3 with ##FASTA (then also the --genes "
                                "annotation)."),
@@ -76,7 +81,7 @@ def score_variants(
                   gtf=gtf, address=address, num_workers=num_workers, device=device,
                   dtype=dtype, site_probs=site_probs, rc=not no_rc, batch_size=batch_size,
                   unit_size=unit_size, overwrite=overwrite, keep_nonfinite=keep_nonfinite,
-                  max_hours=None if force else max_hours,
+                  max_hours=None if force else max_hours, shared_windows=shared_windows,
                   command=command_line())
     for name, fasta_name in sorted(summary.renamed_contigs.items()):
         typer.echo(f"contig {name!r} matched to {fasta_name!r} in {fasta}")

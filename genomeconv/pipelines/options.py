@@ -76,6 +76,7 @@ class VariantOptions:
 
     num_workers: int = 1
     max_hours: float = 1.0  # --saturate: refuse runs estimated to take longer, unless --force
+    shared_windows: bool = False  # --saturate: SNVs share the windows of a grid
 
 
 EMBED, VARIANTS = EmbedOptions(), VariantOptions()
