@@ -94,8 +94,9 @@ class Suffixes:
     may differ are what a family's suffix computation still reads (a short convolution's
     inputs, a k-mer's context; at least one, the hidden state predicting position `start`).
     `packed` lays each such row's positions first .. L-1 out left-aligned, right-padded to the
-    longest (causal: padding never reaches a real position); `loglik` and `pooled` put the
-    full and packed results back together per row."""
+    longest (causal: padding never reaches a real position), ordered by (parent, first), so
+    rows that read the same positions of the same parent lie side by side; `loglik` and
+    `pooled` put the full and packed results back together per row."""
 
     L: int
     full: torch.Tensor
@@ -125,8 +126,9 @@ class Suffixes:
             raise ValueError("a row differs from its parent before its start")
         local = torch.full((N,), -1, dtype=torch.long, device=ids.device)
         local[full] = torch.arange(len(full), device=ids.device)
-        first = (start[rows] - max(1, context)).clamp(min=0)
-        return cls(L, full, rows, local[parent[rows]], start[rows], first)
+        first = (start - max(1, context)).clamp(min=0)
+        rows = rows[torch.argsort(local[parent[rows]] * (L + 1) + first[rows], stable=True)]
+        return cls(L, full, rows, local[parent[rows]], start[rows], first[rows])
 
     @property
     def width(self) -> int:

@@ -4,16 +4,18 @@
 holding a (B, L, 3 d) or (B, L, d_inner) tensor. Per layer, piece by piece along the sequence
 (one piece unless it is longer than max_seq_len + 2 pieces), it makes three passes:
 
-1. along the piece in chunks: LN1, the x1/v rows of in_proj computed channel-major
-   (d, chunk) so no transposition is ever copied, the causal short conv along those rows
-   (carrying the last `short_filter_order - 1` inputs across chunks and pieces), v' = x1 * v
-   written straight into the (B, d, positions) convolution buffer after the v' history of the
-   pieces before (the filter's length minus one);
-2. the long convolution of the piece's outputs (`fftconv(..., history=)`: only those outputs
-   are computed), channel group by channel group (filter taps for `min(L, max_seq_len)`
-   positions: a partial convolution past the trained length), in place for a single piece,
-   else into the buffer positions that no later piece reads;
-3. along the piece in chunks again: the x0 rows of in_proj and their short conv (recomputed
+1. along the piece in tiles (`_tiles`: several whole rows where rows are short, else chunks of
+   one row, so a tile is one (tokens, d) matrix for every matmul): LN1, the x1/v rows of
+   in_proj computed channel-major (d, tokens) so no transposition is ever copied, the causal
+   short conv along those rows (carrying the last `short_filter_order - 1` inputs across
+   chunks and pieces), v' = x1 * v written straight into the (B, d, positions) convolution
+   buffer after the v' history of the pieces before (the filter's length minus one);
+2. the long convolution of the piece's outputs over all rows and channels at once
+   (`fftconv(..., history=)`: only those outputs are computed), channel group by channel
+   group (filter taps for `min(L, max_seq_len)` positions: a partial convolution past the
+   trained length), in place for a single piece, else into the buffer positions that no later
+   piece reads;
+3. along the piece in tiles again: the x0 rows of in_proj and their short conv (recomputed
    rather than stored), out_proj(x0 * y) and the MLP accumulated into the float32 residual in
    place (addmm into the residual, GELU in place);
 
@@ -22,6 +24,10 @@ piece. Streaming costs a recomputation of the filter taps per piece and one copy
 history, and bounds v' by max_seq_len + piece positions instead of L. Measured here with the
 large-1m shape at 4 Mbp (pieces of 2^20), it was also faster than one 4 Mbp transform per
 channel: 4 transforms of 2 M points cost less than one of 5 M.
+
+`shared_prefix_loglik` runs windows that repeat another's start (a variant's ALT and REF
+windows) the same way, the repeating rows only from their first difference on, beside their
+parents (`_suffix_layer`).
 
 Every buffer is allocated once per call (`_Workspace`) and written with out=: a fresh tensor
 above glibc's mmap threshold costs a page fault per 4 KiB each time, which measured here made
@@ -435,7 +441,7 @@ def shared_prefix_loglik(model: nn.Module, ids: torch.Tensor, plan: Suffixes, *,
     res_f, res_s = _embed(model, full, chunk), _embed(model, packed, chunk)
     ws_f = _Workspace(model, *full.shape, chunk, DEFAULT_PIECE, dtype)
     ws_s = _Workspace(model, *packed.shape, chunk, DEFAULT_PIECE, dtype)
-    at = _SuffixIndex(plan, model.d_model)
+    at = _SuffixIndex(plan)
     for block in model.backbone.layers:
         _suffix_layer(block, res_f, ws_f, res_s, ws_s, at)
     at.refresh(res_s, res_f)
@@ -449,28 +455,33 @@ def shared_prefix_loglik(model: nn.Module, ids: torch.Tensor, plan: Suffixes, *,
 class _SuffixIndex:
     """Where a shared row's packed positions read their parent's values (plan: Suffixes):
     `refresh` copies the parent's residual into the positions first .. start-1 (identical to
-    the parent's at every layer's input, being before start); `parents` gathers a
-    channel-major (F, d, L) buffer of the full rows at each packed position; `before` marks
-    the packed positions before start."""
+    the parent's at every layer's input, being before start); `add_parents` adds a multiple
+    of a channel-major (F, d, L) buffer of the full rows at each packed row's real positions,
+    one slice per run of rows with the same parent and first position (plan's order: a few
+    runs per family); `before` marks the packed positions before start."""
 
-    def __init__(self, plan: Suffixes, d: int):
+    def __init__(self, plan: Suffixes):
         pos = plan.positions()
-        S, W = pos.shape
-        j = torch.arange(W, device=pos.device)
-        self.before = (j < (plan.start - plan.first)[:, None])  # (S, W)
+        j = torch.arange(pos.shape[1], device=pos.device)
+        self.before = j < (plan.start - plan.first)[:, None]  # (S, W)
         rows, cols = self.before.nonzero(as_tuple=True)
         self.head = (rows, cols, plan.parent[rows], pos[rows, cols])
-        self.index = (plan.parent[:, None, None], torch.arange(d, device=pos.device)[None, :, None],
-                      pos[:, None, :])
+        key = torch.stack([plan.parent, plan.first], dim=1)
+        runs, counts = torch.unique_consecutive(key, dim=0, return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        self.runs = [(r1 - n, r1, parent, first) for r1, n, (parent, first)
+                     in zip(ends, counts.tolist(), runs.tolist())]
 
     def refresh(self, packed: torch.Tensor, full: torch.Tensor) -> None:
         """packed (S, W, d) at the positions before start := full (F, L, d) there."""
         rows, cols, parent, pos = self.head
         packed[rows, cols] = full[parent, pos]
 
-    def parents(self, full: torch.Tensor) -> torch.Tensor:
-        """(S, d, W): the channel-major full-row buffer (F, d, L) at each packed position."""
-        return full[self.index]
+    def add_parents(self, packed: torch.Tensor, full: torch.Tensor, alpha: float) -> None:
+        """packed (S, d, W) += alpha * full (F, d, L) at each packed row's real positions."""
+        L = full.shape[-1]
+        for r0, r1, parent, first in self.runs:
+            packed[r0:r1, :, :L - first].add_(full[parent, None, :, first:], alpha=alpha)
 
 
 def _suffix_layer(block: nn.Module, res_f: torch.Tensor, ws_f: _Workspace,
@@ -488,14 +499,15 @@ def _suffix_layer(block: nn.Module, res_f: torch.Tensor, ws_f: _Workspace,
         ws.carry12.zero_()
         ws.carry0.zero_()
         _gate_inputs(block, w, res, ws, ws.pieces[0], ws.v)
-    ws_s.v.sub_(at.parents(ws_f.v)).masked_fill_(at.before[:, None, :], 0)
+    at.add_parents(ws_s.v, ws_f.v, -1)
+    ws_s.v.masked_fill_(at.before[:, None, :], 0)
 
     def convolve(ch: slice, k: torch.Tensor) -> None:
         for v in (ws_f.v, ws_s.v):
             fftconv(v[:, ch], k, filt.bias[ch], cache=NO_CACHE, out=v[:, ch])
 
     _by_channel_group(filt, filt.features(ws_f.length, ws_f.features), ws_f, d, convolve)
-    ws_s.v.add_(at.parents(ws_f.v))
+    at.add_parents(ws_s.v, ws_f.v, 1)
     for res, ws in ((res_f, ws_f), (res_s, ws_s)):
         _mix_outputs(block, w, res, ws, ws.pieces[0], ws.v)
 

@@ -63,7 +63,7 @@ class EmbedOptions:
 
     pooling: str = "mean"
     per_base_dtype: str = "float32"
-    batch_size: int = 16  # items per model call
+    batch_size: int = 256  # items per model call (at most embed.FORWARD_TOKENS padded tokens)
     min_mapq: int = 0
     min_length: int = 0
     num_workers: int = 1

@@ -299,11 +299,11 @@ def _common_prefix(a: str, b: str) -> int:
 def _shared_batches(seqs: Sequence[str], parents: Sequence[int | None], start: Sequence[int],
                     batch_size: int | None) -> list[list[int]]:
     """Indices of the sequences of each forward: one length per batch, at most `batch_size`
-    sequences or a parent and one child (default: about TOKENS_PER_BATCH tokens, a sequence with a parent costing its
-    positions from its start on), every sequence with a parent beside it. A parent and its
-    children (by start, the last first: similar lengths side by side) fill batches in turn; a
-    family that does not fit in what is left of a batch starts the next one, and one larger
-    than a batch is cut, its parent repeated in each part."""
+    sequences or a parent and one child (default: about TOKENS_PER_BATCH tokens, a sequence
+    with a parent costing its positions from its start on), every sequence with a parent
+    beside it. A parent and its children (by start, the last first: similar lengths side by
+    side) fill batches in turn; a family that does not fit in what is left of a batch starts
+    the next one, and one larger than a batch is cut, its parent repeated in each part."""
     children: dict[int, list[int]] = {}
     for i, p in enumerate(parents):
         if p is not None:
@@ -483,10 +483,15 @@ class UnitScorer:
                  dtype: str | None, out: str,
                  metadata: dict[bytes, bytes], keep_nonfinite: bool = False,
                  token: manifest.RunToken | None = None, lm: LmPlan | None = None,
-                 model_id: str | None = None, shared_windows: bool = False) -> None:
+                 model_id: str | None = None, shared_windows: bool = False,
+                 threads: int | None = None) -> None:
+        import torch
+
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
+        if threads:  # the CPUs Ray gave this actor (runtime.actor_shape), as embed's actors
+            torch.set_num_threads(threads)
         self.model = load(model, device=device, model_id=model_id)
         self.head = fine_tuned_head(model)
         self.lm = lm or LmPlan("model")
@@ -799,15 +804,15 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
         units = runtime.plan_units(todo_ids, unit_size or runtime.per_worker(
             unit_alleles, len(todo_ids), num_workers))
         if units:
-            runtime.connect(address)
+            gpu = str(device or "").startswith("cuda")
+            workers, cpus = runtime.actor_shape(address, num_workers, len(units), int(gpu))
             items = [{"unit_id": u.unit_id,
                       **{f: [getattr(by_id[i], f) for i in u.item_ids] for f in _UNIT_FIELDS}}
                      for u in units]
-            gpu = str(device or "").startswith("cuda")
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 UnitScorer, batch_size=1, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(num_workers, len(units)))),
-                num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=0 if gpu else cpus, num_gpus=1 if gpu else 0,
                 fn_constructor_kwargs=dict(model=model, model_id=model_id,
                                            fasta=readable_fasta(fasta),
                                            window=window, rc=rc,
@@ -815,7 +820,8 @@ def score_variants(variants: str | Path | Iterable[Variant], fasta: str | Path,
                                            device=device, dtype=dtype, out=str(out),
                                            metadata=metadata, keep_nonfinite=keep_nonfinite,
                                            token=run.token, lm=lm,
-                                           shared_windows=shared_windows))
+                                           shared_windows=shared_windows,
+                                           threads=None if gpu else cpus))
             for row in ds.iter_rows():
                 runtime.raise_failure(row["error"])
                 results.append(row)
