@@ -363,6 +363,7 @@ class HyenaDNA(nn.Module, LanguageModel):
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Shared rows from their start on (inference.shared_prefix_loglik): what they read
         before it is the short convolution's short_filter_order - 1 inputs."""
+        ids = ids.to(self.backbone.ln_f.weight.device)  # the plan's index tensors beside it
         plan = Suffixes.plan(ids, parent, start, self.config.short_filter_order - 1)
         return inference.shared_prefix_loglik(self, ids, plan, pooled=pooled,
                                               chunk_size=chunk_size, dtype=dtype)
