@@ -31,6 +31,12 @@ of SMALL_BATCH, right-padded, through `inference.hidden_states`, mean-pooled ove
 positions, in this process. The pipeline runs into a fresh folder each repeat; its part count and
 sizes are recorded (results/embed_small*.json).
 
+`--small` also runs `reads_defaults`: embed of the reads with the command line's defaults (no
+--batch-size: `pipelines.embed` picks it; the worker's threads: all of --threads), against
+reads_model (SMALL_BATCH per call, --threads threads): the issue-28 figure. `--cases reads`
+leaves the intervals out. With BENCH_TREE=TREE PYTHONPATH=TREE (harness.run_in_tree) the same
+script measures another checkout (e.g. the commit a change started from).
+
 Priority: Ray starts its workers at nice 15 (its `worker_niceness`), this process runs at nice 0;
 on a machine other jobs load, that alone would slow the pipeline against model-only. The Ray
 instance started here therefore runs its workers at nice 0 (RAY_worker_niceness=0, unless set).
@@ -54,7 +60,7 @@ from pathlib import Path
 import pysam
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
 from genomeconv.io.fasta import FastaFile  # noqa: E402
@@ -187,17 +193,18 @@ def model_only_small(model, seqs: list[str], batch: int) -> None:
 
 
 def run_small(fasta: str, tmp: Path, args) -> list[dict]:
-    """Reads and intervals: pipeline (1 worker) vs model-only, interleaved, same batch size."""
+    """Reads and intervals: pipeline (1 worker) vs model-only, interleaved, same batch size;
+    and the reads through the pipeline with its default batch size."""
     counter = itertools.count()
     model = load(None)
-    cases = small_inputs(fasta, tmp)
+    cases = {k: v for k, v in small_inputs(fasta, tmp).items() if k in args.cases.split(",")}
     own: dict[str, list] = {}
     parts: dict[str, list[int]] = {}
 
     def pipeline(name: str, kwargs: dict):
         def go() -> None:
             out = tmp / f"small{next(counter)}"
-            s = embed(out=out, batch_size=SMALL_BATCH, num_workers=1, **kwargs)
+            s = embed(out=out, num_workers=1, **kwargs)
             own.setdefault(name, []).append((s.seconds, s.model_seconds))
             parts[name] = [p.stat().st_size for p in (out / "embeddings").glob("part-*.parquet")]
             shutil.rmtree(out)
@@ -206,20 +213,23 @@ def run_small(fasta: str, tmp: Path, args) -> list[dict]:
     contenders = {}
     for case, (kwargs, seqs) in cases.items():
         contenders[f"{case}_model"] = functools.partial(model_only_small, model, seqs, SMALL_BATCH)
-        contenders[f"{case}_embed"] = pipeline(f"{case}_embed", kwargs)
-    model_only_small(model, cases["reads"][1][:SMALL_BATCH], SMALL_BATCH)  # cheap warm-up
+        contenders[f"{case}_embed"] = pipeline(f"{case}_embed",
+                                               {**kwargs, "batch_size": SMALL_BATCH})
+    if "reads" in cases:
+        contenders["reads_defaults"] = pipeline("reads_defaults", cases["reads"][0])
+    model_only_small(model, next(iter(cases.values()))[1][:SMALL_BATCH], SMALL_BATCH)
     stats = interleaved(contenders, repeats=args.repeats, warmup=0)
     rows = []
     for case, (_, seqs) in cases.items():
         bp = sum(map(len, seqs))
         base = stats[f"{case}_model"]["median_s"]
-        for kind in ("model", "embed"):
+        for kind in ("model", "embed", "defaults")[:3 if case == "reads" else 2]:
             name = f"{case}_{kind}"
             st = stats[name]
             row = {"contender": name, "items": len(seqs), "bp": bp, "median_s": st["median_s"],
                    "min_s": st["min_s"], "items_per_s": len(seqs) / st["median_s"],
                    "bp_per_s": bp / st["median_s"]}
-            if kind == "embed":
+            if kind != "model":
                 row["throughput_vs_model_pct"] = 100 * base / st["median_s"]
                 row["workers_model_s"] = statistics.median(m for _, m in own[name])
                 row["parts"] = len(parts[name])
@@ -246,6 +256,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="instead, the many-small-items cases (reads, intervals)")
     parser.add_argument("--tag", default="", help="suffix of the result file's name")
+    parser.add_argument("--cases", default="reads,intervals", help="--small: which cases")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads here and Ray CPUs (so the worker's threads too)")
     args = parser.parse_args()

@@ -10,21 +10,34 @@ also reported next to the measured time. Peak memory is the driver's (Ray worker
 processes). The max abs difference of every score column between the two outputs must be 0 (and
 every other column equal); the script exits non-zero otherwise.
 
+`--before TREE` (results/<name>_shared.json) compares checkouts instead (TREE: e.g.
+`git worktree add /tmp/before 354ac8b`): the same saturation run by TREE (variant-centred
+windows), by this checkout with centred windows and with `shared_windows`
+(`--shared-windows`), each run in a process of its own importing its checkout's genomeconv
+(harness.run_in_tree), alternating repeat by repeat; Ray's start and a first small run are
+outside the timings. The centred outputs of the two checkouts must agree within 1e-5 on llr,
+llr_fwd and llr_rev (max abs differences recorded); shared windows score other windows.
+
 Usage: python benchmarks/bench_saturate.py [--bp 1000] [--repeats 3] [--name saturate_1kbp]
+       python benchmarks/bench_saturate.py --before /tmp/before [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(ROOT))  # harness.tree_root
 
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
 from genomeconv.io.fasta import FastaFile  # noqa: E402
@@ -67,16 +80,69 @@ def compare(a: Path, b: Path) -> dict:
     return {"rows": len(ra), "max_abs_diff": diff}
 
 
+def child_run(region: str, shared: str, out: str) -> dict:
+    """In the checkout under test: the saturation of `region` after a warm-up run (shared:
+    "shared" for shared windows, an option only the newer checkout has)."""
+    from genomeconv.pipelines import runtime
+
+    runtime.connect()
+    options = {"shared_windows": True} if shared == "shared" else {}
+    contig = region.split(":")[0]
+    score_variants(Saturation.from_regions([f"{contig}:1-4"], SAMPLE), SAMPLE,
+                   Path(out).with_suffix(".warm"), num_workers=1, overwrite=True, **options)
+    t0 = time.perf_counter()
+    score_variants(Saturation.from_regions([region], SAMPLE), SAMPLE, out, num_workers=1,
+                   overwrite=True, **options)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def compare_checkouts(before: Path, region: str, snvs: int, repeats: int, name: str) -> None:
+    """The --before comparison (module docstring)."""
+    from benchmarks.harness import run_in_tree
+
+    runs = {"before": (before, "centred"), "after": (ROOT, "centred"),
+            "after_shared": (ROOT, "shared")}
+    load_start = os.getloadavg()
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for key, (tree, mode) in runs.items():
+                got = run_in_tree(__file__, tree, ["--child", region, mode, Path(tmp) / key])
+                seconds[key].append(got["seconds"])
+        a, b = (pq.read_table(Path(tmp) / k).to_pylist() for k in ("after", "before"))
+        key = lambda r: tuple(r[c] for c in KEY_COLUMNS)  # noqa: E731
+        b = {key(r): r for r in b}
+        equality = {c: max(abs(r[c] - b[key(r)][c]) for r in a) for c in
+                    ("llr", "llr_fwd", "llr_rev", "emb_cosine", "emb_l2")}
+    base = statistics.median(seconds["before"])
+    rows = [{"run": k, "checkout": str(runs[k][0]), "windows": runs[k][1], "snvs": snvs,
+             "median_s": statistics.median(t), "min_s": min(t),
+             "snvs_per_s": snvs / statistics.median(t),
+             "speedup": base / statistics.median(t), "repeats": repeats}
+            for k, t in seconds.items()]
+    print_table(rows, ["run", "windows", "snvs", "median_s", "min_s", "snvs_per_s", "speedup"])
+    print("max abs differences after - before (centred):", equality)
+    write_result(f"{name}_shared", rows, region=region, equality=equality,
+                 load_average={"start": load_start, "end": os.getloadavg()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bp", type=int, default=1000, help="region length (3 SNVs per bp)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="saturate_1kbp", help="results/<name>.json")
+    parser.add_argument("--before", type=Path, help="compare with this checkout instead")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # one run_in_tree run
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_run(*args.child)))
+        return
     with FastaFile(SAMPLE) as fa:
         contig, size = fa.references[0], fa.lengths[0]
     region = f"{contig}:{START}-{START + args.bp - 1}"
     saturation = Saturation.from_regions([region], SAMPLE)
+    if args.before:
+        return compare_checkouts(args.before, region, len(saturation), args.repeats, args.name)
     probe = load(None)
     window = default_window(probe.max_seq_len)
     with FastaFile(SAMPLE) as fa:

@@ -14,27 +14,53 @@ Shapes: 1 kbp and 32 kbp use the HyenaDNA tiny-1k (d128 x 2) and small-32k (d256
 1 Mbp use one position per contender (3 shared ALTs vs 1 variant); per-variant cost is flat, so
 variants/s does not depend on the count.
 
+`--lambda --before TREE` (results/bench_variants_lambda.json): the issue-28 figures, this
+checkout against another (TREE: e.g. `git worktree add /tmp/before 354ac8b`), each run in a
+process of its own importing its checkout's genomeconv (harness.run_in_tree), the two
+alternating repeat by repeat:
+- SNVs/s of the real pipeline (score_variants: local Ray, 1 worker, the default window 1,024 and
+  batch, both strands) on every SNV of 1,000 positions of lambda (../shared/data), given as a
+  VCF, with the bundled model; Ray's start and a first small run are outside the timing; the
+  max abs difference of every score column between the two checkouts' outputs;
+- tokens/s of the bundled model's forward (inference.hidden_and_loglik, 2 threads) on 128
+  windows of 1,024 tokens against one input of 131,072, alternated 3 times (median).
+
 Usage: python benchmarks/bench_variants.py [--quick] [--cases 1kbp,32kbp,1Mbp]
+       python benchmarks/bench_variants.py --lambda --before /tmp/before [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pysam
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(ROOT))  # harness.tree_root
 
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
 from genomeconv.io.fasta import FastaFile  # noqa: E402
 from genomeconv.io.variants import Variant  # noqa: E402
 from genomeconv.models import HyenaConfig, HyenaDNA  # noqa: E402
 from genomeconv.pipelines.variants import plan_variant, score_planned  # noqa: E402
+
+DATA = Path(os.environ.get("GENOMECONV_DATA") or next(
+    (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+    Path("../shared/data")))
+LAMBDA = DATA / "lambda_virus.fa"
+LAMBDA_START, LAMBDA_POSITIONS = 20_001, 1000  # 1-based first position (mid-genome), count
+SCORES = ("llr", "llr_fwd", "llr_rev", "emb_cosine", "emb_l2")
+SHAPES = {"128x1024": (128, 1024), "1x131072": (1, 131_072)}
 
 CASES = [  # name, window, model shape, positions (shared, distinct), batch size, repeats
     ("1kbp", 1024, dict(d_model=128, n_layer=2, d_inner=512, max_seq_len=1026), (4, 12), 16, 2),
@@ -96,11 +122,117 @@ def run_case(name: str, window: int, shape: dict, n_pos: tuple[int, int], batch:
     return rows
 
 
+def write_snvs(path: Path, first: int, count: int) -> int:
+    """Every SNV of `count` positions of lambda from 1-based `first`, as a text VCF."""
+    with FastaFile(str(LAMBDA)) as fa:
+        contig, size = fa.references[0], fa.lengths[0]
+        bases = fa.fetch(contig, first - 1, first - 1 + count).upper()
+    lines = ["##fileformat=VCFv4.2", f"##contig=<ID={contig},length={size}>",
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+    lines += [f"{contig}\t{first + k}\t.\t{b}\t{a}\t.\t.\t." for k, b in enumerate(bases)
+              for a in "ACGT" if b in "ACGT" and a != b]
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines) - 3
+
+
+def child_snvs(vcf: str, warm: str, out: str) -> dict:
+    """In the checkout under test: score_variants on `vcf` after a warm-up run on `warm`."""
+    from genomeconv.pipelines import runtime
+    from genomeconv.pipelines.variants import score_variants
+
+    runtime.connect()
+    score_variants(warm, LAMBDA, Path(out).with_suffix(".warm"), num_workers=1, overwrite=True)
+    t0 = time.perf_counter()
+    score_variants(vcf, LAMBDA, out, num_workers=1, overwrite=True)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def child_tokens() -> dict:
+    """In the checkout under test: tokens/s of the bundled model's forward per shape."""
+    from genomeconv.models import load
+    from genomeconv.models.inference import hidden_and_loglik
+
+    torch.set_num_threads(2)
+    model = load(None)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(7, 11, size=(128, 1024)))
+    inputs = {name: ids.reshape(shape) for name, shape in SHAPES.items()}
+    hidden_and_loglik(model, inputs["128x1024"][:8])  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in inputs}
+    for _ in range(3):
+        for name, x in inputs.items():
+            t0 = time.perf_counter()
+            hidden_and_loglik(model, x)
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: ids.numel() / statistics.median(t) for name, t in seconds.items()}
+
+
+def max_differences(a: Path, b: Path) -> dict[str, float]:
+    """Rows matched by (chrom, pos, ref, alt): the max abs difference of each score column."""
+    import pyarrow.parquet as pq
+
+    def keyed(folder: Path) -> dict[tuple, dict]:
+        return {(r["chrom"], r["pos"], r["ref"], r["alt"]): r
+                for r in pq.read_table(folder).to_pylist()}
+
+    ra, rb = keyed(a), keyed(b)
+    assert ra.keys() == rb.keys(), "the two runs wrote different keys"
+    return {c: max((abs(ra[k][c] - rb[k][c]) if ra[k][c] is not None else
+                    (0.0 if rb[k][c] is None else math.inf)) for k in ra) for c in SCORES}
+
+
+def run_lambda(before: Path, repeats: int) -> None:
+    """The --lambda figures (module docstring), written to results/bench_variants_lambda.json."""
+    from benchmarks.harness import run_in_tree
+
+    trees = {"before": before, "after": ROOT}
+    load_start = os.getloadavg()
+    seconds: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        vcf, warm = Path(tmp) / "snvs.vcf", Path(tmp) / "warm.vcf"
+        n = write_snvs(vcf, LAMBDA_START, LAMBDA_POSITIONS)
+        write_snvs(warm, 1, 2)
+        for _ in range(repeats):
+            for name, tree in trees.items():
+                got = run_in_tree(__file__, tree, ["--child", "snvs", vcf, warm,
+                                                   Path(tmp) / name])
+                seconds[name].append(got["seconds"])
+        equality = max_differences(Path(tmp) / "before", Path(tmp) / "after")
+    tokens = {name: run_in_tree(__file__, tree, ["--child", "tokens"])
+              for name, tree in trees.items()}
+    rows = []
+    for name in trees:
+        t = statistics.median(seconds[name])
+        rows.append({"checkout": name, "snvs": n, "median_s": t, "min_s": min(seconds[name]),
+                     "snvs_per_s": n / t, "repeats": repeats,
+                     **{f"tokens_per_s_{k}": v for k, v in tokens[name].items()},
+                     "tokens_ratio_128x1024": tokens[name]["128x1024"] / tokens[name][
+                         "1x131072"]})
+    rows[1]["speedup"] = rows[1]["snvs_per_s"] / rows[0]["snvs_per_s"]
+    print_table(rows, ["checkout", "snvs", "median_s", "min_s", "snvs_per_s", "speedup",
+                       "tokens_per_s_128x1024", "tokens_per_s_1x131072",
+                       "tokens_ratio_128x1024"])
+    print("max abs differences after - before:", equality)
+    write_result("bench_variants_lambda", rows, before=str(before), equality=equality,
+                 region=f"lambda {LAMBDA_START}-{LAMBDA_START + LAMBDA_POSITIONS - 1}",
+                 load_average={"start": load_start, "end": os.getloadavg()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 kbp and 32 kbp only, 1 repeat")
     parser.add_argument("--cases", default="1kbp,32kbp,1Mbp", help="comma-separated windows")
+    parser.add_argument("--lambda", dest="lambda_", action="store_true",
+                        help="the issue-28 figures against --before (module docstring)")
+    parser.add_argument("--before", type=Path, help="the checkout to compare with")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # one run_in_tree run
     args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        print(json.dumps(child_snvs(*rest) if kind == "snvs" else child_tokens()))
+        return
+    if args.lambda_:
+        return run_lambda(args.before, args.repeats)
     wanted = args.cases.split(",")
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)

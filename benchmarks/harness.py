@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TREE_ENV = "BENCH_TREE"  # the checkout whose genomeconv a benchmark process imports
 # CPU features that change what these benchmarks measure (SIMD width, native bf16/fp16, AMX).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "amx_fp16")
@@ -142,6 +144,7 @@ def write_result(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Pat
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
         "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "load_average_at_write": os.getloadavg(),
         **extra,
         "rows": list(rows),
     }
@@ -149,3 +152,23 @@ def write_result(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Pat
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def tree_root(script: str) -> str:
+    """The checkout a benchmark script imports genomeconv from: $BENCH_TREE (set by
+    `run_in_tree`), else the script's own."""
+    return os.environ.get(TREE_ENV) or str(Path(script).resolve().parent.parent)
+
+
+def run_in_tree(script: str | Path, tree: str | Path, args: Sequence[str],
+                timeout: float = 3600) -> dict[str, Any]:
+    """Run `python script *args` against the genomeconv of checkout `tree` (first on the path,
+    for Ray's workers too), e.g. the commit a change started from, so that before and after
+    run the same benchmark code alternately on one machine; the JSON object its last stdout
+    line holds."""
+    env = {**os.environ, TREE_ENV: str(tree), "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{script} in {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

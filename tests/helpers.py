@@ -290,3 +290,25 @@ def grads(fn, tensors, dy):
     leaves = {n: t.detach().clone().requires_grad_(True) for n, t in tensors.items()}
     (fn(**leaves) * dy).sum().backward()
     return {n: t.grad for n, t in leaves.items()}
+
+
+VARIANT_KEY = ("chrom", "pos", "ref", "alt")
+
+
+def score_variants_cli(*args: object) -> str:
+    """`genomeconv score-variants ARGS` in this process; its output (it must succeed)."""
+    from typer.testing import CliRunner
+
+    from genomeconv.cli import app
+
+    result = CliRunner().invoke(app, ["score-variants", *map(str, args)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def variant_rows(folder: Path) -> list[dict]:
+    """Every row of a score-variants output, sorted by (chrom, pos, ref, alt)."""
+    import pyarrow.parquet as pq
+
+    return sorted(pq.read_table(folder).to_pylist(),
+                  key=lambda r: tuple(r[k] for k in VARIANT_KEY))

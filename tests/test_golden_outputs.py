@@ -129,7 +129,10 @@ def assert_same(got: pa.Table, expected: pa.Table, name: str) -> None:
             y = np.asarray(b.to_pylist(), dtype=np.float64)
             assert np.array_equal(np.isnan(x), np.isnan(y)), f"{name}.{column}: nulls"
             ok = ~np.isnan(y)
-            np.testing.assert_allclose(x[ok], y[ok], rtol=1e-6, atol=1e-7,
+            # variant scores: ALT windows now reuse their REF prefix exactly, where the old
+            # full windows carried float32 FFT noise (issue 28's bound: 1e-5 absolute)
+            atol = 1e-5 if column.startswith("llr") else 1e-7
+            np.testing.assert_allclose(x[ok], y[ok], rtol=1e-6, atol=atol,
                                        err_msg=f"{name}.{column}")
         else:
             assert a.to_pylist() == b.to_pylist(), f"{name}.{column}"

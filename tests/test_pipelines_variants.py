@@ -142,9 +142,11 @@ def test_alt_genome_gives_opposite_llr(model, rng, tmp_path, kind):
                  tmp_path, "b.fa")[0]
     assert forward["status"] == back["status"] == "ok"
     assert abs(forward["llr_fwd"]) > 1e-6
+    # the ALT window runs from its first difference beside the REF one: swapping the roles
+    # changes float32 rounding only (the bound for scores: 1e-5)
     for key in ("llr_fwd", "llr_rev", "llr"):
-        assert back[key] == pytest.approx(-forward[key], rel=1e-6, abs=1e-9)
-    assert back["emb_l2"] == pytest.approx(forward["emb_l2"], rel=1e-6)
+        assert back[key] == pytest.approx(-forward[key], rel=0, abs=1e-5)
+    assert back["emb_l2"] == pytest.approx(forward["emb_l2"], rel=1e-5)
     if kind == "SNV":
         assert back["p_ref"] == pytest.approx(forward["p_alt"], rel=1e-6)
 

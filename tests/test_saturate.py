@@ -9,22 +9,18 @@ VCFs written as text, the real local Ray (tests/conftest.py) and Parquet read ba
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.io.saturation import Saturation
 from genomeconv.pipelines import schema
 from genomeconv.pipelines.options import VariantOptions
-from helpers import (assert_one_line_error, random_seq, run_cli, save_tiny_model, write_fasta,
-                     write_vcf)
+from helpers import (VARIANT_KEY, assert_one_line_error, random_seq, run_cli, save_tiny_model,
+                     score_variants_cli, variant_rows, write_fasta, write_vcf)
 
 W = 33
-KEY = ("chrom", "pos", "ref", "alt")
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +36,6 @@ def genome(rng) -> dict[str, str]:
     g1[70:73] = "NNN"
     g1[80] = "R"
     return {"chr1": "".join(g1), "chr2": random_seq(rng, 100)}
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, ["score-variants", *map(str, args)])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
-
-
-def rows(folder: Path) -> list[dict]:
-    return sorted(pq.read_table(folder).to_pylist(), key=lambda r: tuple(r[k] for k in KEY))
 
 
 def expected_snvs(genome: dict[str, str], spans: list[tuple[str, int, int]]) -> list[tuple]:
@@ -73,7 +59,7 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
             "--unit-size", 25, "--num-workers", 2]
     sat = tmp_path / "sat"
     args = [a for r in regions for a in ("--saturate", r)] + opts + ["--out", sat]
-    first = cli(*args)
+    first = score_variants_cli(*args)
     assert f"{len(snvs)} ALT alleles (0 already done); scored {len(snvs)} in" in first
     assert "genomeconv: --saturate: 4 of 76 positions skipped, their reference base being N " \
         "or another IUPAC code (the first at chr1:71)" in first
@@ -81,14 +67,14 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     vcf = write_vcf(tmp_path / "same.vcf", {"chr1": 200, "chr2": 100},
                     [(c, p, ".", r, a) for c, p, r, a in snvs])
     via_vcf = tmp_path / "vcf"
-    cli(vcf, *opts, "--out", via_vcf)
-    got, want = rows(sat), rows(via_vcf)
-    assert [tuple(r[k] for k in KEY) for r in got] == snvs
+    score_variants_cli(vcf, *opts, "--out", via_vcf)
+    got, want = variant_rows(sat), variant_rows(via_vcf)
+    assert [tuple(r[k] for k in VARIANT_KEY) for r in got] == snvs
     assert got == want  # every column, floats compared with ==
     assert {r["status"] for r in got} == {"ok"} and all(r["id"] is None for r in got)
     for part in [*sat.glob("part-*.parquet"), *via_vcf.glob("part-*.parquet")]:
         assert pq.read_schema(part).remove_metadata() == schema.VARIANTS
-    by_key = {tuple(r[k] for k in KEY): r for r in got}
+    by_key = {tuple(r[k] for k in VARIANT_KEY): r for r in got}
     masked = [r for r in got if r["chrom"] == "chr1" and 41 <= r["pos"] <= 60]
     assert len(masked) == 3 * 20 and all(r["ref"].isupper() and r["llr"] is not None
                                         for r in masked)
@@ -104,15 +90,16 @@ def test_saturation_equals_the_same_snvs_as_a_vcf(ray_local, tiny_model, genome,
     lost = pq.read_table(parts[1]).num_rows
     parts[1].unlink()
     (sat / ".tmp-crashed").write_bytes(b"partial")
-    again = cli(*args)
+    again = score_variants_cli(*args)
     assert f"({len(snvs) - lost} already done); scored {lost} in" in again
-    assert rows(sat) == want and not (sat / ".tmp-crashed").exists()
-    wider = cli(*args[:-2], "--saturate", "chr2:90-100", "--out", sat)
+    assert variant_rows(sat) == want and not (sat / ".tmp-crashed").exists()
+    wider = score_variants_cli(*args[:-2], "--saturate", "chr2:90-100", "--out", sat)
     more = expected_snvs(genome, [("chr2", 90, 92)])
     assert f"({len(snvs)} already done); scored {len(more)} in" in wider
     # the same manifest, whichever input: the VCF finds its alleles written already
-    assert f"({len(snvs)} already done); scored 0 in" in cli(vcf, *opts, "--out", sat)
-    assert len(rows(sat)) == len(snvs) + len(more)
+    again = score_variants_cli(vcf, *opts, "--out", sat)
+    assert f"({len(snvs)} already done); scored 0 in" in again
+    assert len(variant_rows(sat)) == len(snvs) + len(more)
 
 
 def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_model, genome,
@@ -125,7 +112,9 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
     sat = Saturation.from_regions(["chr2:1-30"], fasta)
     assert (len(sat), sat.positions, sat.skipped, sat.note) == (90, 30, 0, None)
     out = tmp_path / "out"
-    for model, rc, windows in ((tiny_model, True, 8 * 30), ("kmer:2", False, 4 * 30)):
+    # per position its REF window and 3 ALT windows at half a window each (they run from
+    # their first difference), per strand
+    for model, rc, windows in ((tiny_model, True, 5 * 30), ("kmer:2", False, 5 * 15)):
         with pytest.raises(InputError) as err:
             score_variants(
                 VariantOptions(
@@ -148,9 +137,9 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
                                          fasta, "--model", tiny_model, "--window", W, "--out",
                                          out, "--max-hours", "1e-9"),
                                  "90 SNVs would take about", "pass --force")
-    assert "240 model windows" in line and not out.exists()
-    forced = cli("--saturate", "chr2:1-30", "--fasta", fasta, "--model", tiny_model, "--window",
-                 W, "--out", out, "--max-hours", "0")
+    assert "150 model windows" in line and not out.exists()
+    forced = score_variants_cli("--saturate", "chr2:1-30", "--fasta", fasta, "--model",
+                                tiny_model, "--window", W, "--out", out, "--max-hours", "0")
     assert "scored 90 in" in forced and pq.read_table(out).num_rows == 90
     summary = score_variants(
         VariantOptions(
@@ -163,7 +152,8 @@ def test_refusal_names_the_snvs_and_the_estimate_and_force_runs(ray_local, tiny_
             variants=list(sat), fasta=fasta, out=tmp_path / "list", model="kmer:2", window=W
         )
     )
-    assert as_list.tally["rows"] == 90 and rows(tmp_path / "list") == rows(tmp_path / "ok")
+    assert as_list.tally["rows"] == 90
+    assert variant_rows(tmp_path / "list") == variant_rows(tmp_path / "ok")
 
 
 def test_one_line_errors(tiny_model, genome, tmp_path):

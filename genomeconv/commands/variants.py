@@ -26,6 +26,11 @@ def score_variants(
     max_hours: float = typer.Option(V.max_hours, "--max-hours", min=0, help="With --saturate: "
                                     "refuse a run estimated (from a timed forward) to take "
                                     "longer than this (0: no limit)."),
+    shared_windows: bool = typer.Option(V.shared_windows, "--shared-windows", help="With "
+                                        "--saturate: the positions of each half-window cell "
+                                        "share one window centred on the cell (variants "
+                                        "off-centre, at least a quarter window from its edges; "
+                                        "window_start/window_end say where)."),
     fasta: Fasta = None,
     model: Model = None,
     out: Out = Path("variant_scores"),

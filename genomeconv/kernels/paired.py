@@ -30,8 +30,10 @@ Why: an M-point complex FFT costs about half an N-point real one in ducc0 at the
 uses, ducc0 beats scipy's pocketfft at large N ("half_length_complex_fft"), and a row block
 stays in cache through transform, pairing and inverse.
 Rows are split across `torch.get_num_threads()` Python threads (ducc0 and numpy release the
-GIL), each with its own buffers; blocks hold about `BLOCK_POINTS` complex points, one row for
-long inputs. monarch.py computes the same step in its digit-reversed order.
+GIL), each with its own buffers; blocks hold about `BLOCK_POINTS` complex points (channels, and
+batch rows that share their filter), one row for long inputs. With several batch rows the filter
+side is formed once per call even uncached, not once per row ("shared_filter_side").
+monarch.py computes the same step in its digit-reversed order.
 
 The figures behind the constants and choices here are in benchmarks/results/design_figures.json,
 by the ids quoted.
@@ -59,6 +61,7 @@ except ImportError:  # the path is then unavailable; fft.py's scipy/torch path r
 BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
 GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 MiB)
 PAIR_POINTS = 1 << 16  # complex points per chunk of the paired step (and as many in its partner)
+SHARED_SIDE_BYTES = 1 << 26  # filter sides formed once per call for batches up to this size
 BIN_CHUNK = 1 << 16  # bins per chunk when per-bin weights are computed in float64
 ONE_ROW_POINTS = 1 << 14  # 1-D transforms of rows this long run row by row (see `_c2c_1d`)
 FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size ("four_step_vs_1d")
@@ -240,6 +243,10 @@ class Segments:
     def rows_per_block(self, H: int) -> int:
         return max(1, min(H, BLOCK_POINTS // self.M)) if self.nseg == 1 else 1
 
+    def batch_per_block(self, B: int, R: int) -> int:
+        """Batch rows per block of R filter rows: as many as fill BLOCK_POINTS (one segment)."""
+        return max(1, min(B, BLOCK_POINTS // (self.M * R))) if self.nseg == 1 else 1
+
 
 def _head(M: int) -> int:
     """Bins at the start of `_forward`'s order that pair among themselves: M2 (four-step), 1."""
@@ -289,19 +296,20 @@ def _form(zk: np.ndarray, zkc: np.ndarray, p: np.ndarray, q: np.ndarray, r: np.n
 
 
 def _pair(z: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
-    """Z' = alpha Z + beta conj Z[(M - j) mod M] in place over the transformed rows z (R, G, M)
-    (bins in `_forward`'s order), a chunk of bins and its partner chunk at a time, so that
-    every temporary stays in cache ("paired_step_chunks": faster than whole-row passes).
+    """Z' = alpha Z + beta conj Z[(M - j) mod M] in place over the transformed rows z (..., R,
+    G, M) (bins in `_forward`'s order; leading dims: batch rows sharing the filter rows), a
+    chunk of bins and its partner chunk at a time, so that every temporary stays in cache
+    ("paired_step_chunks": faster than whole-row passes).
     coef: (alpha, beta), each (R, 1, M); or (Zk, p, q, r): the filter's transforms (R, 1, M)
     and `_z_weights`, with alpha = p Zk + q Zkc and beta = q Zk + r Zkc formed per chunk
     (Zkc = conj Zk at the partner bins)."""
-    R, G, M = z.shape
+    M = z.shape[-1]
     head = _head(M)
-    chunk = max(head, PAIR_POINTS // (R * G))
-    zc = np.empty((2, R, G, chunk), z.dtype)
+    chunk = max(head, PAIR_POINTS // (z.size // M))
+    zc = np.empty((2, *z.shape[:-1], chunk), z.dtype)
     if len(coef) == 4:
         Zk, p, q, r = coef
-        kc, ab = np.empty((2, R, 1, chunk), z.dtype), np.empty((2, R, 1, chunk), z.dtype)
+        kc, ab = (np.empty((2, *Zk.shape[:-1], chunk), z.dtype) for _ in range(2))
     for parts in _spans(M, chunk):
         n = parts[0][0].stop - parts[0][0].start
         for i, (a, b) in enumerate(parts):  # every partner before any bin changes
@@ -366,36 +374,38 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
 def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None,
           coef: tuple[np.ndarray, ...], plan: Segments, z3: np.ndarray, out: np.ndarray) -> None:
     """out = post * (conv(pre * x) + D * pre * x) at positions plan.start .. L - 1 for the rows
-    x (R, L) (out (R, L - plan.start); gates aligned with x), D folded into the filter's
-    coefficients `coef` (see `_pair`), segment group by segment group through the paired step
-    in the buffer z3 (R, G, M) (numpy and ducc0 only: no torch intra-op threads here)."""
-    R, L = x.shape
+    x (nb, R, L) (nb batch rows of R filter rows; out (nb, R, L - plan.start); gates aligned
+    with x), D folded into the filter's coefficients `coef` (see `_pair`), segment group by
+    segment group through the paired step in the buffer z3 (nb, R, G, M) (numpy and ducc0
+    only: no torch intra-op threads here)."""
+    L = x.shape[-1]
     M, S, G, off, t_first = plan.M, plan.S, plan.G, plan.Lk - 1, plan.start
     for g0 in range(0, plan.nseg, G):
         ng = min(G, plan.nseg - g0)
-        z = z3[:, :ng]
+        z = z3[..., :ng, :]
         real = z.view(x.dtype)
         for j in range(ng):  # frame j reads inputs s .. s + 2M (zeros outside 0 .. L)
             s = t_first + (g0 + j) * S - off
             lo, hi = max(s, 0), min(s + 2 * M, L)
-            frame = real[:, j]
-            frame[:, :lo - s] = 0
+            frame = real[..., j, :]
+            frame[..., :lo - s] = 0
             if pre is None:
-                frame[:, lo - s:hi - s] = x[:, lo:hi]
+                frame[..., lo - s:hi - s] = x[..., lo:hi]
             else:
-                np.multiply(x[:, lo:hi], pre[:, lo:hi], out=frame[:, lo - s:hi - s])
-            frame[:, hi - s:] = 0
-        _forward(z.reshape(R * ng, M))
+                np.multiply(x[..., lo:hi], pre[..., lo:hi], out=frame[..., lo - s:hi - s])
+            frame[..., hi - s:] = 0
+        _forward(z.reshape(-1, M))
         _pair(z, coef)
-        _inverse(z.reshape(R * ng, M))
+        _inverse(z.reshape(-1, M))
         for j in range(ng):  # segment j's outputs: the S that did not wrap
             t0 = t_first + (g0 + j) * S
             t1 = min(t0 + S, L)
-            seg, dest = real[:, j, off:off + t1 - t0], out[:, t0 - t_first:t1 - t_first]
+            seg = real[..., j, off:off + t1 - t0]
+            dest = out[..., t0 - t_first:t1 - t_first]
             if post is None:
                 dest[:] = seg
             else:
-                np.multiply(seg, post[:, t0:t1], out=dest)
+                np.multiply(seg, post[..., t0:t1], out=dest)
 
 
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
@@ -438,37 +448,41 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         transforms = cache.get(k, D, 2 * M, acc_dtype, tag=f"pairedZk{split(M)}", reserve=entry,
                                transform=lambda kd, Dd, n: _filter_side(
                                    kd, Dd, M, coefficients=False))
+    if cached is None and transforms is None and B > 1 and 2 * entry <= SHARED_SIDE_BYTES:
+        # the B rows of a channel share its filter side: formed once here, not per row block
+        cached = cache.compute(k, D, 2 * M, acc_dtype, transform=lambda kd, Dd, n: _filter_side(
+            kd, Dd, M, coefficients=True))
     cached = None if cached is None else cached.numpy()
     transforms = None if transforms is None else transforms.numpy()
     if cached is None and transforms is None:
         check_finite(k, D)
         kn = k.detach().to(acc_dtype).numpy()
         Dn = None if D is None else D.detach().to(acc_dtype).numpy()
+    nb = plan.batch_per_block(B, R)
 
-    def block(h0: int) -> None:
-        hs = slice(h0, min(H, h0 + R))
+    def block(b0: int, h0: int) -> None:
+        hs, bs = slice(h0, min(H, h0 + R)), slice(b0, min(B, b0 + nb))
         n = hs.stop - h0
-        bufs = _buffers(n * plan.G, M, x.dtype, 1 if cached is not None else 2)
+        bufs = _buffers(nb * R * plan.G, M, x.dtype, 1 if cached is not None else 2)
         if cached is not None:
             coef = (cached[0, hs, None], cached[1, hs, None])
         else:
             Zk = transforms[hs] if transforms is not None else _filter_transform(
                 kn[hs], None if Dn is None else Dn[hs], bufs[1][:n])
             coef = (Zk[:, None], *_z_weights(M, x.dtype, split(M)))
-        z3 = bufs[0].reshape(n, plan.G, M)
-        for b in range(B):
-            _rows(x[b, hs].copy() if copy_rows else x[b, hs], None if pre is None else pre[b, hs],
-                  None if post is None else post[b, hs], coef, plan, z3, yn[b, hs])
+        z3 = bufs[0][:(bs.stop - b0) * n * plan.G].reshape(bs.stop - b0, n, plan.G, M)
+        _rows(x[bs, hs].copy() if copy_rows else x[bs, hs], None if pre is None else pre[bs, hs],
+              None if post is None else post[bs, hs], coef, plan, z3, yn[bs, hs])
 
-    starts = range(0, H, R)
+    blocks = [(b0, h0) for h0 in range(0, H, R) for b0 in range(0, B, nb)]
     threads = max(1, torch.get_num_threads())
-    if threads == 1 or len(starts) == 1:
-        for h0 in starts:
-            block(h0)
+    if threads == 1 or len(blocks) == 1:
+        for b0, h0 in blocks:
+            block(b0, h0)
     else:
         if _pool is None or _pool._max_workers != threads:
             _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
-        for f in [_pool.submit(block, h0) for h0 in starts]:
+        for f in [_pool.submit(block, *bh) for bh in blocks]:
             f.result()
     if out is not None:
         return out if direct else out.copy_(y)

@@ -85,6 +85,94 @@ def base_codes(seq: str) -> np.ndarray:
     return _BASE_CODES[np.frombuffer(seq.encode("ascii", "replace"), dtype=np.uint8)]
 
 
+@dataclass(frozen=True)
+class Suffixes:
+    """How the rows of a `log_likelihoods_shared` call split (see its contract): `full` (F,)
+    rows computed in full (no parent, or nothing shared), and the rows `rows` (S,) that share
+    the positions before `start` with the full row `parent` (indices into `full`), computed
+    from `first` = start - context on (at least 0): `context` positions before the first that
+    may differ are what a family's suffix computation still reads (a short convolution's
+    inputs, a k-mer's context; at least one, the hidden state predicting position `start`).
+    `packed` lays each such row's positions first .. L-1 out left-aligned, right-padded to the
+    longest (causal: padding never reaches a real position), ordered by (parent, first), so
+    rows that read the same positions of the same parent lie side by side; `loglik` and
+    `pooled` put the full and packed results back together per row."""
+
+    L: int
+    full: torch.Tensor
+    rows: torch.Tensor
+    parent: torch.Tensor
+    start: torch.Tensor
+    first: torch.Tensor
+
+    @classmethod
+    def plan(cls, ids: torch.Tensor, parent: torch.Tensor, start: torch.Tensor,
+             context: int) -> "Suffixes":
+        """Check the arguments against the contract (ValueError naming what is wrong) and
+        split the rows."""
+        N, L = ids.shape
+        parent, start = parent.to(ids.device).long(), start.to(ids.device).long()
+        if parent.shape != (N,) or start.shape != (N,):
+            raise ValueError(f"parent and start must be ({N},), got {tuple(parent.shape)} and "
+                             f"{tuple(start.shape)}")
+        if bool(((parent < -1) | (parent >= N) | (start < 0) | (start > L)).any()):
+            raise ValueError(f"parent must lie in [-1, {N}) and start in [0, {L}]")
+        shared = (parent >= 0) & (start > 0)
+        if bool((shared & (parent[parent.clamp(min=0)] >= 0)).any()):
+            raise ValueError("a parent row must have no parent itself (parent -1)")
+        rows, full = shared.nonzero()[:, 0], (~shared).nonzero()[:, 0]
+        before = torch.arange(L, device=ids.device) < start[rows, None]
+        if bool(((ids[rows] != ids[parent[rows]]) & before).any()):
+            raise ValueError("a row differs from its parent before its start")
+        local = torch.full((N,), -1, dtype=torch.long, device=ids.device)
+        local[full] = torch.arange(len(full), device=ids.device)
+        first = (start - max(1, context)).clamp(min=0)
+        rows = rows[torch.argsort(local[parent[rows]] * (L + 1) + first[rows], stable=True)]
+        return cls(L, full, rows, local[parent[rows]], start[rows], first[rows])
+
+    @property
+    def width(self) -> int:
+        """Positions per packed row: the longest suffix (0 without shared rows)."""
+        return self.L - int(self.first.min()) if len(self.rows) else 0
+
+    def positions(self) -> torch.Tensor:
+        """(S, width): the window position each packed position holds (padding: L - 1)."""
+        j = torch.arange(self.width, device=self.first.device)
+        return (self.first[:, None] + j).clamp(max=self.L - 1)
+
+    def packed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(S, width) ids of the shared rows from `first` on, right-padded with their last."""
+        return ids[self.rows[:, None], self.positions()]
+
+    def loglik(self, full: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        """(N, L-1) log-likelihoods from the full rows' (F, L-1) and the packed rows' (S,
+        width-1): a shared row's positions t < start from its parent, the others from its
+        packed row (position t is its packed position t - first)."""
+        out = full.new_empty(len(self.full) + len(self.rows), self.L - 1)
+        out[self.full] = full
+        if len(self.rows):
+            t = torch.arange(1, self.L, device=full.device)
+            from_parent = full[self.parent[:, None], t - 1]
+            j = (t - self.first[:, None]).clamp(min=1, max=max(1, self.width - 1))
+            from_row = packed[torch.arange(len(self.rows), device=full.device)[:, None],
+                              j - 1] if packed.shape[1] else from_parent
+            out[self.rows] = torch.where(t < self.start[:, None], from_parent, from_row)
+        return out
+
+    def pooled(self, full: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        """(N, d) float64 means over each window's L positions of the final hidden states,
+        from the full rows' (F, L, d) and the packed rows' (S, width, d): a shared row's sum is
+        its parent's sum over the positions before `first` plus its packed row's."""
+        sums = full.double().cumsum(dim=1)
+        out = sums.new_empty(len(self.full) + len(self.rows), full.shape[-1])
+        out[self.full] = sums[:, -1]
+        if len(self.rows):
+            before = torch.where((self.first > 0)[:, None], sums[self.parent, self.first - 1], 0)
+            valid = torch.arange(self.width, device=full.device) < self.L - self.first[:, None]
+            out[self.rows] = before + (packed.double() * valid[..., None]).sum(dim=1)
+        return out / self.L
+
+
 class NoEmbeddingsError(InputError):
     """A command that needs hidden states was given a family that has none (e.g. k-mer)."""
 
@@ -177,6 +265,37 @@ class LanguageModel(ABC):
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log p(x_t | x_<t) for t = 1..L-1 as (B, L-1), hidden states (B, L, d) when
         with_hidden else None); options as for `hidden_states`. No autograd."""
+
+    def log_likelihoods_shared(self, ids: torch.Tensor, parent: torch.Tensor,
+                               start: torch.Tensor, *, pooled: bool = False,
+                               chunk_size: int | None = None, dtype: torch.dtype | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`log_likelihoods` of windows some of which repeat the start of another (a variant's
+        ALT window and its REF window), computing only what differs where the family can.
+
+        ids (N, L): windows of one length. parent (N,) int: -1 for a row computed in full, else
+        the index of a row whose own parent is -1 (its REF window); start (N,) int: for a row
+        with a parent, a position at or before the first where it differs from that parent
+        (ids[i, :start[i]] == ids[parent[i], :start[i]]; the first differing position itself
+        for the most savings; 0 shares nothing). Other arguments as for `log_likelihoods`.
+        Returns (log p(x_t | x_<t) for t = 1..L-1 as (N, L-1), and with `pooled` the mean of
+        the final hidden states over each row's L positions as (N, d) float64, else None),
+        equal to `log_likelihoods(ids)` and `pool(hidden, "mean")` within float rounding and
+        independent of which other rows are in the call. ValueError when the arguments break
+        this contract (a parent with a parent, a row differing from its parent before start).
+
+        Why: for a causal model the activations of every layer at positions before `start` are
+        the parent's, so a family computes a shared row from `start` on only, taking what it
+        reads of the prefix from its parent's pass in the same call. HyenaDNA does (per
+        layer: the parent's residual stream before start, the long convolution by linearity,
+        parent's output + filter * (row - parent), the difference zero before start); a
+        k-mer model reads `order` bases back; Evo 2 would keep the prefix's attention keys
+        and values and carry its filters' state. This default computes every row in full,
+        as any model whose output is not causal must."""
+        Suffixes.plan(ids, parent, start, 1)
+        loglik, hidden = self.log_likelihoods(ids, with_hidden=pooled, chunk_size=chunk_size,
+                                              dtype=dtype)
+        return loglik, None if hidden is None else pool(hidden.double(), "mean")
 
     @abstractmethod
     def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,

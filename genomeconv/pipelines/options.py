@@ -120,7 +120,7 @@ class EmbedOptions(JobOptions, Selection):
     per_base: bool = False
     per_base_dtype: str = "float32"
     layer: str | None = None  # the model's layer whose hidden states are embedded; None: final
-    batch_size: int = 16  # items per model call
+    batch_size: int = 256  # items per model call (at most embed.FORWARD_TOKENS padded tokens)
     chunk_size: int | None = None
     command: str = "genomeconv embed"
 
@@ -171,6 +171,7 @@ class VariantOptions(JobOptions, Selection):
     batch_size: int | None = None  # windows per forward pass
     unit_alleles: int | None = None  # the old --unit-size (ALT alleles per unit)
     max_hours: float = 1.0  # --saturate: refuse longer estimated runs (0: no limit)
+    shared_windows: bool = False  # --saturate: the SNVs of a grid cell share one window
     command: str = "genomeconv score-variants"
 
     def check(self) -> None:

@@ -60,12 +60,20 @@ take longer, before any variant is expanded or Ray starts (`check_run_time`): on
 short batch of the run's first window is timed in the driver after a warm-up (on the run's
 device, with one torch thread: an actor has at least one CPU), per window, times the distinct
 windows the run scores (per position the shared ref window plus one per ALT, per strand, plus
-the base model's pass for a fine-tuned model), divided by the workers. It counts every allele of
-the input, also those a resumed run has already written, and leaves out Ray's start and model
-loads.
+the base model's pass for a fine-tuned model; an ALT window as half a window, see below),
+divided by the workers. It counts every allele of the input, also those a resumed run has already
+written, and leaves out Ray's start and model loads.
+
+Shared windows (`shared_windows`, `--saturate ... --shared-windows`): every SNV of a cell of
+W//2 positions takes the window centred on its cell (`grid_window`), not the one centred on it,
+so one reference window serves W//2 positions and each variant lies at least W//4 from either
+edge (`window_start`/`window_end` say where; the manifest records the setting).
 
 Efficiency: identical window sequences (the shared reference window of the ALTs at one position,
 REF == ALT, repeated variants) run through the model once per work unit; windows are batched.
+An ALT window of the REF window's length runs beside it from their first difference on
+(`LanguageModel.log_likelihoods_shared`; on the reverse strand the first difference of the
+reverse complements): for an SNV its two strands together cost about one window.
 Work items are sorted by (chrom, pos), so the ALTs of one position normally fall in one unit;
 units are scored by Ray actors (model loaded once each) and written as one Parquet part each.
 `VariantsJob` is an instance of the job skeleton (pipelines/job.py). Completion is per ALT
@@ -135,6 +143,18 @@ def window_bounds(pos: int, ref_len: int, alt_len: int, window: int,
     return start, start + w
 
 
+def grid_window(pos: int, window: int, contig_len: int) -> tuple[int, int]:
+    """[start, end) of the shared window of an SNV at 1-based `pos` (`shared_windows`): the
+    contig is cut into cells of window // 2 positions from its first base, and every position
+    of a cell shares the window centred on the cell, so it lies at least a quarter window from
+    either edge; near a contig end the window is shifted inside, as `window_bounds` does."""
+    w = min(window, contig_len)
+    cell = max(1, w // 2)
+    start = (pos - 1) // cell * cell + cell // 2 - w // 2
+    start = max(0, min(start, contig_len - w))
+    return start, start + w
+
+
 def alt_window(bases: str, offset: int, ref: str, alt: str, window: int) -> str:
     """The ALT window: REF at `offset` of `bases` replaced by ALT, cut to `window` bases.
 
@@ -160,11 +180,12 @@ class PlannedVariant:
 
 
 def plan_variant(variant: Variant, fasta: FastaFile, window: int,
-                 contigs: dict[str, str | None]) -> PlannedVariant:
+                 contigs: dict[str, str | None], shared: bool = False) -> PlannedVariant:
     """Resolve the contig, check REF against the FASTA and build the windows of one variant.
 
     contigs: a cache of resolved names (input name -> FASTA name or None), filled as variants
-    are planned.
+    are planned. shared: an SNV takes the shared window of its position (`grid_window`)
+    instead of the one centred on it.
     """
     pv = PlannedVariant(variant)
     if variant.chrom not in contigs:
@@ -189,7 +210,8 @@ def plan_variant(variant: Variant, fasta: FastaFile, window: int,
     if pv.status != "ok":
         return pv
     size = fasta.length(pv.contig)
-    start, end = window_bounds(variant.pos, len(variant.ref), len(variant.alt), window, size)
+    start, end = (grid_window(variant.pos, window, size) if shared and kind == "snv" else
+                  window_bounds(variant.pos, len(variant.ref), len(variant.alt), window, size))
     extra = max(0, len(variant.ref) - len(variant.alt))
     bases = fasta.fetch(pv.contig, start, min(size, end + extra))
     pv.window_start, pv.window_end, pv.offset = start, end, pos0 - start
@@ -232,37 +254,41 @@ def default_batch_size(window: int) -> int:
 
 def run_windows(model: LanguageModel, seqs: Sequence[str], *,
                 sites: Sequence[Iterable[int]] | None, pooled: bool,
+                parents: Sequence[int | None] | None = None,
                 batch_size: int | None = None, dtype: Any = None) -> list[WindowScores]:
     """Run sequences through the model, those of one length batched together (one
     bounded-memory forward per batch); one WindowScores per sequence, in order.
 
     sites: per sequence, the token indices whose log-probability to keep (index 0 has none), or
-    None. pooled: keep the mean of the final hidden states. batch_size: sequences per forward
-    (None: about TOKENS_PER_BATCH tokens). dtype: the model's compute dtype (None: its own).
+    None. pooled: keep the mean of the final hidden states. parents: per sequence, the index
+    of a sequence of the same length whose start it repeats (an ALT window's REF window; it
+    must have no parent itself), or None: such a sequence runs beside its parent from their
+    first difference on (`LanguageModel.log_likelihoods_shared`). batch_size: sequences per
+    forward (None: about TOKENS_PER_BATCH tokens). dtype: the model's compute dtype (None:
+    its own).
     """
     import torch
 
-    from genomeconv.models.base import pool
-
+    parents = parents if parents is not None else [None] * len(seqs)
+    start = [0 if p is None else _common_prefix(seqs[i], seqs[p])
+             for i, p in enumerate(parents)]
     out: list[WindowScores | None] = [None] * len(seqs)
-    by_length: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        by_length.setdefault(len(s), []).append(i)
     with torch.inference_mode():
-        for length, index in by_length.items():
-            step = batch_size or default_batch_size(length)
-            for b in range(0, len(index), step):
-                rows = index[b:b + step]
-                ids = model.tokenize([seqs[i] for i in rows])
-                loglik, hidden = model.log_likelihoods(ids, with_hidden=pooled, dtype=dtype)
-                loglik = loglik.double().cpu()
-                sums = loglik.sum(dim=1).numpy()
-                means = (pool(hidden, "mean").double().cpu().numpy() if pooled
-                         else [None] * len(rows))
-                for k, i in enumerate(rows):
-                    wanted = [t for t in (sites[i] if sites is not None else ()) if t >= 1]
-                    out[i] = WindowScores(float(sums[k]), means[k],
-                                          {t: float(loglik[k, t - 1]) for t in wanted})
+        for rows in _shared_batches(seqs, parents, start, batch_size):
+            local = {i: k for k, i in enumerate(rows)}
+            ids = model.tokenize([seqs[i] for i in rows])
+            parent = torch.tensor([-1 if parents[i] is None else local[parents[i]]
+                                   for i in rows])
+            loglik, means = model.log_likelihoods_shared(
+                ids, parent, torch.tensor([start[i] for i in rows]), pooled=pooled,
+                dtype=dtype)
+            loglik = loglik.double().cpu()
+            sums = loglik.sum(dim=1).numpy()
+            means = means.cpu().numpy() if pooled else [None] * len(rows)
+            for k, i in enumerate(rows):
+                wanted = [t for t in (sites[i] if sites is not None else ()) if t >= 1]
+                out[i] = out[i] or WindowScores(float(sums[k]), means[k],
+                                                {t: float(loglik[k, t - 1]) for t in wanted})
     return out  # type: ignore[return-value]
 
 
@@ -284,6 +310,55 @@ def layer_means(model: LanguageModel, seqs: Sequence[str], layer: str, *,
             lengths = torch.tensor([len(s) for s in batch])
             means.update(zip(batch, pool(hidden, "mean", lengths).double().cpu().numpy()))
     return means
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of two strings."""
+    x, y = (np.frombuffer(s.encode("ascii", "replace"), dtype=np.uint8) for s in (a, b))
+    n = min(len(x), len(y))
+    differ = np.flatnonzero(x[:n] != y[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+def _shared_batches(seqs: Sequence[str], parents: Sequence[int | None], start: Sequence[int],
+                    batch_size: int | None) -> list[list[int]]:
+    """Indices of the sequences of each forward: one length per batch, at most `batch_size`
+    sequences or a parent and one child (default: about TOKENS_PER_BATCH tokens, a sequence
+    with a parent costing its positions from its start on), every sequence with a parent
+    beside it. A parent and its children (by start, the last first: similar lengths side by
+    side) fill batches in turn; a family that does not fit in what is left of a batch starts
+    the next one, and one larger than a batch is cut, its parent repeated in each part."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        if p is not None:
+            children.setdefault(p, []).append(i)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        if p is None:
+            by_length.setdefault(len(seqs[i]), []).append(i)
+    batches: list[list[int]] = []
+    for length, roots in by_length.items():
+        budget = TOKENS_PER_BATCH if batch_size is None else batch_size * length
+        cap = batch_size or max(1, TOKENS_PER_BATCH // length)
+        rows: list[int] = []
+        cost = 0
+        for root in roots:
+            family = sorted(children.get(root, ()), key=lambda i: -start[i])
+            size = length + sum(length - start[i] for i in family)
+            if rows and (cost + size > budget or len(rows) + 1 + len(family) > cap):
+                batches.append(rows)
+                rows, cost = [], 0
+            rows.append(root)
+            cost += length
+            for i in family:
+                if len(rows) > 1 and (len(rows) >= cap or cost + length - start[i] > budget):
+                    batches.append(rows)
+                    rows, cost = [root], length
+                rows.append(i)
+                cost += length - start[i]
+        if rows:
+            batches.append(rows)
+    return batches
 
 
 def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc: bool = True,
@@ -311,14 +386,15 @@ def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc
             sites[pv.alt_seq].add(pv.offset)
     site_list = [sites[s] for s in fwd] if lm_columns else None
     lm = lm_model if lm_model is not None else model
-    run = functools.partial(run_windows, batch_size=batch_size, dtype=dtype)
+    run = functools.partial(run_windows, parents=_ref_parents(scored, fwd),
+                            batch_size=batch_size, dtype=dtype)
     embeddings = model.has_embeddings
     fwd_out = dict(zip(fwd, run(model, fwd, sites=site_list if lm is model else None,
                                 pooled=embeddings)))
     lm_out = fwd_out if lm is model else (
         dict(zip(fwd, run(lm, fwd, sites=site_list, pooled=False))) if lm_columns else {})
     rev_out: dict[str, WindowScores] = {}
-    if rc and lm_columns:
+    if rc and lm_columns:  # the reverse complements: the same parents, in their coordinates
         rev = [reverse_complement(s) for s in fwd]
         rev_out = dict(zip(fwd, run(lm, rev, sites=None, pooled=False)))
     columns = list(SCORE_COLUMNS) + (head.columns if head is not None else [])
@@ -353,6 +429,18 @@ def score_planned(model: LanguageModel, planned: Sequence[PlannedVariant], *, rc
             k += 1
         rows.append(row)
     return rows
+
+
+def _ref_parents(scored: Sequence[PlannedVariant], seqs: Sequence[str]) -> list[int | None]:
+    """Per window of `seqs`, the index of the REF window whose start it repeats (an ALT window
+    of the same length that is no variant's REF window), else None: what `run_windows` shares."""
+    index = {s: i for i, s in enumerate(seqs)}
+    parents: list[int | None] = [None] * len(seqs)
+    refs = {pv.ref_seq for pv in scored}
+    for pv in scored:
+        if pv.alt_seq not in refs and len(pv.alt_seq) == len(pv.ref_seq):
+            parents[index[pv.alt_seq]] = index[pv.ref_seq]
+    return parents
 
 
 def _lm_scores(row: dict[str, Any], pv: PlannedVariant, fwd: dict[str, WindowScores],
@@ -486,6 +574,7 @@ class ScorerConfig:
     site_probs: bool = False
     batch_size: int | None = None
     lm: LmPlan = LmPlan("model")
+    shared_windows: bool = False
 
 
 class UnitScorer(UnitActor):
@@ -517,7 +606,8 @@ class UnitScorer(UnitActor):
         seconds spent in the model."""
         cfg = self.cfg
         contigs: dict[str, str | None] = {}
-        planned = [plan_variant(v, self.fasta, cfg.window, contigs) for v in variants]
+        planned = [plan_variant(v, self.fasta, cfg.window, contigs, cfg.shared_windows)
+                   for v in variants]
         t0 = time.perf_counter()
         rows = score_planned(self.model, planned, rc=cfg.strands != "fwd",
                              site_probs=cfg.site_probs, batch_size=cfg.batch_size,
@@ -561,12 +651,13 @@ def short_contig_note(variants: Sequence[Variant], fasta: str | Path, window: in
 def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, window: int,
                       rc: bool, site_probs: bool, dtype: str | None,
                       device_type: str, lm: LmPlan | None = None,
-                      model_id: str | None = None, strands: str = "both") -> manifest.Manifest:
+                      model_id: str | None = None, strands: str = "both",
+                      shared_windows: bool = False) -> manifest.Manifest:
     """The settings and inputs a `score-variants` folder's values depend on (not which
     variants, nor --keep-nonfinite: it only adds marked rows); `lm`: a fine-tuned model's;
     model_id: the id reported for a model fitted on the run's FASTA (its folder is in the cache;
-    its weights are hashed). `strands` is recorded only for "rev" (`rc` says both or fwd), so
-    folders written before --strands rev existed keep resuming."""
+    its weights are hashed). `strands` is recorded only for "rev" (`rc` says both or fwd), and
+    `shared_windows` only when set, so folders written before either existed keep resuming."""
     fingerprint = manifest.model_fingerprint(model, config_sha256)
     if model_id is not None:
         fingerprint["model"] = model_id
@@ -578,6 +669,8 @@ def variants_manifest(model: str | None, config_sha256: str, *, fasta: str, wind
     if lm is not None:
         settings["lm_columns"] = {"source": lm.source, "base": lm.base,
                                   "base_weights_sha256": lm.base_weights_sha256}
+    if shared_windows:
+        settings["shared_windows"] = True
     return manifest.Manifest("variants", settings, {"fasta": manifest.file_fingerprint(fasta)})
 
 
@@ -605,16 +698,19 @@ def seconds_per_window(model: LanguageModel, sample: str, *, batch_size: int | N
 
 def check_run_time(model: LanguageModel, saturation: Saturation, fasta: FastaFile, *,
                    window: int, passes: int, batch_size: int | None, num_workers: int,
-                   dtype: Any, max_hours: float) -> float:
+                   dtype: Any, max_hours: float, shared: bool = False) -> float:
     """The estimated seconds of scoring a saturation (see the module docstring), counted without
     expanding it; InputError naming the SNV count and the estimate (h:mm) when above
     `max_hours`. passes: model windows per distinct window (strands, plus a fine-tuned model's
-    base-model pass)."""
+    base-model pass); shared: with shared windows (one reference window per cell)."""
     first = next(iter(saturation), None)
     if first is None:
         return 0.0
     sample = plan_variant(first, fasta, window, {}).ref_seq
-    windows = (saturation.positions + len(saturation)) * passes
+    cell = max(1, len(sample) // 2)  # grid_window's
+    refs = saturation.positions if not shared else sum(
+        (iv.end - 1) // cell - iv.start // cell + 1 for iv in saturation.intervals)
+    windows = round((refs + len(saturation) / 2) * passes)
     seconds = seconds_per_window(model, sample, batch_size=batch_size, count=windows,
                                  dtype=dtype) * windows / max(1, num_workers)
     if seconds > max_hours * 3600:
@@ -638,6 +734,8 @@ class VariantsJob(Job):
         super().__init__(opts)
         self.opts: VariantOptions = opts
         self.from_file = isinstance(opts.variants, (str, Path))
+        if opts.shared_windows and not isinstance(opts.variants, Saturation):
+            raise InputError("--shared-windows applies to --saturate runs only")
         if not self.from_file and (opts.regions or opts.genes):
             raise InputError("--region and --genes select variants from a VARIANTS file; with "
                              "--saturate give the regions to --saturate")
@@ -676,7 +774,8 @@ class VariantsJob(Job):
             model, probe.config_sha256, fasta=str(self.fasta), window=self.window, rc=o.rc,
             strands=o.strands, site_probs=o.site_probs, dtype=o.dtype,
             device_type=runtime.device_type(o.worker_device),
-            lm=self.lm if head is not None else None, model_id=model_id)
+            lm=self.lm if head is not None else None, model_id=model_id,
+            shared_windows=o.shared_windows)
 
     def read_variants(self) -> list[Variant]:
         """The variants to score: the file's (restricted to --region/--genes), or the given."""
@@ -705,7 +804,8 @@ class VariantsJob(Job):
         with FastaFile(self.fasta) as fa:
             check_run_time(timer, saturation, fa, window=self.window, passes=passes,
                            batch_size=o.batch_size, num_workers=o.num_workers,
-                           dtype=runtime.torch_dtype(o.dtype), max_hours=o.max_hours)
+                           dtype=runtime.torch_dtype(o.dtype), max_hours=o.max_hours,
+                           shared=o.shared_windows)
 
     def part_dirs(self) -> list[Path]:
         return [self.out]
@@ -732,7 +832,8 @@ class VariantsJob(Job):
         o = self.opts
         return ScorerConfig(fasta=readable_fasta(self.fasta), window=self.window,
                             strands=o.strands, site_probs=o.site_probs,
-                            batch_size=o.batch_size, lm=self.lm)
+                            batch_size=o.batch_size, lm=self.lm,
+                            shared_windows=o.shared_windows)
 
     def facts(self, tally: dict[str, Any]) -> dict[str, Any]:
         return {"window": self.window, **dict(sorted(tally.get("statuses", {}).items()))}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from genomeconv.errors import InputError
-from genomeconv.models.base import Family, LanguageModel, register
+from genomeconv.models.base import Family, LanguageModel, Suffixes, register
 from genomeconv.models.tokenizer import VOCAB, tokenize, tokenize_rows
 
 ALPHABET = 5  # A C G T N
@@ -135,6 +135,19 @@ class KmerModel(LanguageModel):
             first = max(k, 1)  # codes predict positions k..L-1; position 0 is never predicted
             out[:, first - 1:] = self._logp[k][kmer_codes(sym, k + 1)[:, first - k:]]
         return torch.from_numpy(out), None
+
+    def log_likelihoods_shared(self, ids: torch.Tensor, parent: torch.Tensor,
+                               start: torch.Tensor, *, pooled: bool = False,
+                               chunk_size: int | None = None, dtype: torch.dtype | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shared rows from `order` bases before their start on: position t reads only the
+        `order` bases before it (the same float64 numbers as `log_likelihoods`)."""
+        if pooled:
+            self.require_embeddings("pooled hidden states")
+        plan = Suffixes.plan(ids, parent, start, self.order)
+        full, _ = self.log_likelihoods(ids[plan.full])
+        packed, _ = self.log_likelihoods(plan.packed(ids))
+        return plan.loglik(full, packed), None
 
     def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
                        dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 from genomeconv.errors import InputError
 from genomeconv.kernels import fftconv
 import genomeconv.models.inference as inference
-from genomeconv.models.base import LanguageModel, config_sha256, pool
+from genomeconv.models.base import LanguageModel, Suffixes, config_sha256, pool
 from genomeconv.models.tokenizer import VOCAB, tokenize, tokenize_rows
 
 # The filter MLP's Sin layers share one frequency vector: stored once per filter as the first
@@ -357,6 +357,17 @@ class HyenaDNA(nn.Module, LanguageModel):
         hidden, loglik = inference.hidden_and_loglik(self, ids, chunk_size=chunk_size,
                                                      dtype=dtype)
         return loglik, hidden if with_hidden else None
+
+    def log_likelihoods_shared(self, ids: torch.Tensor, parent: torch.Tensor,
+                               start: torch.Tensor, *, pooled: bool = False,
+                               chunk_size: int | None = None, dtype: torch.dtype | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shared rows from their start on (inference.shared_prefix_loglik): what they read
+        before it is the short convolution's short_filter_order - 1 inputs."""
+        ids = ids.to(self.backbone.ln_f.weight.device)  # the plan's index tensors beside it
+        plan = Suffixes.plan(ids, parent, start, self.config.short_filter_order - 1)
+        return inference.shared_prefix_loglik(self, ids, plan, pooled=pooled,
+                                              chunk_size=chunk_size, dtype=dtype)
 
     def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
                        dtype: torch.dtype | None = None) -> torch.Tensor:
