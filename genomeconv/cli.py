@@ -129,6 +129,9 @@ def main() -> None:
         code = 1
     _COMMAND_RUNNING[0] = False
     shutdown_ray()
+    # Python's exit restores the default SIGINT action (death by signal, no line); a Ctrl-C
+    # that late changes nothing left to do
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
