@@ -3,15 +3,20 @@ every family's loader.
 
 safetensors is read as is. Torch pickles (HyenaDNA's Lightning `weights.ckpt`, Evo 2's `.pt`)
 go through torch's restricted unpickler (`weights_only=True`); globals a public format forces
-on us are replaced by an inert placeholder class, so no code from the file runs (tensors are
-rebuilt only by torch's allowlisted functions). The residual risk is that of torch's restricted
-unpickler itself; prefer safetensors. Every problem is one InputError naming the file.
+on us are replaced by an inert placeholder class (`read_torch_pickle`), or are allowed by name
+where the format needs a harmless type (`read_torch_parts`: Evo 2's `io.BytesIO` entries), so
+no code from the file runs (tensors are rebuilt only by torch's allowlisted functions). A
+checkpoint split into byte shards (`NAME.pt.part0`, `.part1`, ...) is read through one joined
+stream, never copied to disk. The residual risk is that of torch's restricted unpickler
+itself; prefer safetensors. Every problem is one InputError naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -78,6 +83,67 @@ def read_torch_pickle(path: Path, *, inert_globals: bool = False) -> object:
     except pickle.UnpicklingError as exc:
         raise InputError(f"refusing to unpickle this checkpoint ({exc}); convert it to "
                          "safetensors where it came from", path=path) from None
+
+
+class _JoinedFile(io.RawIOBase):
+    """Byte shards read as one seekable file (torch.load reads a zip through it)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        super().__init__()
+        self.files = [open(p, "rb") for p in paths]
+        self.starts, total = [], 0
+        for f in self.files:
+            self.starts.append(total)
+            total += f.seek(0, io.SEEK_END)
+        self.total, self.pos = total, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.total}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        for f, start in zip(self.files, self.starts):
+            size = f.seek(0, io.SEEK_END)
+            if done < len(view) and start <= self.pos < start + size:
+                f.seek(self.pos - start)
+                got = f.readinto(view[done:done + min(len(view) - done, start + size - self.pos)])
+                done, self.pos = done + got, self.pos + got
+        return done
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        super().close()
+
+
+def read_torch_parts(paths: Sequence[Path], *, allow: Sequence[type] = ()) -> object:
+    """A torch.save file, or its byte shards joined in order, loaded with weights_only=True
+    allowing only the types in `allow` beyond torch's own; a single file is memory-mapped
+    (tensors are read from the page cache as they are used)."""
+    path = paths[0] if len(paths) == 1 else Path(f"{paths[0]} (+{len(paths) - 1} shards)")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            if len(paths) == 1:
+                return torch.load(paths[0], map_location="cpu", weights_only=True, mmap=True)
+            with io.BufferedReader(_JoinedFile(paths), buffer_size=1 << 20) as stream:
+                return torch.load(stream, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise InputError(f"refusing to unpickle this checkpoint ({reason}); convert it to "
+                         "safetensors where it came from", path=path) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated, corrupt, not a zip
+        raise InputError(f"unreadable checkpoint ({' '.join(str(exc).split())[:300]})",
+                         path=path) from None
 
 
 def read_json(path: Path) -> dict:
