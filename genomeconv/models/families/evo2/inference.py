@@ -33,14 +33,16 @@ log-sum-exp), out_proj, MLP.
 Precision: `dtype` (default: the model's weights') is the dtype of the matmuls (projections,
 out_filter_dense, MLP, Wqkv, out_proj, unembedding); everything else runs in float32 (float64
 for float64 matmuls): norms, short filters, gates, the long convolutions, the modal filters and
-states, the residual stream. Attention runs in float32 on the CPU (torch's CPU kernel is faster
-there in float32 than in bfloat16, and float32 is closer to exact) and in `dtype` elsewhere.
+states, the residual stream. Attention (its keys and values too) runs in `dtype`, as the
+official code runs it: in bfloat16 one layer's keys and values of a megabase input take half
+the memory.
 
-Memory: weights + residual (B L H 4 bytes) + one attention layer's keys and values
-(2 B L H bytes of the attention dtype) + one piece's work: (3H (n+K-1) + 3H n + H (n+127)) B 4
-bytes for a hyena piece of n positions, a channel group's powers (MODAL_GROUP_BYTES), and
-chunk buffers (chunk rows x (2 inner + 5 H) values). See README "Evo 2" for the formula and
-measurements.
+Memory (`memory_estimate`): weights + the float32 residual (4 B L H bytes) + one attention
+layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: 4 B (3H n + 3H (n+K-1))
+bytes for a hyena piece of n positions (u = x1 v reuses the projections' buffer), about
+4 B n H x 4 for an attention piece, an hcl channel group's taps and state terms
+(MODAL_GROUP_BYTES), and chunk buffers (chunk rows x (2 inner + 8 H) values). README "Evo 2"
+has the formula and measurements.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from genomeconv.models.families.evo2.layers import MLP_ACTIVATIONS, rotate
 
 DEFAULT_CHUNK = 4096  # rows per matmul/pointwise chunk
 PIECE_BYTES = 512 << 20  # target bytes of one hyena piece's work buffers (sets the piece length)
-MODAL_GROUP_BYTES = 64 << 20  # exp(log_poles t) powers of one channel group
+MODAL_GROUP_BYTES = 64 << 20  # taps and state terms of one hcl channel group
 MAX_MASK = 1 << 24  # mask elements per attention call where a mask is materialized
 NO_CACHE = SpectrumCache(max_bytes=0)  # filters change per piece: caching only holds memory
 
@@ -164,10 +166,14 @@ class Workspace:
 
         self.dtype, self.work, self.attn_dtype = dtype, work, attn_dtype
         self.piece, self.chunk = piece, chunk
-        hyena = len(cfg.attn_layer_idxs) < cfg.num_layers
-        self.z = empty(batch, 3 * H, K - 1 + piece) if hyena else None
-        self.zf = empty(batch, 3 * H, piece) if hyena else None
-        self.u = empty(batch, H, hist + piece) if hyena else None
+        self.z = self.zf = self.u = None
+        if len(cfg.attn_layer_idxs) < cfg.num_layers:  # hyena blocks: u = x1 v lives in z,
+            # which is dead once the short filter has read it
+            zn, un = batch * 3 * H * (K - 1 + piece), batch * H * (hist + piece)
+            flat = empty(max(zn, un))
+            self.z = flat[:zn].view(batch, 3 * H, K - 1 + piece)
+            self.u = flat[:un].view(batch, H, hist + piece)
+            self.zf = empty(batch, 3 * H, piece)
         self.norm = empty(chunk, H)
         self.low = None if dtype == work else empty(chunk, H, dt=dtype)
         self.h1, self.h2 = empty(chunk, cfg.inner_mlp_size, dt=dtype), empty(
@@ -235,39 +241,77 @@ def _mlp(w: BlockWeights, rows: torch.Tensor, ws: Workspace, tap, b: int, start:
     if w.act is not None:
         h1.copy_(w.act(h1))
     h1.mul_(h2)
-    if ws.low is None and tap is _no_tap:
-        torch.addmm(rows, h1, w.l3.T, out=rows)
+    _add_linear(rows, h1, w.l3, None, ws, tap, ("mlp", "mlp.l3"), b, start)
+
+
+def _add_linear(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, ws: Workspace, tap, what, b: int, start: int) -> None:
+    """rows (c, H) float32 += x @ weight.T + bias: accumulated in place by the matmul when it
+    runs in float32 and nothing is recorded, else computed in the matmul dtype (x cast first),
+    recorded as `what` and added."""
+    if ws.dtype == rows.dtype and tap is _no_tap:
+        torch.addmm(rows, x.to(rows.dtype), weight.T, out=rows)
+        if bias is not None:
+            rows += bias
         return
-    y = torch.mm(h1, w.l3.T)
-    tap(("mlp", "mlp.l3"), b, start, y)
+    y = _linear(x if x.dtype == ws.dtype else x.to(ws.dtype), weight, bias)
+    tap(what, b, start, y)
     rows += y
+
+
+class ModalPowers:
+    """exp(log_poles t) for t = 0 .. m T - 1 of a channel group (G, S), held factored:
+    `base` (G, S, T) = p^t for t < T and `blocks` (G, S, m) = p^(j T), so p^(j T + t) = blocks[j]
+    base[t] (two rounded exps, never a (G, S, n) tensor). Sums of coefficient-weighted powers
+    over the poles become batched matmuls of G m S T = G S n multiply-adds."""
+
+    def __init__(self, log_poles: torch.Tensor, length: int):
+        self.T = 1 << max(4, (length.bit_length() + 1) // 2)  # about sqrt(length)
+        self.m = -(-length // self.T)
+        dt, dev = log_poles.dtype, log_poles.device
+        lp = log_poles[..., None]
+        self.base = torch.exp(lp * torch.arange(self.T, dtype=dt, device=dev))
+        self.blocks = torch.exp(lp * torch.arange(0, self.m * self.T, self.T, dtype=dt,
+                                                  device=dev))
+
+    def series(self, coef: torch.Tensor, length: int) -> torch.Tensor:
+        """sum_s coef[..., g, s] p_s^t for t < length: coef (R, G, S) -> (R, G, length)."""
+        R, G, S = coef.shape
+        a = (coef.transpose(0, 1)[:, :, None, :] * self.blocks.transpose(1, 2)[:, None])
+        y = torch.bmm(a.reshape(G, R * self.m, S), self.base)  # (G, R m, T)
+        return y.view(G, R, self.m * self.T)[..., :length].transpose(0, 1)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_t x[..., g, t] p_s^t over t < x's length: x (R, G, length) -> (R, G, S)."""
+        R, G, n = x.shape
+        padded = x.new_zeros(G, R, self.m * self.T)
+        padded[..., :n] = x.transpose(0, 1)
+        q = torch.bmm(padded.view(G, R * self.m, self.T), self.base.transpose(1, 2))
+        q = q.view(G, R, self.m, -1) * self.blocks.transpose(1, 2)[:, None]
+        return q.sum(2).transpose(0, 1)
 
 
 def _modal(u: torch.Tensor, w: BlockWeights, state: BlockState, out: torch.Tensor,
            advance: bool) -> None:
     """The hcl filter of a piece: out (B, H, n) = conv(u, h[:n]) + D u + the carried modal
-    states' outputs; with `advance`, the states move to the piece's end. Channel groups of
-    G channels share one (G, S, n+1) tensor of powers exp(log_poles t), t = 0..n: the piece's
-    taps are residues @ powers[:n], the state terms residues * state @ powers[1:], the new
-    states decay * state + u reversed @ powers[:n]."""
+    states' outputs; with `advance`, the states move to the piece's end. Per channel group:
+    the taps h[c, t] = sum_s residues p_s^t (generated in the work dtype, float32 as the
+    official code), the carried terms sum_s residues state p_s^(j+1) at output j, the new states
+    p^n state + sum_j u[j] p^(n-1-j) (ModalPowers)."""
     B, H, n = u.shape
-    S = w.residues.shape[1]
-    G = max(1, min(H, MODAL_GROUP_BYTES // (S * (n + 1) * u.element_size())))
-    t = torch.arange(n + 1, dtype=u.dtype, device=u.device)
-    carried = state.position > 0
+    G = max(1, min(H, MODAL_GROUP_BYTES // (4 * n * u.element_size() * (B + 1))))
     for c0 in range(0, H, G):
         cs = slice(c0, min(H, c0 + G))
-        powers = torch.exp(w.log_poles[cs, :, None] * t)  # (G, S, n+1)
-        taps = torch.bmm(w.residues[cs, None, :], powers[..., :n])[:, 0]
+        lp = w.log_poles[cs]
+        powers = ModalPowers(lp, n + 1)
+        taps = powers.series(w.residues[None, cs], n)[0]
         if advance:
-            fresh = torch.bmm(u[:, cs].flip(-1).transpose(0, 1), powers[..., :n].transpose(1, 2))
+            fresh = powers.project(u[:, cs].flip(-1))
         fftconv(u[:, cs], taps, w.D[cs], cache=NO_CACHE, out=out[:, cs])
-        if carried:
-            weights = w.residues[cs] * state.modal[:, cs]  # (B, G, S)
-            for b in range(B):
-                out[b, cs] += torch.bmm(weights[b, :, None, :], powers[..., 1:])[:, 0]
+        if state.position > 0:  # the carried states' outputs: residues state p^(j+1)
+            out[:, cs] += powers.series(w.residues[cs] * lp.exp() * state.modal[:, cs], n)
         if advance:
-            state.modal[:, cs] = powers[None, :, :, n] * state.modal[:, cs] + fresh.transpose(0, 1)
+            state.modal[:, cs] = torch.exp(lp * n) * state.modal[:, cs] + fresh
 
 
 def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockState,
@@ -286,9 +330,14 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
             c1 = min(n, c0 + ws.chunk)
             a = _rms(r[b, off + c0:off + c1], w.pre, w.eps, ws.norm[:c1 - c0])
             tap("pre_norm", b, p0 + c0, a)
-            x = _linear(_cast(a, ws.low), *w.proj)
-            tap("projections", b, p0 + c0, x)
-            z[b, :, K - 1 + c0:K - 1 + c1] = x.T
+            x = z[b, :, K - 1 + c0:K - 1 + c1]  # channel-major (3H, c)
+            if ws.low is None:
+                torch.mm(w.proj[0], a.T, out=x)
+            else:
+                x.copy_(torch.mm(w.proj[0], _cast(a, ws.low).T))
+            if w.proj[1] is not None:
+                x += w.proj[1][:, None]
+            tap("projections", b, p0 + c0, x.T)
     state.tail = z[..., n:].clone()
     zf = ws.zf[..., :n]
     _correlate(z, w.short, w.short_bias, zf)
@@ -315,9 +364,7 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
             rows = r[b, off + c0:off + c1]
             g = y[b, :, c0:c1].T
             tap("filter", b, p0 + c0, g)
-            o = _linear(_cast(g, ws.low), *w.out)
-            tap("out_filter_dense", b, p0 + c0, o)
-            rows += o
+            _add_linear(rows, g, *w.out, ws, tap, "out_filter_dense", b, p0 + c0)
             _mlp(w, rows, ws, tap, b, p0 + c0)
     state.position += n
 
@@ -377,10 +424,9 @@ def _attention_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: Blo
         for c0 in range(0, n, ws.chunk):
             c1 = min(n, c0 + ws.chunk)
             rows = r[b, off + c0:off + c1]
-            oc = o[b, :, c0:c1].transpose(0, 1).reshape(c1 - c0, H).to(ws.dtype)
-            y = _linear(oc, *w.out)
-            tap(("inner_mha_cls", "inner_mha_cls.out_proj"), b, p0 + c0, y)
-            rows += y
+            oc = o[b, :, c0:c1].transpose(0, 1).reshape(c1 - c0, H)
+            _add_linear(rows, oc, *w.out, ws, tap, ("inner_mha_cls", "inner_mha_cls.out_proj"),
+                        b, p0 + c0)
             _mlp(w, rows, ws, tap, b, p0 + c0)
     state.position += n
 
@@ -402,6 +448,47 @@ def piece_length(config, batch: int, length: int) -> int:
     per_position = 7 * config.hidden_size * 4 * batch
     n = 1 << max(10, (PIECE_BYTES // per_position).bit_length() - 1)
     return max(1, min(length, n))
+
+
+def weight_bytes(config, dtype: torch.dtype) -> int:
+    """Bytes of a model's parameters and buffers held in `dtype`, the hcl poles and residues
+    and the rotary inv_freq in float32 (at least), as `layouts.build` leaves them."""
+    from genomeconv.models.families.evo2.model import Evo2
+
+    with torch.device("meta"):
+        model = Evo2(config, init=False)
+    total = 0
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        keep32 = name.endswith(("log_poles", "residues", "inv_freq"))
+        size = torch.promote_types(dtype, torch.float32) if keep32 else dtype
+        total += t.numel() * size.itemsize
+    return total
+
+
+def memory_estimate(config, *, batch: int, length: int, dtype: torch.dtype,
+                    weights: int | None = None, piece: int | None = None,
+                    chunk: int | None = None) -> dict[str, int]:
+    """Predicted peak bytes of `run` (hidden states or log-likelihoods of the final norm) for
+    (batch, length) inputs with matmuls in `dtype`: the terms of the module docstring's formula
+    and their sum ("total"). weights: the model's bytes (default weight_bytes(config, dtype))."""
+    H, I = config.hidden_size, config.inner_mlp_size
+    s = dtype.itemsize
+    work = torch.promote_types(dtype, torch.float32).itemsize
+    n = piece or piece_length(config, batch, length)
+    c = min(length, chunk or DEFAULT_CHUNK)
+    K = config.short_filter_length
+    hist = max(config.hcm_filter_length, config.hcs_filter_length) - 1
+    hyena = work * batch * (3 * H * n + max(3 * H * (K - 1 + n), H * (hist + n)))
+    chunks = c * (work * H + s * H + 2 * s * I) + c * (3 * H * s + 4 * H * work)
+    attention = 2 * s * batch * length * H + 4 * work * batch * n * H
+    terms = {"weights": weights if weights is not None else weight_bytes(config, dtype),
+             "residual": 4 * batch * length * H,
+             "hyena_piece": hyena if config.num_layers > len(config.attn_layer_idxs) else 0,
+             "chunk": chunks,
+             "attention_kv_and_piece": attention if config.attn_layer_idxs else 0,
+             "hcl_group": 2 * MODAL_GROUP_BYTES if config.hcl_layer_idxs else 0}
+    terms["total"] = sum(terms.values())
+    return terms
 
 
 def _cuts(start: int, stop: int, piece: int, capture_at: int | None) -> list[int]:
@@ -442,7 +529,7 @@ def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
     B, n = ids.shape
     dtype = dtype or model.blocks[0].mlp.l1.weight.dtype
     work = torch.promote_types(dtype, torch.float32)
-    attn_dtype = work if device.type == "cpu" else dtype
+    attn_dtype = dtype
     origin = start[0].position if start else 0
     if start is not None and len(start) != cfg.num_layers:
         raise ValueError(f"start holds {len(start)} states; the model has {cfg.num_layers} blocks")
