@@ -161,6 +161,7 @@ def test_saved_folder_round_trip(tmp_path, model):
     model.save(tmp_path / "saved")
     loaded = load(tmp_path / "saved")
     assert isinstance(loaded, Evo2) and loaded.config_sha256 == model.config_sha256
+    assert "No FP8" in (tmp_path / "saved" / "MODEL_CARD.md").read_text()
     same_outputs(loaded, model)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from genomeconv.models.families.evo2.tokenizer import tokenize_rows
 # Matmul multiply-adds per base that make one unit of `work_per_base`: 12 d^2 per layer over
 # d x layers for HyenaDNA at the bundled model's d = 64 (runtime.UNIT_WORK is sized by it).
 MACS_PER_WORK = 768
+CARD = Path(__file__).resolve().with_name("MODEL_CARD.md")  # where genomeconv departs from vortex
 
 
 class Evo2(nn.Module, LanguageModel):
@@ -160,6 +162,12 @@ class Evo2(nn.Module, LanguageModel):
                        dtype: torch.dtype | None = None) -> torch.Tensor:
         hidden = inference.run(self, ids, chunk_size=chunk_size, dtype=dtype).hidden
         return inference.base_log_probs(self, hidden, chunk_size=chunk_size, dtype=dtype)
+
+    def save(self, directory, *, card: str | None = None,
+             extra: dict[str, Any] | None = None) -> None:
+        """config.json + model.safetensors (release names) + MODEL_CARD.md: `card`, else the
+        family's card (what genomeconv computes differently from the official code)."""
+        super().save(directory, card=CARD.read_text() if card is None else card, extra=extra)
 
     def freeze(self, blocks: int) -> None:
         if blocks > self.config.num_layers:
