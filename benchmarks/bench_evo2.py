@@ -7,7 +7,7 @@ float32 and in the official inference precision (bf16 weights and matmuls), on t
     attention alone (its four layers' scaled_dot_product_attention);
 (b) the 7B-1M layer pattern (evo2-7b-1m.yml: 32 layers, interpolated rotary) at hidden 256
     (2 heads of 128 as the 7B's, 16 channels per hcs/hcm group, MLP 704 = 2.75 H) at 131,072 bp;
-(c) the memory formula (families/evo2/inference.memory_estimate) for the real 7B at 1,048,576 bp
+(c) the memory formula (families/evo2/memory.memory_estimate) for the real 7B at 1,048,576 bp
     (bf16 on one 80 GB GPU) and the 1B shape at 1 Mbp on this machine, and against the peaks
     measured here (the 7B pattern at hidden 256 at 16,384 and 65,536 bp too).
 
@@ -45,8 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.harness import PeakRSS, print_table, write_result  # noqa: E402
 from genomeconv.models.families.evo2 import Evo2, Evo2Config, layouts  # noqa: E402
 from genomeconv.models.families.evo2.config import CONFIG_DIR  # noqa: E402
-from genomeconv.models.families.evo2.inference import (memory_estimate,  # noqa: E402
-                                                       weight_bytes)
+from genomeconv.models.families.evo2.memory import memory_estimate, weight_bytes  # noqa: E402
 from genomeconv.pipelines.runtime import native_half  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

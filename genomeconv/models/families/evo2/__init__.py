@@ -1,6 +1,7 @@
 """Evo 2 (StripedHyena 2; Arc Institute, 2025): the configuration (config.py, with the published
 configs in configs/), byte tokens (tokenizer.py), modules (layers.py, model.py), bounded-memory
-inference with carried per-block state (inference.py) and the checkpoint layouts (layouts.py);
+inference with carried per-block state (inference.py), its peak-memory formula (memory.py) and
+the checkpoint layouts (layouts.py);
 registered as the "evo2" family, with the hub ids of the published checkpoints."""
 
 from genomeconv.models.base import Family, Layout, register

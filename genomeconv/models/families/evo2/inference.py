@@ -37,7 +37,7 @@ states, the residual stream. Attention (its keys and values too) runs in `dtype`
 official code runs it: in bfloat16 one layer's keys and values of a megabase input take half
 the memory.
 
-Memory (`memory_estimate`): weights + the float32 residual (4 B L H bytes) + one attention
+Memory (memory.py's `memory_estimate`): weights + the float32 residual (4 B L H bytes) + one attention
 layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: 4 B (3H n + 3H (n+K-1))
 bytes for a hyena piece of n positions (u = x1 v reuses the projections' buffer), about
 4 B n H x 4 for an attention piece, an hcl channel group's taps and state terms
@@ -448,47 +448,6 @@ def piece_length(config, batch: int, length: int) -> int:
     per_position = 7 * config.hidden_size * 4 * batch
     n = 1 << max(10, (PIECE_BYTES // per_position).bit_length() - 1)
     return max(1, min(length, n))
-
-
-def weight_bytes(config, dtype: torch.dtype) -> int:
-    """Bytes of a model's parameters and buffers held in `dtype`, the hcl poles and residues
-    and the rotary inv_freq in float32 (at least), as `layouts.build` leaves them."""
-    from genomeconv.models.families.evo2.model import Evo2
-
-    with torch.device("meta"):
-        model = Evo2(config, init=False)
-    total = 0
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
-        keep32 = name.endswith(("log_poles", "residues", "inv_freq"))
-        size = torch.promote_types(dtype, torch.float32) if keep32 else dtype
-        total += t.numel() * size.itemsize
-    return total
-
-
-def memory_estimate(config, *, batch: int, length: int, dtype: torch.dtype,
-                    weights: int | None = None, piece: int | None = None,
-                    chunk: int | None = None) -> dict[str, int]:
-    """Predicted peak bytes of `run` (hidden states or log-likelihoods of the final norm) for
-    (batch, length) inputs with matmuls in `dtype`: the terms of the module docstring's formula
-    and their sum ("total"). weights: the model's bytes (default weight_bytes(config, dtype))."""
-    H, I = config.hidden_size, config.inner_mlp_size
-    s = dtype.itemsize
-    work = torch.promote_types(dtype, torch.float32).itemsize
-    n = piece or piece_length(config, batch, length)
-    c = min(length, chunk or DEFAULT_CHUNK)
-    K = config.short_filter_length
-    hist = max(config.hcm_filter_length, config.hcs_filter_length) - 1
-    hyena = work * batch * (3 * H * n + max(3 * H * (K - 1 + n), H * (hist + n)))
-    chunks = c * (work * H + s * H + 2 * s * I) + c * (3 * H * s + 4 * H * work)
-    attention = 2 * s * batch * length * H + 4 * work * batch * n * H
-    terms = {"weights": weights if weights is not None else weight_bytes(config, dtype),
-             "residual": 4 * batch * length * H,
-             "hyena_piece": hyena if config.num_layers > len(config.attn_layer_idxs) else 0,
-             "chunk": chunks,
-             "attention_kv_and_piece": attention if config.attn_layer_idxs else 0,
-             "hcl_group": 2 * MODAL_GROUP_BYTES if config.hcl_layer_idxs else 0}
-    terms["total"] = sum(terms.values())
-    return terms
 
 
 def _cuts(start: int, stop: int, piece: int, capture_at: int | None) -> list[int]:
