@@ -112,8 +112,13 @@ def test_suffix_from_captured_states():
     suffix = inference.run(model, alt[:, p:], start=captured, piece_size=512).hidden
     full = inference.run(model, alt).hidden
     assert rel_err(suffix, full[:, p:]) < 1e-5
-    again = inference.run(model, alt[:, p:], start=captured).hidden  # states are not consumed
-    assert torch.equal(again, inference.run(model, alt[:, p:], start=captured).hidden)
+    again = inference.run(model, alt[:, p:], start=captured, piece_size=512).hidden  # reusable
+    assert torch.equal(again, suffix)
+    residual = model.embedding_layer(alt[:, p:]).float()  # block by block, with run_block
+    for i, state in enumerate(captured):
+        inference.run_block(model, i, residual, state.clone(), chunk_size=333)
+    last = f"blocks.{model.config.num_layers - 1}"
+    assert rel_err(residual, inference.run(model, alt, layer=last).hidden[:, p:]) < 1e-5
 
 
 def test_autograd_forward_matches_inference_and_trains():

@@ -1,9 +1,9 @@
 """Evo 2 inference in bounded memory: layer by layer over the whole input, each layer over
 pieces of the sequence, each piece continuing from an explicit carried state.
 
-`run_piece(block, weights, residual, state, piece, ...)` runs one block on positions
-[state.position, state.position + n) given `BlockState` at state.position, and advances the
-state: what the block needs from the positions before a piece is
+`run_block(model, i, residual, state)` runs block i on positions [state.position,
+state.position + n) given its `BlockState` at state.position, and advances the state: what a
+block needs from the positions before a piece is
 - the short featurizer filter's last K-1 projections (`tail`, K = short_filter_length);
 - hcs/hcm: the last taps-1 inputs u = x1 v of the explicit filter (`inner_tail`);
 - hcl: the modal state s[b, c, k] = sum_{t < position} exp(log_poles[c, k] (position-1-t))
@@ -37,10 +37,10 @@ states, the residual stream. Attention (its keys and values too) runs in `dtype`
 official code runs it: in bfloat16 one layer's keys and values of a megabase input take half
 the memory.
 
-Memory (memory.py's `memory_estimate`): weights + the float32 residual (4 B L H bytes) + one attention
-layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: 4 B (3H n + 3H (n+K-1))
-bytes for a hyena piece of n positions (u = x1 v reuses the projections' buffer), about
-4 B n H x 4 for an attention piece, an hcl channel group's taps and state terms
+Memory (memory.py's `memory_estimate`): weights + the float32 residual (4 B L H bytes) + one
+attention layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: 4 B (3H n +
+3H (n+K-1)) bytes for a hyena piece of n positions (u = x1 v reuses the projections' buffer),
+about 4 B n H x 4 for an attention piece, an hcl channel group's taps and state terms
 (MODAL_GROUP_BYTES), and chunk buffers (chunk rows x (2 inner + 8 H) values). README "Evo 2"
 has the formula and measurements.
 """
@@ -93,15 +93,16 @@ class Run:
     states: list[BlockState] | None = None
 
 
-def initial_state(block: nn.Module, batch: int, capacity: int, attn_dtype: torch.dtype,
+def initial_state(block: nn.Module, batch: int, capacity: int, dtype: torch.dtype,
                   work: torch.dtype) -> BlockState:
-    """A block's state at position 0 (zeros; keys and values room for `capacity` positions)."""
+    """A block's state at position 0: zeros in the work dtype; for attention, room for the keys
+    and values (in the matmul dtype) of `capacity` positions."""
     device = block.pre_norm.scale.device
     if block.kind == "attn":
         mha = block.inner_mha_cls
         kv = (batch, mha.heads, capacity, mha.head_dim)
-        return BlockState(0, keys=torch.empty(kv, dtype=attn_dtype, device=device),
-                          values=torch.empty(kv, dtype=attn_dtype, device=device))
+        return BlockState(0, keys=torch.empty(kv, dtype=dtype, device=device),
+                          values=torch.empty(kv, dtype=dtype, device=device))
     f = block.filter
     H, K = f.cfg.hidden_size, f.short_filter_weight.shape[-1]
     state = BlockState(0, tail=torch.zeros(batch, 3 * H, K - 1, dtype=work, device=device))
@@ -154,7 +155,7 @@ class Workspace:
     casts of matmul inputs (None when the matmul dtype is the work dtype)."""
 
     def __init__(self, model: nn.Module, batch: int, piece: int, chunk: int,
-                 dtype: torch.dtype, work: torch.dtype, attn_dtype: torch.dtype):
+                 dtype: torch.dtype, work: torch.dtype):
         cfg = model.config
         device = model.embedding_layer.weight.device
         H, K = cfg.hidden_size, cfg.short_filter_length
@@ -164,7 +165,7 @@ class Workspace:
         def empty(*shape, dt=work):
             return torch.empty(*shape, dtype=dt, device=device)
 
-        self.dtype, self.work, self.attn_dtype = dtype, work, attn_dtype
+        self.dtype, self.work = dtype, work
         self.piece, self.chunk = piece, chunk
         self.z = self.zf = self.u = None
         if len(cfg.attn_layer_idxs) < cfg.num_layers:  # hyena blocks: u = x1 v lives in z,
@@ -315,20 +316,18 @@ def _modal(u: torch.Tensor, w: BlockWeights, state: BlockState, out: torch.Tenso
 
 
 def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockState,
-                 n: int, tap, advance: bool) -> None:
-    """One hyena block on the n positions from state.position of r (B, n_run, H), whose row 0
-    is position `ws.origin`; r updated in place, the state advanced (the modal state only with
-    `advance`: a later piece or a capture needs it)."""
-    B = r.shape[0]
+                 tap, advance: bool) -> None:
+    """A hyena block on r (B, n, H), the residual at positions state.position.. (run_block)."""
+    B, n = r.shape[:2]
     f = w.filter
     K = w.short.shape[1]
-    p0, off = state.position, state.position - ws.origin
+    p0 = state.position
     z = ws.z[..., :K - 1 + n]
     z[..., :K - 1] = state.tail
     for b in range(B):
         for c0 in range(0, n, ws.chunk):
             c1 = min(n, c0 + ws.chunk)
-            a = _rms(r[b, off + c0:off + c1], w.pre, w.eps, ws.norm[:c1 - c0])
+            a = _rms(r[b, c0:c1], w.pre, w.eps, ws.norm[:c1 - c0])
             tap("pre_norm", b, p0 + c0, a)
             x = z[b, :, K - 1 + c0:K - 1 + c1]  # channel-major (3H, c)
             if ws.low is None:
@@ -361,7 +360,7 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
     for b in range(B):
         for c0 in range(0, n, ws.chunk):
             c1 = min(n, c0 + ws.chunk)
-            rows = r[b, off + c0:off + c1]
+            rows = r[b, c0:c1]
             g = y[b, :, c0:c1].T
             tap("filter", b, p0 + c0, g)
             _add_linear(rows, g, *w.out, ws, tap, "out_filter_dense", b, p0 + c0)
@@ -398,20 +397,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
 
 
 def _attention_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockState,
-                     n: int, tap) -> None:
-    """One attention block on the n positions from state.position (as `_hyena_piece`)."""
-    B, H = r.shape[0], r.shape[2]
+                     tap) -> None:
+    """An attention block on r (B, n, H), the residual at positions state.position.."""
+    B, n, H = r.shape
     mha = w.mha
     heads, hd = mha.heads, mha.head_dim
-    p0, off = state.position, state.position - ws.origin
+    p0 = state.position
     _reserve(state, p0 + n)
-    q = torch.empty(B, heads, n, hd, dtype=ws.attn_dtype, device=r.device)
+    q = torch.empty(B, heads, n, hd, dtype=ws.dtype, device=r.device)
     for b in range(B):
         for c0 in range(0, n, ws.chunk):
             c1 = min(n, c0 + ws.chunk)
-            a = _rms(r[b, off + c0:off + c1], w.pre, w.eps, ws.norm[:c1 - c0])
+            a = _rms(r[b, c0:c1], w.pre, w.eps, ws.norm[:c1 - c0])
             tap("pre_norm", b, p0 + c0, a)
-            x = _linear(_cast(a, ws.low), *w.qkv).to(ws.attn_dtype)
+            x = _linear(_cast(a, ws.low), *w.qkv)
             qc, kc, vc = mha.qkv(x[None])  # (1, heads, c, hd)
             cos, sin = mha.rotary_emb.cos_sin(p0 + c0, p0 + c1, r.device)
             q[b, :, c0:c1] = rotate(qc[0], cos, sin)
@@ -423,12 +422,36 @@ def _attention_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: Blo
     for b in range(B):
         for c0 in range(0, n, ws.chunk):
             c1 = min(n, c0 + ws.chunk)
-            rows = r[b, off + c0:off + c1]
+            rows = r[b, c0:c1]
             oc = o[b, :, c0:c1].transpose(0, 1).reshape(c1 - c0, H)
             _add_linear(rows, oc, *w.out, ws, tap, ("inner_mha_cls", "inner_mha_cls.out_proj"),
                         b, p0 + c0)
             _mlp(w, rows, ws, tap, b, p0 + c0)
     state.position += n
+
+
+def run_block(model: nn.Module, index: int, residual: torch.Tensor, state: BlockState, *,
+              dtype: torch.dtype | None = None, chunk_size: int | None = None,
+              advance: bool = True, weights: BlockWeights | None = None,
+              workspace: Workspace | None = None, tap=_no_tap) -> None:
+    """Block `index` on positions state.position .. state.position + n - 1: residual (B, n, H)
+    float32, that block's input there, becomes its output in place, and the state moves to the
+    end of those positions (the hcl modal state only with `advance`; keys and values grow as
+    needed). This is `run`'s step, public so that a caller can continue a sequence from a
+    captured state block by block. weights/workspace: reuse them across pieces of one block
+    and dtype (built here when None); tap: records a module's output (Tap)."""
+    block = model.blocks[index]
+    dtype = dtype or model.blocks[0].mlp.l1.weight.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    B, n = residual.shape[:2]
+    w = weights or BlockWeights(block, dtype, work)
+    ws = workspace or Workspace(model, B, n, max(1, min(n, chunk_size or DEFAULT_CHUNK)), dtype,
+                                work)
+    with torch.no_grad():
+        if block.kind == "attn":
+            _attention_piece(w, residual, ws, state, tap)
+        else:
+            _hyena_piece(w, residual, ws, state, tap, advance)
 
 
 def _reserve(state: BlockState, length: int) -> None:
@@ -488,7 +511,6 @@ def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
     B, n = ids.shape
     dtype = dtype or model.blocks[0].mlp.l1.weight.dtype
     work = torch.promote_types(dtype, torch.float32)
-    attn_dtype = dtype
     origin = start[0].position if start else 0
     if start is not None and len(start) != cfg.num_layers:
         raise ValueError(f"start holds {len(start)} states; the model has {cfg.num_layers} blocks")
@@ -504,23 +526,19 @@ def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
         return Run(r, states)
     piece = piece_size or piece_length(cfg, B, n)
     cuts = _cuts(origin, origin + n, piece, capture_at)
-    ws = Workspace(model, B, max(b - a for a, b in zip(cuts, cuts[1:])), chunk, dtype, work,
-                   attn_dtype)
-    ws.origin = origin
+    ws = Workspace(model, B, max(b - a for a, b in zip(cuts, cuts[1:])), chunk, dtype, work)
     tap, out = _no_tap, r
     if what is not None and what != "norm":
         out = torch.empty(B, n, model.layer_width(layer), dtype=torch.float32, device=device)
         tap = Tap(what, out, origin)
     for i, block in enumerate(model.blocks[:last + 1]):
         w = BlockWeights(block, dtype, work)
-        state = start[i].clone() if start else initial_state(block, B, n, attn_dtype, work)
+        state = start[i].clone() if start else initial_state(block, B, n, dtype, work)
         block_tap = tap if i == last else _no_tap
         for a, b in zip(cuts, cuts[1:]):
-            if block.kind == "attn":
-                _attention_piece(w, r, ws, state, b - a, block_tap)
-            else:
-                _hyena_piece(w, r, ws, state, b - a, block_tap,
-                             advance=b < cuts[-1] or b == capture_at)
+            run_block(model, i, r[:, a - origin:b - origin], state, dtype=dtype,
+                      advance=b < cuts[-1] or b == capture_at, weights=w, workspace=ws,
+                      tap=block_tap)
             if b == capture_at:
                 states.append(state.clone())
         del w, state

@@ -29,7 +29,8 @@ def memory_estimate(config, *, batch: int, length: int, dtype: torch.dtype,
                     chunk: int | None = None) -> dict[str, int]:
     """Predicted peak bytes of `run` (hidden states or log-likelihoods of the final norm) for
     (batch, length) inputs with matmuls in `dtype`: the terms of the formula in inference.py's
-    docstring and their sum ("total"). weights: the model's bytes (default weight_bytes(config, dtype))."""
+    docstring and their sum ("total"). weights: the model's bytes (default
+    weight_bytes(config, dtype))."""
     H, I = config.hidden_size, config.inner_mlp_size
     s = dtype.itemsize
     work = torch.promote_types(dtype, torch.float32).itemsize
