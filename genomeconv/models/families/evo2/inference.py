@@ -38,8 +38,9 @@ official code runs it: in bfloat16 one layer's keys and values of a megabase inp
 the memory.
 
 Memory (memory.py's `memory_estimate`): weights + the float32 residual (4 B L H bytes) + one
-attention layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: 4 B (3H n +
-3H (n+K-1)) bytes for a hyena piece of n positions (u = x1 v reuses the projections' buffer),
+attention layer's keys and values (2 B L H bytes of `dtype`) + one piece's work: B (12 H n +
+3 s H (n+K-1)) bytes for a hyena piece of n positions, s the matmul dtype's size (u = x1 v
+reuses the projections' buffer),
 about 4 B n H x 4 for an attention piece, an hcl channel group's taps and state terms
 (MODAL_GROUP_BYTES), and chunk buffers (chunk rows x (2 inner + 8 H) values). README "Evo 2"
 has the formula and measurements.
@@ -69,7 +70,7 @@ class BlockState:
     """What one block carries into the positions from `position` on (module docstring)."""
 
     position: int = 0
-    tail: torch.Tensor | None = None  # hyena: (B, 3H, K-1) projections before `position`
+    tail: torch.Tensor | None = None  # hyena: (B, 3H, K-1) projections before it (matmul dtype)
     inner_tail: torch.Tensor | None = None  # hcs/hcm: (B, H, taps-1) u = x1 v before it
     modal: torch.Tensor | None = None  # hcl: (B, H, state_size) modal states at it
     keys: torch.Tensor | None = None  # attention: (B, heads, >= position, head_dim), rotary
@@ -95,8 +96,9 @@ class Run:
 
 def initial_state(block: nn.Module, batch: int, capacity: int, dtype: torch.dtype,
                   work: torch.dtype) -> BlockState:
-    """A block's state at position 0: zeros in the work dtype; for attention, room for the keys
-    and values (in the matmul dtype) of `capacity` positions."""
+    """A block's state at position 0: zeros (the projections' tail in the matmul dtype, the
+    rest in the work dtype); for attention, room for the keys and values (in the matmul dtype)
+    of `capacity` positions."""
     device = block.pre_norm.scale.device
     if block.kind == "attn":
         mha = block.inner_mha_cls
@@ -105,7 +107,7 @@ def initial_state(block: nn.Module, batch: int, capacity: int, dtype: torch.dtyp
                           values=torch.empty(kv, dtype=dtype, device=device))
     f = block.filter
     H, K = f.cfg.hidden_size, f.short_filter_weight.shape[-1]
-    state = BlockState(0, tail=torch.zeros(batch, 3 * H, K - 1, dtype=work, device=device))
+    state = BlockState(0, tail=torch.zeros(batch, 3 * H, K - 1, dtype=dtype, device=device))
     if f.kind == "hcl":
         state.modal = torch.zeros(batch, H, f.residues.shape[1], dtype=work, device=device)
     else:
@@ -168,12 +170,14 @@ class Workspace:
         self.dtype, self.work = dtype, work
         self.piece, self.chunk = piece, chunk
         self.z = self.zf = self.u = None
-        if len(cfg.attn_layer_idxs) < cfg.num_layers:  # hyena blocks: u = x1 v lives in z,
-            # which is dead once the short filter has read it
-            zn, un = batch * 3 * H * (K - 1 + piece), batch * H * (hist + piece)
-            flat = empty(max(zn, un))
-            self.z = flat[:zn].view(batch, 3 * H, K - 1 + piece)
-            self.u = flat[:un].view(batch, H, hist + piece)
+        if len(cfg.attn_layer_idxs) < cfg.num_layers:
+            # the projections (z) stay in the matmul dtype they come in; u = x1 v (work dtype)
+            # reuses z's bytes, dead once the short filter has read them
+            zb = batch * 3 * H * (K - 1 + piece) * dtype.itemsize
+            ub = batch * H * (hist + piece) * work.itemsize
+            flat = torch.empty(max(zb, ub), dtype=torch.uint8, device=device)
+            self.z = flat[:zb].view(dtype).view(batch, 3 * H, K - 1 + piece)
+            self.u = flat[:ub].view(work).view(batch, H, hist + piece)
             self.zf = empty(batch, 3 * H, piece)
         self.norm = empty(chunk, H)
         self.low = None if dtype == work else empty(chunk, H, dt=dtype)
@@ -329,11 +333,8 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
             c1 = min(n, c0 + ws.chunk)
             a = _rms(r[b, c0:c1], w.pre, w.eps, ws.norm[:c1 - c0])
             tap("pre_norm", b, p0 + c0, a)
-            x = z[b, :, K - 1 + c0:K - 1 + c1]  # channel-major (3H, c)
-            if ws.low is None:
-                torch.mm(w.proj[0], a.T, out=x)
-            else:
-                x.copy_(torch.mm(w.proj[0], _cast(a, ws.low).T))
+            x = z[b, :, K - 1 + c0:K - 1 + c1]  # channel-major (3H, c), the matmul dtype
+            torch.mm(w.proj[0], _cast(a, ws.low).T, out=x)
             if w.proj[1] is not None:
                 x += w.proj[1][:, None]
             tap("projections", b, p0 + c0, x.T)

@@ -38,7 +38,7 @@ def memory_estimate(config, *, batch: int, length: int, dtype: torch.dtype,
     c = min(length, chunk or inference.DEFAULT_CHUNK)
     K = config.short_filter_length
     hist = max(config.hcm_filter_length, config.hcs_filter_length) - 1
-    hyena = work * batch * (3 * H * n + max(3 * H * (K - 1 + n), H * (hist + n)))
+    hyena = batch * (work * 3 * H * n + max(s * 3 * H * (K - 1 + n), work * H * (hist + n)))
     chunks = c * (work * H + s * H + 2 * s * I) + c * (3 * H * s + 4 * H * work)
     attention = 2 * s * batch * length * H + 4 * work * batch * n * H
     terms = {"weights": weights if weights is not None else weight_bytes(config, dtype),
