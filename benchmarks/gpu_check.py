@@ -1,5 +1,6 @@
 """The Python stages of scripts/gpu_check.sh (issue 20): the model end to end on the GPU, a
-small smoke run of every kernel path for compute-sanitizer, and the run's summary.
+small smoke run of every kernel path for compute-sanitizer, and the run's summary (which folds
+in the Evo 2 and variant-window records of gpu_check_evo2.py, issue 29).
 
     python benchmarks/gpu_check.py model --out DIR    # -> DIR/model_gpu.json
     python benchmarks/gpu_check.py smoke              # every kernel path once, tiny sizes
@@ -284,6 +285,22 @@ def bench_digest(path: Path) -> list[str]:
     return lines
 
 
+def evo2_figures(record: dict) -> list[str]:
+    """Headline lines of gpu_check_evo2's evo2 record: tokens/s, the long input, the 1B shape."""
+    lines = [f"evo2 7B-1M pattern (hidden 256) {r['L']} bp bf16: {r['tokens_per_s']:,.0f} "
+             f"tokens/s, peak {r['peak_gib'] or 0:.2f} GiB" for r in record.get("rates", [])]
+    if "long" in record:
+        r = record["long"]
+        lines.append(f"evo2 {r['L']} bp bf16 in bounded memory: {r['seconds']:.1f} s, peak "
+                     f"{r['peak_gib'] or 0:.2f} GiB (formula {r['formula_gib']:.2f} GiB)")
+    if "1b" in record:
+        r = record["1b"]
+        lines.append(f"evo2 1B shape ({r['layers']} layers) 8,192 bp bf16: "
+                     f"{r['windows_per_s']:.1f} windows/s, peak {r['peak_gib'] or 0:.2f} GiB "
+                     f"(formula {r['formula_gib']:.2f} GiB)")
+    return lines
+
+
 def main_summary(args) -> int:
     out = Path(args.out)
     stages = []
@@ -300,17 +317,26 @@ def main_summary(args) -> int:
         figures.append(f"train {t['steps']} bf16 steps at B {t['B']} L {t['L']}: median "
                        f"{sorted(t['step_seconds'])[len(t['step_seconds']) // 2]:.3f} s/step, "
                        f"loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}")
+    # the Evo 2 and variants records are folded in whole (the device tool returns 8 files)
+    folded = {name: json.loads(p.read_text()) for name in ("evo2_gpu", "variants_gpu")
+              if (p := out / f"{name}.json").exists()}
+    figures += evo2_figures(folded.get("evo2_gpu", {}))
+    checks = [*(record.get("checks") or []),
+              *(c for r in folded.values() for c in r.get("checks") or [])]
     summary = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "stages": stages,
         "pytest": {f.stem: junit_counts(f) for f in sorted(out.glob("pytest_*.xml"))},
-        "model_checks": record.get("checks"),
+        "model_checks": checks,
         "model_figures": figures,
         "bench": bench_digest(out / "bench_gpu.json"),
+        **folded,
     }
     summary["passed"] = all(s["status"] in ("passed", "skipped-no-gpu") for s in stages
                             if s["required"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    for name in folded:
+        (out / f"{name}.json").unlink()
     print("\n== gpu_check summary (most important last: the device tool keeps the tail) ==")
     for line in summary["bench"]:
         print("bench:", line)

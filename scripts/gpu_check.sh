@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The GPU check of issue 20 in one command: build the CUDA extension, run the GPU tests, the
-# model end to end on the GPU, the GPU benchmark and a compute-sanitizer smoke run, each stage
-# time-boxed so that one hang cannot eat the budget; a failed stage is logged and the next runs.
+# The GPU check of issues 20 and 29 in one command: build the CUDA extension, run the GPU tests,
+# HyenaDNA end to end on the GPU, Evo 2 on the GPU, variant windows on the GPU, the GPU benchmark
+# and a compute-sanitizer smoke run, each stage time-boxed so that one hang cannot eat the
+# budget; a failed stage is logged and the next runs.
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh
 #
-# Writes under $OUT (7 files): gpu_check.log (every stage's output), build.log (pip's build of
-# the extension), pytest_kernels.xml and pytest_model.xml (junit), bench_gpu.json,
-# model_gpu.json, summary.json (stages, test counts, model checks, headline figures).
+# Writes under $OUT (8 files, the device tool's limit): gpu_check.log (every stage's output),
+# build.log (pip's build of the extension), pytest_kernels.xml and pytest_model.xml (junit),
+# bench_gpu.json, model_gpu.json, evo2_gpu.json + variants_gpu.json (folded into summary.json and
+# removed when it is written), summary.json (stages, test counts, checks, headline figures).
 # Exit status 0 when every required stage passed. Needs python3 with CUDA torch, numpy, scipy,
 # pytest, safetensors (no ray, pysam, deepspeed, duckdb) and nvcc; reaches no package index.
 # Without a CUDA device (a dry run) it installs genomeconv without the extension, runs the same
 # stages at small sizes on the CPU, skips the GPU-only parts and says so.
 #
-# Environment: GPU_CHECK_BUDGET_S (default 450: the whole run, 7.5 min; 3x the budget and
+# Environment: GPU_CHECK_BUDGET_S (default 480: the whole run, 8 min; 3x the budget and
 # each stage's limit on a dry run), PYTHON (python3),
 # GENOMECONV_CUDA_ARCHS (default 90a: Hopper SASS only, half the compile of "80;90a"),
 # GPU_CHECK_REQUIRE_GPU=1 (fail at once when no CUDA device is visible), GPU_CHECK_ONLY="build
 # pytest-kernels" (run only these stages, e.g. a short rerun after a fix; others are recorded as
-# not selected). Stages: environment build pytest-kernels pytest-model model bench sanitizer.
+# not selected). Stages: environment build pytest-kernels pytest-model model evo2 variants bench
+# sanitizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder for the results}"
@@ -114,7 +117,7 @@ GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>>"$LOG" |
 export GPU
 SCALE=1  # stage limits x3 on a dry run: a shared CPU runs the small sizes slower than a GPU
 [ "$GPU" = 1 ] || SCALE=3
-BUDGET=${GPU_CHECK_BUDGET_S:-$((450 * SCALE))}
+BUDGET=${GPU_CHECK_BUDGET_S:-$((480 * SCALE))}
 log "OUT=$OUT budget ${BUDGET}s, CUDA device: $([ "$GPU" = 1 ] && echo yes || echo 'NO (dry run)')"
 if [ "$GPU" != 1 ] && [ "${GPU_CHECK_REQUIRE_GPU:-0}" = 1 ]; then
   log "GPU_CHECK_REQUIRE_GPU=1 but torch sees no CUDA device"
@@ -122,13 +125,15 @@ if [ "$GPU" != 1 ] && [ "${GPU_CHECK_REQUIRE_GPU:-0}" = 1 ]; then
   exit 3
 fi
 
-stage environment 0 30 400 environment
-stage build 1 240 180 build
-stage pytest-kernels 1 150 150 "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/test_gpu_kernels.py \
+stage environment 0 30 440 environment
+stage build 1 200 270 build
+stage pytest-kernels 1 120 230 "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/test_gpu_kernels.py \
   --junitxml="$OUT/pytest_kernels.xml"
-stage pytest-model 1 100 120 "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/test_gpu_model.py \
+stage pytest-model 1 60 200 "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/test_gpu_model.py \
   --junitxml="$OUT/pytest_model.xml"
-stage model 1 150 90 "$PY" benchmarks/gpu_check.py model --out "$OUT"
+stage model 1 120 160 "$PY" benchmarks/gpu_check.py model --out "$OUT"
+stage evo2 1 120 70 "$PY" benchmarks/gpu_check_evo2.py evo2 --out "$OUT"
+stage variants 1 50 30 "$PY" benchmarks/gpu_check_evo2.py variants --out "$OUT"
 left=$((BUDGET - ($(date +%s) - START)))
 stage bench 1 200 15 "$PY" benchmarks/bench_gpu.py --results-dir "$OUT" --name bench_gpu \
   --budget-s $((left > 200 * SCALE ? 110 * SCALE : left * 55 / 100))

@@ -73,6 +73,8 @@ def test_wheel_carries_runtime_files_and_license(installed):
     for name in ("lambda.fa.gz", "lambda.fa.gz.fai", "lambda.fa.gz.gzi", "lambda.gtf"):
         assert f"genomeconv/data/sample/{name}" in names
     assert "genomeconv/models/bundled/model.safetensors" in names
+    for name in ("configs/evo2-1b-8k.yml", "configs/evo2-7b-1m.yml", "MODEL_CARD.md"):
+        assert f"genomeconv/models/families/evo2/{name}" in names  # Evo 2's published configs
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert "License-Expression: Apache-2.0" in zipfile.ZipFile(installed["wheel"]).read(

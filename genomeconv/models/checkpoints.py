@@ -91,14 +91,16 @@ def _download(repo_id: str) -> Path:
     """Weights and config of a hub repository (never its code) through huggingface_hub."""
     from huggingface_hub import snapshot_download
 
+    files = _hub_files(repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_hub_files(repo_id)))
+        return Path(snapshot_download(repo_id, allow_patterns=files))
     except Exception as exc:  # offline, unknown repository, no access: one clear message
         reason = " ".join(str(exc).split())[:200]
+        include = " ".join(f"'{f}'" if "*" in f else f for f in files)
         raise CheckpointDownloadError(
             f"could not download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
             f"{reason}). If this machine is offline, download it elsewhere, e.g. "
-            f"`hf download {repo_id} config.json model.safetensors weights.ckpt "
+            f"`hf download {repo_id} --include {include} "
             f"--local-dir ./{repo_id.split('/')[-1]}`, copy the directory here and load it by "
             f"path: load('./{repo_id.split('/')[-1]}')") from exc
 

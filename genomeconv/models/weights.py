@@ -6,6 +6,8 @@ weights.ckpt, Evo 2's .pt).
 (`torch.load(weights_only=True)`) rebuilds tensors, plain containers and the globals a caller
 allows by name, and refuses anything else; optionally every other global is replaced by an inert
 placeholder instead (the public HyenaDNA checkpoints pickle omegaconf objects that nobody needs).
+A checkpoint split into byte shards (Evo 2's `NAME.pt.part0`, `.part1`, ...) is read through one
+joined stream, never copied to disk.
 Whatever goes wrong (a missing, truncated or non-torch file, a refused global such as os.system,
 a pickle opcode the restricted unpickler lacks) is one InputError naming the file; torch's own
 warnings about the file are not printed. The residual risk is that of torch's restricted
@@ -14,6 +16,7 @@ unpickler itself; prefer safetensors.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import re
@@ -47,32 +50,87 @@ class _Inert:
         pass
 
 
-def load_torch_file(path: str | Path, *, allowed_globals: Sequence[Any] = (),
+def load_torch_file(path: str | Path | Sequence[Path], *, allowed_globals: Sequence[Any] = (),
                     inert_unknown: bool = False) -> Any:
-    """The object the torch.save file `path` holds, loaded on the CPU with no code from it run.
+    """The object a torch.save file holds, loaded on the CPU with no code from it run.
 
-    allowed_globals: classes or functions (or (object, "module.name") pairs) the file may name
-    besides torch's own, as for torch.serialization.safe_globals. inert_unknown: every other
-    global becomes an inert `_Inert` instead of a refusal (zip-format files only: a legacy
-    file's globals cannot be listed without unpickling it). InputError naming the file for
-    anything that cannot be loaded so.
+    path: the file (memory-mapped: tensors are read from the page cache as they are used), or
+    its byte shards in order (`NAME.pt.part0`, `.part1`, ...: read as one stream, never joined
+    on disk). allowed_globals: classes or functions (or (object, "module.name") pairs) the file
+    may name besides torch's own, as for torch.serialization.safe_globals. inert_unknown: every
+    other global becomes an inert `_Inert` instead of a refusal (one zip-format file only: a
+    legacy file's globals cannot be listed without unpickling it). InputError naming the file
+    for anything that cannot be loaded so.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path)
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    name = paths[0] if len(paths) == 1 else Path(f"{paths[0]} (+{len(paths) - 1} shards)")
+    for p in paths:
+        if not p.is_file():
+            raise InputError("file not found", path=p)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed_globals)):
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" on stderr
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return _load(paths)
             except pickle.UnpicklingError:
-                if not (inert_unknown and zipfile.is_zipfile(path)):
+                if not (inert_unknown and len(paths) == 1 and zipfile.is_zipfile(paths[0])):
                     raise
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            with torch.serialization.safe_globals([(_Inert, name) for name in names]):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(paths[0])
+            with torch.serialization.safe_globals([(_Inert, n) for n in names]):
+                return _load(paths)
     except Exception as exc:  # whatever torch raises on a file it refuses or cannot parse
-        raise InputError(_reason(exc, path), path=path) from None
+        raise InputError(_reason(exc, paths[0]), path=name) from None
+
+
+def _load(paths: list[Path]) -> Any:
+    """torch.load(weights_only=True) of one file (memory-mapped when it is a zip-format file,
+    which mmap needs) or of byte shards joined."""
+    if len(paths) == 1:
+        mmap = zipfile.is_zipfile(paths[0])
+        return torch.load(paths[0], map_location="cpu", weights_only=True, mmap=mmap)
+    with io.BufferedReader(_JoinedFile(paths), buffer_size=1 << 20) as stream:
+        return torch.load(stream, map_location="cpu", weights_only=True)
+
+
+class _JoinedFile(io.RawIOBase):
+    """Byte shards read as one seekable file (torch.load reads a zip through it)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        super().__init__()
+        self.files = [open(p, "rb") for p in paths]
+        self.starts, total = [], 0
+        for f in self.files:
+            self.starts.append(total)
+            total += f.seek(0, io.SEEK_END)
+        self.total, self.pos = total, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.total}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        for f, start in zip(self.files, self.starts):
+            size = f.seek(0, io.SEEK_END)
+            if done < len(view) and start <= self.pos < start + size:
+                f.seek(self.pos - start)
+                got = f.readinto(view[done:done + min(len(view) - done, start + size - self.pos)])
+                done, self.pos = done + got, self.pos + got
+        return done
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        super().close()
 
 
 def _reason(exc: Exception, path: Path) -> str:

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -49,6 +50,7 @@ DAMAGED_PREFIX = ".damaged-"
 FULL_HASH_BYTES = 64 << 20  # inputs up to this size are hashed whole
 SAMPLE_BYTES = 1 << 20  # larger ones: their first and last MiB (and their mtime is compared)
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")
+WEIGHT_SHARD = re.compile(r".+\.pt\.part\d+$")  # Evo 2's byte shards of a .pt (NAME.pt.part0, ...)
 MANIFEST_FORMAT = "genomeconv-manifest"
 
 
@@ -103,7 +105,7 @@ def model_fingerprint(model: str | Path | None, config_sha256: str) -> dict[str,
         model_id = str(Path(model_id).resolve())
     h = hashlib.sha256()
     for f in sorted(directory.iterdir()):
-        if f.is_file() and f.suffix in WEIGHT_SUFFIXES:
+        if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or WEIGHT_SHARD.match(f.name)):
             h.update(f.name.encode() + b"\0")
             _sha256_file(f, h)
     return {"model": model_id, "model_weights_sha256": h.hexdigest(),
