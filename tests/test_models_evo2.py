@@ -107,7 +107,7 @@ def test_suffix_from_captured_states():
     alt = ref.clone()
     alt[0, p] = 84 if alt[0, p] != 84 else 65
     alt[0, p + 500:] = dna_ids(3000 - p - 500, seed=8)
-    captured = inference.run(model, ref, capture_at=p, piece_size=1024).states
+    captured = inference.run(model, ref, capture_at=p, piece_size=1024).states[p]
     assert [s.position for s in captured] == [p] * model.config.num_layers
     suffix = inference.run(model, alt[:, p:], start=captured, piece_size=512).hidden
     full = inference.run(model, alt).hidden

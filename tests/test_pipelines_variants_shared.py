@@ -1,12 +1,15 @@
 """score-variants with ALT windows run from their first difference beside their REF window
 equals full windows (today's computation) within 1e-5 on llr, llr_fwd and llr_rev: every
 variant kind the pipeline scores, near both contig ends and in the middle, both strands, with
-HyenaDNA (a tiny random model and the bundled one) and the k-mer family."""
+HyenaDNA (a tiny random model and the bundled one), Evo 2 (a tiny random model: every block
+type) and the k-mer family."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from evo2_configs import CONFIGS, random_model
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.variants import Variant
 from genomeconv.models import load
@@ -74,6 +77,16 @@ def test_tiny_hyena_every_kind_at_both_ends(rng, tmp_path, monkeypatch):
 def test_bundled_model_window_1024(rng, tmp_path, monkeypatch):
     genome = random_seq(rng, 3000)
     shared, full = score_both(load(None), genome, 1024, [3, 1500, 2997], tmp_path, monkeypatch)
+    assert_equal_scores(shared, full)
+
+
+def test_tiny_evo2_every_kind_at_both_ends(rng, tmp_path, monkeypatch):
+    model = random_model(CONFIGS["types"], seed=7)
+    with torch.no_grad():  # log-likelihoods of a trained model's size (-6 per base, not -60)
+        model.embedding_layer.weight.mul_(0.1)
+    genome = random_seq(rng, 900)
+    shared, full = score_both(model, genome, 301, [1, 2, 150, 450, 895, 897, 898], tmp_path,
+                              monkeypatch, batch_size=6)
     assert_equal_scores(shared, full)
 
 

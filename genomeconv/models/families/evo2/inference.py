@@ -49,6 +49,7 @@ has the formula and measurements.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,10 +77,14 @@ class BlockState:
     keys: torch.Tensor | None = None  # attention: (B, heads, >= position, head_dim), rotary
     values: torch.Tensor | None = None
 
-    def clone(self) -> "BlockState":
-        """An independent copy (keys and values: the first `position` only)."""
+    def clone(self, rows: torch.Tensor | None = None) -> "BlockState":
+        """An independent copy (keys and values: the first `position` only), of the batch rows
+        `rows` only when given (the REF windows an ALT batch continues from)."""
         def copy(t: torch.Tensor | None, upto: int | None = None) -> torch.Tensor | None:
-            return None if t is None else (t if upto is None else t[:, :, :upto]).clone()
+            if t is None:
+                return None
+            t = t if upto is None else t[:, :, :upto]
+            return t.clone() if rows is None else t[rows]
         return BlockState(self.position, copy(self.tail), copy(self.inner_tail),
                           copy(self.modal), copy(self.keys, self.position),
                           copy(self.values, self.position))
@@ -87,11 +92,11 @@ class BlockState:
 
 @dataclass
 class Run:
-    """`run`'s result: hidden states (B, n, width) float32 for the positions run, and each
-    block's state at `capture_at` (None when not asked)."""
+    """`run`'s result: hidden states (B, n, width) float32 for the positions run, and for each
+    position of `capture_at` every block's state there (None when not asked)."""
 
     hidden: torch.Tensor
-    states: list[BlockState] | None = None
+    states: dict[int, list[BlockState]] | None = None
 
 
 def initial_state(block: nn.Module, batch: int, capacity: int, dtype: torch.dtype,
@@ -189,31 +194,62 @@ class Workspace:
 class Tap:
     """Collects the output of one module inside a block (`what`: "pre_norm", "mlp.l1", ...)
     into `out` (B, n, width) float32 for positions `origin`..; positions and rows come
-    chunk by chunk."""
+    span by span (`spans`)."""
 
     def __init__(self, what: str, out: torch.Tensor, origin: int):
         self.what, self.out, self.origin = what, out, origin
 
-    def __call__(self, what: str | tuple[str, ...], b: int, start: int,
-                 rows: torch.Tensor) -> None:
-        """Record rows (c, width) of batch row b at positions start.. when `what` is ours."""
+    def __call__(self, what: str | tuple[str, ...], span: Span, rows: torch.Tensor) -> None:
+        """Record rows ((b1 - b0) c, width) of a span when `what` is ours."""
         if self.what == what or (isinstance(what, tuple) and self.what in what):
-            i = start - self.origin
-            self.out[b, i:i + rows.shape[0]] = rows
+            i = span.start - self.origin
+            self.out[span.b0:span.b1, i:i + span.c] = rows.reshape(span.rows, span.c, -1)
 
 
-def _no_tap(what, b, start, rows) -> None:
+def _no_tap(what, span, rows) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class Span:
+    """Batch rows b0..b1-1 at piece positions c0..c0+c-1 (absolute position `start`): the unit
+    of the chunked pointwise and matmul passes."""
+
+    b0: int
+    b1: int
+    c0: int
+    c: int
+    start: int
+
+    @property
+    def rows(self) -> int:
+        return self.b1 - self.b0
+
+
+def spans(B: int, n: int, chunk: int, origin: int) -> list[Span]:
+    """Cover a piece (B, n) in matmuls of at most `chunk` positions (rows x positions): whole
+    batch rows together when a row is shorter than a chunk (short windows, reads), else one
+    row's positions in chunks; `origin`: the piece's first absolute position."""
+    if n <= chunk:
+        per = max(1, chunk // max(n, 1))
+        return [Span(b0, min(B, b0 + per), 0, n, origin) for b0 in range(0, B, per)]
+    return [Span(b, b + 1, c0, min(n, c0 + chunk) - c0, origin + c0)
+            for b in range(B) for c0 in range(0, n, chunk)]
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor | None:
+    """x (rows, c, H) as (rows c, H) when that is a view (one row, or whole rows), else None."""
+    return x.view(-1, x.shape[-1]) if x.is_contiguous() else None
+
+
 def _rms(x: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor) -> torch.Tensor:
-    """RMSNorm of rows x (c, H) into out (c, H): scale * x / (|x| / sqrt(H) + eps)."""
+    """RMSNorm of rows x (..., H) into out (same shape): scale * x / (|x| / sqrt(H) + eps)."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).mul_(x.shape[-1] ** -0.5).add_(eps)
     return torch.div(x, norm, out=out).mul_(scale)
 
 
 def _cast(x: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
-    """x in the matmul dtype: itself, or copied into buf[:len(x)] (a preallocated cast)."""
+    """x (m, H) in the matmul dtype: itself, or copied into buf[:m] (a preallocated cast)."""
     return x if buf is None else buf[:x.shape[0]].copy_(x)
 
 
@@ -234,35 +270,43 @@ def _correlate(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
     return out if bias is None else out.add_(bias[:, None])
 
 
-def _mlp(w: BlockWeights, rows: torch.Tensor, ws: Workspace, tap, b: int, start: int) -> None:
-    """rows (c, H) float32 residual += mlp(post_norm(rows)), in place."""
-    c = rows.shape[0]
-    a = _rms(rows, w.post, w.eps, ws.norm[:c])
-    tap("post_norm", b, start, a)
+def _normed(rows: torch.Tensor, scale: torch.Tensor, eps: float, ws: Workspace
+            ) -> torch.Tensor:
+    """RMSNorm of rows (r, c, H) into the workspace, as (r c, H)."""
+    m = rows.shape[0] * rows.shape[1]
+    return _rms(rows, scale, eps, ws.norm[:m].view(rows.shape)).view(m, -1)
+
+
+def _mlp(w: BlockWeights, rows: torch.Tensor, ws: Workspace, tap, span: Span) -> None:
+    """rows (r, c, H) float32 residual += mlp(post_norm(rows)), in place."""
+    a = _normed(rows, w.post, w.eps, ws)
+    tap("post_norm", span, a)
+    m = a.shape[0]
     a = _cast(a, ws.low)
-    h1 = torch.mm(a, w.l1.T, out=ws.h1[:c])
-    h2 = torch.mm(a, w.l2.T, out=ws.h2[:c])
-    tap("mlp.l1", b, start, h1)
-    tap("mlp.l2", b, start, h2)
+    h1 = torch.mm(a, w.l1.T, out=ws.h1[:m])
+    h2 = torch.mm(a, w.l2.T, out=ws.h2[:m])
+    tap("mlp.l1", span, h1)
+    tap("mlp.l2", span, h2)
     if w.act is not None:
         h1.copy_(w.act(h1))
     h1.mul_(h2)
-    _add_linear(rows, h1, w.l3, None, ws, tap, ("mlp", "mlp.l3"), b, start)
+    _add_linear(rows, h1, w.l3, None, ws, tap, ("mlp", "mlp.l3"), span)
 
 
 def _add_linear(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None, ws: Workspace, tap, what, b: int, start: int) -> None:
-    """rows (c, H) float32 += x @ weight.T + bias: accumulated in place by the matmul when it
-    runs in float32 and nothing is recorded, else computed in the matmul dtype (x cast first),
-    recorded as `what` and added."""
-    if ws.dtype == rows.dtype and tap is _no_tap:
-        torch.addmm(rows, x.to(rows.dtype), weight.T, out=rows)
+                bias: torch.Tensor | None, ws: Workspace, tap, what, span: Span) -> None:
+    """rows (r, c, H) float32 += x (r c, in) @ weight.T + bias: accumulated in place by the
+    matmul when it runs in float32, nothing is recorded and rows flatten to a view, else
+    computed in the matmul dtype (x cast first), recorded as `what` and added."""
+    flat = _flat(rows)
+    if ws.dtype == rows.dtype and tap is _no_tap and flat is not None:
+        torch.addmm(flat, x.to(rows.dtype), weight.T, out=flat)
         if bias is not None:
-            rows += bias
+            flat += bias
         return
     y = _linear(x if x.dtype == ws.dtype else x.to(ws.dtype), weight, bias)
-    tap(what, b, start, y)
-    rows += y
+    tap(what, span, y)
+    rows += y.view(rows.shape)
 
 
 class ModalPowers:
@@ -329,19 +373,19 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
     p0 = state.position
     z = ws.z[..., :K - 1 + n]
     z[..., :K - 1] = state.tail
-    for b in range(B):
-        for c0 in range(0, n, ws.chunk):
-            c1 = min(n, c0 + ws.chunk)
-            a = _rms(r[b, c0:c1], w.pre, w.eps, ws.norm[:c1 - c0])
-            tap("pre_norm", b, p0 + c0, a)
-            # channel-major (3H, c) in the matmul dtype, through a contiguous buffer (a strided
-            # out= was 1.45x slower in float32 here)
-            x = ws.proj[:w.proj[0].shape[0] * (c1 - c0)].view(-1, c1 - c0)
-            torch.mm(w.proj[0], _cast(a, ws.low).T, out=x)
-            x = z[b, :, K - 1 + c0:K - 1 + c1].copy_(x)
-            if w.proj[1] is not None:
-                x += w.proj[1][:, None]
-            tap("projections", b, p0 + c0, x.T)
+    pieces = spans(B, n, ws.chunk, p0)
+    for sp in pieces:
+        a = _normed(r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c], w.pre, w.eps, ws)
+        tap("pre_norm", sp, a)
+        # channel-major (3H, r c) in the matmul dtype, through a contiguous buffer (a strided
+        # out= was 1.45x slower in float32 here)
+        x = ws.proj[:w.proj[0].shape[0] * a.shape[0]].view(-1, a.shape[0])
+        torch.mm(w.proj[0], _cast(a, ws.low).T, out=x)
+        dest = z[sp.b0:sp.b1, :, K - 1 + sp.c0:K - 1 + sp.c0 + sp.c]
+        dest.copy_(x.view(-1, sp.rows, sp.c).transpose(0, 1))
+        if w.proj[1] is not None:
+            dest += w.proj[1][:, None]
+        tap("projections", sp, dest.transpose(1, 2))
     state.tail = z[..., n:].clone()
     zf = ws.zf[..., :n]
     _correlate(z, w.short, w.short_bias, zf)
@@ -362,14 +406,13 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
         else:
             fftconv(u, w.taps, w.D, history=hist, cache=NO_CACHE, out=y)
     y.mul_(x2)
-    for b in range(B):
-        for c0 in range(0, n, ws.chunk):
-            c1 = min(n, c0 + ws.chunk)
-            rows = r[b, c0:c1]
-            g = y[b, :, c0:c1].T
-            tap("filter", b, p0 + c0, g)
-            _add_linear(rows, g, *w.out, ws, tap, "out_filter_dense", b, p0 + c0)
-            _mlp(w, rows, ws, tap, b, p0 + c0)
+    for sp in pieces:
+        rows = r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c]
+        g = y[sp.b0:sp.b1, :, sp.c0:sp.c0 + sp.c].transpose(1, 2)
+        g = g[0] if sp.rows == 1 else g.reshape(-1, g.shape[-1])  # one row: a strided view
+        tap("filter", sp, g)
+        _add_linear(rows, g, *w.out, ws, tap, "out_filter_dense", sp)
+        _mlp(w, rows, ws, tap, sp)
     state.position += n
 
 
@@ -410,28 +453,25 @@ def _attention_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: Blo
     p0 = state.position
     _reserve(state, p0 + n)
     q = torch.empty(B, heads, n, hd, dtype=ws.dtype, device=r.device)
-    for b in range(B):
-        for c0 in range(0, n, ws.chunk):
-            c1 = min(n, c0 + ws.chunk)
-            a = _rms(r[b, c0:c1], w.pre, w.eps, ws.norm[:c1 - c0])
-            tap("pre_norm", b, p0 + c0, a)
-            x = _linear(_cast(a, ws.low), *w.qkv)
-            qc, kc, vc = mha.qkv(x[None])  # (1, heads, c, hd)
-            cos, sin = mha.rotary_emb.cos_sin(p0 + c0, p0 + c1, r.device)
-            q[b, :, c0:c1] = rotate(qc[0], cos, sin)
-            state.keys[b, :, p0 + c0:p0 + c1] = rotate(kc[0], cos, sin)
-            state.values[b, :, p0 + c0:p0 + c1] = vc[0]
+    pieces = spans(B, n, ws.chunk, p0)
+    for sp in pieces:
+        a = _normed(r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c], w.pre, w.eps, ws)
+        tap("pre_norm", sp, a)
+        x = _linear(_cast(a, ws.low), *w.qkv)
+        qc, kc, vc = mha.qkv(x.view(sp.rows, sp.c, -1))  # (rows, heads, c, hd)
+        cos, sin = mha.rotary_emb.cos_sin(sp.start, sp.start + sp.c, r.device)
+        at = slice(p0 + sp.c0, p0 + sp.c0 + sp.c)
+        q[sp.b0:sp.b1, :, sp.c0:sp.c0 + sp.c] = rotate(qc, cos, sin)
+        state.keys[sp.b0:sp.b1, :, at] = rotate(kc, cos, sin)
+        state.values[sp.b0:sp.b1, :, at] = vc
     o = attend(q, state.keys[:, :, :p0 + n], state.values[:, :, :p0 + n], p0,
                1.0 / math.sqrt(hd))
     del q
-    for b in range(B):
-        for c0 in range(0, n, ws.chunk):
-            c1 = min(n, c0 + ws.chunk)
-            rows = r[b, c0:c1]
-            oc = o[b, :, c0:c1].transpose(0, 1).reshape(c1 - c0, H)
-            _add_linear(rows, oc, *w.out, ws, tap, ("inner_mha_cls", "inner_mha_cls.out_proj"),
-                        b, p0 + c0)
-            _mlp(w, rows, ws, tap, b, p0 + c0)
+    for sp in pieces:
+        rows = r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c]
+        oc = o[sp.b0:sp.b1, :, sp.c0:sp.c0 + sp.c].transpose(1, 2).reshape(-1, H)
+        _add_linear(rows, oc, *w.out, ws, tap, ("inner_mha_cls", "inner_mha_cls.out_proj"), sp)
+        _mlp(w, rows, ws, tap, sp)
     state.position += n
 
 
@@ -450,8 +490,8 @@ def run_block(model: nn.Module, index: int, residual: torch.Tensor, state: Block
     work = torch.promote_types(dtype, torch.float32)
     B, n = residual.shape[:2]
     w = weights or BlockWeights(block, dtype, work)
-    ws = workspace or Workspace(model, B, n, max(1, min(n, chunk_size or DEFAULT_CHUNK)), dtype,
-                                work)
+    chunk = max(1, min(B * n, chunk_size or DEFAULT_CHUNK))
+    ws = workspace or Workspace(model, B, n, chunk, dtype, work)
     with torch.no_grad():
         if block.kind == "attn":
             _attention_piece(w, residual, ws, state, tap)
@@ -478,11 +518,9 @@ def piece_length(config, batch: int, length: int) -> int:
     return max(1, min(length, n))
 
 
-def _cuts(start: int, stop: int, piece: int, capture_at: int | None) -> list[int]:
-    """Piece boundaries start < ... < stop, every `piece` positions and at `capture_at`."""
-    cuts = set(range(start, stop, piece)) | {stop}
-    if capture_at is not None:
-        cuts.add(capture_at)
+def _cuts(start: int, stop: int, piece: int, capture_at: set[int]) -> list[int]:
+    """Piece boundaries start < ... < stop, every `piece` positions and at each capture."""
+    cuts = set(range(start, stop, piece)) | {stop} | capture_at
     return sorted(c for c in cuts if start <= c <= stop)
 
 
@@ -501,15 +539,16 @@ def _target(layer: str | None, num_layers: int) -> tuple[int, str | None]:
 def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
         chunk_size: int | None = None, piece_size: int | None = None,
         dtype: torch.dtype | None = None, start: list[BlockState] | None = None,
-        capture_at: int | None = None) -> Run:
+        capture_at: int | Sequence[int] | None = None) -> Run:
     """Hidden states of `layer` (a name of model.layers; None: the final norm's output) for ids
     (B, n), float32 (B, n, width), in bounded memory (module docstring).
 
     start: every block's state at some position p (as captured); ids are then the tokens of
-    positions p..p+n-1 and only those are computed. capture_at: a position in (p, p+n] at
-    which every block run returns its state (Run.states). chunk_size: rows per matmul chunk
-    (default 4096); piece_size: positions per hyena piece (default `piece_length`); dtype: the
-    matmul dtype (default: the weights')."""
+    positions p..p+n-1 and only those are computed. capture_at: positions in (p, p+n] at
+    which every block run returns its state (Run.states[position]). chunk_size: rows per
+    matmul chunk, whole batch rows together when they fit (default 4096); piece_size:
+    positions per hyena piece (default `piece_length`); dtype: the matmul dtype (default: the
+    weights')."""
     cfg = model.config
     device = model.embedding_layer.weight.device
     ids = ids.to(device)
@@ -519,18 +558,20 @@ def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
     origin = start[0].position if start else 0
     if start is not None and len(start) != cfg.num_layers:
         raise ValueError(f"start holds {len(start)} states; the model has {cfg.num_layers} blocks")
-    if capture_at is not None and not origin < capture_at <= origin + n:
-        raise ValueError(f"capture_at {capture_at} is not in ({origin}, {origin + n}]")
+    captures = {capture_at} if isinstance(capture_at, int) else set(capture_at or ())
+    for c in captures:
+        if not origin < c <= origin + n:
+            raise ValueError(f"capture_at {c} is not in ({origin}, {origin + n}]")
     last, what = _target(layer, cfg.num_layers)
-    chunk = max(1, min(n, chunk_size or DEFAULT_CHUNK))
+    chunk = max(1, min(B * n, chunk_size or DEFAULT_CHUNK))
     r = torch.empty(B, n, cfg.hidden_size, dtype=torch.float32, device=device)
     for c0 in range(0, n, chunk):
         r[:, c0:c0 + chunk] = model.embedding_layer(ids[:, c0:c0 + chunk])
-    states = [] if capture_at is not None else None
+    states = {c: [] for c in captures} if capture_at is not None else None
     if last < 0:
         return Run(r, states)
     piece = piece_size or piece_length(cfg, B, n)
-    cuts = _cuts(origin, origin + n, piece, capture_at)
+    cuts = _cuts(origin, origin + n, piece, captures)
     ws = Workspace(model, B, max(b - a for a, b in zip(cuts, cuts[1:])), chunk, dtype, work)
     tap, out = _no_tap, r
     if what is not None and what != "norm":
@@ -542,17 +583,16 @@ def run(model: nn.Module, ids: torch.Tensor, *, layer: str | None = None,
         block_tap = tap if i == last else _no_tap
         for a, b in zip(cuts, cuts[1:]):
             run_block(model, i, r[:, a - origin:b - origin], state, dtype=dtype,
-                      advance=b < cuts[-1] or b == capture_at, weights=w, workspace=ws,
+                      advance=b < cuts[-1] or b in captures, weights=w, workspace=ws,
                       tap=block_tap)
-            if b == capture_at:
-                states.append(state.clone())
+            if b in captures:
+                states[b].append(state.clone())
         del w, state
     if what == "norm":
         norm = model.norm.scale.detach().to(work)
-        for b in range(B):
-            for c0 in range(0, n, chunk):
-                rows = r[b, c0:c0 + chunk]
-                _rms(rows, norm, model.norm.eps, rows)
+        for sp in spans(B, n, chunk, origin):
+            rows = r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c]
+            _rms(rows, norm, model.norm.eps, rows)
     return Run(out, states)
 
 

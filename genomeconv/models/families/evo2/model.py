@@ -37,7 +37,7 @@ from torch import nn
 
 import genomeconv.models.families.evo2.inference as inference
 from genomeconv.errors import InputError
-from genomeconv.models.base import LanguageModel
+from genomeconv.models.base import LanguageModel, Suffixes
 from genomeconv.models.families.evo2.config import Evo2Config
 from genomeconv.models.families.evo2.layers import AttentionBlock, HyenaBlock, RMSNorm
 from genomeconv.models.families.evo2.tokenizer import tokenize_rows
@@ -157,6 +157,36 @@ class Evo2(nn.Module, LanguageModel):
         loglik = inference.next_token_loglik(self, hidden, ids, chunk_size=chunk_size,
                                              dtype=dtype)
         return loglik, hidden if with_hidden else None
+
+    def log_likelihoods_shared(self, ids: torch.Tensor, parent: torch.Tensor,
+                               start: torch.Tensor, *, pooled: bool = False,
+                               chunk_size: int | None = None, dtype: torch.dtype | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shared rows from one position before their start on: the full rows' pass captures
+        every block's state there (attention keys and values, filter tails, modal states) and
+        each shared row continues from its parent's (inference.run(start=)), so an ALT window
+        costs its suffix plus attention over the prefix's keys."""
+        ids = ids.to(self.embedding_layer.weight.device)
+        plan = Suffixes.plan(ids, parent, start, 1)
+        opts = {"chunk_size": chunk_size, "dtype": dtype}
+        firsts = sorted(set(plan.first.tolist()))
+        full_ids = ids[plan.full]
+        run = inference.run(self, full_ids, capture_at=[p for p in firsts if p > 0] or None,
+                            **opts)
+        loglik = inference.next_token_loglik(self, run.hidden, full_ids, **opts)
+        L, S = plan.L, len(plan.rows)
+        packed = loglik.new_zeros(S, max(plan.width - 1, 0))
+        packed_hidden = run.hidden.new_zeros(S, plan.width, self.d_model) if pooled else None
+        for p in firsts:  # rows continuing from the same position run together
+            sel = (plan.first == p).nonzero()[:, 0]
+            suffix = ids[plan.rows[sel], p:]
+            states = [s.clone(plan.parent[sel]) for s in run.states[p]] if p else None
+            hidden = inference.run(self, suffix, start=states, **opts).hidden
+            packed[sel, :L - p - 1] = inference.next_token_loglik(self, hidden, suffix, **opts)
+            if pooled:
+                packed_hidden[sel, :L - p] = hidden
+        return (plan.loglik(loglik, packed),
+                plan.pooled(run.hidden, packed_hidden) if pooled else None)
 
     def base_log_probs(self, ids: torch.Tensor, *, chunk_size: int | None = None,
                        dtype: torch.dtype | None = None) -> torch.Tensor:
