@@ -144,7 +144,7 @@ def main() -> None:
     if args.before:
         return compare_checkouts(args.before, region, len(saturation), args.repeats, args.name)
     probe = load(None)
-    window = default_window(probe.max_seq_len)
+    window = default_window(probe)
     with FastaFile(SAMPLE) as fa:
         estimate_s = check_run_time(probe, saturation, fa, window=window, passes=2,
                                     batch_size=None, num_workers=1, dtype=None,

@@ -15,6 +15,7 @@ from genomeconv.pipelines import runtime, schema
 
 @dataclass
 class _Model:
+    family: str = "hyenadna"
     model_id: str = "tests/random-model"
     config_sha256: str = "ab" * 32
 
@@ -53,7 +54,7 @@ def test_write_part_is_atomic_and_carries_metadata(tmp_path):
     assert read.column("item_id").to_pylist() == ["a", "b"]
     md = pq.read_schema(path).metadata
     assert md[schema.KEY_VERSION] == genomeconv.__version__.encode()
-    assert md[schema.KEY_MODEL] == b"tests/random-model"
+    assert md[schema.KEY_MODEL] == b"tests/random-model" and md[schema.KEY_FAMILY] == b"hyenadna"
     assert md[schema.KEY_MODEL_SHA] == b"ab" * 32
     assert md[schema.KEY_COMMAND] == b"genomeconv embed x.fa"
     assert md[schema.KEY_SCHEMA] == schema.SCHEMA_VERSION.encode()

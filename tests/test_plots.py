@@ -45,7 +45,8 @@ CSQ_FORMAT = "Allele|Consequence|SYMBOL"
 
 
 # ----------------------------------------------------------------------------- fixtures
-MODEL = SimpleNamespace(model_id="tiny", config_sha256="0" * 64)  # what file metadata names
+# what file metadata names
+MODEL = SimpleNamespace(family="hyenadna", model_id="tiny", config_sha256="0" * 64)
 
 
 def write_part(rows: list[dict], table_schema: pa.Schema, folder: Path, kind: str,

@@ -18,7 +18,7 @@ from genomeconv.pipelines import runtime, schema
 from helpers import assert_one_line_error, run_cli
 
 D = 8
-MODEL = SimpleNamespace(model_id="test/random", config_sha256="ab" * 32)
+MODEL = SimpleNamespace(family="hyenadna", model_id="test/random", config_sha256="ab" * 32)
 
 
 def _embedding_rows(rng, n: int) -> list[dict]:
@@ -225,7 +225,7 @@ def test_neighbors_skip_items_without_embedding(outputs, rng):
 
 
 def test_neighbors_refuse_mixed_models(outputs, rng):
-    other = SimpleNamespace(model_id="other", config_sha256="cd" * 32)
+    other = SimpleNamespace(family="hyenadna", model_id="other", config_sha256="cd" * 32)
     _write(_embedding_rows(rng, 3), schema.embeddings_schema(D), outputs.embed / "embeddings",
            "000009-z", "embeddings", model=other)
     with pytest.raises(ValueError, match="different models"):

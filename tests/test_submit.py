@@ -168,18 +168,16 @@ def test_address_and_entrypoint(monkeypatch, tmp_path):
 
 
 def _tiny_inputs(root: Path, rng) -> tuple[Path, Path, dict[str, str]]:
-    """A random two-record FASTA and a tiny random model saved as safetensors."""
-    import torch
-
-    from genomeconv.models import HyenaConfig, HyenaDNA
+    """A random two-record FASTA and a tiny random Evo 2 saved as safetensors (submit is
+    family-blind; every other job test runs HyenaDNA, so this one runs Evo 2)."""
+    from evo2_configs import CONFIGS, random_model
 
     records = {f"contig{i}": "".join(rng.choice(list("ACGT"), size=n))
                for i, n in enumerate((150, 90))}
     fasta = root / "tiny.fa"
     fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in records.items()))
-    torch.manual_seed(int(rng.integers(1 << 31)))
     model_dir = root / "model"
-    HyenaDNA(HyenaConfig(d_model=16, n_layer=1, d_inner=32, max_seq_len=256)).save(model_dir)
+    random_model(CONFIGS["types"], seed=int(rng.integers(1 << 31))).save(model_dir)
     return fasta, model_dir, records
 
 
@@ -202,11 +200,12 @@ def test_submit_embed_then_query(cluster, tmp_path, rng):
     rows = [json.loads(line) for line in query.stdout.splitlines() if line.strip()]
     assert [(r["seq_name"], r["length"]) for r in rows] == [(n, len(s)) for n, s in
                                                             sorted(records.items())]
-    from genomeconv.models import load
+    from genomeconv.models import load, pool
 
     model = load(str(model_dir), device="cpu")
     for row in rows:
-        expected = model.embed(records[row["seq_name"]], pooling="mean").detach().double().numpy()
+        ids = model.tokenize([records[row["seq_name"]]])
+        expected = pool(model.hidden_states(ids), "mean")[0].double().numpy()
         np.testing.assert_allclose(np.array(row["embedding"]), expected, rtol=1e-4, atol=1e-5)
 
     listed = genomeconv("jobs", "list", "--address", address, "--json", env=env)

@@ -35,8 +35,9 @@ def score_variants(
     model: Model = None,
     out: Out = Path("variant_scores"),
     window: Optional[int] = typer.Option(None, "--window", help="Window in bp (default: the "
-                                         "model's maximum length, capped at 32,768 on CPU); the "
-                                         "variant's first REF base sits at index window//2."),
+                                         "model's maximum length, 8,192 for Evo 2, capped at "
+                                         "32,768 on CPU); the variant's first REF base sits at "
+                                         "index window//2."),
     regions: Regions = None,
     genes: Genes = None,
     gtf: Gtf = None,

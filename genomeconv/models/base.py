@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,26 @@ class Suffixes:
         return out / self.L
 
 
+def layer_patterns(names: Sequence[str]) -> str:
+    """Layer names with block numbers folded ("blocks.N.mlp.l3 (N 0-24)"), so that every valid
+    name of a 32-block model fits one error line."""
+    patterns: dict[str, list[int]] = {}
+    for name in names:
+        found = re.search(r"\.(\d+)(?=\.|$)", name)
+        key = name if found is None else name[:found.start(1)] + "N" + name[found.end(1):]
+        patterns.setdefault(key, []).extend([] if found is None else [int(found.group(1))])
+    def ranges(n: list[int]) -> str:
+        runs: list[list[int]] = []
+        for i in sorted(set(n)):
+            if runs and i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+    return ", ".join(f"{k} (N {ranges(n)})" if n else k for k, n in patterns.items())
+
+
 class NoEmbeddingsError(InputError):
     """A command that needs hidden states was given a family that has none (e.g. k-mer)."""
 
@@ -209,9 +230,8 @@ class LanguageModel(ABC):
     def check_layer(self, layer: str | None) -> None:
         """InputError (one line, listing the valid names) when `layer` is not a layer name."""
         if layer is not None and layer not in self.layers:
-            shown = ", ".join(self.layers[:12]) + (", ..." if len(self.layers) > 12 else "")
             raise InputError(f"--layer {layer!r}: {self.model_id} has no such layer (valid: "
-                             f"{shown or 'none'})")
+                             f"{layer_patterns(self.layers) or 'none'})")
 
     @property
     @abstractmethod
@@ -221,7 +241,13 @@ class LanguageModel(ABC):
     @property
     @abstractmethod
     def max_seq_len(self) -> int:
-        """The longest input the model was built for (the default window of score-variants)."""
+        """The longest input the model was built for."""
+
+    @property
+    def variant_window(self) -> int:
+        """score-variants' default window (before the CPU/GPU cap): the longest input the
+        model was built for, unless the family's published variant recipe uses another."""
+        return self.max_seq_len
 
     @property
     def receptive_field(self) -> int | None:

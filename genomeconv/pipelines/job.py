@@ -65,6 +65,7 @@ class WorkerSetup:
     keep_nonfinite: bool
     manifest_sha256: str | None
     token: manifest.RunToken | None  # None: parts are renamed into place without the lock
+    weights_sha256: str | None = None  # the model's checkpoint hash, for the parts' metadata
 
 
 class UnitActor:
@@ -102,7 +103,8 @@ class UnitActor:
         from genomeconv.pipelines import schema
 
         return schema.file_metadata(self.model, self.setup.command, kind,
-                                    self.setup.manifest_sha256, **extra)
+                                    self.setup.manifest_sha256,
+                                    weights_sha256=self.setup.weights_sha256, **extra)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         keys = ("unit_id", "count", "work")
@@ -272,7 +274,8 @@ def run_job(job: Job, *, on_plan: Progress | None = None,
         if on_plan is not None:
             on_plan(sum(u.work for u in units), len(units))
         setup = WorkerSetup(model, model_id, opts.worker_device, opts.dtype, None, str(job.out),
-                            opts.command, opts.keep_nonfinite, run_manifest.sha256, run.token)
+                            opts.command, opts.keep_nonfinite, run_manifest.sha256, run.token,
+                            run_manifest.settings.get("model_weights_sha256"))
         done = run_units(job, units, setup, on_unit)
         job.finish(bool(units))
     selected = job.selected()

@@ -26,6 +26,8 @@ SCHEMA_VERSION = "3"  # 3: variants' finetuned_score -> named p_<class> columns 
 KEY_VERSION = b"genomeconv.version"
 KEY_MODEL = b"genomeconv.model"
 KEY_MODEL_SHA = b"genomeconv.model_config_sha256"
+KEY_FAMILY = b"genomeconv.family"  # the model's family (hyenadna, kmer, evo2)
+KEY_WEIGHTS = b"genomeconv.model_weights_sha256"  # its checkpoint files' hash (the manifest's)
 KEY_COMMAND = b"genomeconv.command"
 KEY_SCHEMA = b"genomeconv.schema_version"
 KEY_KIND = b"genomeconv.kind"
@@ -120,24 +122,30 @@ def variants_schema(probability_columns: Sequence[str] = ()) -> pa.Schema:
 
 def file_metadata(model: Any, command: str, kind: str, manifest_sha256: str | None = None, *,
                   empty_columns: dict[str, str] | None = None,
-                  layer: str | None = None) -> dict[bytes, bytes]:
-    """Metadata for one output file: version, model id and config hash, command, schema, kind,
-    the hash of the run manifest it belongs to (a rerun counts a part only when it matches),
-    `empty_columns` ({column: reason}) for columns the model cannot fill, and the `layer` whose
-    hidden states it holds when not the final norm.
+                  layer: str | None = None, weights_sha256: str | None = None
+                  ) -> dict[bytes, bytes]:
+    """Metadata for one output file: version, model family, id and config hash, the checkpoint's
+    `weights_sha256` (manifest.model_fingerprint) when known, command, schema, kind, the hash of
+    the run manifest it belongs to (a rerun counts a part only when it matches), `empty_columns`
+    ({column: reason}) for columns the model cannot fill, and the `layer` whose hidden states it
+    holds when not the final norm.
 
-    `model` is a genomeconv models.LanguageModel (anything with `model_id` and `config_sha256`).
+    `model` is a genomeconv models.LanguageModel (anything with `family`, `model_id` and
+    `config_sha256`).
     """
     import genomeconv
 
     meta = {
         KEY_VERSION: genomeconv.__version__.encode(),
+        KEY_FAMILY: str(model.family).encode(),
         KEY_MODEL: str(model.model_id).encode(),
         KEY_MODEL_SHA: str(model.config_sha256).encode(),
         KEY_COMMAND: command.encode(),
         KEY_SCHEMA: SCHEMA_VERSION.encode(),
         KEY_KIND: kind.encode(),
     }
+    if weights_sha256 is not None:
+        meta[KEY_WEIGHTS] = weights_sha256.encode()
     if manifest_sha256 is not None:
         meta[KEY_MANIFEST] = manifest_sha256.encode()
     if empty_columns:

@@ -122,10 +122,11 @@ KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
 SCORE_COLUMNS = ("llr_fwd", "llr_rev", "llr", "emb_cosine", "emb_l2", "p_ref", "p_alt")
 
 
-def default_window(max_seq_len: int, device: str | None = None) -> int:
-    """The default window: the model's maximum length, capped (32,768 on CPU, 131,072 on CUDA)."""
+def default_window(model: LanguageModel, device: str | None = None) -> int:
+    """The default window: the model's (LanguageModel.variant_window), capped (32,768 on CPU,
+    131,072 on CUDA)."""
     cap = CUDA_WINDOW_CAP if str(device or "cpu").startswith("cuda") else CPU_WINDOW_CAP
-    return int(min(max_seq_len, cap))
+    return int(min(model.variant_window, cap))
 
 
 def window_bounds(pos: int, ref_len: int, alt_len: int, window: int,
@@ -757,7 +758,7 @@ class VariantsJob(Job):
         if head is not None:  # a head.json naming a layer the backbone lacks: refused here
             probe.check_layer(head.layer)
         self.window = o.window or (head.window if head is not None
-                                   else default_window(probe.max_seq_len, o.worker_device))
+                                   else default_window(probe, o.worker_device))
         if self.window < 2:  # --window is checked with the options; this is head.json's
             raise InputError(f"window {self.window} is too short (at least 2)", path=model)
         self.lm = plan_lm_columns(head)

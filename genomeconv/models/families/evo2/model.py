@@ -45,6 +45,7 @@ from genomeconv.models.families.evo2.tokenizer import tokenize_rows
 # Matmul multiply-adds per base that make one unit of `work_per_base`: 12 d^2 per layer over
 # d x layers for HyenaDNA at the bundled model's d = 64 (runtime.UNIT_WORK is sized by it).
 MACS_PER_WORK = 768
+VARIANT_WINDOW = 8192  # the Evo 2 paper's variant-effect window (BRCA1 and others)
 CARD = Path(__file__).resolve().with_name("MODEL_CARD.md")  # where genomeconv departs from vortex
 
 
@@ -126,6 +127,11 @@ class Evo2(nn.Module, LanguageModel):
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seqlen
+
+    @property
+    def variant_window(self) -> int:
+        """8,192 bp (at most max_seqlen): the window of the Evo 2 paper's variant scoring."""
+        return min(VARIANT_WINDOW, self.config.max_seqlen)
 
     @property
     def work_per_base(self) -> int:
