@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.bench_evo2 import DTYPES, GIB, release_values, spawn  # noqa: E402
 from benchmarks.harness import PeakRSS, print_table, write_result  # noqa: E402
 from genomeconv.pipelines.runtime import native_half  # noqa: E402
+from helpers import write_fasta  # noqa: E402
 
 WINDOW = 8192
 
@@ -60,7 +61,6 @@ def ours(spec: dict) -> dict:
     from genomeconv.io.variants import Variant
     from genomeconv.models.families.evo2 import Evo2, Evo2Config, layouts
     from genomeconv.pipelines.variants import plan_variant, score_planned
-    from helpers import write_fasta
 
     torch.manual_seed(0)
     config = Evo2Config.from_release(release_values("a"))
@@ -70,7 +70,7 @@ def ours(spec: dict) -> dict:
                           Path("random"))
     del state
     gc.collect()
-    fasta = FastaFile(write_fasta(Path(spec["tmp"]) / "g.fa", {"c": spec["genome"]}))
+    fasta = FastaFile(spec["fasta"])
     out = {}
     model.log_likelihoods(model.tokenize(["ACGT" * 128]))  # warmup
     for name, found in spec["sets"].items():
@@ -108,7 +108,8 @@ def main() -> None:
     official = spawn({"part": "a", "impl": "official", "dtype": args.dtype, "length": WINDOW,
                       "repeats": args.official_repeats}, args.timeout)
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"dtype": args.dtype, "sets": sets, "genome": genome, "tmp": tmp}
+        spec = {"dtype": args.dtype, "sets": sets, "fasta": write_fasta(Path(tmp) / "g.fa",
+                                                                        {"c": genome})}
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
                                json.dumps(spec)], capture_output=True, text=True,
                               timeout=args.timeout)
