@@ -17,7 +17,7 @@ first. Timed calls run under torch.profiler, which attributes their seconds to t
 (MATMUL_OPS), attention (ATTENTION_OPS) and the rest. Log-likelihood errors are against the
 official float32 output.
 
-    python benchmarks/bench_evo2.py                  # (a), (b), (c); about an hour here
+    python benchmarks/bench_evo2.py                  # (a), (b), (c); about 1.5 hours here
     python benchmarks/bench_evo2.py --parts a c --repeats 2
 """
 
@@ -76,21 +76,22 @@ def rss() -> int:
     return PeakRSS.current()
 
 
-def profiled(fn) -> tuple[float, float, float]:
-    """(wall seconds, matmul op seconds, attention op seconds) of fn() under torch.profiler."""
+def profiled(fn) -> tuple[float, float, float, object]:
+    """(wall seconds, matmul op seconds, attention op seconds, the result) of fn() under
+    torch.profiler."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         seconds = time.perf_counter() - t0
     events = prof.key_averages()  # self times: each op's own, nested ops not counted twice
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
     attention = sum(e.self_cpu_time_total for e in events if e.key in ATTENTION_OPS) / 1e6
-    return seconds, matmul, attention
+    return seconds, matmul, attention, out
 
 
 def worker(spec: dict) -> dict:
     """One contender in this process: build, warm up, time `repeats` forwards (the first under
-    the profiler), measure the peak RSS, save the log-likelihoods."""
+    the profiler), measure the peak RSS, save the first forward's log-likelihoods."""
     import evo2_official as official
 
     torch.manual_seed(0)
@@ -124,7 +125,7 @@ def worker(spec: dict) -> dict:
     with PeakRSS() as mem:
         for i in range(spec["repeats"]):
             if i == 0:
-                s, m, a = profiled(lambda: forward(ids))
+                s, m, a, out = profiled(lambda: forward(ids))
                 matmul.append(m)
                 attention.append(a)
             else:
@@ -132,8 +133,7 @@ def worker(spec: dict) -> dict:
                 forward(ids)
                 s = time.perf_counter() - t0
             seconds.append(s)
-        out = forward(ids) if spec.get("save") else None
-    if out is not None:
+    if spec.get("save"):
         torch.save(out, spec["save"])
     return {"seconds": statistics.median(seconds), "repeat_seconds": seconds,
             "matmul_s": matmul[0], "attention_s": attention[0],
@@ -273,6 +273,8 @@ def main() -> None:
     ap.add_argument("--check-lengths", type=int, nargs="+", default=[16_384, 65_536])
     ap.add_argument("--timeout", type=float, default=5400)
     ap.add_argument("--name", default="bench_evo2")
+    ap.add_argument("--dtypes-b", nargs="+", choices=list(DTYPES),
+                    help="dtypes of part (b) (default --dtypes)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -284,8 +286,8 @@ def main() -> None:
             rows += run_part("a", args.length_a, args.repeats, args.dtypes, Path(tmp),
                              args.timeout)
         if "b" in args.parts:
-            rows += run_part("b", args.length_b, args.repeats, args.dtypes, Path(tmp),
-                             args.timeout)
+            rows += run_part("b", args.length_b, args.repeats, args.dtypes_b or args.dtypes,
+                             Path(tmp), args.timeout)
         if "c" in args.parts:
             rows += memory_check(args.check_lengths, args.timeout)
             rows += predictions()
