@@ -129,6 +129,13 @@ def main() -> None:
         code = 1
     _COMMAND_RUNNING[0] = False
     shutdown_ray()
+    if code == EXIT_INTERRUPTED:
+        # A Ctrl-C that landed in code an extension runs through PyRun_String (Ray's _raylet
+        # does) leaves CPython's "unhandled KeyboardInterrupt" flag set although it was handled
+        # here, and `python -m` then ends the process by SIGINT (-2) instead of with 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     # Python's exit restores the default SIGINT action (death by signal, no line); a Ctrl-C
     # that late changes nothing left to do
     signal.signal(signal.SIGINT, signal.SIG_IGN)

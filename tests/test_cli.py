@@ -4,6 +4,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -163,15 +164,46 @@ def test_a_symlink_loop_or_a_folder_as_input_is_one_line(tmp_path):
         assert stderr.splitlines() == [f"error: {path}: {cases[path]}"]
 
 
-def _interrupt(args: list, when) -> subprocess.CompletedProcess:
-    """Run the real `genomeconv ARGS` in a session of its own and send SIGINT to its process
-    group, as a terminal's Ctrl-C does, once `when()` is true, or (`when` a string) once its
-    stdout shows that text."""
+# `python -m` this module: genomeconv's command line, with CPython's "unhandled
+# KeyboardInterrupt" flag set once Ray is shut down, as a Ctrl-C that lands in code an extension
+# runs through PyRun_String (Ray's _raylet) sets it (CI once saw exit -2 after the one line).
+FLAGGED_CLI = """
+import ctypes
+
+from genomeconv import cli
+
+run = ctypes.pythonapi.PyRun_String
+run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+run.restype = ctypes.py_object
+shutdown_ray = cli.shutdown_ray
+
+
+def shutdown_then_flag():
+    shutdown_ray()
+    try:
+        run(b"raise KeyboardInterrupt", 257, {}, {})  # 257: Py_file_input
+    except KeyboardInterrupt:
+        pass
+
+
+cli.shutdown_ray = shutdown_then_flag
+cli.main()
+"""
+
+
+def _interrupt(args: list, when, module: str = "genomeconv.cli",
+               path: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `genomeconv ARGS` (`python -m MODULE`, PATH first on PYTHONPATH) in a
+    session of its own and send SIGINT to its process group, as a terminal's Ctrl-C does, once
+    `when()` is true, or (`when` a string) once its stdout shows that text."""
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "genomeconv.cli", *map(str, args)],
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    env = cli_env()
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(path), env["PYTHONPATH"]])
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     out = ""
     if isinstance(when, str):
@@ -187,7 +219,8 @@ def _interrupt(args: list, when) -> subprocess.CompletedProcess:
 
 
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
-    """At the start and mid-run: one line and exit 130; during Ray's shutdown at the end of a
+    """At the start and mid-run (also with CPython's flag for an unhandled KeyboardInterrupt
+    set): one line and exit 130; during Ray's shutdown at the end of a
     finished run (which gave a KeyboardInterrupt traceback and exit 1, issue 30): no traceback,
     130 or the finished run's 0; what was written resumes."""
     import time
@@ -203,9 +236,10 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
     args = ["track", fasta, "--model", model, "--out", out, "--bigwig", "none",
             "--piece-bp", "2000", "--unit-bp", "2000", "--num-workers", "1"]
     parts = lambda: sorted((out / "track").glob("part-*.parquet"))  # noqa: E731
+    (tmp_path / "flagged_cli.py").write_text(FLAGGED_CLI)
     t0 = time.monotonic()
     runs = [_interrupt(args, lambda: time.monotonic() - t0 > 1.0),  # importing, starting Ray
-            _interrupt(args, lambda: len(parts()) >= 2)]  # mid-run
+            _interrupt(args, lambda: len(parts()) >= 2, "flagged_cli", tmp_path)]  # mid-run
     done_mid = len(parts())
     runs.append(_interrupt(args, "output: "))  # the summary is out: Ray is shutting down
     for run in runs:
