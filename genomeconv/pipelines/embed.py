@@ -239,7 +239,7 @@ class WorkerConfig:
 
 
 class EmbedActor(UnitActor):
-    """Ray Data actor: opens the inputs and loads the model once, then embeds whole units."""
+    """The embed actor: opens the inputs and loads the model once, then embeds whole units."""
 
     def __init__(self, setup: WorkerSetup, config: WorkerConfig) -> None:
         super().__init__(setup, config)

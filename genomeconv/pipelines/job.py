@@ -69,9 +69,9 @@ class WorkerSetup:
 
 
 class UnitActor:
-    """Base of the Ray Data actors: loads the model once, then runs whole work units.
+    """Base of the job actors: loads the model once, then runs whole work units (`run`).
 
-    A batch row holds a unit's id, its items as JSON (`encode_item` of the job; `decode_item`
+    A unit row holds a unit's id, its items as JSON (`encode_item` of the job; `decode_item`
     here), its work and its count (`Unit.count`). `run_unit` writes the unit's part(s) and returns
     a tally: numbers (`model_s`, the seconds spent in the model, and any counts) are summed over
     units, dicts of numbers summed key by key, other dicts merged. One output row per unit:
@@ -106,21 +106,16 @@ class UnitActor:
                                     self.setup.manifest_sha256,
                                     weights_sha256=self.setup.weights_sha256, **extra)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        keys = ("unit_id", "count", "work")
-        out: dict[str, list] = {k: [] for k in (*keys, "peak_rss", "tally", "error")}
-        for k, payload in enumerate(batch["items"]):
-            items = [self.decode_item(d) for d in json.loads(payload)]
-            try:
-                tally, error = self.run_unit(str(batch["unit_id"][k]), items), ""
-            except GenomeconvError as exc:
-                tally, error = {}, runtime.failure_report(exc)
-            for key in keys:
-                out[key].append(batch[key][k])
-            out["peak_rss"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            out["tally"].append(json.dumps(tally))
-            out["error"].append(error)
-        return out
+    def run(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Run one unit (a row of `run_units`) and return its output row."""
+        items = [self.decode_item(d) for d in json.loads(unit["items"])]
+        try:
+            tally, error = self.run_unit(str(unit["unit_id"]), items), ""
+        except GenomeconvError as exc:
+            tally, error = {}, runtime.failure_report(exc)
+        return {"unit_id": unit["unit_id"], "count": unit["count"], "work": unit["work"],
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "tally": json.dumps(tally), "error": error}
 
 
 def add_tally(total: dict[str, Any], tally: dict[str, Any]) -> None:

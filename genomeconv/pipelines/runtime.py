@@ -75,14 +75,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     import logging
 
     import ray
-    import ray.data
 
     from genomeconv import logs
     from genomeconv.errors import verbose
 
     if not ray.is_initialized():
         check_address(address)
-        logs.quiet_libraries()  # after importing ray and ray.data, which set their own levels
+        logs.quiet_libraries()  # after importing ray, which sets its own levels
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
                                   "logging_level": logging.INFO if verbose() else logging.ERROR}
@@ -99,7 +98,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         with logs.ray_start_output():
             ray.init(**kwargs)
         logs.quiet_libraries()
-        _quiet_progress()
     return ray.cluster_resources()
 
 
@@ -116,20 +114,46 @@ def actor_shape(address: str | None, num_workers: int, units: int,
     return workers, max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
 
 
+# Units queued on each actor beyond the one it runs, so that it never waits for the driver.
+QUEUED_PER_ACTOR = 1
+
+
 def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *, workers: int,
               cpus: int, gpus: float) -> Iterator[dict[str, Any]]:
-    """Run `actor` (a Ray Data callable class built with `kwargs`) over the work-unit rows, one
-    row per call, on a pool of `workers` actors; yield each unit's summary row as it finishes,
-    raising the error a worker reported (`failure_report`) in the driver."""
-    import ray.data
+    """Run `actor` (a `job.UnitActor` class built with `kwargs`) over the work-unit rows, one
+    row per call, on a pool of `workers` Ray actors; yield each unit's output row as it
+    finishes, raising the error a worker reported (`failure_report`) in the driver.
 
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        actor, batch_size=1, fn_constructor_kwargs=kwargs,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0 if gpus else cpus, num_gpus=gpus)
-    for row in ds.iter_rows():
-        raise_failure(row["error"])
-        yield row
+    Plain Ray actors rather than a Ray Data actor pool: Ray Data cost every run ~1.5 CPU-s of
+    imports in each worker and ~5 CPU-s of helper actors per job, seconds a small job felt. A
+    worker process that dies is restarted and its units run again (max_restarts,
+    max_task_retries, as Ray Data did); the actors are killed when the run ends or fails.
+    """
+    import ray
+
+    remote = ray.remote(actor).options(num_cpus=0 if gpus else cpus, num_gpus=gpus,
+                                       max_restarts=-1, max_task_retries=-1)
+    pool = [remote.remote(**kwargs) for _ in range(workers)]
+    todo = rows[::-1]  # pop() hands them out in order
+    running: dict[Any, Any] = {}
+
+    def give(worker: Any) -> None:
+        if todo:
+            running[worker.run.remote(todo.pop())] = worker
+
+    try:
+        for _ in range(1 + QUEUED_PER_ACTOR):
+            for worker in pool:
+                give(worker)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            give(running.pop(ref))
+            row = ray.get(ref)
+            raise_failure(row["error"])
+            yield row
+    finally:
+        for worker in pool:
+            ray.kill(worker)
 
 
 def torch_dtype(name: str | None) -> Any:
@@ -174,15 +198,6 @@ def emulated_dtype_warning(name: str | None, device: str | None) -> str | None:
     return (f"--dtype {name} is emulated on this CPU (no {' or '.join(NATIVE_FLAGS[name])}): "
             "it runs slower than float32, not faster (bfloat16 measured 14x slower on an "
             "AVX2-only CPU, benchmarks/bench_model.py); use float32 here")
-
-
-def _quiet_progress() -> None:
-    """Ray Data's own progress bars would fight ours; genomeconv reports progress itself."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
 
 
 def describe_environment() -> dict[str, str]:

@@ -119,7 +119,7 @@ def submit(command: Sequence[str], *, address: str | None = None, gpus: float = 
     """Submit a genomeconv command as a Ray job and return its submission id.
 
     gpus / cpus are reserved for the job's driver process (Ray's entrypoint_num_gpus/_cpus);
-    Ray Data workers that the command starts request their own resources.
+    the actors that the command starts request their own resources.
     """
     if working_dir is None and cwd is None:
         cwd = Path.cwd()

@@ -187,7 +187,7 @@ class TrackConfig:
 
 
 class TrackActor(UnitActor):
-    """Ray Data actor: loads the model and opens the FASTA once, then scores whole units."""
+    """The track actor: loads the model and opens the FASTA once, then scores whole units."""
 
     def __init__(self, setup: WorkerSetup, config: TrackConfig) -> None:
         from genomeconv.io.fasta import FastaFile

@@ -579,7 +579,7 @@ class ScorerConfig:
 
 
 class UnitScorer(UnitActor):
-    """Ray Data actor: loads the model (and a fine-tuned model's head and base model) and opens
+    """The variants actor: loads the model (and a fine-tuned model's head and base model) and opens
     the FASTA once, then scores whole work units, each written as one Parquet part."""
 
     def __init__(self, setup: WorkerSetup, config: ScorerConfig) -> None:
