@@ -14,16 +14,20 @@ os.environ.setdefault("GENOMECONV_CACHE", tempfile.mkdtemp(prefix="gc_test_cache
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """A real local Ray instance (2 CPUs, servers on 127.0.0.1), started once per test run."""
-    import ray
+def ray_local():
+    """The test run's real local Ray (`helpers.session_ray`), for tests that use it in-process."""
+    from helpers import session_ray
 
-    from genomeconv.pipelines.runtime import connect
+    return session_ray()
 
-    short = "/tmp/gc_ray_" + str(os.getpid())  # Ray's socket paths must stay short
-    connect(num_cpus=2, temp_dir=short)
-    yield ray
-    ray.shutdown()
+
+def pytest_sessionfinish(session, exitstatus):
+    """Shut down the test run's Ray, if a test started it."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture

@@ -191,15 +191,16 @@ cli.main()
 """
 
 
-def _interrupt(args: list, when, module: str = "genomeconv.cli",
-               path: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real `genomeconv ARGS` (`python -m MODULE`, PATH first on PYTHONPATH) in a
-    session of its own and send SIGINT to its process group, as a terminal's Ctrl-C does, once
-    `when()` is true, or (`when` a string) once its stdout shows that text."""
+def _interrupt(args: list, when, module: str = "genomeconv.cli", path: Path | None = None,
+               private_ray: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `genomeconv ARGS` (`python -m MODULE`, PATH first on PYTHONPATH; its own
+    local Ray unless not `private_ray`) in a session of its own and send SIGINT to its process
+    group, as a terminal's Ctrl-C does, once `when()` is true, or (`when` a string) once its
+    stdout shows that text."""
     import signal
     import time
 
-    env = cli_env()
+    env = cli_env(private_ray)
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(path), env["PYTHONPATH"]])
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)],
@@ -239,7 +240,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, rng):
     (tmp_path / "flagged_cli.py").write_text(FLAGGED_CLI)
     t0 = time.monotonic()
     runs = [_interrupt(args, lambda: time.monotonic() - t0 > 1.0),  # importing, starting Ray
-            _interrupt(args, lambda: len(parts()) >= 2, "flagged_cli", tmp_path)]  # mid-run
+            _interrupt(args, lambda: len(parts()) >= 2, "flagged_cli", tmp_path,
+                       private_ray=False)]  # mid-run, on the test run's Ray
     done_mid = len(parts())
     runs.append(_interrupt(args, "output: "))  # the summary is out: Ray is shutting down
     for run in runs:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from genomeconv.cli import app
 from genomeconv.commands import embed, track, train, variants
 from genomeconv.pipelines import options
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli_here
 
 # concept -> its one name; a command offering the concept must spell it so, and no command may
 # offer any of the other spellings seen before (they live on only as hidden aliases).
@@ -115,7 +115,7 @@ def test_cli_defaults_are_the_options_defaults(command, cls):
 def test_old_spellings_still_parse_with_a_note(args, note, tmp_path, monkeypatch):
     """The old spelling reaches the command (which then fails on the missing files, one line)."""
     monkeypatch.chdir(tmp_path)
-    result = run_cli(*args)
+    result = run_cli_here(*args)
     assert f"genomeconv: {note}" in result.stderr or "error: " in result.stderr, result.stderr
     if "--saturate" not in args:  # --saturate reads the FASTA before the options are built
         assert f"genomeconv: {note}" in result.stderr, result.stderr
@@ -137,4 +137,4 @@ def test_old_spellings_still_parse_with_a_note(args, note, tmp_path, monkeypatch
 def test_bad_options_are_one_line(args, text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.fa").write_text(">c\nACGT\n")
-    assert_one_line_error(run_cli(*args), text)
+    assert_one_line_error(run_cli_here(*args), text)

@@ -81,12 +81,54 @@ def test_function_level_and_package_imports_are_edges():
     assert "genomeconv.commands.embed" in graph["genomeconv.cli"]
 
 
-@pytest.mark.parametrize("module", sorted(m for m in import_graph()
-                                          if m.startswith("genomeconv.models")))
-def test_models_modules_import_alone(module):
-    run = subprocess.run([sys.executable, "-c", f"import {module}"], env=cli_env(),
-                         capture_output=True, text=True, timeout=120)
+MODELS_MODULES = sorted(m for m in import_graph() if m.startswith("genomeconv.models"))
+# Imports each module named on the command line in a fresh fork of one process that has loaded
+# only the third-party libraries (a process each cost ~2 s of torch import): the genomeconv
+# modules a fork sees are those its one import pulls in. Prints "module<TAB>error" per failure.
+IMPORT_EACH_ALONE = """
+import os, sys, traceback
+import numpy, torch
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            __import__(module)
+        except BaseException:
+            os.write(write, traceback.format_exc().encode())
+            os._exit(1)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        text = fh.read()
+    if os.waitpid(pid, 0)[1]:
+        print(module, repr(text or "died"), sep="\t")
+"""
+
+
+@pytest.fixture(scope="module")
+def import_failures() -> dict[str, str]:
+    run = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *MODELS_MODULES],
+                         env=cli_env(private_ray=True), capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr
+    return dict(line.split("\t", 1) for line in run.stdout.splitlines())
+
+
+@pytest.mark.parametrize("module", MODELS_MODULES)
+def test_models_modules_import_alone(module, import_failures):
+    assert module not in import_failures, import_failures[module]
+
+
+def test_a_module_that_fails_to_import_is_reported(tmp_path):
+    (tmp_path / "broken_mod.py").write_text("import genomeconv.models\nraise ImportError('x')\n")
+    env = {**cli_env(private_ray=True), "PYTHONPATH": f"{tmp_path}:{cli_env(True)['PYTHONPATH']}"}
+    run = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, "broken_mod",
+                          "genomeconv.models"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.stdout.startswith("broken_mod\t") and "ImportError" in run.stdout, run.stdout
+    assert "genomeconv.models\t" not in run.stdout
 
 
 def test_no_test_module_imports_another():

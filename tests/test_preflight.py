@@ -1,6 +1,6 @@
-"""Checks before work starts (genomeconv.pipelines.preflight): real files, the real CLI in a fresh
-process for the exit code and the single stderr line, and no Ray start or model run before the
-error (the output folder is never created)."""
+"""Checks before work starts (genomeconv.pipelines.preflight): real files, the command line
+through its error boundary for the exit code and the single stderr line, with starting Ray
+failing the test (`run_cli_here`), no model run, and the output folder never created."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_line_error, random_seq, run_cli, write_fasta
+from helpers import assert_one_line_error, random_seq, run_cli_here, write_fasta
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA
 from genomeconv.pipelines import preflight
@@ -150,8 +150,8 @@ def test_score_variants_refuses_before_ray_and_the_model(inputs, tmp_path, case)
         (broken / "config.json").write_text(json.dumps(meta))
         args["model"] = broken
         want = ("config.json", "d_model = 'wide' is not an integer")
-    run = run_cli("score-variants", args["vcf"], "--fasta", args["fasta"], "--out", args["out"],
-              "--model", args["model"], *args["extra"])
+    run = run_cli_here("score-variants", args["vcf"], "--fasta", args["fasta"], "--out",
+                       args["out"], "--model", args["model"], *args["extra"])
     assert_one_line_error(run, *want)
     if case != "out_file":
         assert not out.exists()
@@ -169,7 +169,7 @@ def test_embed_refuses_before_ray(inputs, tmp_path, case):
         "device_cuda": (["--device", f"cuda:{CUDA_COUNT}"], ("--device cuda:",)),
         "out_read_only": (["--out", str(READ_ONLY / "o")], ("--out is not writable",)),
     }[case]
-    run = run_cli("embed", fasta, "--model", model, "--out", out, *extra)
+    run = run_cli_here("embed", fasta, "--model", model, "--out", out, *extra)
     assert_one_line_error(run, *want)
     assert not out.exists()
 

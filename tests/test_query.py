@@ -15,7 +15,7 @@ from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.pipelines import query as pipeline
 from genomeconv.pipelines import runtime, schema
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, run_cli_here
 
 D = 8
 MODEL = SimpleNamespace(family="hyenadna", model_id="test/random", config_sha256="ab" * 32)
@@ -309,7 +309,7 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
     parts = sorted(outputs.variants.glob("*.parquet"))
     for inside in (outputs.variants / "rows.csv", outputs.embed / "embeddings" / "rows.csv",
                    outputs.embed / "rows.csv", parts[0]):
-        run = run_cli(*args, "--out", inside, "--force")
+        run = run_cli_here(*args, "--out", inside, "--force")
         assert_one_line_error(run, "genomeconv output folder")
     assert pq.read_table(parts[0]).num_rows == 80  # untouched
     for i, marker in enumerate(("_genomeconv_manifest.json", ".genomeconv.lock")):
@@ -317,23 +317,24 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
         marked.mkdir()
         (marked / marker).write_text("{}")
         for target in (marked / "rows.csv", marked / "sub" / "rows.csv"):
-            assert_one_line_error(run_cli(*args, "--out", target), "genomeconv output folder")
+            assert_one_line_error(run_cli_here(*args, "--out", target), "genomeconv output folder")
     loose = outputs.tmp / "loose"  # a part copied elsewhere: its own folder only
     (loose / "figs").mkdir(parents=True)
     loose.joinpath(parts[0].name).write_bytes(parts[0].read_bytes())
-    assert_one_line_error(run_cli(*args, "--out", loose / "rows.csv"), "genomeconv output folder")
-    below = run_cli(*args, "--out", loose / "figs" / "rows.csv")
+    assert_one_line_error(run_cli_here(*args, "--out", loose / "rows.csv"),
+                          "genomeconv output folder")
+    below = run_cli_here(*args, "--out", loose / "figs" / "rows.csv")
     assert below.returncode == 0, below.stderr
     (outputs.tmp / ".lock").write_text("")  # pytest's and pip's lock files mark nothing
     target = outputs.tmp / "rows.csv"
     target.write_text("keep me\n")
-    assert_one_line_error(run_cli(*args, "--out", target), "already exists", "--force")
+    assert_one_line_error(run_cli_here(*args, "--out", target), "already exists", "--force")
     assert target.read_text() == "keep me\n"
-    assert_one_line_error(run_cli(*args, "--out", outputs.tmp), "is a folder")
-    forced = run_cli(*args, "--out", target, "--force")
+    assert_one_line_error(run_cli_here(*args, "--out", outputs.tmp), "is a folder")
+    forced = run_cli_here(*args, "--out", target, "--force")
     assert forced.returncode == 0, forced.stderr
     assert len(target.read_text().splitlines()) == 4
-    beside = run_cli("neighbors", outputs.embed, outputs.emb[1]["item_id"], "--format", "csv",
+    beside = run_cli_here("neighbors", outputs.embed, outputs.emb[1]["item_id"], "--format", "csv",
                  "--out", outputs.embed / "n.csv")
     assert_one_line_error(beside, "genomeconv output folder")
 
@@ -345,7 +346,7 @@ def test_out_refuses_output_folders_and_existing_files(outputs):
 ])
 def test_bad_numbers_are_usage_errors(outputs, args, text):
     """Typer's own usage errors (exit 2): the option and its bound are named."""
-    run = run_cli(*(a.format(var=outputs.variants, emb=outputs.embed) for a in args))
+    run = run_cli_here(*(a.format(var=outputs.variants, emb=outputs.embed) for a in args))
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stdout == ""
     assert text in " ".join(run.stderr.replace("│", " ").split())
 
@@ -361,7 +362,7 @@ def test_pipeline_refuses_bad_numbers(outputs):
 
 
 def test_neighbors_say_why_they_return_nothing(outputs, tmp_path_factory, rng):
-    assert_one_line_error(run_cli("neighbors", outputs.embed, "nosuch"),
+    assert_one_line_error(run_cli_here("neighbors", outputs.embed, "nosuch"),
                           "no embedding for 'nosuch'")
     rows = _embedding_rows(rng, 6)
     for row in rows:
@@ -369,17 +370,17 @@ def test_neighbors_say_why_they_return_nothing(outputs, tmp_path_factory, rng):
     rows[0]["embedding"] = [float("nan")] * D
     broken = tmp_path_factory.mktemp("broken")
     _write(rows, schema.embeddings_schema(D), broken, "000000-a", "embeddings")
-    assert_one_line_error(run_cli("neighbors", broken, "item0000"), "'item0000'", "not finite")
+    assert_one_line_error(run_cli_here("neighbors", broken, "item0000"), "'item0000'", "not finite")
     for row in rows[1:]:
         row["embedding"] = [float("inf")] + [0.0] * (D - 1)
     rows[0]["embedding"] = rng.standard_normal(D).tolist()
     all_bad = tmp_path_factory.mktemp("all_bad")
     _write(rows, schema.embeddings_schema(D), all_bad, "000000-a", "embeddings")
-    assert_one_line_error(run_cli("neighbors", all_bad, "item0000"), "all 5 candidate embeddings",
-                          "non-finite")
+    assert_one_line_error(run_cli_here("neighbors", all_bad, "item0000"),
+                          "all 5 candidate embeddings", "non-finite")
     alone = tmp_path_factory.mktemp("alone")
     _write(rows[:1], schema.embeddings_schema(D), alone, "000000-a", "embeddings")
-    assert_one_line_error(run_cli("neighbors", alone, "item0000"), "no other item")
+    assert_one_line_error(run_cli_here("neighbors", alone, "item0000"), "no other item")
 
 
 # ------------------------------------------------------------------ issue 30
