@@ -17,8 +17,9 @@ for every FFT path), paired.py (the "fft" method's CPU inference form: half-leng
 through ducc0 with a paired pointwise step), partial.py (overlap-save for short filters), sparse.py
 (frequency-block masks), monarch.py (the Monarch decomposition the CUDA kernels follow), cuda.py
 (the fused kernels of csrc/), tiles.py (their schedule replayed on the CPU), conv.py (`fftconv` and
-the automatic choice), validate.py (argument checks). The figures behind the constants and choices
-are in benchmarks/results/design_figures.json.
+the automatic choice), validate.py (argument checks). Beside the convolutions, linear.py holds the
+dense products a @ b.T the models' projections use (`mm_t`). The figures behind the constants and
+choices are in benchmarks/results/design_figures.json.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
+from genomeconv.kernels.linear import mm_t
 from genomeconv.models.families.evo2.layers import MLP_ACTIVATIONS, rotate
 
 DEFAULT_CHUNK = 4096  # rows per matmul/pointwise chunk
@@ -159,7 +160,8 @@ class BlockWeights:
 class Workspace:
     """Buffers reused by every block and piece of one `run` (fresh large tensors cost a page
     fault per 4 KiB each time): the hyena piece buffers, chunk buffers, the low-precision
-    casts of matmul inputs (None when the matmul dtype is the work dtype)."""
+    casts of matmul inputs (None when the matmul dtype is the work dtype). Matmul outputs are
+    fresh (`mm_t`: oneDNN writes no out=), the same sizes the memory formula counts."""
 
     def __init__(self, model: nn.Module, batch: int, piece: int, chunk: int,
                  dtype: torch.dtype, work: torch.dtype):
@@ -174,7 +176,7 @@ class Workspace:
 
         self.dtype, self.work = dtype, work
         self.piece, self.chunk = piece, chunk
-        self.z = self.zf = self.u = self.proj = None
+        self.z = self.zf = self.u = None
         if len(cfg.attn_layer_idxs) < cfg.num_layers:
             # the projections (z) stay in the matmul dtype they come in; u = x1 v (work dtype)
             # reuses z's bytes, dead once the short filter has read them
@@ -184,11 +186,8 @@ class Workspace:
             self.z = flat[:zb].view(dtype).view(batch, 3 * H, K - 1 + piece)
             self.u = flat[:ub].view(work).view(batch, H, hist + piece)
             self.zf = empty(batch, 3 * H, piece)
-            self.proj = empty(3 * H * chunk, dt=dtype)
         self.norm = empty(chunk, H)
         self.low = None if dtype == work else empty(chunk, H, dt=dtype)
-        self.h1, self.h2 = empty(chunk, cfg.inner_mlp_size, dt=dtype), empty(
-            chunk, cfg.inner_mlp_size, dt=dtype)
 
 
 class Tap:
@@ -255,7 +254,7 @@ def _cast(x: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T (+ bias) in the weights' dtype."""
-    y = torch.mm(x, weight.T)
+    y = mm_t(x, weight)
     return y if bias is None else y.add_(bias)
 
 
@@ -281,10 +280,9 @@ def _mlp(w: BlockWeights, rows: torch.Tensor, ws: Workspace, tap, span: Span) ->
     """rows (r, c, H) float32 residual += mlp(post_norm(rows)), in place."""
     a = _normed(rows, w.post, w.eps, ws)
     tap("post_norm", span, a)
-    m = a.shape[0]
     a = _cast(a, ws.low)
-    h1 = torch.mm(a, w.l1.T, out=ws.h1[:m])
-    h2 = torch.mm(a, w.l2.T, out=ws.h2[:m])
+    h1 = mm_t(a, w.l1)
+    h2 = mm_t(a, w.l2)
     tap("mlp.l1", span, h1)
     tap("mlp.l2", span, h2)
     if w.act is not None:
@@ -300,7 +298,7 @@ def _add_linear(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     computed in the matmul dtype (x cast first), recorded as `what` and added."""
     flat = _flat(rows)
     if ws.dtype == rows.dtype and tap is _no_tap and flat is not None:
-        torch.addmm(flat, x.to(rows.dtype), weight.T, out=flat)
+        flat += mm_t(x.to(rows.dtype), weight)
         if bias is not None:
             flat += bias
         return
@@ -377,10 +375,7 @@ def _hyena_piece(w: BlockWeights, r: torch.Tensor, ws: Workspace, state: BlockSt
     for sp in pieces:
         a = _normed(r[sp.b0:sp.b1, sp.c0:sp.c0 + sp.c], w.pre, w.eps, ws)
         tap("pre_norm", sp, a)
-        # channel-major (3H, r c) in the matmul dtype, through a contiguous buffer (a strided
-        # out= was 1.45x slower in float32 here)
-        x = ws.proj[:w.proj[0].shape[0] * a.shape[0]].view(-1, a.shape[0])
-        torch.mm(w.proj[0], _cast(a, ws.low).T, out=x)
+        x = mm_t(w.proj[0], _cast(a, ws.low))  # channel-major (3H, r c), matmul dtype
         dest = z[sp.b0:sp.b1, :, K - 1 + sp.c0:K - 1 + sp.c0 + sp.c]
         dest.copy_(x.view(-1, sp.rows, sp.c).transpose(0, 1))
         if w.proj[1] is not None:
@@ -600,7 +595,8 @@ def _logits(model: nn.Module, hidden: torch.Tensor, dtype: torch.dtype | None) -
     """Tied unembedding of hidden rows (..., H) in the matmul dtype, as float32 logits."""
     weight = model.embedding_layer.weight
     dtype = dtype or model.blocks[0].mlp.l1.weight.dtype
-    return (hidden.to(dtype) @ weight.detach().to(dtype).T).float()
+    flat = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+    return mm_t(flat, weight.detach().to(dtype)).float().view(*hidden.shape[:-1], -1)
 
 
 @torch.no_grad()
