@@ -69,6 +69,7 @@ from genomeconv.models.tokenizer import tokenize  # noqa: E402
 from genomeconv.models.inference import hidden_states  # noqa: E402
 from genomeconv.pipelines import runtime  # noqa: E402
 from genomeconv.pipelines.embed import embed  # noqa: E402
+from genomeconv.pipelines.options import EmbedOptions  # noqa: E402
 
 # ../shared/data beside the checkout (or a worktree folder's parent); GENOMECONV_DATA overrides
 DATA = Path(os.environ.get("GENOMECONV_DATA") or next(
@@ -123,8 +124,9 @@ def run_items(fasta: str, model_path: str, tmp: Path, args) -> list[dict]:
 
     def run_embed(workers: int, regs: list[str], name: str):
         def go() -> None:
-            s = embed(fasta, tmp / f"out{next(counter)}", regions=regs, model=model_path,
-                      num_workers=workers, batch_size=1)
+            s = embed(EmbedOptions(fasta=Path(fasta), out=tmp / f"out{next(counter)}",
+                                   regions=tuple(regs), model=str(model_path),
+                                   num_workers=workers, batch_size=1))
             own.setdefault(name, []).append((s.seconds, s.model_seconds / workers))
         return go
 
@@ -156,7 +158,7 @@ def run_items(fasta: str, model_path: str, tmp: Path, args) -> list[dict]:
 
 
 def small_inputs(fasta: str, tmp: Path) -> dict[str, tuple[dict, list[str]]]:
-    """The two small-item cases: embed() keyword arguments and the sequences of their items."""
+    """The two small-item cases: EmbedOptions fields and the sequences of their items."""
     import numpy as np
 
     rng = np.random.default_rng(22)
@@ -171,8 +173,8 @@ def small_inputs(fasta: str, tmp: Path) -> dict[str, tuple[dict, list[str]]]:
         interval_seqs = [fa.fetch(CHROM, int(s), int(s + n)) for s, n in zip(starts, lengths)]
     with pysam.AlignmentFile(str(READS), check_sq=False) as bam:
         read_seqs = [r.query_sequence for r in bam.fetch(until_eof=True)]
-    return {"reads": ({"input_path": str(READS)}, read_seqs),
-            "intervals": ({"input_path": fasta, "bed": str(bed)}, interval_seqs)}
+    return {"reads": ({"reads": READS}, read_seqs),
+            "intervals": ({"fasta": Path(fasta), "bed": bed}, interval_seqs)}
 
 
 def model_only_small(model, seqs: list[str], batch: int) -> None:
@@ -204,7 +206,7 @@ def run_small(fasta: str, tmp: Path, args) -> list[dict]:
     def pipeline(name: str, kwargs: dict):
         def go() -> None:
             out = tmp / f"small{next(counter)}"
-            s = embed(out=out, num_workers=1, **kwargs)
+            s = embed(EmbedOptions(out=out, num_workers=1, **kwargs))
             own.setdefault(name, []).append((s.seconds, s.model_seconds))
             parts[name] = [p.stat().st_size for p in (out / "embeddings").glob("part-*.parquet")]
             shutil.rmtree(out)
@@ -241,7 +243,8 @@ def run_small(fasta: str, tmp: Path, args) -> list[dict]:
 
 def run_big(fasta: str, tmp: Path, bp: int) -> dict:
     """One item of `bp` bases through `embed` (1 worker): time and the worker's peak RSS."""
-    s = embed(fasta, tmp / "big", regions=[f"{CHROM}:1-{bp:,}"], model=make_model(tmp, bp))
+    s = embed(EmbedOptions(fasta=Path(fasta), out=tmp / "big", regions=(f"{CHROM}:1-{bp:,}",),
+                           model=str(make_model(tmp, bp))))
     return {"contender": f"embed_1w_{bp / 1e6:g}Mbp", "items": 1, "bp": s.bp, "median_s": s.seconds,
             "min_s": s.seconds, "bp_per_s": s.bp / s.seconds, "workers_model_s": s.model_seconds,
             "worker_peak_rss_gib": s.worker_peak_rss / 2**30}
