@@ -29,6 +29,7 @@ from benchmarks.bench_embed import SOURCE, bgzip_copy  # noqa: E402
 from benchmarks.harness import interleaved, print_table, write_result  # noqa: E402
 from genomeconv.pipelines import runtime  # noqa: E402
 from genomeconv.pipelines.embed import embed  # noqa: E402
+from genomeconv.pipelines.options import EmbedOptions, TrackOptions  # noqa: E402
 from genomeconv.pipelines.track import track  # noqa: E402
 
 CHROM = "CP000647.1"
@@ -66,15 +67,18 @@ def main() -> None:
         for label, region in regions.items():
             contenders[f"embed_per_base_{label}"] = contender(
                 f"embed_per_base_{label}",
-                lambda f, o, regions: embed(f, o, regions=regions, per_base=True), region)
+                lambda f, o, regions: embed(EmbedOptions(fasta=Path(f), out=o,
+                                                         regions=tuple(regions), per_base=True)),
+                region)
             contenders[f"track_{label}"] = contender(
-                f"track_{label}", lambda f, o, regions: track(f, o, regions=regions), region)
+                f"track_{label}", lambda f, o, regions: track(
+                    TrackOptions(fasta=Path(f), out=o, regions=tuple(regions))), region)
         stats = interleaved(contenders, repeats=args.repeats, warmup=0)
         rows = []
         for name, st in stats.items():
             runs = summaries[name]
             first = runs[0][0]
-            bp = getattr(first, "bp", None) or first.positions
+            bp = first.work_done
             base = stats[name.replace("track_", "embed_per_base_")]["median_s"]
             rows.append({
                 "contender": name, "bp": bp, "median_s": st["median_s"], "min_s": st["min_s"],
