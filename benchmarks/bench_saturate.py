@@ -45,27 +45,11 @@ from genomeconv.io.saturation import Saturation  # noqa: E402
 from genomeconv.models import load  # noqa: E402
 from genomeconv.pipelines.variants import (KEY_COLUMNS, SCORE_COLUMNS,  # noqa: E402
                                            check_run_time, default_window)
+from variants_api import score_variants  # noqa: E402  (this folder's: see variants_api)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "genomeconv" / "data" / "sample" / "lambda.fa.gz"
 START = 20_001  # 1-based first position of the region, mid-genome (windows centred)
 
-
-
-def score_variants(variants, fasta, out, **options):
-    """score_variants of the checkout under test, one worker, overwriting: through one
-    VariantOptions where it takes one (after issue 27), else its keyword API."""
-    import inspect
-
-    from genomeconv.pipelines import variants as pipeline
-
-    if next(iter(inspect.signature(pipeline.score_variants).parameters)) == "variants":
-        return pipeline.score_variants(variants, fasta, out, num_workers=1, overwrite=True,
-                                       **options)
-    from genomeconv.pipelines.options import VariantOptions
-
-    return pipeline.score_variants(VariantOptions(variants=variants, fasta=Path(fasta),
-                                                  out=Path(out), num_workers=1, overwrite=True,
-                                                  **options))
 
 def write_vcf(path: Path, saturation: Saturation, contigs: dict[str, int]) -> Path:
     """The saturation's SNVs as a text VCF (the comparison input)."""

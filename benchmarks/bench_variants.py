@@ -53,6 +53,7 @@ from genomeconv.io.fasta import FastaFile  # noqa: E402
 from genomeconv.io.variants import Variant  # noqa: E402
 from genomeconv.models import HyenaConfig, HyenaDNA  # noqa: E402
 from genomeconv.pipelines.variants import plan_variant, score_planned  # noqa: E402
+from variants_api import score_variants  # noqa: E402  (this folder's: see variants_api)
 
 DATA = Path(os.environ.get("GENOMECONV_DATA") or next(
     (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
@@ -70,23 +71,6 @@ CASES = [  # name, window, model shape, positions (shared, distinct), batch size
      (1, 1), 1, 1),
 ]
 
-
-
-def score_variants(variants, fasta, out, **options):
-    """score_variants of the checkout under test, one worker, overwriting: through one
-    VariantOptions where it takes one (after issue 27), else its keyword API."""
-    import inspect
-
-    from genomeconv.pipelines import variants as pipeline
-
-    if next(iter(inspect.signature(pipeline.score_variants).parameters)) == "variants":
-        return pipeline.score_variants(variants, fasta, out, num_workers=1, overwrite=True,
-                                       **options)
-    from genomeconv.pipelines.options import VariantOptions
-
-    return pipeline.score_variants(VariantOptions(variants=variants, fasta=Path(fasta),
-                                                  out=Path(out), num_workers=1, overwrite=True,
-                                                  **options))
 
 def make_variants(genome: str, positions: list[int], shared: bool) -> list[Variant]:
     """Three SNVs per position (shared) or one SNV per position (distinct)."""
