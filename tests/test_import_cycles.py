@@ -123,7 +123,8 @@ def test_models_modules_import_alone(module, import_failures):
 
 def test_a_module_that_fails_to_import_is_reported(tmp_path):
     (tmp_path / "broken_mod.py").write_text("import genomeconv.models\nraise ImportError('x')\n")
-    env = {**cli_env(private_ray=True), "PYTHONPATH": f"{tmp_path}:{cli_env(True)['PYTHONPATH']}"}
+    env = cli_env(private_ray=True)
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
     run = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, "broken_mod",
                           "genomeconv.models"], env=env, capture_output=True, text=True,
                          timeout=300)

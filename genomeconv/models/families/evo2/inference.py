@@ -293,8 +293,8 @@ def _mlp(w: BlockWeights, rows: torch.Tensor, ws: Workspace, tap, span: Span) ->
 
 def _add_linear(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None, ws: Workspace, tap, what, span: Span) -> None:
-    """rows (r, c, H) float32 += x (r c, in) @ weight.T + bias: accumulated in place by the
-    matmul when it runs in float32, nothing is recorded and rows flatten to a view, else
+    """rows (r, c, H) float32 += x (r c, in) @ weight.T + bias: added straight into rows
+    when the matmul runs in float32, nothing is recorded and rows flatten to a view, else
     computed in the matmul dtype (x cast first), recorded as `what` and added."""
     flat = _flat(rows)
     if ws.dtype == rows.dtype and tap is _no_tap and flat is not None:
