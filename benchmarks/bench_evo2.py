@@ -9,7 +9,11 @@ float32 and in the official inference precision (bf16 weights and matmuls), on t
     (2 heads of 128 as the 7B's, 16 channels per hcs/hcm group, MLP 704 = 2.75 H) at 131,072 bp;
 (c) the memory formula (families/evo2/memory.memory_estimate) for the real 7B at 1,048,576 bp
     (bf16 on one 80 GB GPU) and the 1B shape at 1 Mbp on this machine, and against the peaks
-    measured here (the 7B pattern at hidden 256 at 16,384 and 65,536 bp too).
+    measured here (the 7B pattern at hidden 256 at 16,384 and 65,536 bp too);
+(d) the short filters alone (inference._correlate) on one layer of 65,536 positions: the
+    featurizer (768 channels = 3 x hidden 256, 3 taps, bf16 projections into float32) and an
+    hcs filter (256 channels, 7 taps, float32), one pass per tap over the whole length (as
+    before blocks) against genomeconv's blocks of CORRELATE_BLOCK positions.
 
 Every contender runs in a fresh process (python bench_evo2.py --worker JSON), so each peak RSS is
 its own: process baseline, model weights and the forward's peak; a kernel warmup at 512 bp comes
@@ -19,6 +23,7 @@ official float32 output.
 
     python benchmarks/bench_evo2.py                  # (a), (b), (c); about 1.5 hours here
     python benchmarks/bench_evo2.py --parts a c --repeats 2
+    python benchmarks/bench_evo2.py --parts a b d --dtypes bf16 --name bench_evo2_correlate
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks.harness import PeakRSS, print_table, write_result  # noqa: E402
+from benchmarks.harness import PeakRSS, interleaved, print_table, write_result  # noqa: E402
 from genomeconv.models.families.evo2 import Evo2, Evo2Config, layouts  # noqa: E402
 from genomeconv.models.families.evo2.config import CONFIG_DIR  # noqa: E402
 from genomeconv.models.families.evo2.memory import memory_estimate, weight_bytes  # noqa: E402
@@ -245,6 +250,36 @@ def memory_check(lengths: list[int], timeout: float) -> list[dict]:
     return rows
 
 
+def correlate_part(length: int = 65_536, repeats: int = 5) -> list[dict]:
+    """(d): seconds per layer of the short filters, whole-length passes against blocks."""
+    from genomeconv.models.families.evo2.inference import CORRELATE_BLOCK, _correlate
+
+    def whole(x, taps, out):  # one pass per tap over the whole length, x in its own dtype
+        K, n = taps.shape[1], out.shape[-1]
+        torch.mul(x[..., K - 1:K - 1 + n], taps[:, K - 1, None], out=out)
+        for t in range(K - 1):
+            out.addcmul_(x[..., t:t + n], taps[:, t, None])
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for name, channels, K, dtype in (("featurizer", 768, 3, torch.bfloat16),
+                                     ("hcs", 256, 7, torch.float32)):
+        x = torch.randn(1, channels, K - 1 + length, generator=gen).to(dtype)
+        taps = torch.randn(channels, K, generator=gen)
+        out = torch.empty(1, channels, length)
+        t = interleaved({"whole": lambda: whole(x, taps, out),
+                         "blocks": lambda: _correlate(x, taps, None, out)}, repeats=repeats)
+        ref = torch.empty_like(out)
+        whole(x, taps, ref)
+        rows.append({"part": "d", "filter": name, "L": length, "channels": channels, "taps": K,
+                     "input_dtype": str(dtype), "block": CORRELATE_BLOCK,
+                     "whole_ms": 1e3 * t["whole"]["median_s"],
+                     "blocks_ms": 1e3 * t["blocks"]["median_s"],
+                     "speedup": t["whole"]["median_s"] / t["blocks"]["median_s"],
+                     "max_abs_diff": (out - ref).abs().max().item()})
+    return rows
+
+
 def predictions() -> list[dict]:
     from genomeconv.models.families.evo2.config import published_config
 
@@ -265,7 +300,7 @@ def predictions() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    ap.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c", "d"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--length-a", type=int, default=8192)
@@ -291,6 +326,8 @@ def main() -> None:
         if "c" in args.parts:
             rows += memory_check(args.check_lengths, args.timeout)
             rows += predictions()
+        if "d" in args.parts:
+            rows += correlate_part()
     print_table([r for r in rows if "contender" in r],
                 ["part", "L", "contender", "seconds", "matmul_s", "attention_s", "rest_s",
                  "matmul_alone_s", "attention_alone_s", "speedup_vs_official",
@@ -298,6 +335,9 @@ def main() -> None:
                  "loglik_rel_err_vs_official_fp32"])
     print_table([r for r in rows if r["part"] == "c"],
                 ["config", "L", "dtype", "budget_gb", "predicted_gb", "fits"])
+    print_table([r for r in rows if r["part"] == "d"],
+                ["filter", "L", "channels", "taps", "input_dtype", "whole_ms", "blocks_ms",
+                 "speedup", "max_abs_diff"])
     write_result(args.name, rows, threads=torch.get_num_threads(),
                  native_bf16=native_half("bfloat16"), load_average_at_start=load,
                  load_average_at_end=os.getloadavg())
