@@ -8,8 +8,20 @@ convolution (Lk = 2^14 at L = 2^22 by default) against full-length FFTs: the ref
 and the fft path with the same filter, and the fft path with the filter zero-padded to L.
 Contenders whose estimated peak memory exceeds --mem-gib are left out of that row (and say so).
 
+`--block-points` instead: the CPU path's row block size (paired.BLOCK_POINTS, complex points
+per block of channels and batch rows) swept over the shapes inference runs, the sizes
+alternating repeat by repeat (results/bench_block_points.json; design figure
+"row_block_size").
+
     python benchmarks/bench_kernels.py --quick                  # a short run
     python benchmarks/bench_kernels.py --configs 256x1 --hi 20  # the float32 H=256 sweep
+    python benchmarks/bench_kernels.py --block-points 15,16,17,18,19 --repeats 7
+
+`--epilogue`: HyenaDNA's fc1 and its GELU in float32 (models/inference._linear) as addmm and
+an in-place GELU against one oneDNN linear with both in its epilogue, at the tile shapes of the
+bundled, tiny-1k and large-1m models (results/bench_linear_epilogue.json).
+
+    python benchmarks/bench_kernels.py --epilogue --repeats 20
 """
 
 from __future__ import annotations
@@ -121,6 +133,71 @@ def partial_rows(H: int, L: int, Lk: int, repeats: int, mem_bytes: float) -> lis
     return rows
 
 
+BLOCK_SHAPES = (  # (what, B, H, L, Lk): float32 inference shapes of fftconv's CPU path
+    ("bundled model, 128 windows of 1,024", 128, 64, 1024, 1024),
+    ("ALT suffixes of 1,024-bp windows", 256, 64, 512, 1024),
+    ("tiny-1k shape, 16 windows", 16, 128, 1024, 1024),
+    ("batched 2,048-bp windows", 64, 256, 2048, 2048),
+    ("small-32k shape, one input", 1, 256, 32768, 32768),
+    ("Evo 2 8,192-bp window (h256 hcl)", 4, 256, 8192, 8192),
+    ("one long input, 1,024 taps (partial)", 1, 64, 131072, 1024),
+    ("Evo 2 long-input piece (h256 hcl)", 1, 256, 65536, 65536),
+)
+
+
+def block_rows(log2s: list[int], repeats: int) -> list[dict]:
+    """Seconds per call of fftconv at each BLOCK_SHAPES shape for each paired.BLOCK_POINTS =
+    2^log2 (alternating), with the ratio to the fastest size of that shape."""
+    import genomeconv.kernels.paired as paired
+
+    default = paired.BLOCK_POINTS
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    try:
+        for what, B, H, L, Lk in BLOCK_SHAPES:
+            u = torch.randn(B, H, L, generator=gen)
+            k = torch.randn(H, Lk, generator=gen) / Lk ** 0.5
+            D, out = torch.randn(H, generator=gen), torch.empty(B, H, L)
+
+            def run(points: int) -> None:
+                paired.BLOCK_POINTS = points
+                fftconv(u, k, D, out=out)
+            t = interleaved({lg: (lambda p=1 << lg: run(p)) for lg in log2s}, repeats=repeats)
+            best = min(r["median_s"] for r in t.values())
+            rows += [{"shape": what, "B": B, "H": H, "L": L, "Lk": Lk, "log2_block_points": lg,
+                      "median_ms": 1e3 * t[lg]["median_s"],
+                      "vs_fastest": t[lg]["median_s"] / best,
+                      "default": 1 << lg == default} for lg in log2s]
+    finally:
+        paired.BLOCK_POINTS = default
+    return rows
+
+
+EPILOGUE_SHAPES = ((4096, 64, 256), (4096, 128, 512), (4096, 256, 1024))  # tile, d -> d_inner
+
+
+def epilogue_rows(repeats: int) -> list[dict]:
+    """Milliseconds per call of fc1 + GELU (tanh) both ways, and their max abs difference."""
+    from genomeconv.models import inference
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for m, d, n in EPILOGUE_SHAPES:
+        x, b = torch.randn(m, d, generator=gen), torch.randn(n, generator=gen)
+        w, out = torch.randn(n, d, generator=gen) / d ** 0.5, torch.empty(m, n)
+        t = interleaved({"addmm + gelu_": lambda: inference._linear(x, w, b, out, gelu=True),
+                         "oneDNN fused": lambda: inference._linear(x, w, b, None, gelu=True)},
+                        repeats=repeats)
+        diff = inference._linear(x, w, b, None, gelu=True) - inference._linear(x, w, b, out,
+                                                                               gelu=True)
+        rows.append({"tile": m, "d_model": d, "d_inner": n,
+                     "addmm_gelu_ms": 1e3 * t["addmm + gelu_"]["median_s"],
+                     "fused_ms": 1e3 * t["oneDNN fused"]["median_s"],
+                     "speedup": t["addmm + gelu_"]["median_s"] / t["oneDNN fused"]["median_s"],
+                     "max_abs_diff": diff.abs().max().item()})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -139,8 +216,24 @@ def main(argv: list[str] | None = None) -> None:
                          "fit in memory together, e.g. L = 2^21 on 24 GiB)")
     ap.add_argument("--partial", default="16:22:14",
                     help="H:log2L:log2Lk of the partial-vs-full comparison ('' to skip)")
+    ap.add_argument("--block-points", default="",
+                    help="comma-separated log2 row block sizes to sweep instead (see above)")
+    ap.add_argument("--epilogue", action="store_true", help="the fc1 + GELU comparison instead")
     ap.add_argument("--name", default="bench_kernels")
     args = ap.parse_args(argv)
+    if args.epilogue:
+        rows = epilogue_rows(args.repeats)
+        print_table(rows, ["tile", "d_model", "d_inner", "addmm_gelu_ms", "fused_ms", "speedup",
+                           "max_abs_diff"])
+        write_result("bench_linear_epilogue" if args.name == "bench_kernels" else args.name,
+                     rows, threads=torch.get_num_threads(), args=vars(args))
+        return
+    if args.block_points:
+        rows = block_rows([int(v) for v in args.block_points.split(",")], args.repeats)
+        print_table(rows, ["shape", "log2_block_points", "median_ms", "vs_fastest", "default"])
+        write_result("bench_block_points" if args.name == "bench_kernels" else args.name, rows,
+                     threads=torch.get_num_threads(), args=vars(args))
+        return
     if args.quick:
         args.hi, args.configs, args.dtypes, args.repeats = 16, "256x1", "float32", 2
         args.partial = args.partial if args.partial != "16:22:14" else "16:19:12"

@@ -321,6 +321,22 @@ def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cac
     assert rel_err(y, conv_reference(*short, **gates)) < 1e-12
 
 
+# blocks of channels x batch rows: 2+1 x 1 each, 3 x 2+2+1, 3 x 5 (M = 200)
+@pytest.mark.parametrize("points", [1 << 9, 3 << 9, 1 << 17])
+def test_paired_row_blocks_match_float64_reference(monkeypatch, points):
+    """However BLOCK_POINTS groups channels and batch rows into row blocks, ragged last blocks
+    included, with and without a filter side cached, every row gets the reference result."""
+    from genomeconv.kernels import paired
+
+    monkeypatch.setattr(paired, "BLOCK_POINTS", points)
+    a = conv_inputs(5, 3, 200, 200, dtype=torch.float64, seed=11)
+    args = (a["u"], a["k"].double(), a["D"].double())
+    gates = dict(pregate=a["pregate"], postgate=a["postgate"])
+    ref = conv_reference(*args, **gates)
+    for cache in (SpectrumCache(), SpectrumCache(max_bytes=0)):
+        assert rel_err(fftconv(*args, **gates, method="fft", cache=cache), ref) < 1e-12
+
+
 @pytest.mark.parametrize("L", [5, 97, 1000, 3001])
 @pytest.mark.parametrize("one_row", [4, 1 << 30])
 def test_paired_1d_transforms_row_by_row_or_batched_match_reference(monkeypatch, L, one_row):

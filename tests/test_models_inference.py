@@ -8,28 +8,37 @@ import numpy as np
 import pytest
 import torch
 
+from genomeconv.kernels import linear
 from genomeconv.models import HyenaConfig, inference, pool
 from helpers import TINY, assert_close_ref, random_ids, random_model, reference_hidden
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 16, 64, None])
-def test_chunked_equals_one_shot(rng, chunk):
-    model = random_model()
-    ids = random_ids(rng, 2, 37)
+def assert_equals_forward(model, ids, chunk):
+    """The bounded-memory hidden states equal the module's own forward."""
     with torch.no_grad():
         one_shot = model(ids)
-    chunked = inference.hidden_states(model, ids, chunk_size=chunk)
-    torch.testing.assert_close(chunked, one_shot, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(inference.hidden_states(model, ids, chunk_size=chunk), one_shot,
+                               atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64, None])
+def test_chunked_equals_one_shot(rng, chunk):
+    assert_equals_forward(random_model(), random_ids(rng, 2, 37), chunk)
+
+
+@pytest.mark.parametrize("onednn", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not linear.ONEDNN, reason="this torch build has no oneDNN linear"))])
+def test_float32_linear_paths_equal_one_shot(rng, monkeypatch, onednn):
+    """fc1 and its GELU as one oneDNN linear (float32 wherever kernels.linear takes oneDNN) or
+    as addmm and an in-place GELU (other builds and devices): both equal the module's forward."""
+    monkeypatch.setattr(inference, "ONEDNN", onednn)
+    assert inference._fused_epilogues(torch.float32, torch.device("cpu")) == onednn
+    assert_equals_forward(random_model(seed=3), random_ids(rng, 3, 45), 32)
 
 
 def test_channel_groups_equal_one_shot(rng, monkeypatch):
     monkeypatch.setattr(inference, "GROUP_BYTES", 1)  # one channel per long-conv group
-    model = random_model(seed=5)
-    ids = random_ids(rng, 1, 30)
-    with torch.no_grad():
-        one_shot = model(ids)
-    torch.testing.assert_close(inference.hidden_states(model, ids, chunk_size=8), one_shot,
-                               atol=2e-5, rtol=1e-5)
+    assert_equals_forward(random_model(seed=5), random_ids(rng, 1, 30), 8)
 
 
 def test_long_input_is_partial_convolution_of_length_max_seq_len(rng):

@@ -58,7 +58,7 @@ try:
 except ImportError:  # the path is then unavailable; fft.py's scipy/torch path runs instead
     ducc0 = None
 
-BLOCK_POINTS = 1 << 15  # complex points per row block (256 KiB in complex64: L2-resident)
+BLOCK_POINTS = 1 << 17  # complex points per row block (1 MiB in complex64: "row_block_size")
 GROUP_POINTS = 1 << 18  # complex points per group of overlap-save segments (2 MiB)
 PAIR_POINTS = 1 << 16  # complex points per chunk of the paired step (and as many in its partner)
 SHARED_SIDE_BYTES = 1 << 26  # filter sides formed once per call for batches up to this size

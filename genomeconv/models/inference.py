@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
+from genomeconv.kernels.linear import ONEDNN
 from genomeconv.models.base import TRACK_BASES, Suffixes, pool
 from genomeconv.models.tokenizer import VOCAB
 
@@ -115,9 +116,14 @@ def _short_conv(x: torch.Tensor, carry: torch.Tensor, weight: torch.Tensor,
 
 def _fused_epilogues(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether `_linear` runs matmuls in `dtype` as oneDNN linears with the bias (and GELU) in
-    the epilogue: bfloat16 on a CPU whose oneDNN supports it."""
-    return (device.type == "cpu" and dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
+    the epilogue, on the CPU: float32 where kernels.linear takes oneDNN, bfloat16 where oneDNN
+    supports it. fc1 and its GELU then make one pass over memory instead of two
+    (benchmarks/results/design_figures.json, "fused_linear_gelu")."""
+    if device.type != "cpu":
+        return False
+    if dtype == torch.float32:
+        return ONEDNN
+    return (dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
