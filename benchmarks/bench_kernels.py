@@ -18,8 +18,9 @@ alternating repeat by repeat (results/bench_block_points.json; design figure
     python benchmarks/bench_kernels.py --block-points 15,16,17,18,19 --repeats 7
 
 `--epilogue`: HyenaDNA's fc1 and its GELU in float32 (models/inference._linear) as addmm and
-an in-place GELU against one oneDNN linear with both in its epilogue, at the tile shapes of the
-bundled, tiny-1k and large-1m models (results/bench_linear_epilogue.json).
+an in-place GELU against one oneDNN linear with both in its epilogue, and fc2 as addmm into the
+residual plus a bias pass against a oneDNN linear with its bias, added, at the tile shapes of
+the bundled, tiny-1k and large-1m models (results/bench_linear_epilogue.json).
 
     python benchmarks/bench_kernels.py --epilogue --repeats 20
 """
@@ -177,24 +178,36 @@ EPILOGUE_SHAPES = ((4096, 64, 256), (4096, 128, 512), (4096, 256, 1024))  # tile
 
 
 def epilogue_rows(repeats: int) -> list[dict]:
-    """Milliseconds per call of fc1 + GELU (tanh) both ways, and their max abs difference."""
+    """Milliseconds per call of fc1 + GELU (tanh) and of fc2 added into the residual, each both
+    ways (models/inference._linear, _add_linear), and their max abs differences."""
     from genomeconv.models import inference
 
     gen = torch.Generator().manual_seed(0)
     rows = []
     for m, d, n in EPILOGUE_SHAPES:
-        x, b = torch.randn(m, d, generator=gen), torch.randn(n, generator=gen)
-        w, out = torch.randn(n, d, generator=gen) / d ** 0.5, torch.empty(m, n)
-        t = interleaved({"addmm + gelu_": lambda: inference._linear(x, w, b, out, gelu=True),
-                         "oneDNN fused": lambda: inference._linear(x, w, b, None, gelu=True)},
+        x, b1, b2 = (torch.randn(*s, generator=gen) for s in ((m, d), (n,), (d,)))
+        w1, w2 = (torch.randn(*s, generator=gen) / s[1] ** 0.5 for s in ((n, d), (d, n)))
+        h, out, r = torch.randn(m, n, generator=gen), torch.empty(m, n), torch.zeros(m, d)
+
+        def fc2_addmm():
+            torch.addmm(r, h, w2.T, out=r)
+            r.add_(b2)
+        t = interleaved({"fc1 addmm": lambda: inference._linear(x, w1, b1, out, gelu=True),
+                         "fc1 fused": lambda: inference._linear(x, w1, b1, None, gelu=True),
+                         "fc2 addmm": fc2_addmm,
+                         "fc2 fused": lambda: r.add_(inference._linear(h, w2, b2, None))},
                         repeats=repeats)
-        diff = inference._linear(x, w, b, None, gelu=True) - inference._linear(x, w, b, out,
-                                                                               gelu=True)
+        ms = {k: 1e3 * v["median_s"] for k, v in t.items()}
+        fc1 = inference._linear(x, w1, b1, None, gelu=True) - inference._linear(x, w1, b1, out,
+                                                                                gelu=True)
+        fc2 = inference._linear(h, w2, b2, None) - torch.addmm(b2, h, w2.T)
         rows.append({"tile": m, "d_model": d, "d_inner": n,
-                     "addmm_gelu_ms": 1e3 * t["addmm + gelu_"]["median_s"],
-                     "fused_ms": 1e3 * t["oneDNN fused"]["median_s"],
-                     "speedup": t["addmm + gelu_"]["median_s"] / t["oneDNN fused"]["median_s"],
-                     "max_abs_diff": diff.abs().max().item()})
+                     "fc1_addmm_gelu_ms": ms["fc1 addmm"], "fc1_fused_ms": ms["fc1 fused"],
+                     "fc1_speedup": ms["fc1 addmm"] / ms["fc1 fused"],
+                     "fc2_addmm_ms": ms["fc2 addmm"], "fc2_fused_ms": ms["fc2 fused"],
+                     "fc2_speedup": ms["fc2 addmm"] / ms["fc2 fused"],
+                     "max_abs_diff_fc1": fc1.abs().max().item(),
+                     "max_abs_diff_fc2": fc2.abs().max().item()})
     return rows
 
 
@@ -223,8 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.epilogue:
         rows = epilogue_rows(args.repeats)
-        print_table(rows, ["tile", "d_model", "d_inner", "addmm_gelu_ms", "fused_ms", "speedup",
-                           "max_abs_diff"])
+        print_table(rows, ["tile", "d_model", "d_inner", "fc1_addmm_gelu_ms", "fc1_fused_ms",
+                           "fc1_speedup", "fc2_addmm_ms", "fc2_fused_ms", "fc2_speedup"])
         write_result("bench_linear_epilogue" if args.name == "bench_kernels" else args.name,
                      rows, threads=torch.get_num_threads(), args=vars(args))
         return

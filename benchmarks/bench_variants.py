@@ -23,7 +23,8 @@ alternating repeat by repeat:
   VCF, with the bundled model; Ray's start and a first small run are outside the timing; the
   max abs difference of every score column between the two checkouts' outputs;
 - tokens/s of the bundled model's forward (inference.hidden_and_loglik, 2 threads) on 128
-  windows of 1,024 tokens against one input of 131,072, alternated 3 times (median).
+  windows of 1,024 tokens against one input of 131,072, alternated 9 times (median: a call
+  takes half a second, and single calls here vary by 15%).
 
 Usage: python benchmarks/bench_variants.py [--quick] [--cases 1kbp,32kbp,1Mbp]
        python benchmarks/bench_variants.py --lambda --before /tmp/before [--repeats 2]
@@ -158,7 +159,7 @@ def child_tokens() -> dict:
     inputs = {name: ids.reshape(shape) for name, shape in SHAPES.items()}
     hidden_and_loglik(model, inputs["128x1024"][:8])  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in inputs}
-    for _ in range(3):
+    for _ in range(9):
         for name, x in inputs.items():
             t0 = time.perf_counter()
             hidden_and_loglik(model, x)

@@ -29,8 +29,9 @@ def test_chunked_equals_one_shot(rng, chunk):
 @pytest.mark.parametrize("onednn", [False, pytest.param(True, marks=pytest.mark.skipif(
     not linear.ONEDNN, reason="this torch build has no oneDNN linear"))])
 def test_float32_linear_paths_equal_one_shot(rng, monkeypatch, onednn):
-    """fc1 and its GELU as one oneDNN linear (float32 wherever kernels.linear takes oneDNN) or
-    as addmm and an in-place GELU (other builds and devices): both equal the module's forward."""
+    """fc1 with its GELU and fc2 with its bias as oneDNN linears (float32 wherever
+    kernels.linear takes oneDNN) or as addmm with an in-place GELU or bias pass (other builds
+    and devices): both equal the module's forward."""
     monkeypatch.setattr(inference, "ONEDNN", onednn)
     assert inference._fused_epilogues(torch.float32, torch.device("cpu")) == onednn
     assert_equals_forward(random_model(seed=3), random_ids(rng, 3, 45), 32)

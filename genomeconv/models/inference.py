@@ -144,9 +144,13 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 mm: "_MatmulBuffers | None") -> None:
     """r += x @ weight.T + bias in place (r float32; x, weight, bias in the matmul dtype).
-    In r's dtype the matmul accumulates into r; in another (`mm`) its output is cast into
-    mm.wide and added: one pass more than the float32 path's bias pass."""
-    if mm is None:
+    In r's dtype the matmul accumulates into r, or, for a contiguous x where `_linear` fuses
+    epilogues, is one oneDNN linear with the bias, added (fc2: "fused_linear_gelu"; oneDNN
+    would copy a transposed x such as out_proj's first); in another dtype (`mm`) its output is
+    cast into mm.wide and added."""
+    if mm is None and x.is_contiguous() and _fused_epilogues(x.dtype, x.device):
+        r += _linear(x, weight, bias, None)
+    elif mm is None:
         torch.addmm(r, x, weight.T, out=r)
         r += bias
     else:
