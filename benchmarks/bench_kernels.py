@@ -232,20 +232,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-points", default="",
                     help="comma-separated log2 row block sizes to sweep instead (see above)")
     ap.add_argument("--epilogue", action="store_true", help="the fc1 + GELU comparison instead")
-    ap.add_argument("--name", default="bench_kernels")
+    ap.add_argument("--name", help="results/<name>.json (default: bench_kernels, or "
+                    "bench_linear_epilogue / bench_block_points for those modes)")
     args = ap.parse_args(argv)
-    if args.epilogue:
-        rows = epilogue_rows(args.repeats)
-        print_table(rows, ["tile", "d_model", "d_inner", "fc1_addmm_gelu_ms", "fc1_fused_ms",
-                           "fc1_speedup", "fc2_addmm_ms", "fc2_fused_ms", "fc2_speedup"])
-        write_result("bench_linear_epilogue" if args.name == "bench_kernels" else args.name,
-                     rows, threads=torch.get_num_threads(), args=vars(args))
-        return
-    if args.block_points:
-        rows = block_rows([int(v) for v in args.block_points.split(",")], args.repeats)
-        print_table(rows, ["shape", "log2_block_points", "median_ms", "vs_fastest", "default"])
-        write_result("bench_block_points" if args.name == "bench_kernels" else args.name, rows,
-                     threads=torch.get_num_threads(), args=vars(args))
+    if args.epilogue or args.block_points:
+        if args.epilogue:
+            name, rows = "bench_linear_epilogue", epilogue_rows(args.repeats)
+            cols = ["tile", "d_model", "d_inner", "fc1_addmm_gelu_ms", "fc1_fused_ms",
+                    "fc1_speedup", "fc2_addmm_ms", "fc2_fused_ms", "fc2_speedup"]
+        else:
+            name = "bench_block_points"
+            rows = block_rows([int(v) for v in args.block_points.split(",")], args.repeats)
+            cols = ["shape", "log2_block_points", "median_ms", "vs_fastest", "default"]
+        print_table(rows, cols)
+        write_result(args.name or name, rows, threads=torch.get_num_threads(), args=vars(args))
         return
     if args.quick:
         args.hi, args.configs, args.dtypes, args.repeats = 16, "256x1", "float32", 2
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n== partial vs full FFT ==")
         print_table(prow, ["H", "L", "Lk", "path", "median_s", "speedup_vs_ref",
                            "speedup_vs_fft", "speedup_vs_padded", "GB/s", "peak_extra_MiB"])
-    write_result(args.name, rows, partial=prow, threads=torch.get_num_threads(),
-                 args=vars(args))
+    write_result(args.name or "bench_kernels", rows, partial=prow,
+                 threads=torch.get_num_threads(), args=vars(args))
 
 
 if __name__ == "__main__":

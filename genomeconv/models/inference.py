@@ -148,13 +148,13 @@ def _add_linear(r: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: to
     epilogues, is one oneDNN linear with the bias, added (fc2: "fused_linear_gelu"; oneDNN
     would copy a transposed x such as out_proj's first); in another dtype (`mm`) its output is
     cast into mm.wide and added."""
-    if mm is None and x.is_contiguous() and _fused_epilogues(x.dtype, x.device):
+    if mm is not None:
+        r += mm.wide[:len(r)].copy_(_linear(x, weight, bias, mm.out))
+    elif x.is_contiguous() and _fused_epilogues(x.dtype, x.device):
         r += _linear(x, weight, bias, None)
-    elif mm is None:
+    else:
         torch.addmm(r, x, weight.T, out=r)
         r += bias
-    else:
-        r += mm.wide[:len(r)].copy_(_linear(x, weight, bias, mm.out))
 
 
 class _LayerWeights:
