@@ -9,8 +9,8 @@ cache line, results) are printed directly and are never affected.
 
 `quiet_libraries()` is idempotent and cheap; it runs in the CLI process, again in
 `runtime.connect` after Ray and Ray Data have configured their loggers (importing them resets
-their levels), and in every worker of a local Ray instance (runtime_env's
-worker_process_setup_hook, with `worker_env()`).
+their levels), and in every model actor (pipelines/job.py), which on a local Ray instance also
+inherits this process's GENOMECONV_VERBOSE and Ray log level.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from genomeconv.errors import VERBOSE_ENV, verbose
+from genomeconv.errors import verbose
 
 # Loggers that other libraries configure with their own levels (so the root level alone does not
 # reach them); DeepSpeed's logs straight to its own logger, with a handler of its own.
@@ -67,14 +67,6 @@ def quiet_libraries() -> None:
     except ImportError:
         return
     pysam.set_verbosity(0)  # htslib's [W::...]/[E::...] lines; genomeconv reports the error
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for Ray workers, so that they are as quiet (or verbose) as this process."""
-    env = {VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "")}
-    if not verbose():
-        env[RAY_BACKEND_LEVEL[0]] = os.environ.get(*RAY_BACKEND_LEVEL)
-    return env
 
 
 @contextlib.contextmanager

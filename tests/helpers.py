@@ -116,6 +116,13 @@ def worker_setup(model: str | None, out: str | Path, **fields: object):
     return WorkerSetup(**{**base, **fields})
 
 
+def open_actor(actor: type, setup, config):
+    """A job actor (job.UnitActor) in this process, set up for one run: built, then opened."""
+    made = actor(setup)
+    made.open_run(setup, config)
+    return made
+
+
 def save_tiny_model(path: str | Path, *, seed: int, max_seq_len: int, d_inner: int = 32) -> str:
     """A random HyenaDNA (d_model 16, 2 layers) saved in genomeconv's layout at `path`: small
     enough to run hundreds of items in seconds; `seed` makes its weights reproducible."""

@@ -28,7 +28,7 @@ from genomeconv.io.annotations import select_features
 from genomeconv.io.fasta import FastaFile
 from genomeconv.io.seqrecords import features_of, genes_of, record_format
 from genomeconv.pipelines.embed import plan_fasta_items
-from helpers import random_seq, save_tiny_model, worker_setup, write_fasta
+from helpers import open_actor, random_seq, save_tiny_model, worker_setup, write_fasta
 
 # (type, parts as (start, end, strand) in biological order, qualifiers); record "R1.1"
 FEATURES = [
@@ -222,8 +222,8 @@ def actor_sequences(model: str, path: str, out: Path, **selection) -> dict[tuple
     from genomeconv.pipelines.embed import EmbedActor, WorkerConfig
 
     items = plan_fasta_items(path, **selection)
-    actor = EmbedActor(worker_setup(model, out), WorkerConfig(fasta=readable_fasta(path),
-                                                              reads=None))
+    actor = open_actor(EmbedActor, worker_setup(model, out),
+                       WorkerConfig(fasta=readable_fasta(path), reads=None))
     return {(it.seq_name, it.chrom, it.start, it.end, it.strand, it.length): seq
             for it, seq in zip(items, actor.sequences(items))}
 

@@ -25,7 +25,7 @@ from genomeconv.cli import app
 from genomeconv.errors import InputError
 from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.models.tokenizer import tokenize
-from genomeconv.pipelines import schema
+from genomeconv.pipelines import runtime, schema
 from genomeconv.pipelines.embed import embed
 from genomeconv.pipelines.options import EmbedOptions
 from helpers import random_seq, save_tiny_model
@@ -249,6 +249,7 @@ def test_resume_after_killed_worker_and_driver(ray_local, tmp_path):
     cmd = [sys.executable, "-m", "genomeconv.cli", "embed", fasta, "--model", str(model_dir),
            "--out", str(out), "--batch-size", "1", "--unit-bp", "8000",
            "--address", ray_local.get_runtime_context().gcs_address]
+    runtime.release_workers()  # earlier tests' kept actors: only the job's are counted below
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         first = _wait(lambda: sorted(parts.glob("part-*.parquet")), 120, "the first part")
@@ -460,7 +461,7 @@ def test_nonfinite_model_stops_the_run_or_marks_rows(ray_local, genome, tmp_path
 def test_iupac_codes_count_in_n_fraction(tiny_model, tmp_path, rng):
     """n_fraction is the share of bases the model cannot know (N and the other IUPAC codes): a
     record with 2% IUPAC codes read 0.0 (issue 30). The worker's own path, without Ray."""
-    from helpers import worker_setup, write_fasta
+    from helpers import open_actor, worker_setup, write_fasta
     from genomeconv.pipelines.embed import EmbedActor, WorkerConfig, plan_fasta_items
 
     seq = np.array(list(random_seq(rng, 1000)))
@@ -468,7 +469,7 @@ def test_iupac_codes_count_in_n_fraction(tiny_model, tmp_path, rng):
     seq[:5] = "N"
     fasta = write_fasta(tmp_path / "g.fa", {"c": "".join(seq)})
     items = plan_fasta_items(fasta)
-    actor = EmbedActor(worker_setup(tiny_model, tmp_path / "o"),
+    actor = open_actor(EmbedActor, worker_setup(tiny_model, tmp_path / "o"),
                        WorkerConfig(fasta=fasta, reads=None))
     actor.run_unit("u", items)
     (row,) = pq.read_table(tmp_path / "o" / "embeddings" / "part-u.parquet").to_pylist()

@@ -30,7 +30,7 @@ from genomeconv.models import HyenaConfig, HyenaDNA, load
 from genomeconv.pipelines import embed as E
 from genomeconv.pipelines import manifest, runtime
 from genomeconv.pipelines import variants as V
-from helpers import random_seq, worker_setup, write_fasta
+from helpers import open_actor, random_seq, worker_setup, write_fasta
 
 N_ITEMS = 7
 PROPERTY = settings(max_examples=3, deadline=None, derandomize=True,
@@ -104,7 +104,7 @@ def _embed_run(world, out: Path, bed: str, batch_size: int, stop_after: int | No
                                 batch_size=batch_size)
         setup = worker_setup(world["model"], out, manifest_sha256=run_manifest.sha256,
                              token=run.token)
-        actor = E.EmbedActor(setup, config)
+        actor = open_actor(E.EmbedActor, setup, config)
         for unit in units[:stop_after]:
             actor.run_unit(unit.unit_id, [by_id[i] for i in unit.item_ids])
         if stop_after is not None and len(units) > stop_after:  # killed between two commits
@@ -188,8 +188,8 @@ def _variants_run(world, out: Path, table: str, unit_size: int, stop_after: int 
         units = runtime.plan_units([i for i in by_id if i not in done], unit_size)
         setup = worker_setup(world["model"], out, manifest_sha256=run_manifest.sha256,
                              token=run.token)
-        scorer = V.UnitScorer(setup, V.ScorerConfig(fasta=world["fasta"], window=33,
-                                                    site_probs=True))
+        scorer = open_actor(V.UnitScorer, setup, V.ScorerConfig(fasta=world["fasta"], window=33,
+                                                                site_probs=True))
         for unit in units[:stop_after]:
             scorer.run_unit(unit.unit_id, [by_id[i] for i in unit.item_ids])
     if stop_after is not None:

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import random_seq, save_tiny_model, worker_setup
+from helpers import open_actor, random_seq, save_tiny_model, worker_setup
 from genomeconv.io.reads import ReadFile, ReadRef, scan_reads
 from genomeconv.models import load, pool
 from genomeconv.models.tokenizer import tokenize
@@ -166,7 +166,8 @@ def test_pooled_read_does_not_depend_on_its_batch(pooling, reads, tiny_model, tm
     tables = {}
     for batch in (1, 7, 64):
         cfg = WorkerConfig(fasta=None, reads=bam, pooling=pooling, batch_size=batch)
-        EmbedActor(worker_setup(tiny_model, tmp_path / str(batch)), cfg).run_unit("u", items)
+        open_actor(EmbedActor, worker_setup(tiny_model, tmp_path / str(batch)), cfg).run_unit(
+            "u", items)
         table = pq.read_table(tmp_path / str(batch) / "embeddings" / "part-u.parquet")
         tables[batch] = {r["read_name"]: np.asarray(r["embedding"]) for r in table.to_pylist()}
     model = load(tiny_model)

@@ -239,10 +239,11 @@ class WorkerConfig:
 
 
 class EmbedActor(UnitActor):
-    """The embed actor: opens the inputs and loads the model once, then embeds whole units."""
+    """The embed actor: loads the model once, opens the inputs once a run, then embeds whole
+    units."""
 
-    def __init__(self, setup: WorkerSetup, config: WorkerConfig) -> None:
-        super().__init__(setup, config)
+    def open_run(self, setup: WorkerSetup, config: WorkerConfig) -> None:
+        super().open_run(setup, config)
         if config.reads:
             from genomeconv.io.reads import ReadFile
 

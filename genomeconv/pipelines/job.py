@@ -5,7 +5,8 @@
 the run manifest and the folder lock (pipelines/manifest.py), resume by key (the parts that count
 are read, the keys they hold are left out of the plan), the pool of Ray actors (`--num-workers`
 actors of `--gpus-per-worker` GPUs, the node's CPUs shared among them as torch threads, on the
-cluster at `--address`), one Parquet part per work unit committed under the run's token, the
+cluster at `--address`; on a local Ray kept for the next run with the same model setup,
+runtime.map_units), one Parquet part per work unit committed under the run's token, the
 progress callbacks and the summary (`JobSummary.lines`).
 
 A job (a `Job` subclass) supplies only what differs: how its items are planned into work units
@@ -66,30 +67,62 @@ class WorkerSetup:
     manifest_sha256: str | None
     token: manifest.RunToken | None  # None: parts are renamed into place without the lock
     weights_sha256: str | None = None  # the model's checkpoint hash, for the parts' metadata
+    config_sha256: str | None = None  # the model's config hash
+
+    def pool_key(self) -> tuple:
+        """What an actor built with this setup holds whatever the run (its loaded model, torch
+        threads, dtype): runs with equal keys may share actors (runtime.map_units)."""
+        return (self.model, self.model_id, self.device, self.dtype, self.threads,
+                self.weights_sha256, self.config_sha256)
+
+
+def reset_peak_rss() -> None:
+    """Restart this process's peak resident memory count (Linux's clear_refs), so that a kept
+    actor reports each run's own peak; elsewhere the peak counts from the process's start."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (since `reset_peak_rss`)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class UnitActor:
     """Base of the job actors: loads the model once, then runs whole work units (`run`).
 
+    The actor outlives a run when runtime.map_units keeps its pool: what a run sets up (its
+    WorkerSetup's output and manifest, the job's config, the inputs a subclass opens) happens in
+    `open_run`, called on a run's first unit (and again in a restarted process), while
+    `__init__` holds only what `WorkerSetup.pool_key` names.
     A unit row holds a unit's id, its items as JSON (`encode_item` of the job; `decode_item`
     here), its work and its count (`Unit.count`). `run_unit` writes the unit's part(s) and returns
     a tally: numbers (`model_s`, the seconds spent in the model, and any counts) are summed over
     units, dicts of numbers summed key by key, other dicts merged. One output row per unit:
-    unit_id, count, work, peak_rss (the worker's peak resident bytes so far), tally (JSON) and
-    error (a GenomeconvError's `runtime.failure_report`, else empty).
+    unit_id, count, work, peak_rss (the worker's peak resident bytes in this run so far), tally
+    (JSON) and error (a GenomeconvError's `runtime.failure_report`, else empty).
     """
 
-    def __init__(self, setup: WorkerSetup, config: Any) -> None:
+    def __init__(self, setup: WorkerSetup) -> None:
         import torch
 
+        from genomeconv import logs
         from genomeconv.models import load
 
+        logs.quiet_libraries()
         if setup.threads:
             torch.set_num_threads(setup.threads)
-        self.setup, self.cfg = setup, config
         self.model: LanguageModel = load(setup.model, device=setup.device,
                                          model_id=setup.model_id)
         self.dtype = runtime.torch_dtype(setup.dtype)
+        self.run_id: str | None = None
+
+    def open_run(self, setup: WorkerSetup, config: Any) -> None:
+        """Set up a run (`setup`: equal to the constructor's in `pool_key`); subclasses open
+        their inputs here."""
+        self.setup, self.cfg = setup, config
 
     @staticmethod
     def decode_item(data: Any) -> Any:
@@ -106,16 +139,21 @@ class UnitActor:
                                     self.setup.manifest_sha256,
                                     weights_sha256=self.setup.weights_sha256, **extra)
 
-    def run(self, unit: dict[str, Any]) -> dict[str, Any]:
-        """Run one unit (a row of `run_units`) and return its output row."""
+    def run(self, unit: dict[str, Any], run_id: str,
+            run: tuple[WorkerSetup, Any]) -> dict[str, Any]:
+        """Run one unit (a row of `run_units`) of the run `run_id` ((setup, config)) and return
+        its output row."""
         items = [self.decode_item(d) for d in json.loads(unit["items"])]
         try:
+            if run_id != self.run_id:
+                reset_peak_rss()
+                self.open_run(*run)
+                self.run_id = run_id
             tally, error = self.run_unit(str(unit["unit_id"]), items), ""
         except GenomeconvError as exc:
             tally, error = {}, runtime.failure_report(exc)
         return {"unit_id": unit["unit_id"], "count": unit["count"], "work": unit["work"],
-                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "tally": json.dumps(tally), "error": error}
+                "peak_rss": peak_rss(), "tally": json.dumps(tally), "error": error}
 
 
 def add_tally(total: dict[str, Any], tally: dict[str, Any]) -> None:
@@ -270,7 +308,8 @@ def run_job(job: Job, *, on_plan: Progress | None = None,
             on_plan(sum(u.work for u in units), len(units))
         setup = WorkerSetup(model, model_id, opts.worker_device, opts.dtype, None, str(job.out),
                             opts.command, opts.keep_nonfinite, run_manifest.sha256, run.token,
-                            run_manifest.settings.get("model_weights_sha256"))
+                            run_manifest.settings.get("model_weights_sha256"),
+                            run_manifest.settings.get("model_config_sha256"))
         done = run_units(job, units, setup, on_unit)
         job.finish(bool(units))
     selected = job.selected()
@@ -289,11 +328,13 @@ def run_units(job: Job, units: Sequence[Unit], setup: WorkerSetup,
     opts = job.opts
     gpus = opts.gpus
     workers, cpus = runtime.actor_shape(opts.address, opts.num_workers, len(units), gpus)
+    if workers < min(opts.num_workers, len(units)):
+        manifest.note(f"--num-workers {opts.num_workers}: running {workers}, one per CPU of "
+                      "the cluster")
     setup = replace(setup, threads=None if gpus else cpus)
     rows = [{"unit_id": u.unit_id, "work": u.work, "count": u.count,
              "items": json.dumps([job.encode_item(i) for i in u.items])} for u in units]
-    for row in runtime.map_units(rows, job.actor, {"setup": setup,
-                                                   "config": job.worker_config()},
+    for row in runtime.map_units(rows, job.actor, setup, (setup, job.worker_config()),
                                  workers=workers, cpus=cpus, gpus=gpus):
         done["count"] += int(row["count"])
         done["work"] += int(row["work"])

@@ -70,7 +70,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
 
     address: a cluster address ("auto", "HOST:PORT"); None uses RAY_ADDRESS if set, else starts a
     local instance whose servers listen on 127.0.0.1 only. An address is probed first
-    (`check_address`).
+    (`check_address`). The local instance's workers inherit this process's environment (its
+    GENOMECONV_VERBOSE and Ray log level, see genomeconv.logs): no runtime_env, whose workers Ray
+    starts afresh for each actor instead of handing over the ones it started with the instance
+    (~1 s an actor, measured here).
     """
     import logging
 
@@ -87,60 +90,80 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
                                   "logging_level": logging.INFO if verbose() else logging.ERROR}
         if address is None:
             kwargs.update(num_cpus=num_cpus, include_dashboard=False,
-                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST,
-                          runtime_env={"env_vars": logs.worker_env(),
-                                       "worker_process_setup_hook":
-                                           "genomeconv.logs.quiet_libraries"})
+                          dashboard_host=DEFAULT_HOST, _node_ip_address=DEFAULT_HOST)
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         else:
             kwargs["address"] = address
         with logs.ray_start_output():
             ray.init(**kwargs)
+        _session["local"] = ray.get_runtime_context().get_job_id() if address is None else None
         logs.quiet_libraries()
     return ray.cluster_resources()
+
+
+# Per connection: "local", the Ray job id of the local instance `connect` started (None on a
+# cluster); "kept", the actor pool `map_units` keeps there ({key: actors}, at most one).
+_session: dict[str, Any] = {"local": None, "kept": {}}
 
 
 def actor_shape(address: str | None, num_workers: int, units: int,
                 gpus: float) -> tuple[int, int]:
     """(workers, CPUs per worker) for a pool of model actors over `units` work units: no more
-    workers than units, and on CPU the cluster's CPUs shared among them (at most one node's
-    worth each), which each actor then uses as its torch threads."""
+    workers than units, nor CPU workers than the cluster's CPUs (more would wait for CPUs for
+    ever: Ray holds an actor's CPUs while it lives), and on CPU the cluster's CPUs shared among
+    them (at most one node's worth each), which each actor then uses as its torch threads."""
     import ray
 
     resources = connect(address)
-    workers = max(1, min(num_workers, units))
+    cpus = int(resources.get("CPU", 1))
+    workers = max(1, min(num_workers, units, num_workers if gpus else cpus))
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-    return workers, max(1, min(int(resources.get("CPU", 1)) // workers, int(node_cpus)))
+    return workers, max(1, min(cpus // workers, int(node_cpus)))
 
 
 # Units queued on each actor beyond the one it runs, so that it never waits for the driver.
 QUEUED_PER_ACTOR = 1
 
 
-def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *, workers: int,
+def map_units(rows: list[dict[str, Any]], actor: type, setup: Any, run: Any, *, workers: int,
               cpus: int, gpus: float) -> Iterator[dict[str, Any]]:
-    """Run `actor` (a `job.UnitActor` class built with `kwargs`) over the work-unit rows, one
-    row per call, on a pool of `workers` Ray actors; yield each unit's output row as it
-    finishes, raising the error a worker reported (`failure_report`) in the driver.
+    """Run `actor` (a `job.UnitActor` class, built with `setup`) over the work-unit rows, one
+    row per call with the run's `run` arguments, on a pool of `workers` Ray actors; yield each
+    unit's output row as it finishes, raising the error a worker reported (`failure_report`) in
+    the driver.
 
     Plain Ray actors rather than a Ray Data actor pool: Ray Data cost every run ~1.5 CPU-s of
     imports in each worker and ~5 CPU-s of helper actors per job, seconds a small job felt. A
     worker process that dies is restarted and its units run again (max_restarts,
-    max_task_retries, as Ray Data did); the actors are killed when the run ends or fails.
+    max_task_retries, as Ray Data did). On the local instance `connect` started, CPU actors
+    reserve no Ray CPUs (the node is this process's; their threads share its CPUs) and a pool
+    whose run succeeded is kept, so that the next run in this process with the same actor class,
+    `setup` (its `pool_key()`: the model, device, dtype, threads) and shape skips starting
+    workers and loading the model (~2.5 s a run with the bundled model here, a minute and more
+    with a large checkpoint); another pool, `release_workers`, or Ray's shutdown ends it. Any
+    other pool, and one whose run failed or was interrupted, is killed when the run ends.
     """
     import ray
 
-    remote = ray.remote(actor).options(num_cpus=0 if gpus else cpus, num_gpus=gpus,
-                                       max_restarts=-1, max_task_retries=-1)
-    pool = [remote.remote(**kwargs) for _ in range(workers)]
+    job_id = ray.get_runtime_context().get_job_id()
+    keep = _session["local"] == job_id and not gpus
+    key = (actor.__module__, actor.__qualname__, setup.pool_key(), workers, cpus, job_id)
+    pool = _session["kept"].pop(key, None)
+    release_workers()
+    if pool is None:
+        remote = ray.remote(actor).options(num_cpus=0 if gpus or keep else cpus, num_gpus=gpus,
+                                           max_restarts=-1, max_task_retries=-1)
+        pool = [remote.remote(setup) for _ in range(workers)]
+    run_id, run_ref = uuid.uuid4().hex, ray.put(run)
     todo = rows[::-1]  # pop() hands them out in order
     running: dict[Any, Any] = {}
 
     def give(worker: Any) -> None:
         if todo:
-            running[worker.run.remote(todo.pop())] = worker
+            running[worker.run.remote(todo.pop(), run_id, run_ref)] = worker
 
+    done = False
     try:
         for _ in range(1 + QUEUED_PER_ACTOR):
             for worker in pool:
@@ -151,9 +174,24 @@ def map_units(rows: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], *
             row = ray.get(ref)
             raise_failure(row["error"])
             yield row
+        done = True
     finally:
-        for worker in pool:
-            ray.kill(worker)
+        if done and keep:
+            _session["kept"][key] = pool
+        else:
+            for worker in pool:
+                ray.kill(worker)
+
+
+def release_workers() -> None:
+    """Kill the actor pool `map_units` kept, if any (its processes and their models' memory)."""
+    import ray
+
+    kept, _session["kept"] = _session["kept"], {}
+    for key, pool in kept.items():
+        if ray.is_initialized() and key[-1] == ray.get_runtime_context().get_job_id():
+            for worker in pool:
+                ray.kill(worker)
 
 
 def torch_dtype(name: str | None) -> Any:

@@ -187,12 +187,13 @@ class TrackConfig:
 
 
 class TrackActor(UnitActor):
-    """The track actor: loads the model and opens the FASTA once, then scores whole units."""
+    """The track actor: loads the model once, opens the FASTA once a run, then scores whole
+    units."""
 
-    def __init__(self, setup: WorkerSetup, config: TrackConfig) -> None:
+    def open_run(self, setup: WorkerSetup, config: TrackConfig) -> None:
         from genomeconv.io.fasta import FastaFile
 
-        super().__init__(setup, config)
+        super().open_run(setup, config)
         self.fasta = FastaFile(config.fasta)
 
     @staticmethod

@@ -579,14 +579,14 @@ class ScorerConfig:
 
 
 class UnitScorer(UnitActor):
-    """The variants actor: loads the model (and a fine-tuned model's head and base model) and opens
-    the FASTA once, then scores whole work units, each written as one Parquet part."""
+    """The variants actor: loads the model once, and once a run a fine-tuned model's head and
+    base model and the FASTA, then scores whole work units, each written as one Parquet part."""
 
-    def __init__(self, setup: WorkerSetup, config: ScorerConfig) -> None:
+    def open_run(self, setup: WorkerSetup, config: ScorerConfig) -> None:
         from genomeconv.io.fasta import FastaFile
         from genomeconv.models import load
 
-        super().__init__(setup, config)
+        super().open_run(setup, config)
         self.head = fine_tuned_head(setup.model)
         self.lm_model = load(config.lm.base, device=setup.device) \
             if config.lm.source == "base" else None
