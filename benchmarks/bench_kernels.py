@@ -23,6 +23,13 @@ residual plus a bias pass against a oneDNN linear with its bias, added, at the t
 the bundled, tiny-1k and large-1m models (results/bench_linear_epilogue.json).
 
     python benchmarks/bench_kernels.py --epilogue --repeats 20
+
+`--transforms`: paired.py's 1-D transforms of one row block per size, one thread, on ducc0 with
+every row in one call against paired.CHUNK_ROWS rows a call, then fftconv at the block-size
+shapes with paired.CHUNK_POINTS against every row in one call (results/bench_transforms.json;
+design figure "eight_row_transforms").
+
+    python benchmarks/bench_kernels.py --transforms 8,9,10,11,12,13,14,15 --repeats 15
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -146,31 +154,88 @@ BLOCK_SHAPES = (  # (what, B, H, L, Lk): float32 inference shapes of fftconv's C
 )
 
 
+def shape_sweep(attr: str, values: dict, repeats: int) -> list[tuple[tuple, dict]]:
+    """fftconv at each BLOCK_SHAPES shape with the constant paired.<attr> at each of `values`
+    ({name: value}, alternating repeat by repeat): (shape, harness.interleaved timings by name)
+    per shape; the constant restored after."""
+    import genomeconv.kernels.paired as paired
+
+    default = getattr(paired, attr)
+    gen = torch.Generator().manual_seed(0)
+    timed = []
+    try:
+        for shape in BLOCK_SHAPES:
+            _, B, H, L, Lk = shape
+            u = torch.randn(B, H, L, generator=gen)
+            k = torch.randn(H, Lk, generator=gen) / Lk ** 0.5
+            D, out = torch.randn(H, generator=gen), torch.empty(B, H, L)
+
+            def run(value: object) -> None:
+                setattr(paired, attr, value)
+                fftconv(u, k, D, out=out)
+            timed.append((shape, interleaved({name: (lambda v=v: run(v))
+                                              for name, v in values.items()}, repeats=repeats)))
+    finally:
+        setattr(paired, attr, default)
+    return timed
+
+
 def block_rows(log2s: list[int], repeats: int) -> list[dict]:
     """Seconds per call of fftconv at each BLOCK_SHAPES shape for each paired.BLOCK_POINTS =
     2^log2 (alternating), with the ratio to the fastest size of that shape."""
     import genomeconv.kernels.paired as paired
 
-    default = paired.BLOCK_POINTS
-    gen = torch.Generator().manual_seed(0)
     rows = []
-    try:
-        for what, B, H, L, Lk in BLOCK_SHAPES:
-            u = torch.randn(B, H, L, generator=gen)
-            k = torch.randn(H, Lk, generator=gen) / Lk ** 0.5
-            D, out = torch.randn(H, generator=gen), torch.empty(B, H, L)
+    for (what, B, H, L, Lk), t in shape_sweep("BLOCK_POINTS", {lg: 1 << lg for lg in log2s},
+                                              repeats):
+        best = min(r["median_s"] for r in t.values())
+        rows += [{"shape": what, "B": B, "H": H, "L": L, "Lk": Lk, "log2_block_points": lg,
+                  "median_ms": 1e3 * t[lg]["median_s"], "vs_fastest": t[lg]["median_s"] / best,
+                  "default": 1 << lg == paired.BLOCK_POINTS} for lg in log2s]
+    return rows
 
-            def run(points: int) -> None:
-                paired.BLOCK_POINTS = points
-                fftconv(u, k, D, out=out)
-            t = interleaved({lg: (lambda p=1 << lg: run(p)) for lg in log2s}, repeats=repeats)
-            best = min(r["median_s"] for r in t.values())
-            rows += [{"shape": what, "B": B, "H": H, "L": L, "Lk": Lk, "log2_block_points": lg,
-                      "median_ms": 1e3 * t[lg]["median_s"],
-                      "vs_fastest": t[lg]["median_s"] / best,
-                      "default": 1 << lg == default} for lg in log2s]
+
+def transform_rows(log2s: list[int], repeats: int) -> list[dict]:
+    """Per 1-D transform size M = 2^log2 (one row block of 2^17 complex points, one thread, as
+    each of paired.py's threads runs it): ms of a forward and an inverse on ducc0 with every
+    row in one call and paired.CHUNK_ROWS rows a call, alternating; then fftconv at the
+    BLOCK_SHAPES with paired.CHUNK_POINTS as set against none (every row in one call)."""
+    import genomeconv.kernels.paired as paired
+
+    default, threads = paired.CHUNK_POINTS, torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def both(z: np.ndarray, src: np.ndarray, points: tuple[int, int]) -> None:
+        """Fresh inputs, a forward and an unnormalised inverse (repeated in place, values
+        would grow to inf and time another code path)."""
+        paired.CHUNK_POINTS = points
+        z[:] = src
+        paired._c2c_1d(z, True)
+        paired._c2c_1d(z, False)
+    try:
+        torch.set_num_threads(1)
+        for lg in log2s:
+            src = rng.standard_normal((max(1, (1 << 17) >> lg), 2 << lg)).view(np.complex128)
+            src = (src / 2 ** (lg / 2)).astype(np.complex64)
+            z = src.copy()
+            t = interleaved({"whole": lambda: both(z, src, (1, 1)),
+                             "chunked": lambda: both(z, src, (1, 1 << 30))}, repeats=repeats)
+            rows.append({"what": f"c2c 2^{lg} x {len(z)} rows, 1 thread",
+                         "one_call_ms": 1e3 * t["whole"]["median_s"],
+                         "chunked_ms": 1e3 * t["chunked"]["median_s"],
+                         "one_call_over_chunked": t["whole"]["median_s"]
+                         / t["chunked"]["median_s"],
+                         "default_chunked": default[0] <= 1 << lg < default[1]})
     finally:
-        paired.BLOCK_POINTS = default
+        paired.CHUNK_POINTS = default
+        torch.set_num_threads(threads)
+    for (what, *_), t in shape_sweep("CHUNK_POINTS", {"none": (1, 1), "default": default},
+                                     repeats):
+        rows.append({"what": f"fftconv {what}, {threads} threads",
+                     "one_call_ms": 1e3 * t["none"]["median_s"],
+                     "default_ms": 1e3 * t["default"]["median_s"],
+                     "one_call_over_default": t["none"]["median_s"] / t["default"]["median_s"]})
     return rows
 
 
@@ -232,14 +297,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-points", default="",
                     help="comma-separated log2 row block sizes to sweep instead (see above)")
     ap.add_argument("--epilogue", action="store_true", help="the fc1 + GELU comparison instead")
+    ap.add_argument("--transforms", default="",
+                    help="comma-separated log2 transform sizes: rows per ducc0 call")
     ap.add_argument("--name", help="results/<name>.json (default: bench_kernels, or "
-                    "bench_linear_epilogue / bench_block_points for those modes)")
+                    "bench_linear_epilogue / bench_block_points / bench_transforms for those "
+                    "modes)")
     args = ap.parse_args(argv)
-    if args.epilogue or args.block_points:
+    if args.epilogue or args.block_points or args.transforms:
         if args.epilogue:
             name, rows = "bench_linear_epilogue", epilogue_rows(args.repeats)
             cols = ["tile", "d_model", "d_inner", "fc1_addmm_gelu_ms", "fc1_fused_ms",
                     "fc1_speedup", "fc2_addmm_ms", "fc2_fused_ms", "fc2_speedup"]
+        elif args.transforms:
+            name = "bench_transforms"
+            rows = transform_rows([int(v) for v in args.transforms.split(",")], args.repeats)
+            cols = ["what", "one_call_ms", "chunked_ms", "one_call_over_chunked",
+                    "default_chunked", "default_ms", "one_call_over_default"]
         else:
             name = "bench_block_points"
             rows = block_rows([int(v) for v in args.block_points.split(",")], args.repeats)

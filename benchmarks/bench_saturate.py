@@ -15,8 +15,10 @@ every other column equal); the script exits non-zero otherwise.
 windows), by this checkout with centred windows and with `shared_windows`
 (`--shared-windows`), each run in a process of its own importing its checkout's genomeconv
 (harness.run_in_tree), alternating repeat by repeat; Ray's start and a first small run are
-outside the timings. The centred outputs of the two checkouts must agree within 1e-5 on llr,
-llr_fwd and llr_rev (max abs differences recorded); shared windows score other windows.
+outside the timings (a checkout that keeps its model workers between runs, runtime.map_units,
+times its run on the first run's workers). The max abs differences of the centred outputs of
+the two checkouts are recorded (kernel rounding, ~1e-5 on llr; the 1e-5 equality of suffix-only
+and full windows within one checkout is a test); shared windows score other windows.
 
 Usage: python benchmarks/bench_saturate.py [--bp 1000] [--repeats 3] [--name saturate_1kbp]
        python benchmarks/bench_saturate.py --before /tmp/before [--repeats 2]
