@@ -98,13 +98,15 @@ def test_a_failed_or_interrupted_run_ends_its_pool(ray_local, world, tmp_path):
 
 
 def test_reset_peak_rss_counts_from_the_reset():
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("clear_refs is Linux's")
+    """On Linux the peak restarts; without clear_refs it counts from the process's start."""
     block = np.ones(300 * 2**20 // 8)  # 300 MiB, every page touched
     del block
     before = job.peak_rss()
     job.reset_peak_rss()
-    assert job.peak_rss() < before - 200 * 2**20
+    if Path("/proc/self/clear_refs").exists():
+        assert job.peak_rss() < before - 200 * 2**20
+    else:
+        assert job.peak_rss() >= before
 
 
 def test_more_workers_than_cpus_run_one_per_cpu(world, tmp_path):

@@ -24,5 +24,14 @@ ONEDNN = _onednn()
 def mm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (m, k) @ b (n, k).T as a new (m, n) tensor, in a's dtype (a and b alike)."""
     if ONEDNN and a.device.type == "cpu" and a.dtype == torch.float32 == b.dtype:
-        return torch.ops.mkldnn._linear_pointwise(a, b.contiguous(), None, "none", [], "")
+        return onednn_linear(a, b.contiguous())
     return torch.mm(a, b.T)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                  gelu: bool = False) -> torch.Tensor:
+    """x @ weight.T (+ bias), then GELU (tanh) when `gelu`, as one oneDNN linear with the bias and
+    GELU in its epilogue (no passes of their own over memory): a fresh tensor (the op has no
+    out= form). CPU tensors, float32 where ONEDNN, bfloat16 where oneDNN supports it."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
+                                              "tanh" if gelu else "")

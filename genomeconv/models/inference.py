@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from genomeconv.kernels import SpectrumCache, fftconv
-from genomeconv.kernels.linear import ONEDNN
+from genomeconv.kernels.linear import ONEDNN, onednn_linear
 from genomeconv.models.base import TRACK_BASES, Suffixes, pool
 from genomeconv.models.tokenizer import VOCAB
 
@@ -135,8 +135,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     in its epilogue, sparing their passes over memory. That op has no out= form: its output is
     fresh, a block that glibc hands back chunk after chunk (as for the LayerNorm outputs)."""
     if out is None:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none",
-                                                  [], "tanh" if gelu else "")
+        return onednn_linear(x, weight, bias, gelu=gelu)
     y = torch.addmm(bias, x, weight.T, out=out[:len(x)])
     return torch.ops.aten.gelu_(y, approximate="tanh") if gelu else y
 
