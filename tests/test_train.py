@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -156,13 +155,13 @@ def test_two_torchrun_processes_match_one(genome, tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", port, "-m", "genomeconv.cli"]
-    subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, check=True,
-                   capture_output=True, timeout=300)
+    # --standalone: the rendezvous store binds a free port itself and the workers use it, so no
+    # other process (a Ray worker of a parallel test) can take a port chosen here first.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "genomeconv.cli"]
+    done = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
     one = run_pretrain(genome, tmp_path / "one", steps=4)
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["processes"] == 2
