@@ -30,6 +30,15 @@ shapes with paired.CHUNK_POINTS against every row in one call (results/bench_tra
 design figure "eight_row_transforms").
 
     python benchmarks/bench_kernels.py --transforms 8,9,10,11,12,13,14,15 --repeats 15
+
+`--real`: per transform size of 2^lg real points, one row block of 2^17 complex points, one
+thread: paired.py's two forms of the product with a filter, ducc0's real transforms (r2c,
+product, c2r) against the paired step between half-length complex transforms; then fftconv at
+the block-size shapes with paired.REAL_POINTS as set against 0 (the paired form everywhere),
+the filter side formed per call as in the models' inference (results/bench_real_transforms.json;
+design figure "real_transforms").
+
+    python benchmarks/bench_kernels.py --real 7,8,9,10,11,12,13,14,15,16,17 --repeats 15
 """
 
 from __future__ import annotations
@@ -154,10 +163,12 @@ BLOCK_SHAPES = (  # (what, B, H, L, Lk): float32 inference shapes of fftconv's C
 )
 
 
-def shape_sweep(attr: str, values: dict, repeats: int) -> list[tuple[tuple, dict]]:
+def shape_sweep(attr: str, values: dict, repeats: int,
+                cache: SpectrumCache | None = None) -> list[tuple[tuple, dict]]:
     """fftconv at each BLOCK_SHAPES shape with the constant paired.<attr> at each of `values`
     ({name: value}, alternating repeat by repeat): (shape, harness.interleaved timings by name)
-    per shape; the constant restored after."""
+    per shape; the constant restored after. cache: the filter spectra's (default: fftconv's
+    module-wide cache, which keeps them between calls)."""
     import genomeconv.kernels.paired as paired
 
     default = getattr(paired, attr)
@@ -172,7 +183,7 @@ def shape_sweep(attr: str, values: dict, repeats: int) -> list[tuple[tuple, dict
 
             def run(value: object) -> None:
                 setattr(paired, attr, value)
-                fftconv(u, k, D, out=out)
+                fftconv(u, k, D, out=out, cache=cache)
             timed.append((shape, interleaved({name: (lambda v=v: run(v))
                                               for name, v in values.items()}, repeats=repeats)))
     finally:
@@ -239,6 +250,60 @@ def transform_rows(log2s: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+def real_rows(log2s: list[int], repeats: int) -> list[dict]:
+    """Per size N = 2^log2 real points (one row block of 2^17 complex points, one thread, as
+    each of paired.py's threads runs it): ms of `_real_product` (paired.CHUNK_ROWS rows a
+    ducc0 call from 2^10 points, as set, and all rows in one call) against `_paired_product`,
+    fresh inputs per call, alternating; then fftconv at the BLOCK_SHAPES with
+    paired.REAL_POINTS as set against 0, the filter side formed per call as the models'
+    inference forms it (no spectrum cache)."""
+    import genomeconv.kernels.paired as paired
+
+    threads, chunk = torch.get_num_threads(), paired.CHUNK_POINTS
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def spectrum(*shape: int) -> np.ndarray:
+        return (rng.standard_normal((*shape, 2)) / shape[-1]).astype(np.float32).view(
+            np.complex64)[..., 0]
+    try:
+        torch.set_num_threads(1)
+        for lg in log2s:
+            M = 1 << (lg - 1)
+            R = max(1, (1 << 17) // M)
+            src = rng.standard_normal((1, R, 1, 2 * M)).astype(np.float32)
+            frames, spec = src.copy(), np.empty((1, R, 1, M + 1), np.complex64)
+            K, coef = spectrum(R, 1, M + 1), (spectrum(R, 1, M), spectrum(R, 1, M))
+
+            def real(chunk_from: int = chunk[0]) -> None:
+                paired.CHUNK_POINTS = (chunk_from, chunk[1])
+                frames[:] = src
+                paired._real_product(frames, spec, K)
+
+            def pair() -> None:
+                frames[:] = src
+                paired._paired_product(frames, coef)
+            t = interleaved({"real": real, "one call": lambda: real(1 << 40), "paired": pair},
+                            repeats=repeats)
+            rows.append({"what": f"product 2^{lg} x {R} rows, 1 thread",
+                         "paired_ms": 1e3 * t["paired"]["median_s"],
+                         "real_ms": 1e3 * t["real"]["median_s"],
+                         "real_one_call_ms": 1e3 * t["one call"]["median_s"],
+                         "paired_over_real": t["paired"]["median_s"] / t["real"]["median_s"],
+                         "default_real": 1 << lg <= paired.REAL_POINTS})
+    finally:
+        paired.CHUNK_POINTS = chunk
+        torch.set_num_threads(threads)
+    for (what, *_), t in shape_sweep("REAL_POINTS", {"paired": 0,
+                                                     "default": paired.REAL_POINTS}, repeats,
+                                      cache=SpectrumCache(max_bytes=0)):
+        rows.append({"what": f"fftconv {what}, {threads} threads",
+                     "paired_ms": 1e3 * t["paired"]["median_s"],
+                     "default_ms": 1e3 * t["default"]["median_s"],
+                     "paired_over_default": t["paired"]["median_s"] / t["default"]["median_s"]})
+    return rows
+
+
 EPILOGUE_SHAPES = ((4096, 64, 256), (4096, 128, 512), (4096, 256, 1024))  # tile, d -> d_inner
 
 
@@ -299,15 +364,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epilogue", action="store_true", help="the fc1 + GELU comparison instead")
     ap.add_argument("--transforms", default="",
                     help="comma-separated log2 transform sizes: rows per ducc0 call")
+    ap.add_argument("--real", default="",
+                    help="comma-separated log2 real transform sizes: real against paired form")
     ap.add_argument("--name", help="results/<name>.json (default: bench_kernels, or "
-                    "bench_linear_epilogue / bench_block_points / bench_transforms for those "
-                    "modes)")
+                    "bench_linear_epilogue / bench_block_points / bench_transforms / "
+                    "bench_real_transforms for those modes)")
     args = ap.parse_args(argv)
-    if args.epilogue or args.block_points or args.transforms:
+    if args.epilogue or args.block_points or args.transforms or args.real:
         if args.epilogue:
             name, rows = "bench_linear_epilogue", epilogue_rows(args.repeats)
             cols = ["tile", "d_model", "d_inner", "fc1_addmm_gelu_ms", "fc1_fused_ms",
                     "fc1_speedup", "fc2_addmm_ms", "fc2_fused_ms", "fc2_speedup"]
+        elif args.real:
+            name = "bench_real_transforms"
+            rows = real_rows([int(v) for v in args.real.split(",")], args.repeats)
+            cols = ["what", "paired_ms", "real_ms", "real_one_call_ms", "paired_over_real",
+                    "default_real",
+                    "default_ms", "paired_over_default"]
         elif args.transforms:
             name = "bench_transforms"
             rows = transform_rows([int(v) for v in args.transforms.split(",")], args.repeats)

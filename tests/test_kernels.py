@@ -275,16 +275,30 @@ def test_bad_inputs_raise_naming_the_argument(case, exc, name):
         fftconv(u, k, **case)
 
 
+FORMS = ["real", "paired"]
+
+
+def use_form(monkeypatch, form: str) -> None:
+    """The CPU path's form at every size: real transforms (`paired.REAL_POINTS` unbounded) or
+    the paired step (REAL_POINTS 0)."""
+    from genomeconv.kernels import paired
+
+    monkeypatch.setattr(paired, "REAL_POINTS", 1 << 40 if form == "real" else 0)
+
+
 @pytest.mark.parametrize("method,L,Lk", [("fft", 300, 300), ("fft", 5000, 1200),
                                           ("partial", 5003, 40), ("direct", 50, 5),
                                           ("sparse", 300, 300), ("monarch", 300, 300)])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_out_fresh_and_in_place_equal_the_returned_result(monkeypatch, method, L, Lk, groups):
+@pytest.mark.parametrize("form", FORMS)
+def test_out_fresh_and_in_place_equal_the_returned_result(monkeypatch, method, L, Lk, groups,
+                                                          form):
     """out= (a fresh tensor, or u itself: in place) gives the returned result, with gates,
-    for every path; groups=3 makes the paired overlap-save run several segment groups, whose
-    inputs overlap the previous group's outputs."""
+    for every path and both forms of the CPU path; groups=3 makes the overlap-save run several
+    segment groups, whose inputs overlap the previous group's outputs."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, form)
     if groups > 1:
         monkeypatch.setattr(paired, "GROUP_POINTS", 2 * 128)
     a = conv_inputs(2, 3, L, Lk, seed=L + groups)
@@ -302,12 +316,37 @@ def test_out_fresh_and_in_place_equal_the_returned_result(monkeypatch, method, L
 
 @pytest.mark.parametrize("L", [1, 2, 5, 31, 64, 97, 300, 1000, 3001])
 @pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("chunk_from", [1, 1 << 30])  # CHUNK_ROWS rows a call; all rows
+def test_real_transforms_match_float64_reference(monkeypatch, L, cached, chunk_from):
+    """The real-transform form (r2c, product with the filter's real FFT, c2r) at every size,
+    CHUNK_ROWS rows a ducc0 call or all rows in one, gives the reference result cached and
+    uncached, batched (ragged row blocks), dense and with overlap-save segments; float64 to
+    1e-12, and float32 within 1e-5."""
+    from genomeconv.kernels import paired
+
+    use_form(monkeypatch, "real")
+    monkeypatch.setattr(paired, "CHUNK_POINTS", (chunk_from, 1 << 30))
+    monkeypatch.setattr(paired, "BLOCK_POINTS", 3 << 9)
+    cache = SpectrumCache() if cached else SpectrumCache(max_bytes=0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a = conv_inputs(3, 5, L, L, dtype=dtype, seed=L)
+        gates = dict(pregate=a["pregate"], postgate=a["postgate"])
+        for Lk, kw in ((L, {"method": "fft"}),
+                       (max(1, L // 7), {"method": "partial", "block": max(64, 2 * L // 7)})):
+            args = (a["u"], a["k"][:, :Lk].to(dtype), a["D"].to(dtype))
+            y = fftconv(*args, **gates, **kw, cache=cache)
+            assert y.dtype == dtype and rel_err(y, conv_reference(*args, **gates)) < tol
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 31, 64, 97, 300, 1000, 3001])
+@pytest.mark.parametrize("cached", [True, False])
 def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cached):
     """The four-step (Monarch p = 2) transforms, forced down to tiny sizes, including prime
     and composite half-sizes, give the reference result cached and uncached, dense and with
     overlap-save segments; float64 to 1e-12."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, "paired")
     monkeypatch.setattr(paired, "FOUR_STEP_POINTS", 4)
     a = conv_inputs(2, 3, L, L, dtype=torch.float64, seed=L)
     args = (a["u"], a["k"].double(), a["D"].double())
@@ -323,11 +362,14 @@ def test_paired_four_step_transforms_match_float64_reference(monkeypatch, L, cac
 
 # blocks of channels x batch rows: 2+1 x 1 each, 3 x 2+2+1, 3 x 5 (M = 200)
 @pytest.mark.parametrize("points", [1 << 9, 3 << 9, 1 << 17])
-def test_paired_row_blocks_match_float64_reference(monkeypatch, points):
+@pytest.mark.parametrize("form", FORMS)
+def test_paired_row_blocks_match_float64_reference(monkeypatch, points, form):
     """However BLOCK_POINTS groups channels and batch rows into row blocks, ragged last blocks
-    included, with and without a filter side cached, every row gets the reference result."""
+    included, with and without a filter side cached, every row gets the reference result, in
+    both forms."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, form)
     monkeypatch.setattr(paired, "BLOCK_POINTS", points)
     a = conv_inputs(5, 3, 200, 200, dtype=torch.float64, seed=11)
     args = (a["u"], a["k"].double(), a["D"].double())
@@ -345,6 +387,7 @@ def test_paired_1d_transforms_row_by_row_or_batched_match_reference(monkeypatch,
     give the float64 reference to 1e-12."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, "paired")
     monkeypatch.setattr(paired, "ONE_ROW_POINTS", one_row)
     a = conv_inputs(2, 5, L, L, dtype=torch.float64, seed=L + one_row % 7)
     gates = dict(pregate=a["pregate"], postgate=a["postgate"])
@@ -370,11 +413,12 @@ def test_paired_split_and_layout():
     assert laid[3, 5] == 3 + M1 * 5 and laid[M1 - 1, 0] == M1 - 1
 
 
-@pytest.mark.parametrize("L", [300, 40_000, 70_000])  # rows per block; one row; four-step
+# real transforms: rows per block, 8 rows a call; paired: one row, four-step
+@pytest.mark.parametrize("L", [300, 10_000, 40_000, 70_000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_paired_path_uncached_single_thread_and_blockwise_agree(L, dtype):
-    """The inference path (paired.py) with cached coefficients, with coefficients computed per
-    chunk (cache too small), on one thread, and the blockwise autograd path give one result."""
+    """The inference path (paired.py) with its filter side cached, formed per row block
+    (cache too small), on one thread, and the blockwise autograd path give one result."""
     a = conv_inputs(2, 5, L, L, dtype=dtype, seed=L)
     args = (a["u"], a["k"].to(dtype), a["D"].to(dtype))
     gates = dict(pregate=a["pregate"], postgate=a["postgate"])
@@ -402,6 +446,7 @@ def test_paired_cached_filter_transforms(monkeypatch, L, four_step, dtype):
     keeps those (half the bytes), computes them once, and gives the uncached result."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, "paired")
     if four_step:
         monkeypatch.setattr(paired, "FOUR_STEP_POINTS", 4)
     a = conv_inputs(1, 3, L, L, dtype=dtype, seed=L)
@@ -419,19 +464,21 @@ def test_paired_cached_filter_transforms(monkeypatch, L, four_step, dtype):
     assert rel_err(y, ref) < (1e-12 if dtype == torch.float64 else 1e-5)
 
 
-@pytest.mark.parametrize("zk_only", [False, True])
-def test_paired_filters_used_in_turn_do_not_evict_each_other(zk_only):
-    """Two filters whose cached forms do not fit together, used in turn (a model's layers):
-    the first keeps its entry, the second runs uncached, nothing is rebuilt; an in-place
-    change frees the stale entry, so the changed filter is cached again; the LRU spectra of
-    fft.py still evict."""
+@pytest.mark.parametrize("form", ["real", "coefficients", "zk"])
+def test_paired_filters_used_in_turn_do_not_evict_each_other(monkeypatch, form):
+    """Two filters whose cached forms (the real FFT; the paired step's alpha and beta, or its
+    Zk) do not fit together, used in turn (a model's layers): the first keeps its entry, the
+    second runs uncached, nothing is rebuilt; an in-place change frees the stale entry, so the
+    changed filter is cached again; the LRU spectra of fft.py still evict."""
     from genomeconv.kernels import paired
 
+    use_form(monkeypatch, "real" if form == "real" else "paired")
     L, H = 300, 3
     a, b = conv_inputs(1, H, L, L, seed=1), conv_inputs(1, H, L, L, seed=2)
     M = paired.half_size(2 * L - 1)
-    cache = SpectrumCache(max_bytes=H * (M + 1) * 8 if zk_only else 3 * H * M * 8)
-    assert cache.fits(a["k"], 4 * M, torch.float32) != zk_only
+    one = {"real": H * (M + 1) * 8, "coefficients": 2 * H * M * 8, "zk": H * (M + 1) * 8}[form]
+    cache = SpectrumCache(max_bytes=one * 3 // 2)
+    assert cache.fits(a["k"], 4 * M, torch.float32) == (form == "coefficients")
     for _ in range(3):
         for f in (a, b):
             y = fftconv(f["u"], f["k"], f["D"], method="fft", cache=cache)

@@ -13,13 +13,14 @@ spectrum; `StreamingConv` (streaming.py) convolves an input given in chunks, car
 between them; filter spectra live in a `SpectrumCache` (fft.py).
 
 Paths: fft.py (one zero-padded real FFT, cached filter spectra, scipy/pocketfft on CPU, and autograd
-for every FFT path), paired.py (the "fft" method's CPU inference form: half-length complex FFTs
-through ducc0 with a paired pointwise step), partial.py (overlap-save for short filters), sparse.py
-(frequency-block masks), monarch.py (the Monarch decomposition the CUDA kernels follow), cuda.py
-(the fused kernels of csrc/), tiles.py (their schedule replayed on the CPU), conv.py (`fftconv` and
-the automatic choice), validate.py (argument checks). Beside the convolutions, linear.py holds the
-dense products a @ b.T the models' projections use (`mm_t`). The figures behind the constants and
-choices are in benchmarks/results/design_figures.json.
+for every FFT path), paired.py (the "fft" method's CPU inference form on ducc0: real transforms up
+to 2^14 points, above them half-length complex FFTs with a paired pointwise step), partial.py
+(overlap-save for short filters), sparse.py (frequency-block masks), monarch.py (the Monarch
+decomposition the CUDA kernels follow), cuda.py (the fused kernels of csrc/), tiles.py (their
+schedule replayed on the CPU), conv.py (`fftconv` and the automatic choice), validate.py (argument
+checks). Beside the convolutions, linear.py holds the dense products a @ b.T the models' projections
+use (`mm_t`). The figures behind the constants and choices are in
+benchmarks/results/design_figures.json.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """FFT path: causal convolution as one zero-padded real FFT product per channel; with autograd
 on any device, and for every call on CUDA or without ducc0 (CPU inference with ducc0 installed
-runs paired.py's half-length form of the same product). Home of the filter-spectrum cache.
+runs the same product in paired.py, on ducc0's transforms). Home of the filter-spectrum cache.
 
 y = irfft(rfft(x, n) * (rfft(k, n) + D), n)[:L] with x = u * pregate, n = next_fast_len(L + Lk - 1)
 (5-smooth, often well below 2L), D folded into the spectrum, then y *= postgate.

@@ -1,5 +1,19 @@
-"""CPU inference path: the real-input trick with half-length complex FFTs and a paired pointwise
-step (FlashFFTConv's real-to-half-complex trick, on ducc0's FFTs).
+"""CPU inference path on ducc0's FFTs, in one of two forms by transform size.
+
+Transforms of up to REAL_POINTS real points (windows of up to 8,192 positions with a filter as
+long, Evo 2's 8,192-bp windows included, and overlap-save segments) run ducc0's real
+transforms: r2c of CHUNK_ROWS rows a call, the product with the filter's real FFT (+ D) in one
+pass, c2r scaled by 1 / 2M (`_real_product`). The filter's real FFT is cached in a
+`SpectrumCache` where it fits, else formed once per call for batches and per row block for
+single rows (`_real_side`, `_real_filter`: the same transforms, so the same bits). Up to
+2^14 points this beats the paired form below, 1.4-2.4x per row block up to 2^13 points
+("real_transforms"): its paired step is four numpy passes, as long as both of its transforms
+together, while ducc0's real transforms of a few rows a call cost about what its half-length
+complex ones do. Larger transforms run the paired form (row by row from 2^15 points, four-step
+from 2^17), as fast or faster there.
+
+The paired form: the real-input trick with half-length complex FFTs and a paired pointwise
+step (FlashFFTConv's real-to-half-complex trick).
 
 A row x (length L) zero-padded to N = 2M >= L + Lk - 1 is read as z[n] = x[2n] + i x[2n+1]
 (a free view), transformed by an M-point complex FFT, and the rfft unpack, the product with the
@@ -14,7 +28,7 @@ is cached and alpha, beta formed from it chunk by chunk inside the paired step (
 uncached, Zk is computed per row block and used the same way. The paired step runs over a
 chunk of bins and its partner chunk at a time (`_pair`), so its temporaries stay in cache.
 
-Partial convolutions (filter much shorter than the input) run the same step on overlap-save
+Partial convolutions (filter much shorter than the input) run either form on overlap-save
 segments of transforms of 2M >= `block` points (`Segments`), a few segments per transform call
 so memory beyond input and output does not grow with L; the dense case is one segment.
 
@@ -26,9 +40,9 @@ partner index M - j are laid out to match, and the inverse runs the steps backwa
 natural time order. From FOUR_STEP_POINTS on this beats ducc0's 1-D transform, which falls out
 of cache ("four_step_vs_1d").
 
-Why: an M-point complex FFT costs about half an N-point real one in ducc0 at the sizes HyenaDNA
-uses, ducc0 beats scipy's pocketfft at large N ("half_length_complex_fft"), and a row block
-stays in cache through transform, pairing and inverse.
+Why the paired form at large sizes: an M-point complex FFT costs about half an N-point real one
+in ducc0 there ("half_length_complex_fft"), ducc0 beats scipy's pocketfft at large N, and a row
+block stays in cache through transform, pairing and inverse.
 Rows are split across `torch.get_num_threads()` Python threads (ducc0 and numpy release the
 GIL), each with its own buffers; blocks hold about `BLOCK_POINTS` complex points (channels, and
 batch rows that share their filter), one row for long inputs. With several batch rows the filter
@@ -43,6 +57,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -67,6 +82,7 @@ ONE_ROW_POINTS = 1 << 14  # 1-D transforms of rows this long run row by row (see
 FOUR_STEP_POINTS = 1 << 16  # four-step transforms from this size ("four_step_vs_1d")
 # 1-D transforms of CHUNK_POINTS[0] to CHUNK_POINTS[1] - 1 points run CHUNK_ROWS rows a call
 CHUNK_POINTS, CHUNK_ROWS = (1 << 9, 1 << 12), 8
+REAL_POINTS = 1 << 14  # transforms of up to this many real points run r2c/c2r ("real_transforms")
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
@@ -159,6 +175,44 @@ def _inverse(z: np.ndarray) -> None:
     ducc0.fft.c2c(z3, axes=(1,), forward=False, out=z3)
 
 
+def _row_step(rows: int, M: int) -> int:
+    """Rows per ducc0 call of a real transform of 2M points: CHUNK_ROWS from M =
+    CHUNK_POINTS[0] on ("real_transforms"), all rows below (where per-call costs dominate)."""
+    return CHUNK_ROWS if M >= CHUNK_POINTS[0] else rows
+
+
+def _r2c(frames: np.ndarray, spec: np.ndarray) -> None:
+    """spec (rows, M + 1) = the real FFT of frames (rows, 2M), `_row_step` rows a call."""
+    step = _row_step(len(frames), spec.shape[-1] - 1)
+    for r in range(0, len(frames), step):
+        ducc0.fft.r2c(frames[r:r + step], axes=(-1,), out=spec[r:r + step])
+
+
+def _real_product(frames: np.ndarray, spec: np.ndarray, K: np.ndarray) -> None:
+    """In place over real frames (..., 2M) (contiguous): their circular convolution with the
+    filters whose real FFTs K (..., M + 1) broadcast against spec, the transforms' buffer
+    (frames' shape with M + 1 bins): r2c, product, c2r scaled by 1 / 2M."""
+    N = frames.shape[-1]
+    rows, bins = frames.reshape(-1, N, copy=False), spec.reshape(-1, N // 2 + 1, copy=False)
+    _r2c(rows, bins)
+    spec *= K
+    step = _row_step(len(rows), N // 2)
+    for r in range(0, len(rows), step):
+        ducc0.fft.c2r(bins[r:r + step], axes=(-1,), lastsize=N, forward=False, inorm=2,
+                      out=rows[r:r + step])
+
+
+def _paired_product(frames: np.ndarray, coef: tuple[np.ndarray, ...]) -> None:
+    """In place over real frames (..., 2M) (contiguous): their circular convolution through
+    the paired step with the filter side `coef` (see `_pair`), between an M-point forward
+    transform of the frames read as complex and its unnormalised inverse."""
+    z = frames.view(np.complex128 if frames.dtype == np.float64 else np.complex64)
+    flat = z.reshape(-1, z.shape[-1], copy=False)
+    _forward(flat)
+    _pair(z, coef)
+    _inverse(flat)
+
+
 def _bin_weights(M: int, n: int, ctype: type, fn) -> np.ndarray:
     """(n, M) array of `ctype`: fn(a, b) gives the n weights of the bins j of one chunk (in
     float64) from a = (1 - i w)/2 and b = (1 + i w)/2, w = exp(-2 pi i j / 2M). Chunks of
@@ -211,13 +265,14 @@ def coefficients(k: torch.Tensor, D: torch.Tensor | None, M: int,
     return torch.stack([alpha, ca[2] * K + ca[3] * Kc])
 
 
-def _buffers(R: int, M: int, dtype: np.dtype, n: int) -> list[np.ndarray]:
-    """This thread's n buffers of (R, M) complex (each also read as (R, 2M) real)."""
-    key = (R, M, dtype, n)
+def _buffers(shapes: tuple[tuple[int, int], ...], dtype: np.dtype) -> list[np.ndarray]:
+    """This thread's buffers of the given (rows, points) shapes, complex of the real `dtype`
+    (each also read as (rows, 2 points) real)."""
+    key = (shapes, dtype)
     if getattr(_local, "key", None) != key:
         _local.key = None
-        _local.bufs = [np.empty((R, M), np.complex128 if dtype == np.float64 else np.complex64)
-                       for _ in range(n)]
+        _local.bufs = [np.empty(shape, np.complex128 if dtype == np.float64 else np.complex64)
+                       for shape in shapes]
         _local.key = key
     return _local.bufs
 
@@ -347,6 +402,32 @@ def _filter_transform(k: np.ndarray, D: np.ndarray | None, out: np.ndarray) -> n
     return out
 
 
+def _real_filter(k: np.ndarray, D: np.ndarray | None, frames: np.ndarray,
+                 out: np.ndarray) -> np.ndarray:
+    """out (R, M + 1) = the real FFT of the filter rows k (R, Lk) zero-padded to 2M, D (R,)
+    added to the first tap, through the real frames (R, 2M) (overwritten)."""
+    frames[:, :k.shape[1]] = k
+    frames[:, k.shape[1]:] = 0
+    if D is not None:
+        frames[:, 0] += D
+    _r2c(frames, out)
+    return out
+
+
+def _real_side(k: torch.Tensor, D: torch.Tensor | None, M: int) -> torch.Tensor:
+    """(H, M + 1) complex: `_real_filter` of the filter k (H, Lk) and D in k's dtype, by row
+    blocks of BLOCK_POINTS, as the uncached path forms it per row block (the same bits)."""
+    H, step = k.shape[0], max(1, BLOCK_POINTS // M)
+    out = torch.empty(H, M + 1, dtype=torch.complex128 if k.dtype == torch.float64
+                      else torch.complex64)
+    kn, Dn, on = k.numpy(), None if D is None else D.detach().to(k.dtype).numpy(), out.numpy()
+    frames = np.empty((min(step, H), 2 * M), kn.dtype)
+    for h0 in range(0, H, step):
+        hs = slice(h0, min(H, h0 + step))
+        _real_filter(kn[hs], None if Dn is None else Dn[hs], frames[:hs.stop - h0], on[hs])
+    return out
+
+
 def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
                  coefficients: bool) -> torch.Tensor:
     """The filter side of the paired step for k (H, Lk) and D in k's dtype, computed per row
@@ -379,18 +460,18 @@ def _filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, *,
 
 
 def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None,
-          coef: tuple[np.ndarray, ...], plan: Segments, z3: np.ndarray, out: np.ndarray) -> None:
+          product: Callable[[np.ndarray], None], plan: Segments, frames: np.ndarray,
+          out: np.ndarray) -> None:
     """out = post * (conv(pre * x) + D * pre * x) at positions plan.start .. L - 1 for the rows
     x (nb, R, L) (nb batch rows of R filter rows; out (nb, R, L - plan.start); gates aligned
-    with x), D folded into the filter's coefficients `coef` (see `_pair`), segment group by
-    segment group through the paired step in the buffer z3 (nb, R, G, M) (numpy and ducc0
-    only: no torch intra-op threads here)."""
+    with x), segment group by segment group in the real frames (nb, R, G, 2M), each group's
+    circular convolution with the filter (D folded in) made by product(frames of the group)
+    (`_real_product` or `_paired_product`; numpy and ducc0 only: no torch intra-op threads)."""
     L = x.shape[-1]
     M, S, G, off, t_first = plan.M, plan.S, plan.G, plan.Lk - 1, plan.start
     for g0 in range(0, plan.nseg, G):
         ng = min(G, plan.nseg - g0)
-        z = z3[..., :ng, :]
-        real = z.view(x.dtype)
+        real = frames[..., :ng, :]
         for j in range(ng):  # frame j reads inputs s .. s + 2M (zeros outside 0 .. L)
             s = t_first + (g0 + j) * S - off
             lo, hi = max(s, 0), min(s + 2 * M, L)
@@ -401,9 +482,7 @@ def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None,
             else:
                 np.multiply(x[..., lo:hi], pre[..., lo:hi], out=frame[..., lo - s:hi - s])
             frame[..., hi - s:] = 0
-        _forward(z.reshape(-1, M))
-        _pair(z, coef)
-        _inverse(z.reshape(-1, M))
+        product(real)
         for j in range(ng):  # segment j's outputs: the S that did not wrap
             t0 = t_first + (g0 + j) * S
             t1 = min(t0 + S, L)
@@ -448,7 +527,15 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # uncached path, so filters used in turn must not evict each other on every call)
     cached = transforms = None
     entry = H * M * (16 if acc_dtype == torch.float64 else 8)
-    if cache.fits(k, 4 * M, acc_dtype):
+    real = 2 * M <= REAL_POINTS
+    if real:  # the filter's real FFT (+ D), by the row blocks' own transforms (same bits)
+        side = lambda kd, Dd, n: _real_side(kd, Dd, M)  # noqa: E731
+        if cache.fits(k, 2 * M, acc_dtype):
+            cached = cache.get(k, D, 2 * M, acc_dtype, tag="real", reserve=entry * (M + 1) // M,
+                               transform=side)
+        if cached is None and B > 1 and entry <= SHARED_SIDE_BYTES:
+            cached = cache.compute(k, D, 2 * M, acc_dtype, transform=side)
+    elif cache.fits(k, 4 * M, acc_dtype):
         cached = cache.get(k, D, 2 * M, acc_dtype, tag=f"paired{split(M)}", reserve=2 * entry,
                            transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True))
     elif cache.fits(k, 2 * M, acc_dtype):
@@ -461,6 +548,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
             kd, Dd, M, coefficients=True))
     cached = None if cached is None else cached.numpy()
     transforms = None if transforms is None else transforms.numpy()
+    kn = Dn = None  # the filter on the host where row blocks form its side themselves
     if cached is None and transforms is None:
         check_finite(k, D)
         kn = k.detach().to(acc_dtype).numpy()
@@ -469,17 +557,27 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
 
     def block(b0: int, h0: int) -> None:
         hs, bs = slice(h0, min(H, h0 + R)), slice(b0, min(B, b0 + nb))
-        n = hs.stop - h0
-        bufs = _buffers(nb * R * plan.G, M, x.dtype, 1 if cached is not None else 2)
-        if cached is not None:
-            coef = (cached[0, hs, None], cached[1, hs, None])
+        n, rows = hs.stop - h0, (bs.stop - b0) * (hs.stop - h0) * plan.G
+        Dh = None if Dn is None else Dn[hs]
+        if real:
+            bufs = _buffers(((nb * R * plan.G, M), (nb * R * plan.G, M + 1))
+                            + (((R, M + 1),) if cached is None else ()), x.dtype)
+            K = cached[hs] if cached is not None else _real_filter(
+                kn[hs], Dh, bufs[0][:n].view(x.dtype), bufs[2][:n])
+            spec = bufs[1][:rows].reshape(bs.stop - b0, n, plan.G, M + 1)
+            product = lambda f: _real_product(f, spec[..., :f.shape[-2], :], K[:, None])  # noqa: E731
         else:
-            Zk = transforms[hs] if transforms is not None else _filter_transform(
-                kn[hs], None if Dn is None else Dn[hs], bufs[1][:n])
-            coef = (Zk[:, None], *_z_weights(M, x.dtype, split(M)))
-        z3 = bufs[0][:(bs.stop - b0) * n * plan.G].reshape(bs.stop - b0, n, plan.G, M)
+            bufs = _buffers(((nb * R * plan.G, M),) * (1 if cached is not None else 2), x.dtype)
+            if cached is not None:
+                coef = (cached[0, hs, None], cached[1, hs, None])
+            else:
+                Zk = transforms[hs] if transforms is not None else _filter_transform(
+                    kn[hs], Dh, bufs[1][:n])
+                coef = (Zk[:, None], *_z_weights(M, x.dtype, split(M)))
+            product = lambda f: _paired_product(f, coef)  # noqa: E731
+        frames = bufs[0][:rows].view(x.dtype).reshape(bs.stop - b0, n, plan.G, 2 * M)
         _rows(x[bs, hs].copy() if copy_rows else x[bs, hs], None if pre is None else pre[bs, hs],
-              None if post is None else post[bs, hs], coef, plan, z3, yn[bs, hs])
+              None if post is None else post[bs, hs], product, plan, frames, yn[bs, hs])
 
     blocks = [(b0, h0) for h0 in range(0, H, R) for b0 in range(0, B, nb)]
     threads = max(1, torch.get_num_threads())
