@@ -27,8 +27,10 @@ alternating repeat by repeat:
   `genomeconv score-variants` pays past Ray's start; the max abs difference of every score
   column between the two checkouts' outputs;
 - tokens/s of the bundled model's forward (inference.hidden_and_loglik, 2 threads) on 128
-  windows of 1,024 tokens against one input of 131,072, alternated 9 times (median: a call
-  takes half a second, and single calls here vary by 15%).
+  windows of 1,024 tokens against one input of 131,072, alternated 15 times (median: a call
+  takes half a second, and single calls here vary by 15%), in two processes per checkout (their
+  mean; processes here differ by up to 15% too), alternating, before any Ray run (Ray's
+  processes outlive a run's process by a few seconds).
 
 Usage: python benchmarks/bench_variants.py [--quick] [--cases 1kbp,32kbp,1Mbp]
        python benchmarks/bench_variants.py --lambda --before /tmp/before [--repeats 2]
@@ -171,7 +173,7 @@ def child_tokens() -> dict:
     inputs = {name: ids.reshape(shape) for name, shape in SHAPES.items()}
     hidden_and_loglik(model, inputs["128x1024"][:8])  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in inputs}
-    for _ in range(9):
+    for _ in range(15):
         for name, x in inputs.items():
             t0 = time.perf_counter()
             hidden_and_loglik(model, x)
@@ -201,6 +203,10 @@ def run_lambda(before: Path, repeats: int) -> None:
     load_start = os.getloadavg()
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     cold: dict[str, list[float]] = {name: [] for name in trees}
+    runs = [(name, run_in_tree(__file__, tree, ["--child", "tokens"]))
+            for _ in range(2) for name, tree in trees.items()]
+    tokens = {name: {shape: statistics.median(got[shape] for n, got in runs if n == name)
+                     for shape in SHAPES} for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         vcf, warm = Path(tmp) / "snvs.vcf", Path(tmp) / "warm.vcf"
         n = write_snvs(vcf, LAMBDA_START, LAMBDA_POSITIONS)
@@ -212,8 +218,6 @@ def run_lambda(before: Path, repeats: int) -> None:
                 seconds[name].append(got["seconds"])
                 cold[name].append(got["cold_seconds"])
         equality = max_differences(Path(tmp) / "before", Path(tmp) / "after")
-    tokens = {name: run_in_tree(__file__, tree, ["--child", "tokens"])
-              for name, tree in trees.items()}
     rows = []
     for name in trees:
         t, tc = statistics.median(seconds[name]), statistics.median(cold[name])
