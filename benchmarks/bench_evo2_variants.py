@@ -14,6 +14,13 @@ On this 2-core CPU one 1B forward of 8,192 bp takes about a minute in bfloat16, 
 is 4 distinct SNVs and 2 sites (6 SNVs); --snvs / --sites scale it (48 SNVs: --snvs 48).
 
     python benchmarks/bench_evo2_variants.py [--dtype bf16] [--snvs 4] [--sites 2]
+
+`--groups`: in this process, two (REF, ALT from the centre) pairs through
+Evo2.log_likelihoods_shared together, in row groups of whole windows (`rows_per_pass`, as
+set) against every row in pieces (rows_per_pass returning the batch), alternating
+(results/bench_evo2_row_groups.json; design figure "evo2_row_groups").
+
+    python benchmarks/bench_evo2_variants.py --groups [--repeats 1]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -85,6 +93,37 @@ def ours(spec: dict) -> dict:
     return out
 
 
+def row_groups(dtype: torch.dtype, repeats: int) -> list[dict]:
+    """Seconds per (REF, ALT suffix) pair of two pairs run together, in row groups against in
+    pieces (module docstring), alternating `repeats` times."""
+    from benchmarks.bench_evo2 import dna
+    from genomeconv.models.families.evo2 import Evo2, Evo2Config, inference, layouts
+
+    torch.manual_seed(0)
+    config = Evo2Config.from_release(release_values("a"))
+    model = layouts.build(config, Evo2(config).state_tensors(), "bench", None,
+                          None if dtype == torch.float32 else dtype, Path("random"))
+    model.log_likelihoods(dna(512, seed=1))  # warmup
+    refs = torch.cat([dna(WINDOW, seed=s) for s in (1, 2)])
+    alts = refs.clone()
+    alts[:, WINDOW // 2] = torch.where(alts[:, WINDOW // 2] == 65, 67, 65)
+    args = (torch.cat([refs, alts]), torch.tensor([-1, -1, 0, 1]),
+            torch.tensor([0, 0, WINDOW // 2, WINDOW // 2]))
+    grouped, whole = inference.rows_per_pass, lambda config, batch, length: batch
+    seconds: dict[str, list[float]] = {"row groups": [], "pieces": []}
+    try:
+        for _ in range(repeats):
+            for name, rule in (("row groups", grouped), ("pieces", whole)):
+                inference.rows_per_pass = rule
+                t0 = time.perf_counter()
+                model.log_likelihoods_shared(*args)
+                seconds[name].append((time.perf_counter() - t0) / 2)
+    finally:
+        inference.rows_per_pass = grouped
+    return [{"how": name, "window": WINDOW, "pairs": 2, "seconds_per_pair": statistics.median(t),
+             "repeat_seconds_per_pair": t} for name, t in seconds.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -94,7 +133,18 @@ def main() -> None:
     ap.add_argument("--official-repeats", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--name", default="bench_evo2_variants")
+    ap.add_argument("--groups", action="store_true", help="row groups against pieces instead")
+    ap.add_argument("--repeats", type=int, default=1, help="--groups: alternations")
     args = ap.parse_args()
+    if args.groups:
+        load = os.getloadavg()
+        rows = row_groups(DTYPES[args.dtype], args.repeats)
+        rows[1]["groups_speedup"] = rows[1]["seconds_per_pair"] / rows[0]["seconds_per_pair"]
+        print_table(rows, ["how", "window", "pairs", "seconds_per_pair", "groups_speedup"])
+        write_result("bench_evo2_row_groups", rows, threads=torch.get_num_threads(),
+                     dtype=args.dtype, load_average_at_start=load,
+                     load_average_at_end=os.getloadavg())
+        return
     if args.worker:
         print(json.dumps(ours(json.loads(args.worker))))
         return

@@ -93,3 +93,22 @@ def test_short_rows_batched_equal_each_alone(model):
     torch.testing.assert_close(model.hidden_states(ids, layer=layer, chunk_size=400),
                                torch.cat([model.hidden_states(ids[i:i + 1], layer=layer)
                                           for i in range(len(ids))]), atol=2e-6, rtol=0)
+
+
+def test_row_groups_of_whole_windows_equal_one_pass(model, rng, monkeypatch):
+    """Rows whose pieces would not hold the whole window together run in groups of rows that
+    do (`rows_per_pass`): REF rows with their states captured, ALT rows continued from a
+    group's slice of those states; the numbers equal one pass of every row (rounding)."""
+    from genomeconv.models.families.evo2 import inference
+
+    L = 2500
+    ids, parent, start = family(rng, L, 3, [1, L // 2, L - 1])
+    one_pass, one_pooled = model.log_likelihoods_shared(ids, parent, start, pooled=True)
+    per_row = 7 * model.config.hidden_size * 4  # piece_length's bytes per position and row
+    monkeypatch.setattr(inference, "PIECE_BYTES", 4096 * per_row * 2)  # two rows of L fit
+    assert inference.rows_per_pass(model.config, 3, L) == 2
+    assert inference.rows_per_pass(model.config, 9, L // 2) == 4  # pieces of 2,048
+    assert inference.rows_per_pass(model.config, 1, 10 * L) == 1  # one row in pieces
+    grouped, pooled = model.log_likelihoods_shared(ids, parent, start, pooled=True)
+    torch.testing.assert_close(grouped, one_pass, atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(pooled, one_pooled, atol=2e-6, rtol=1e-6)

@@ -29,20 +29,22 @@ def memory_estimate(config, *, batch: int, length: int, dtype: torch.dtype,
                     chunk: int | None = None) -> dict[str, int]:
     """Predicted peak bytes of `run` (hidden states or log-likelihoods of the final norm) for
     (batch, length) inputs with matmuls in `dtype`: the terms of the formula in inference.py's
-    docstring and their sum ("total"). weights: the model's bytes (default
-    weight_bytes(config, dtype))."""
+    docstring and their sum ("total"); a batch run in row groups (`rows_per_pass`) holds every
+    row's output and one group's residual, pieces and keys and values. weights: the model's
+    bytes (default weight_bytes(config, dtype))."""
     H, I = config.hidden_size, config.inner_mlp_size
     s = dtype.itemsize
     work = torch.promote_types(dtype, torch.float32).itemsize
-    n = piece or inference.piece_length(config, batch, length)
+    g = batch if piece else inference.rows_per_pass(config, batch, length)  # rows per pass
+    n = piece or inference.piece_length(config, g, length)
     c = min(length, chunk or inference.DEFAULT_CHUNK)
     K = config.short_filter_length
     hist = max(config.hcm_filter_length, config.hcs_filter_length) - 1
-    hyena = batch * (work * 3 * H * n + max(s * 3 * H * (K - 1 + n), work * H * (hist + n)))
+    hyena = g * (work * 3 * H * n + max(s * 3 * H * (K - 1 + n), work * H * (hist + n)))
     chunks = c * (work * H + s * H + 2 * s * I) + c * (3 * H * s + 4 * H * work)
-    attention = 2 * s * batch * length * H + 4 * work * batch * n * H
+    attention = 2 * s * g * length * H + 4 * work * g * n * H
     terms = {"weights": weights if weights is not None else weight_bytes(config, dtype),
-             "residual": 4 * batch * length * H,
+             "residual": 4 * (batch + (g if g < batch else 0)) * length * H,
              "hyena_piece": hyena if config.num_layers > len(config.attn_layer_idxs) else 0,
              "chunk": chunks,
              "attention_kv_and_piece": attention if config.attn_layer_idxs else 0,
