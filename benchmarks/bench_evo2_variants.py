@@ -61,23 +61,29 @@ def variants(genome: str, snvs: int, sites: int, seed: int) -> dict[str, list]:
     return {"distinct": one, "sites": three}
 
 
-def ours(spec: dict) -> dict:
-    """genomeconv's score_planned over each variant set, in this process (a fresh one)."""
+def one_b(dtype: torch.dtype):
+    """genomeconv's Evo 2 of the 1B shape, random weights (seed 0), matmuls in `dtype`."""
     import gc
 
-    from genomeconv.io.fasta import FastaFile
-    from genomeconv.io.variants import Variant
     from genomeconv.models.families.evo2 import Evo2, Evo2Config, layouts
-    from genomeconv.pipelines.variants import plan_variant, score_planned
 
     torch.manual_seed(0)
     config = Evo2Config.from_release(release_values("a"))
-    dtype = DTYPES[spec["dtype"]]
     state = Evo2(config).state_tensors()
     model = layouts.build(config, state, "bench", None, None if dtype == torch.float32 else dtype,
                           Path("random"))
     del state
     gc.collect()
+    return model
+
+
+def ours(spec: dict) -> dict:
+    """genomeconv's score_planned over each variant set, in this process (a fresh one)."""
+    from genomeconv.io.fasta import FastaFile
+    from genomeconv.io.variants import Variant
+    from genomeconv.pipelines.variants import plan_variant, score_planned
+
+    model = one_b(DTYPES[spec["dtype"]])
     fasta = FastaFile(spec["fasta"])
     out = {}
     model.log_likelihoods(model.tokenize(["ACGT" * 128]))  # warmup
@@ -97,12 +103,9 @@ def row_groups(dtype: torch.dtype, repeats: int) -> list[dict]:
     """Seconds per (REF, ALT suffix) pair of two pairs run together, in row groups against in
     pieces (module docstring), alternating `repeats` times."""
     from benchmarks.bench_evo2 import dna
-    from genomeconv.models.families.evo2 import Evo2, Evo2Config, inference, layouts
+    from genomeconv.models.families.evo2 import inference
 
-    torch.manual_seed(0)
-    config = Evo2Config.from_release(release_values("a"))
-    model = layouts.build(config, Evo2(config).state_tensors(), "bench", None,
-                          None if dtype == torch.float32 else dtype, Path("random"))
+    model = one_b(dtype)
     model.log_likelihoods(dna(512, seed=1))  # warmup
     refs = torch.cat([dna(WINDOW, seed=s) for s in (1, 2)])
     alts = refs.clone()

@@ -494,6 +494,54 @@ def _rows(x: np.ndarray, pre: np.ndarray | None, post: np.ndarray | None,
                 np.multiply(seg, post[..., t0:t1], out=dest)
 
 
+def _shared_filter_side(k: torch.Tensor, D: torch.Tensor | None, M: int, B: int, real: bool,
+                      cache: SpectrumCache, dtype: torch.dtype
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(cached, transforms): the filter side a `conv` call uses for all its row blocks, or
+    None where each row block forms its own. cached: the real FFT (real form) or alpha and
+    beta (paired form); transforms: the paired form's Zk (half alpha and beta's bytes) where
+    only that fits the cache's budget. Each is cached only beside the live entries (building one
+    costs more than the uncached path, so filters used in turn must not evict each other on
+    every call); uncached, a batch's rows share a side formed once per call."""
+    cached = transforms = None
+    entry = k.shape[0] * M * (16 if dtype == torch.float64 else 8)
+    if real:  # the filter's real FFT (+ D), by the row blocks' own transforms (same bits)
+        side = lambda kd, Dd, n: _real_side(kd, Dd, M)  # noqa: E731
+        if cache.fits(k, 2 * M, dtype):
+            cached = cache.get(k, D, 2 * M, dtype, tag="real", reserve=entry * (M + 1) // M,
+                               transform=side)
+        if cached is None and B > 1 and entry <= SHARED_SIDE_BYTES:
+            cached = cache.compute(k, D, 2 * M, dtype, transform=side)
+    else:
+        pairs = lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True)  # noqa: E731
+        if cache.fits(k, 4 * M, dtype):
+            cached = cache.get(k, D, 2 * M, dtype, tag=f"paired{split(M)}", reserve=2 * entry,
+                               transform=pairs)
+        elif cache.fits(k, 2 * M, dtype):
+            transforms = cache.get(k, D, 2 * M, dtype, tag=f"pairedZk{split(M)}", reserve=entry,
+                                   transform=lambda kd, Dd, n: _filter_side(
+                                       kd, Dd, M, coefficients=False))
+        if cached is None and transforms is None and B > 1 and 2 * entry <= SHARED_SIDE_BYTES:
+            cached = cache.compute(k, D, 2 * M, dtype, transform=pairs)
+    return (None if cached is None else cached.numpy(),
+            None if transforms is None else transforms.numpy())
+
+
+def _run_blocks(block, blocks: list[tuple[int, int]]) -> None:
+    """block(*b) for every b of `blocks`, over `torch.get_num_threads()` Python threads
+    (ducc0 and numpy release the GIL) when there are several of each."""
+    global _pool
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or len(blocks) == 1:
+        for b in blocks:
+            block(*b)
+        return
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
+    for f in [_pool.submit(block, *b) for b in blocks]:
+        f.result()
+
+
 def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
          pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
          block: int | None = None, cache: SpectrumCache, history: int = 0,
@@ -504,7 +552,6 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     convolution), for the outputs at positions history .. L - 1 (B, H, L - history).
     Accumulates in float32 (float64 for float64 inputs), returns u's dtype, in `out` when
     given (the output's shape, u's dtype; u itself for an in-place convolution)."""
-    global _pool
     B, H, L = u.shape
     Lk = k.shape[-1]
     M = half_size(L - history + Lk - 1 if block is None else max(block, Lk + 1))
@@ -522,32 +569,8 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
     # in place: a row block reads all its inputs before writing, except across overlap-save
     # segment groups, which read the Lk - 1 inputs before them: those rows are copied first
     copy_rows = direct and plan.nseg > plan.G and np.may_share_memory(x, yn)
-    # alpha and beta (twice a spectrum's bytes) where they fit the cache's budget, else Zk (half
-    # that), each cached only beside the live entries (building one costs more than the
-    # uncached path, so filters used in turn must not evict each other on every call)
-    cached = transforms = None
-    entry = H * M * (16 if acc_dtype == torch.float64 else 8)
     real = 2 * M <= REAL_POINTS
-    if real:  # the filter's real FFT (+ D), by the row blocks' own transforms (same bits)
-        side = lambda kd, Dd, n: _real_side(kd, Dd, M)  # noqa: E731
-        if cache.fits(k, 2 * M, acc_dtype):
-            cached = cache.get(k, D, 2 * M, acc_dtype, tag="real", reserve=entry * (M + 1) // M,
-                               transform=side)
-        if cached is None and B > 1 and entry <= SHARED_SIDE_BYTES:
-            cached = cache.compute(k, D, 2 * M, acc_dtype, transform=side)
-    elif cache.fits(k, 4 * M, acc_dtype):
-        cached = cache.get(k, D, 2 * M, acc_dtype, tag=f"paired{split(M)}", reserve=2 * entry,
-                           transform=lambda kd, Dd, n: _filter_side(kd, Dd, M, coefficients=True))
-    elif cache.fits(k, 2 * M, acc_dtype):
-        transforms = cache.get(k, D, 2 * M, acc_dtype, tag=f"pairedZk{split(M)}", reserve=entry,
-                               transform=lambda kd, Dd, n: _filter_side(
-                                   kd, Dd, M, coefficients=False))
-    if cached is None and transforms is None and B > 1 and 2 * entry <= SHARED_SIDE_BYTES:
-        # the B rows of a channel share its filter side: formed once here, not per row block
-        cached = cache.compute(k, D, 2 * M, acc_dtype, transform=lambda kd, Dd, n: _filter_side(
-            kd, Dd, M, coefficients=True))
-    cached = None if cached is None else cached.numpy()
-    transforms = None if transforms is None else transforms.numpy()
+    cached, transforms = _shared_filter_side(k, D, M, B, real, cache, acc_dtype)
     kn = Dn = None  # the filter on the host where row blocks form its side themselves
     if cached is None and transforms is None:
         check_finite(k, D)
@@ -579,16 +602,7 @@ def conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, *,
         _rows(x[bs, hs].copy() if copy_rows else x[bs, hs], None if pre is None else pre[bs, hs],
               None if post is None else post[bs, hs], product, plan, frames, yn[bs, hs])
 
-    blocks = [(b0, h0) for h0 in range(0, H, R) for b0 in range(0, B, nb)]
-    threads = max(1, torch.get_num_threads())
-    if threads == 1 or len(blocks) == 1:
-        for b0, h0 in blocks:
-            block(b0, h0)
-    else:
-        if _pool is None or _pool._max_workers != threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="genomeconv-fft")
-        for f in [_pool.submit(block, *bh) for bh in blocks]:
-            f.result()
+    _run_blocks(block, [(b0, h0) for h0 in range(0, H, R) for b0 in range(0, B, nb)])
     if out is not None:
         return out if direct else out.copy_(y)
     return y if u.dtype == acc_dtype else y.to(u.dtype)
